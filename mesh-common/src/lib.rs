@@ -1,0 +1,151 @@
+//! Types and names shared by Ambit's kernel programs (`mesh-ebpf`) and the node agent.
+//!
+//! Every type here crosses the user/kernel boundary as raw bytes through a BPF map, so each is
+//! `#[repr(C)]` with explicit padding: the kernel compares keys byte for byte, and an
+//! uninitialised padding byte would make two equal keys differ.
+//!
+//! Byte order: addresses are kept in network order (as the kernel hands them to programs),
+//! ports in host order (programs convert once, user space never has to guess).
+//!
+//! # Layout
+//! - map and program names, and their pin paths (`maps`, `programs`);
+//! - the agent's well-known ports (`ports`);
+//! - map keys and values (`EnrolledPod`, `OrigDst`, `OrigDstKey`, `SockKey`, `NodeConfig`).
+#![no_std]
+#![deny(unsafe_code)]
+
+#[cfg(feature = "user")]
+mod pod_impls;
+
+/// Map names as they appear in the ELF object (and so in `bpftool map show`), with the file
+/// name each is pinned as under the agent's bpffs directory.
+pub mod maps {
+    /// Enrolled pods, keyed by network-namespace cookie: the only switch for capture.
+    pub const ENROLLED_PODS: &str = "ENROLLED_PODS";
+    /// Original destinations of redirected connects, keyed by socket cookie (connect time).
+    pub const CONNECT_DSTS: &str = "CONNECT_DSTS";
+    /// Original destinations re-keyed by (netns cookie, client port), read by the agent on accept.
+    pub const ORIG_DSTS: &str = "ORIG_DSTS";
+    /// Each enrolled pod's inbound listener, keyed by pod IPv4 address, for `sk_lookup`.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENS";
+    /// App <-> agent loopback sockets, for `sk_msg` redirection.
+    pub const ACCEL_SOCKS: &str = "ACCEL_SOCKS";
+    /// One-element array of [`crate::NodeConfig`].
+    pub const NODE_CONFIG: &str = "NODE_CONFIG";
+
+    /// Every map with the file name it is pinned as.
+    pub const PINNED: [(&str, &str); 6] = [
+        (ENROLLED_PODS, "enrolled_pods"),
+        (CONNECT_DSTS, "connect_dsts"),
+        (ORIG_DSTS, "orig_dsts"),
+        (INBOUND_LISTENERS, "inbound_listeners"),
+        (ACCEL_SOCKS, "accel_socks"),
+        (NODE_CONFIG, "node_config"),
+    ];
+}
+
+/// Program (function) names in the ELF object; the kernel shows them truncated to 15 bytes.
+pub mod programs {
+    pub const CONNECT4: &str = "ambit_connect4";
+    pub const CONNECT6: &str = "ambit_connect6";
+    pub const SOCK_OPS: &str = "ambit_sock_ops";
+    pub const SK_LOOKUP: &str = "ambit_sk_lookup";
+    pub const SK_MSG: &str = "ambit_sk_msg";
+}
+
+/// Ports the agent listens on inside each enrolled pod (the same numbers as Istio's).
+pub mod ports {
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND_PLAINTEXT: u16 = 15006;
+    pub const HBONE: u16 = 15008;
+}
+
+/// `127.0.0.6` in network byte order as the kernel shows it in a `u32` field: the source
+/// address the agent uses to deliver inbound connections to the app, so that `sk_lookup`
+/// does not capture them a second time.
+pub const INBOUND_DELIVERY_SOURCE: [u8; 4] = [127, 0, 0, 6];
+
+/// Value of [`maps::ENROLLED_PODS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnrolledPod {
+    /// The pod's IPv4 address, network order: lets the kernel side tell the pod's own
+    /// address from loopback without another lookup.
+    pub ip4: u32,
+    /// `ENROLLED_*` flags.
+    pub flags: u32,
+}
+
+/// The agent opened `[::1]:15001` in this pod, so native IPv6 connects can be captured.
+pub const ENROLLED_IPV6_OUTBOUND: u32 = 1;
+
+/// Address family tag in [`OrigDst::family`] (values of `AF_INET` / `AF_INET6`).
+pub const FAMILY_INET: u32 = 2;
+pub const FAMILY_INET6: u32 = 10;
+
+/// Where a captured connection was going before `connect4/6` rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// [`FAMILY_INET`] or [`FAMILY_INET6`].
+    pub family: u32,
+    /// Destination port, host order.
+    pub port: u32,
+    /// IPv4 address in `addr[0]`, or the IPv6 address; network order in each word.
+    pub addr: [u32; 4],
+}
+
+/// Key of [`maps::ORIG_DSTS`]: the agent knows the pod (by the listener it accepted on) and the
+/// client's port (from the accepted socket's peer address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDstKey {
+    pub netns_cookie: u64,
+    /// Client (app) port, host order.
+    pub port: u32,
+    /// Explicit padding to 16 bytes.
+    pub _pad: u32,
+}
+
+/// Key of [`maps::ACCEL_SOCKS`]: a TCP socket as seen from its own side. The netns cookie is
+/// part of the key because every pod has the same loopback 4-tuples.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockKey {
+    pub netns_cookie: u64,
+    /// Network order.
+    pub local_ip4: u32,
+    /// Network order.
+    pub remote_ip4: u32,
+    /// Host order.
+    pub local_port: u32,
+    /// Host order.
+    pub remote_port: u32,
+}
+
+impl SockKey {
+    /// The key under which the other end of this connection is stored.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            netns_cookie: self.netns_cookie,
+            local_ip4: self.remote_ip4,
+            remote_ip4: self.local_ip4,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
+
+/// Value of [`maps::NODE_CONFIG`], written by the agent at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// cgroup v2 id of the agent: its sockets inside a pod are never captured.
+    pub agent_cgroup_id: u64,
+    /// `NODE_*` flags.
+    pub flags: u64,
+}
+
+/// Splice the app <-> agent loopback hop with `sk_msg` (new connections only: switching in the
+/// middle of a stream would reorder bytes).
+pub const NODE_ACCELERATE: u64 = 1;

@@ -1,0 +1,139 @@
+//! Outbound capture: an enrolled pod's `connect()` is rewritten to the agent's in-pod outbound
+//! listener, and the original destination is recorded under the socket's cookie.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use mesh_common::{ENROLLED_IPV6_OUTBOUND, EnrolledPod, FAMILY_INET, FAMILY_INET6, OrigDst, ports};
+
+use crate::{CONNECT_DSTS, ENROLLED_PODS, is_loopback4, node_config};
+
+const IPPROTO_TCP: u32 = 6;
+/// A `cgroup/connect*` program returns 1 to let the connect proceed. Capture never refuses a
+/// connect itself: if the agent is down the rewritten connect is refused by the kernel, which
+/// fails closed without a decision here.
+const CONNECT_PROCEED: i32 = 1;
+
+/// `::ffff:0:0/96`, the third word of a v4-mapped address, network order.
+const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
+
+#[cgroup_sock_addr(connect4)]
+pub fn ambit_connect4(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect4(&ctx);
+    CONNECT_PROCEED
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn ambit_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect6(&ctx);
+    CONNECT_PROCEED
+}
+
+/// The enrolled pod making this connect, unless it is not ours to capture: not TCP, not an
+/// enrolled namespace, or the agent itself (its sockets live in the pod's namespace too).
+#[inline(always)]
+fn capturing_pod(ctx: &SockAddrContext) -> Option<EnrolledPod> {
+    // SAFETY: the context pointer is the kernel's for the duration of the program.
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    // SAFETY: bpf_get_netns_cookie is allowed for sock_addr programs and reads only the context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before any other map operation.
+    let pod = unsafe { ENROLLED_PODS.get(netns) }.copied()?;
+    // SAFETY: no arguments; reads the current task's cgroup.
+    if unsafe { bpf_get_current_cgroup_id() } == node_config().agent_cgroup_id {
+        return None;
+    }
+    Some(pod)
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, dst: &OrigDst) {
+    // SAFETY: reads only the context's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // If the map is full the connect still goes to the agent, which then finds no original
+    // destination and refuses it: failing closed rather than letting traffic escape capture.
+    let _ = CONNECT_DSTS.insert(cookie, dst, 0);
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
+    capturing_pod(ctx)?;
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte accesses to fields the verifier allows for connect4.
+    let (ip, port_be) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    if is_loopback4(ip) {
+        return None;
+    }
+    let dst = OrigDst {
+        family: FAMILY_INET,
+        port: u32::from(u16::from_be(port_be as u16)),
+        addr: [ip, 0, 0, 0],
+    };
+    record(ctx, &dst);
+    // SAFETY: as above; connect4 may rewrite user_ip4 and user_port.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip4, LOOPBACK4);
+        write_volatile(&mut (*sa).user_port, u32::from(ports::OUTBOUND.to_be()));
+    }
+    Some(())
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
+    let pod = capturing_pod(ctx)?;
+    let sa = ctx.sock_addr;
+    // The verifier accepts only 4-byte reads of user_ip6: read word by word, volatile so the
+    // compiler cannot merge them.
+    // SAFETY: in-bounds 4-byte context reads.
+    let ip = unsafe {
+        [
+            read_volatile(&(*sa).user_ip6[0]),
+            read_volatile(&(*sa).user_ip6[1]),
+            read_volatile(&(*sa).user_ip6[2]),
+            read_volatile(&(*sa).user_ip6[3]),
+        ]
+    };
+    // SAFETY: as above.
+    let port_be = unsafe { read_volatile(&(*sa).user_port) };
+    let port = u32::from(u16::from_be(port_be as u16));
+    let v4_mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == V4_MAPPED_PREFIX;
+    let (dst, listener) = if v4_mapped {
+        // A dual-stack socket reaching an IPv4 peer never passes connect4.
+        if is_loopback4(ip[3]) {
+            return None;
+        }
+        let dst = OrigDst { family: FAMILY_INET, port, addr: [ip[3], 0, 0, 0] };
+        (dst, [0, 0, V4_MAPPED_PREFIX, LOOPBACK4])
+    } else {
+        if ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == LOOPBACK6_LAST_WORD {
+            return None;
+        }
+        if pod.flags & ENROLLED_IPV6_OUTBOUND == 0 {
+            // No [::1]:15001 in this pod (IPv6 is off there), so no IPv6 path exists to leak.
+            return None;
+        }
+        (OrigDst { family: FAMILY_INET6, port, addr: ip }, [0, 0, 0, LOOPBACK6_LAST_WORD])
+    };
+    record(ctx, &dst);
+    // SAFETY: 4-byte context writes that connect6 may make.
+    unsafe {
+        write_volatile(&mut (*sa).user_ip6[0], listener[0]);
+        write_volatile(&mut (*sa).user_ip6[1], listener[1]);
+        write_volatile(&mut (*sa).user_ip6[2], listener[2]);
+        write_volatile(&mut (*sa).user_ip6[3], listener[3]);
+        write_volatile(&mut (*sa).user_port, u32::from(ports::OUTBOUND.to_be()));
+    }
+    Some(())
+}

@@ -1,0 +1,73 @@
+//! Ambit's kernel programs: capture of enrolled pods' traffic into the node agent.
+//!
+//! Nothing here is pod-specific at load time: a pod is captured when its network-namespace
+//! cookie is in [`ENROLLED_PODS`], and released when it is removed. Every program checks that
+//! map first, so on a node where nothing is enrolled each costs one hash lookup.
+//!
+//! # Layout
+//! - [`ambit_connect4`] / [`ambit_connect6`]: outbound capture (`cgroup/connect4`, `connect6`);
+//! - [`ambit_sock_ops`]: re-keys original destinations by client port; feeds the accelerator;
+//! - [`ambit_sk_lookup`]: inbound capture, attached per pod network namespace;
+//! - [`ambit_sk_msg`]: splices the app <-> agent loopback hop.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod inbound;
+mod sockops;
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, SockHash},
+    macros::btf_map,
+};
+use mesh_common::{EnrolledPod, NodeConfig, OrigDst, OrigDstKey, SockKey};
+
+/// Capacity sized for a large node (ztunnel's default pod limit is far below this).
+const MAX_PODS: usize = 4096;
+/// In-flight connects awaiting `established`; LRU so failed connects age out by themselves.
+const MAX_PENDING_CONNECTS: usize = 65536;
+/// Loopback app <-> agent sockets that can be spliced at once (two per connection).
+const MAX_ACCEL_SOCKS: usize = 65536;
+
+#[btf_map]
+static ENROLLED_PODS: HashMap<u64, EnrolledPod, MAX_PODS> = HashMap::new();
+
+#[btf_map]
+static CONNECT_DSTS: LruHashMap<u64, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap::new();
+
+#[btf_map]
+static ORIG_DSTS: LruHashMap<OrigDstKey, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap::new();
+
+#[btf_map]
+static INBOUND_LISTENS: SockHash<u32, MAX_PODS> = SockHash::new();
+
+#[btf_map]
+static ACCEL_SOCKS: SockHash<SockKey, MAX_ACCEL_SOCKS> = SockHash::new();
+
+#[btf_map]
+static NODE_CONFIG: Array<NodeConfig, 1> = Array::new();
+
+/// The node's configuration, or an all-zero one before the agent wrote it (no acceleration,
+/// and agent cgroup 0, which no task has).
+#[inline(always)]
+fn node_config() -> NodeConfig {
+    NODE_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// `127.0.0.0/8`, from an address in network order.
+#[inline(always)]
+fn is_loopback4(ip_be: u32) -> bool {
+    u32::from_be(ip_be) >> 24 == 127
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The connect and sock_ops helpers used here are not GPL-only, but `bpf_sk_assign` callers
+/// conventionally declare a GPL-compatible licence, as aya-template does.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
