@@ -1,1 +1,19 @@
+//! Ambit's test bed: nodes and pods made of network namespaces on one machine, node agents
+//! running in them, and the traffic helpers the integration tests and benchmarks share.
+//!
+//! Needs root (network namespaces, cgroups, bpffs). Every name carries the creating process's
+//! id, so two runs cannot collide, and a later run sweeps what a killed run left behind.
+//!
+//! # Layout
+//! - `testbed`: building and tearing down the topology; `Pod` and `Node` handles;
+//! - `agent`: starting, stopping and querying `mesh-node` inside a node;
+//! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
+//! - `sys`: running commands and entering namespaces.
+pub mod agent;
+pub mod bpf;
+pub mod sys;
+pub mod testbed;
+pub mod traffic;
 
+pub use agent::{Agent, AgentOptions};
+pub use testbed::{Node, Pod, Testbed, Topology};

@@ -1,0 +1,159 @@
+//! Wires the agent: dataplane, enrollment loop, proxies and HTTP endpoints.
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use mesh_common::{NODE_ACCELERATE, NodeConfig};
+use serde::Serialize;
+
+use crate::{
+    admin::{self, Endpoint},
+    cgroup,
+    config::Config,
+    dataplane::{self, Dataplane},
+    enrollment::{EnrolledView, Enrollment},
+    metrics::Metrics,
+    pods::{FileWatch, PodsFile},
+    proxy::Connections,
+};
+
+/// What the proxies and the endpoints share.
+pub struct State {
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub connections: Connections,
+    /// The last valid pods file: names peers in metrics.
+    pods: RwLock<Arc<PodsFile>>,
+    enrolled: RwLock<Vec<EnrolledView>>,
+    /// Programs attached and the first reconcile done.
+    ready: AtomicBool,
+}
+
+#[derive(Serialize)]
+pub struct ConfigDump {
+    pub config: Arc<Config>,
+    pub enrolled: Vec<EnrolledView>,
+    pub pods: Arc<PodsFile>,
+}
+
+impl State {
+    pub fn pods(&self) -> Arc<PodsFile> {
+        self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_enrolled(&self, view: Vec<EnrolledView>) {
+        *self.enrolled.write().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn config_dump(&self) -> ConfigDump {
+        ConfigDump {
+            config: self.config.clone(),
+            enrolled: self.enrolled.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            pods: self.pods(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::Error),
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: String, source: std::io::Error },
+    #[error("cannot serve {what} on {addr}: {source}")]
+    Serve { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Moves into the agent's cgroup before the runtime starts threads (all threads move anyway,
+/// but doing it first means no socket is ever made from the old cgroup).
+pub fn prepare(config: &Config) -> Result<(), Error> {
+    if let Some(dir) = &config.agent_cgroup {
+        cgroup::move_self_into(dir)
+            .map_err(|source| Error::Cgroup { path: dir.display().to_string(), source })?;
+    }
+    Ok(())
+}
+
+pub async fn run(config: Config) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let own_cgroup = cgroup::current_dir()
+        .map_err(|source| Error::Cgroup { path: "/proc/self/cgroup".into(), source })?;
+    let agent_cgroup_id = cgroup::cgroup_id(&own_cgroup)
+        .map_err(|source| Error::Cgroup { path: own_cgroup.display().to_string(), source })?;
+    let node = NodeConfig {
+        agent_cgroup_id,
+        flags: if config.accelerate { NODE_ACCELERATE } else { 0 },
+    };
+
+    dataplane::ensure_bpffs()?;
+    let (dataplane, orig) = Dataplane::start(&config.bpf_dir, &config.cgroup_root, node)?;
+    tracing::info!(
+        bpf_dir = %config.bpf_dir.display(), cgroup_root = %config.cgroup_root.display(),
+        agent_cgroup = %own_cgroup.display(), accelerate = config.accelerate,
+        "eBPF programs attached"
+    );
+
+    let state = Arc::new(State {
+        config: config.clone(),
+        metrics: Metrics::default(),
+        connections: Connections::default(),
+        pods: RwLock::new(Arc::new(PodsFile::default())),
+        enrolled: RwLock::new(Vec::new()),
+        ready: AtomicBool::new(false),
+    });
+    for (addr, what, endpoint) in [
+        (config.metrics_addr, "metrics", Endpoint::Metrics),
+        (config.readiness_addr, "readiness", Endpoint::Readiness),
+        (config.admin_addr, "admin", Endpoint::Admin),
+    ] {
+        admin::serve(addr, endpoint, state.clone())
+            .await
+            .map_err(|source| Error::Serve { what, addr, source })?;
+    }
+
+    let mut enrollment = Enrollment::new(dataplane, orig, state.clone());
+    let mut watch = FileWatch::new(config.pods_file.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut shutdown => break,
+        }
+        match watch.poll() {
+            None => {}
+            Some(Ok(file)) => {
+                enrollment.reconcile(&file);
+                *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
+                if !state.ready.swap(true, Ordering::AcqRel) {
+                    tracing::info!("ready");
+                }
+            }
+            // Keep what is enrolled: a half-written or broken file must not release pods.
+            Some(Err(error)) => tracing::error!(%error, "pods file not applied; keeping the current enrollment"),
+        }
+    }
+    tracing::info!("shutting down; pods stay enrolled and fail closed until an agent returns");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

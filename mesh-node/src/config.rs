@@ -1,0 +1,54 @@
+//! The agent's configuration: command-line flags, each also settable from the environment.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use serde::Serialize;
+
+/// Ambit node agent: captures enrolled pods' traffic with eBPF and carries it.
+#[derive(Clone, Debug, Parser, Serialize)]
+#[command(name = "mesh-node", version)]
+pub struct Config {
+    /// This node's name: only pods scheduled here (`node:` in the pods file) are enrolled.
+    #[arg(long, env = "AMBIT_NODE_NAME")]
+    pub node_name: String,
+
+    /// Local mode: the YAML file of namespaces and pods, watched for changes.
+    #[arg(long, env = "AMBIT_PODS_FILE")]
+    pub pods_file: PathBuf,
+
+    /// Where the agent pins its maps, programs and links (on a bpffs mount).
+    #[arg(long, env = "AMBIT_BPF_DIR", default_value = "/sys/fs/bpf/ambit")]
+    pub bpf_dir: PathBuf,
+
+    /// The cgroup v2 directory the connect and sock_ops programs attach to; it must contain
+    /// every pod's cgroup and the agent's.
+    #[arg(long, env = "AMBIT_CGROUP_ROOT", default_value = "/sys/fs/cgroup/unified")]
+    pub cgroup_root: PathBuf,
+
+    /// A cgroup v2 directory the agent moves itself into at start, so that its sockets are
+    /// told apart from the pods' by cgroup id. Without it the agent stays where it was
+    /// started (a DaemonSet's container already has a cgroup of its own).
+    #[arg(long, env = "AMBIT_AGENT_CGROUP")]
+    pub agent_cgroup: Option<PathBuf>,
+
+    /// Splice the app <-> agent loopback hop with sockmap (`sk_msg`).
+    #[arg(long, env = "AMBIT_ACCELERATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accelerate: bool,
+
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Admin endpoint: config dump and live connections. Keep it on loopback.
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Readiness (`/healthz/ready`): ready once the programs are attached and pods enrolled.
+    #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// How often the pods file is checked for changes, in milliseconds.
+    #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
+    pub poll_ms: u64,
+}

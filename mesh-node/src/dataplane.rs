@@ -1,0 +1,267 @@
+//! The kernel side of the agent: loads `mesh-ebpf`, pins maps, programs and links under the
+//! bpffs directory, attaches idempotently, and owns the maps.
+//!
+//! Restarts re-use what is pinned: maps keep their entries (enrolled pods stay captured, and
+//! fail closed while no agent listens), and each pinned link is replaced by a link to the new
+//! program *after* the new one is attached, so capture has no gap and no program is left
+//! attached twice.
+
+mod pins;
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, SockHash},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps, links::FdLink},
+};
+use mesh_common::{
+    EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, maps, programs,
+};
+
+pub use pins::ensure_bpffs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object failed (is this root on a kernel with BTF?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("eBPF program {0} is missing from the object (agent and mesh-ebpf out of step?)")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("eBPF map {0} is missing from the object (agent and mesh-ebpf out of step?)")]
+    MissingMap(&'static str),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("pinning at {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+}
+
+/// The object built from mesh-ebpf by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
+
+/// Loaded programs and the maps the reconciler writes. One writer: the enrollment loop.
+pub struct Dataplane {
+    /// Pin directory (maps at its top, `progs/` and `links/` below).
+    dir: PathBuf,
+    /// Owns the loaded programs; `sk_lookup` is attached again for every enrolled pod.
+    ebpf: Ebpf,
+    enrolled: HashMap<MapData, u64, EnrolledPod>,
+    inbound_listeners: SockHash<MapData, u32>,
+}
+
+/// Where captured connections were going: read by the outbound proxy on every accept.
+#[derive(Clone)]
+pub struct OrigDsts {
+    map: Arc<Mutex<HashMap<MapData, OrigDstKey, OrigDst>>>,
+}
+
+impl Dataplane {
+    /// Loads and attaches everything, replacing what a previous agent pinned.
+    pub fn start(dir: &Path, cgroup_root: &Path, node: NodeConfig) -> Result<(Self, OrigDsts), Error> {
+        pins::ensure_dirs(dir)?;
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&'static str, PathBuf)> =
+            maps::PINNED.iter().map(|(name, file)| (*name, dir.join(file))).collect();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+
+        let mut config: Array<MapData, NodeConfig> = take_map(&mut ebpf, maps::NODE_CONFIG)?;
+        config.set(0, node, 0).map_err(|source| Error::Map { name: maps::NODE_CONFIG, source })?;
+
+        let cgroup = File::open(cgroup_root).map_err(|source| Error::Io {
+            what: "opening the cgroup to attach to",
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program.load().map_err(|source| Error::Program { name, source })?;
+            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+            let link: FdLink = program
+                .take_link(id)
+                .map_err(|source| Error::Program { name, source })?
+                .try_into()
+                .map_err(|e| Error::Pin { path: dir.to_owned(), message: format!("{name}: {e}") })?;
+            pins::replace_link(&pins::link_path(dir, name), link)?;
+        }
+        {
+            let name = programs::SOCK_OPS;
+            let program: &mut SockOps = program(&mut ebpf, name)?;
+            program.load().map_err(|source| Error::Program { name, source })?;
+            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+            let link: FdLink = program
+                .take_link(id)
+                .map_err(|source| Error::Program { name, source })?
+                .try_into()
+                .map_err(|e| Error::Pin { path: dir.to_owned(), message: format!("{name}: {e}") })?;
+            pins::replace_link(&pins::link_path(dir, name), link)?;
+        }
+
+        let accel: SockHash<MapData, mesh_common::SockKey> = take_map(&mut ebpf, maps::ACCEL_SOCKS)?;
+        {
+            let name = programs::SK_MSG;
+            let program: &mut SkMsg = program(&mut ebpf, name)?;
+            program.load().map_err(|source| Error::Program { name, source })?;
+            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
+            // A map has one msg verdict program: attaching replaces the previous agent's.
+            let id = program.attach(accel.fd()).map_err(|source| Error::Program { name, source })?;
+            // Owned by the map from now on; dropping the handle must not detach it.
+            let link = program.take_link(id).map_err(|source| Error::Program { name, source })?;
+            std::mem::forget(link);
+        }
+        {
+            let name = programs::SK_LOOKUP;
+            let program: &mut SkLookup = program(&mut ebpf, name)?;
+            program.load().map_err(|source| Error::Program { name, source })?;
+            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
+        }
+
+        let enrolled = take_map(&mut ebpf, maps::ENROLLED_PODS)?;
+        let inbound_listeners = take_map(&mut ebpf, maps::INBOUND_LISTENERS)?;
+        let orig = OrigDsts { map: Arc::new(Mutex::new(take_map(&mut ebpf, maps::ORIG_DSTS)?)) };
+        Ok((Self { dir: dir.to_owned(), ebpf, enrolled, inbound_listeners }, orig))
+    }
+
+    /// Starts capturing a pod: inbound listener and `sk_lookup` first, then the enrollment
+    /// entry that turns outbound capture on.
+    pub fn enroll(
+        &mut self,
+        netns: &crate::netns::NetNs,
+        cookie: u64,
+        pod: EnrolledPod,
+        inbound_listener: &impl AsRawFd,
+    ) -> Result<(), Error> {
+        self.inbound_listeners
+            .insert(pod.ip4, inbound_listener.as_raw_fd(), 0)
+            .map_err(|source| Error::Map { name: maps::INBOUND_LISTENERS, source })?;
+        let name = programs::SK_LOOKUP;
+        let program: &mut SkLookup = program(&mut self.ebpf, name)?;
+        let netns_file = File::open(netns.path()).map_err(|source| Error::Io {
+            what: "opening network namespace",
+            path: netns.path().to_owned(),
+            source,
+        })?;
+        let id = program.attach(&netns_file).map_err(|source| Error::Program { name, source })?;
+        let link: FdLink = program.take_link(id).map_err(|source| Error::Program { name, source })?.into();
+        pins::replace_link(&pins::sk_lookup_link_path(&self.dir, cookie), link)?;
+        self.enrolled
+            .insert(cookie, pod, 0)
+            .map_err(|source| Error::Map { name: maps::ENROLLED_PODS, source })
+    }
+
+    /// Stops capturing a pod: new connections go straight again; open ones are untouched.
+    pub fn unenroll(&mut self, cookie: u64, ip4_be: u32) -> Result<(), Error> {
+        remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
+        pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
+        match self.inbound_listeners.remove(&ip4_be) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map { name: maps::INBOUND_LISTENERS, source }),
+        }
+    }
+
+    /// Namespace cookies a previous agent left enrolled (in the map or as `sk_lookup` links).
+    pub fn leftover_enrollments(&self) -> Vec<u64> {
+        let mut cookies: Vec<u64> = self.enrolled.keys().filter_map(Result::ok).collect();
+        cookies.extend(pins::sk_lookup_link_cookies(&self.dir));
+        cookies.sort_unstable();
+        cookies.dedup();
+        cookies
+    }
+
+    /// Removes an enrollment whose pod is gone (its namespace may no longer exist).
+    pub fn forget(&mut self, cookie: u64) -> Result<(), Error> {
+        remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
+        pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))
+    }
+}
+
+impl OrigDsts {
+    /// The original destination of the connection the app in namespace `cookie` opened from
+    /// `port`, consumed so a later connection from the same port cannot read a stale one.
+    pub fn take(&self, cookie: u64, port: u16) -> Option<SocketAddr> {
+        let key = OrigDstKey { netns_cookie: cookie, port: u32::from(port), _pad: 0 };
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dst = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(to_socket_addr(&dst))
+    }
+}
+
+fn to_socket_addr(dst: &OrigDst) -> SocketAddr {
+    let port = dst.port as u16;
+    if dst.family == FAMILY_INET {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(dst.addr[0].to_ne_bytes())), port)
+    } else {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(dst.addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port)
+    }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
+    program.try_into().map_err(|source| Error::Program { name, source })
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, Error>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    M::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+fn remove_ignoring_absent<V: aya::Pod>(
+    map: &mut HashMap<MapData, u64, V>,
+    key: &u64,
+    name: &'static str,
+) -> Result<(), Error> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_destinations_decode_in_network_order() {
+        let v4 = OrigDst {
+            family: FAMILY_INET,
+            port: 8080,
+            addr: [u32::from_ne_bytes([198, 19, 0, 2]), 0, 0, 0],
+        };
+        assert_eq!(to_socket_addr(&v4), "198.19.0.2:8080".parse().unwrap());
+        let v6 = OrigDst {
+            family: mesh_common::FAMILY_INET6,
+            port: 443,
+            addr: [u32::from_ne_bytes([0xfd, 0, 0, 0]), 0, 0, u32::from_ne_bytes([0, 0, 0, 7])],
+        };
+        assert_eq!(to_socket_addr(&v6), "[fd00::7]:443".parse().unwrap());
+    }
+}

@@ -1,0 +1,194 @@
+//! Keeps the set of captured pods equal to what the pods file says: enrolls new pods, releases
+//! removed ones, and re-enrolls a pod whose spec changed. Pods' processes are never touched:
+//! capture starts and stops underneath them.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use mesh_common::{ENROLLED_IPV6_OUTBOUND, EnrolledPod, ports};
+use serde::Serialize;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{
+    app::State,
+    dataplane::{self, Dataplane, OrigDsts},
+    netns::{NetNs, netns_cookie},
+    pods::{Pod, PodsFile},
+    proxy::{PodContext, serve_inbound, serve_outbound},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pod {pod}: cannot open network namespace {path}: {source}")]
+    Netns { pod: String, path: String, source: std::io::Error },
+    #[error("pod {pod}: cannot open listener {addr} in its namespace: {source}")]
+    Listener { pod: String, addr: SocketAddr, source: std::io::Error },
+    #[error("pod {pod}: {source}")]
+    Dataplane { pod: String, source: dataplane::Error },
+}
+
+/// What the admin endpoint shows of an enrolled pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnrolledView {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub service_account: String,
+    pub netns: String,
+    pub netns_cookie: u64,
+    pub ipv6_outbound: bool,
+}
+
+struct ActivePod {
+    spec: Pod,
+    context: Arc<PodContext>,
+    ipv6_outbound: bool,
+    /// Accept loops; aborting them closes the pod's listeners.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ActivePod {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub struct Enrollment {
+    dataplane: Dataplane,
+    orig: OrigDsts,
+    state: Arc<State>,
+    active: BTreeMap<String, ActivePod>,
+    /// Enrollments a previous agent left behind, to be released after the first reconcile
+    /// unless the pod is still wanted.
+    leftovers: Option<Vec<u64>>,
+}
+
+impl Enrollment {
+    pub fn new(dataplane: Dataplane, orig: OrigDsts, state: Arc<State>) -> Self {
+        let leftovers = Some(dataplane.leftover_enrollments());
+        Self { dataplane, orig, state, active: BTreeMap::new(), leftovers }
+    }
+
+    /// Applies the file. Errors are per pod: one pod that cannot be enrolled leaves the others
+    /// working, and is tried again on the next change.
+    pub fn reconcile(&mut self, file: &PodsFile) {
+        let node = self.state.config.node_name.clone();
+        let desired: BTreeMap<String, &Pod> = file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
+
+        let stale: Vec<String> = self
+            .active
+            .iter()
+            .filter(|(key, active)| desired.get(*key).is_none_or(|pod| **pod != active.spec))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(active) = self.active.remove(&key) {
+                self.release(active);
+            }
+        }
+        for (key, pod) in desired {
+            if self.active.contains_key(&key) {
+                continue;
+            }
+            match self.enroll(pod) {
+                Ok(active) => {
+                    tracing::info!(pod = %key, ip = %pod.ip, cookie = active.context.netns_cookie, "pod enrolled");
+                    self.active.insert(key, active);
+                }
+                Err(error) => tracing::error!(%error, "pod not enrolled"),
+            }
+        }
+        if let Some(leftovers) = self.leftovers.take() {
+            for cookie in leftovers {
+                if !self.active.values().any(|a| a.context.netns_cookie == cookie) {
+                    tracing::info!(cookie, "releasing an enrollment left by a previous agent");
+                    if let Err(error) = self.dataplane.forget(cookie) {
+                        tracing::warn!(%error, cookie, "could not release leftover enrollment");
+                    }
+                }
+            }
+        }
+        self.state.metrics.enrolled_pods.set(self.active.len() as i64);
+        self.state.set_enrolled(self.view());
+    }
+
+    fn enroll(&mut self, pod: &Pod) -> Result<ActivePod, Error> {
+        let key = pod.key();
+        let netns = NetNs::open(&pod.netns).map_err(|source| Error::Netns {
+            pod: key.clone(),
+            path: pod.netns.display().to_string(),
+            source,
+        })?;
+        let listen = |addr: SocketAddr| {
+            open_listener(&netns, addr).map_err(|source| Error::Listener { pod: key.clone(), addr, source })
+        };
+        let outbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
+        // Native IPv6 is captured only where the pod has it; without it no IPv6 path exists.
+        let outbound6 = listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND)).ok();
+        let inbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::INBOUND_PLAINTEXT))?;
+        let cookie = netns_cookie(&outbound).map_err(|source| Error::Listener {
+            pod: key.clone(),
+            addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND),
+            source,
+        })?;
+        let flags = if outbound6.is_some() { ENROLLED_IPV6_OUTBOUND } else { 0 };
+        let entry = EnrolledPod { ip4: u32::from_ne_bytes(pod.ip.octets()), flags };
+        self.dataplane
+            .enroll(&netns, cookie, entry, &inbound)
+            .map_err(|source| Error::Dataplane { pod: key.clone(), source })?;
+
+        let context = Arc::new(PodContext { pod: pod.clone(), netns, netns_cookie: cookie });
+        let mut tasks = Vec::new();
+        for listener in std::iter::once(outbound).chain(outbound6) {
+            let listener = tokio_listener(listener);
+            tasks.push(tokio::spawn(serve_outbound(listener, context.clone(), self.orig.clone(), self.state.clone())));
+        }
+        tasks.push(tokio::spawn(serve_inbound(tokio_listener(inbound), context.clone(), self.state.clone())));
+        Ok(ActivePod { spec: pod.clone(), context, ipv6_outbound: flags != 0, tasks })
+    }
+
+    fn release(&mut self, active: ActivePod) {
+        let key = active.spec.key();
+        let ip4 = u32::from_ne_bytes(active.spec.ip.octets());
+        if let Err(error) = self.dataplane.unenroll(active.context.netns_cookie, ip4) {
+            tracing::error!(%error, pod = %key, "releasing pod failed");
+        }
+        drop(active);
+        tracing::info!(pod = %key, "pod released");
+    }
+
+    fn view(&self) -> Vec<EnrolledView> {
+        self.active
+            .values()
+            .map(|a| EnrolledView {
+                pod: a.spec.key(),
+                ip: a.spec.ip,
+                service_account: a.spec.service_account.clone(),
+                netns: a.spec.netns.display().to_string(),
+                netns_cookie: a.context.netns_cookie,
+                ipv6_outbound: a.ipv6_outbound,
+            })
+            .collect()
+    }
+}
+
+fn open_listener(netns: &NetNs, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = netns.socket(socket2::Domain::for_address(addr))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn tokio_listener(listener: std::net::TcpListener) -> TcpListener {
+    // The socket is non-blocking and this runs inside the runtime: from_std cannot fail
+    // except on a closed fd, which we just made.
+    TcpListener::from_std(listener).expect("registering a fresh listener with the runtime")
+}

@@ -1,0 +1,22 @@
+//! Ambit's node agent: captures enrolled pods' traffic with eBPF (no iptables, no sidecar)
+//! and carries it.
+//!
+//! # Layout
+//! - `app`: wiring, shared state, the enrollment loop;
+//! - `config`: flags and environment;
+//! - `dataplane`: loading, pinning and attaching `mesh-ebpf`, and its maps;
+//! - `enrollment`: pods in and out of capture at run time;
+//! - `pods`: local mode's pods file and its watcher;
+//! - `netns`, `cgroup`: kernel handles the agent works through;
+//! - `proxy`: in-pod listeners and forwarding;
+//! - `metrics`, `admin`: Prometheus metrics and the HTTP endpoints.
+pub mod admin;
+pub mod app;
+pub mod cgroup;
+pub mod config;
+pub mod dataplane;
+pub mod enrollment;
+pub mod metrics;
+pub mod netns;
+pub mod pods;
+pub mod proxy;

@@ -1,0 +1,192 @@
+//! Local mode's source of pods: a YAML file of namespaces and pods, as a Kubernetes node would
+//! learn them from the API server. A pod is a network namespace, a cgroup and an identity.
+//!
+//! Joining follows Istio's ambient rules: a namespace labelled
+//! `ambit.io/dataplane-mode=ambient` joins all its pods; a pod's own label overrides its
+//! namespace's (`none` opts it out).
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The label that puts a namespace or a pod into the mesh.
+pub const DATAPLANE_MODE_LABEL: &str = "ambit.io/dataplane-mode";
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read pods file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("pods file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("pods file {path}: pod {pod} is listed twice")]
+    Duplicate { path: PathBuf, pod: String },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodsFile {
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Namespace {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    /// The node the pod runs on; each agent enrolls only its own.
+    pub node: String,
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    pub ip: Ipv4Addr,
+    /// Path of the pod's network namespace (`/run/netns/NAME` or `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// The pod's cgroup v2 directory, for the record (capture is keyed by network namespace).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_service_account() -> String {
+    "default".to_owned()
+}
+
+impl Pod {
+    /// `namespace/name`, unique in a cluster.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl PodsFile {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let file: PodsFile = if text.trim().is_empty() {
+            PodsFile::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|source| Error::Parse { path: path.to_owned(), source })?
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for pod in &file.pods {
+            if !seen.insert(pod.key()) {
+                return Err(Error::Duplicate { path: path.to_owned(), pod: pod.key() });
+            }
+        }
+        Ok(file)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Whether the mesh captures this pod's traffic.
+    pub fn is_enrolled(&self, pod: &Pod) -> bool {
+        if let Some(mode) = pod.labels.get(DATAPLANE_MODE_LABEL) {
+            return mode == DATAPLANE_MODE_AMBIENT;
+        }
+        self.namespaces.iter().any(|ns| {
+            ns.name == pod.namespace
+                && ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
+                    == Some(DATAPLANE_MODE_AMBIENT)
+        })
+    }
+
+    /// The pods this node must capture.
+    pub fn enrolled_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods.iter().filter(move |pod| pod.node == node && self.is_enrolled(pod))
+    }
+
+    /// The pod with this address, on any node: names the peer of a connection in metrics.
+    pub fn by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        self.pods.iter().find(|pod| pod.ip == ip)
+    }
+}
+
+/// Notices changes to the pods file by its modification time and length, which survives the
+/// atomic rename editors and `kubectl`-like tools use.
+#[derive(Debug)]
+pub struct FileWatch {
+    path: PathBuf,
+    last: Option<(SystemTime, u64)>,
+}
+
+impl FileWatch {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, last: None }
+    }
+
+    /// `Some` with the new contents when the file changed since the last call.
+    pub fn poll(&mut self) -> Option<Result<PodsFile, Error>> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+        if stamp.is_some() && stamp == self.last {
+            return None;
+        }
+        self.last = stamp;
+        Some(PodsFile::read(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+namespaces:
+  - name: mesh
+    labels: { ambit.io/dataplane-mode: ambient }
+  - name: plain
+pods:
+  - { name: a, namespace: mesh, node: n0, ip: 10.0.0.2, netns: /run/netns/a }
+  - { name: b, namespace: mesh, node: n0, ip: 10.0.0.3, netns: /run/netns/b,
+      labels: { ambit.io/dataplane-mode: none } }
+  - { name: c, namespace: plain, node: n0, ip: 10.0.0.4, netns: /run/netns/c,
+      labels: { ambit.io/dataplane-mode: ambient } }
+  - { name: d, namespace: plain, node: n0, ip: 10.0.0.5, netns: /run/netns/d }
+  - { name: e, namespace: mesh, node: n1, ip: 10.0.1.2, netns: /run/netns/e }
+"#;
+
+    #[test]
+    fn namespace_label_joins_and_pod_label_overrides() {
+        let file = PodsFile::parse(Path::new("pods.yaml"), FILE).unwrap();
+        let enrolled: Vec<_> = file.enrolled_on("n0").map(|p| p.name.as_str()).collect();
+        assert_eq!(enrolled, ["a", "c"]);
+        assert_eq!(file.enrolled_on("n1").count(), 1);
+        assert_eq!(file.by_ip("10.0.1.2".parse().unwrap()).unwrap().name, "e");
+        assert_eq!(file.pods[0].service_account, "default");
+    }
+
+    #[test]
+    fn malformed_files_are_reported() {
+        let unknown = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3.4, netns: /x, color: red }";
+        let err = PodsFile::parse(Path::new("p.yaml"), unknown).unwrap_err().to_string();
+        assert!(err.contains("unknown field `color`"), "{err}");
+        let bad_ip = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3, netns: /x }";
+        assert!(PodsFile::parse(Path::new("p.yaml"), bad_ip).is_err());
+        let dup = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3.4, netns: /x }\n  - { name: a, namespace: x, node: n, ip: 1.2.3.5, netns: /y }";
+        let err = PodsFile::parse(Path::new("p.yaml"), dup).unwrap_err().to_string();
+        assert!(err.contains("x/a is listed twice"), "{err}");
+        assert_eq!(PodsFile::parse(Path::new("p.yaml"), "").unwrap(), PodsFile::default());
+    }
+}

@@ -1,0 +1,48 @@
+//! Inbound plaintext: connections for the pod's address, steered by `sk_lookup` into the
+//! in-pod 15006 listener. The accepted socket's local address is the original destination.
+//! Delivery to the app comes from 127.0.0.6, which `sk_lookup` lets through.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use mesh_common::INBOUND_DELIVERY_SOURCE;
+use tokio::net::TcpListener;
+
+use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels};
+use crate::{
+    app::State,
+    metrics::{Reporter, ResponseFlags},
+};
+
+pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
+    let delivery_source = SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, pod = %pod.pod.key(), "inbound accept failed");
+                continue;
+            }
+        };
+        let Ok(dst) = stream.local_addr() else { continue };
+        let _ = stream.set_nodelay(true);
+        let (pod, state) = (pod.clone(), state.clone());
+        tokio::spawn(async move {
+            let upstream = match connect_from_pod(&pod, dst, Some(delivery_source)).await {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    tracing::info!(%error, pod = %pod.pod.key(), %dst, "delivery to the app failed");
+                    let labels = labels(&state, Reporter::destination, &pod.pod, peer, ResponseFlags::UF);
+                    state.metrics.connections_failed.get_or_create(&labels).inc();
+                    return;
+                }
+            };
+            let info = ConnectionInfo { direction: "inbound", pod: pod.pod.key(), source: peer, destination: dst };
+            tracing::debug!(pod = %info.pod, client = %peer, %dst, "inbound connection captured");
+            let labels = labels(&state, Reporter::destination, &pod.pod, peer, ResponseFlags::None);
+            forward(state, labels, stream, upstream, info).await;
+        });
+    }
+}

@@ -1,0 +1,225 @@
+//! Running `mesh-node` inside a test bed node, and reading its endpoints from there.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{sys, testbed::Testbed};
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `--accelerate`: sockmap on the app <-> agent hop.
+    pub accelerate: bool,
+}
+
+/// A running node agent. Killed when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    pub node: String,
+    node_netns: PathBuf,
+    pub bpf_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+/// The agent binary: `AMBIT_MESH_NODE`, else next to the test executable's target directory.
+pub fn mesh_node_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("AMBIT_MESH_NODE") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("mesh-node");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("mesh-node binary not found near {}: build it first (`cargo xtask test` does) or set AMBIT_MESH_NODE", exe.display())
+}
+
+impl Testbed {
+    /// Starts the agent of node `node` and waits until it is ready.
+    pub fn start_agent(&self, node: &str, options: &AgentOptions) -> Result<Agent> {
+        let node = self.node(node);
+        let mut args = vec![
+            "--node-name".to_owned(),
+            node.name.clone(),
+            "--pods-file".to_owned(),
+            self.pods_file_path().display().to_string(),
+            "--bpf-dir".to_owned(),
+            node.bpf_dir.display().to_string(),
+            "--agent-cgroup".to_owned(),
+            node.agent_cgroup.display().to_string(),
+            "--poll-ms".to_owned(),
+            "50".to_owned(),
+        ];
+        if options.accelerate {
+            args.extend(["--accelerate".to_owned(), "true".to_owned()]);
+        }
+        let mut agent = Agent {
+            child: None,
+            node: node.name.clone(),
+            node_netns: PathBuf::from("/run/netns").join(&node.netns),
+            bpf_dir: node.bpf_dir.clone(),
+            log: self.work_dir.join(format!("agent-{}.log", node.name)),
+            args,
+        };
+        agent.start()?;
+        Ok(agent)
+    }
+}
+
+impl Agent {
+    /// (Re)starts the process with the same arguments and waits for readiness.
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let netns = std::fs::File::open(&self.node_netns)?;
+        let mut command = Command::new(mesh_node_binary()?);
+        command
+            .args(&self.args)
+            .env("AMBIT_LOG", std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: between fork and exec; only async-signal-safe syscalls on an fd opened before.
+        unsafe {
+            command.pre_exec(move || {
+                use std::os::fd::AsRawFd as _;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(command.spawn().context("starting mesh-node")?);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Stops the agent with SIGTERM, as a DaemonSet rollout would, and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill on a pid we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("mesh-node on {} exited with {status}; log: {}", self.node, self.log_tail());
+            }
+            if self.get(15021, "/healthz/ready").is_ok_and(|(status, _)| status == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("mesh-node on {} not ready after {timeout:?}; log: {}", self.node, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// HTTP GET on one of the agent's ports, from inside its node.
+    pub fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = sys::in_netns(&self.node_netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("malformed HTTP response")?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        Ok(self.get(15020, "/metrics")?.1)
+    }
+
+    /// Sum of a metric's samples whose label set contains every `label="value"` in `filters`.
+    pub fn metric_sum(&self, name: &str, filters: &[&str]) -> Result<f64> {
+        Ok(sum_samples(&self.metrics()?, name, filters))
+    }
+
+    pub fn connections(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.get(15000, "/connections")?.1)?)
+    }
+
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.get(15000, "/config_dump")?.1)?)
+    }
+
+    /// Waits until the agent reports the pod enrolled (`true`) or released (`false`).
+    pub fn wait_enrolled(&self, pod_key: &str, enrolled: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dump = self.config_dump()?;
+            let present = dump["enrolled"]
+                .as_array()
+                .is_some_and(|pods| pods.iter().any(|p| p["pod"] == pod_key));
+            if present == enrolled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent on {} did not {} {pod_key}; log: {}", self.node, if enrolled { "enroll" } else { "release" }, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sums samples of `name` (exact metric name, e.g. `istio_tcp_connections_opened_total`).
+pub fn sum_samples(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && filters.iter().all(|f| labels.contains(f))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}

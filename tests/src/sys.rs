@@ -1,0 +1,74 @@
+//! Small system helpers: commands that must succeed, and entering a namespace on this thread.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::Path,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs a command and fails with its stderr when it does not succeed.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}: is it installed? (`cargo xtask setup` installs it)"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// `ip -n NS ARGS...`
+pub fn ip_in(netns: &str, args: &str) -> Result<()> {
+    let mut all = vec!["-n", netns];
+    all.extend(args.split_whitespace());
+    run("ip", &all).map(drop)
+}
+
+/// Sets sysctls inside a network namespace.
+pub fn sysctl_in(netns: &str, settings: &[&str]) -> Result<()> {
+    let mut args = vec!["netns", "exec", netns, "sysctl", "-qw"];
+    args.extend_from_slice(settings);
+    run("ip", &args).map(drop)
+}
+
+/// Runs `f` with this thread inside the network namespace at `path`, then moves it back.
+/// Sockets made inside stay in that namespace.
+pub fn in_netns<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+    let target = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    setns(&target).with_context(|| format!("entering netns {}", path.display()))?;
+    let result = f();
+    if let Err(error) = setns(&home) {
+        eprintln!("cannot return to the test's network namespace: {error}; aborting");
+        std::process::abort();
+    }
+    Ok(result)
+}
+
+pub(crate) fn setns(file: &File) -> std::io::Result<()> {
+    // SAFETY: setns on a namespace fd we hold; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Fails with a message naming what is missing unless this is root.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this test needs root (network namespaces, cgroups, bpffs): run `sudo cargo xtask test`");
+    }
+    Ok(())
+}
+
+/// Whether a process with this id is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

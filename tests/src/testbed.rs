@@ -1,0 +1,425 @@
+//! The topology: a fabric namespace with a bridge joining the nodes; in each node namespace a
+//! bridge (`cni0`) joining its pods, with routes to the other nodes' pod subnets. Addresses are
+//! from 198.18.0.0/15, the range set aside for benchmarking network devices (RFC 2544), and
+//! exist only inside the namespaces made here.
+//!
+//! ```text
+//!   fabric ns: br0 ── n0 ┄ eth0 [node n0 198.18.0.1] cni0 198.19.0.1/24 ── p0 ┄ eth0 [pod n0-p0 198.19.0.2]
+//!              ├──── n1 ┄ eth0 [node n1 198.18.0.2] cni0 198.19.1.1/24 ── ...
+//! ```
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use mesh_node::pods::{self, PodsFile};
+
+use crate::sys::{self, ip_in, sysctl_in};
+
+const NETNS_PREFIX: &str = "ambit-t";
+const CGROUP_PREFIX: &str = "ambit-test-";
+const CGROUP_V2: &str = "/sys/fs/cgroup/unified";
+const BPF_BASE: &str = "/sys/fs/bpf/ambit";
+
+/// Tests sharing one process run one topology at a time: agents attach to the host's cgroup
+/// root, and checks that count programs there must not see another test's.
+static SERIAL: Mutex<()> = Mutex::new(());
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    /// Kubernetes namespaces, given to pods round robin (pod j gets `namespaces[j % len]`).
+    pub namespaces: Vec<String>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self { nodes: 2, pods_per_node: 2, namespaces: vec!["default".to_owned()] }
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Pin directory of this node's agent.
+    pub bpf_dir: PathBuf,
+    /// cgroup the node's agent moves itself into.
+    pub agent_cgroup: PathBuf,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// `n<node>-p<index>`.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub cgroup: PathBuf,
+}
+
+pub struct Testbed {
+    pub id: String,
+    /// Pods file, agent logs.
+    pub work_dir: PathBuf,
+    pub cgroup_dir: PathBuf,
+    pub bpf_base: PathBuf,
+    fabric: String,
+    pub nodes: Vec<Node>,
+    pods_file: Mutex<PodsFile>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// `namespace/name`, as the agent names pods.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Runs `f` on this thread inside the pod's network namespace.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        sys::in_netns(&self.netns_path(), f)
+    }
+
+    /// A TCP connection opened from inside the pod, as the pod's app would.
+    pub fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = self
+            .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .map_err(std::io::Error::other)??;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// A listener on all of the pod's addresses.
+    pub fn listen(&self, port: u16) -> Result<TcpListener> {
+        let addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+        self.enter(|| TcpListener::bind(addr))?
+            .with_context(|| format!("listening on {addr} in pod {}", self.name))
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), port)
+    }
+
+    /// Starts a process inside the pod: its network namespace and its cgroup.
+    pub fn spawn(&self, command: &mut Command) -> Result<Child> {
+        let netns = std::fs::File::open(self.netns_path())?;
+        let procs = std::fs::OpenOptions::new().write(true).open(self.cgroup.join("cgroup.procs"))?;
+        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
+        // syscalls on fds opened before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                use std::os::fd::AsRawFd as _;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                if libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().with_context(|| format!("starting {command:?} in pod {}", self.name))
+    }
+
+    /// The kernel's cookie for the pod's network namespace (the enrollment map's key).
+    pub fn netns_cookie(&self) -> Result<u64> {
+        let socket = self.enter(|| std::net::UdpSocket::bind("127.0.0.1:0"))??;
+        Ok(mesh_node::netns::netns_cookie(&socket)?)
+    }
+}
+
+impl Testbed {
+    /// Builds the topology. Needs root.
+    pub fn new(topology: Topology) -> Result<Self> {
+        sys::require_root()?;
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        sweep_leftovers();
+        let pid = std::process::id();
+        let id = format!("{pid}-{}", SEQUENCE.fetch_add(1, Ordering::Relaxed));
+        let work_dir = std::env::temp_dir().join(format!("ambit-test-{id}"));
+        std::fs::create_dir_all(&work_dir)?;
+        let mut testbed = Testbed {
+            fabric: format!("{NETNS_PREFIX}{id}-fab"),
+            cgroup_dir: Path::new(CGROUP_V2).join(format!("{CGROUP_PREFIX}{id}")),
+            bpf_base: Path::new(BPF_BASE).join(format!("test-{id}")),
+            id,
+            work_dir,
+            nodes: Vec::new(),
+            pods_file: Mutex::new(PodsFile::default()),
+            _serial: serial,
+        };
+        // From here on, Drop tears down whatever part was built.
+        testbed.build(&topology).context("building the test topology")?;
+        Ok(testbed)
+    }
+
+    fn build(&mut self, topology: &Topology) -> Result<()> {
+        std::fs::create_dir_all(&self.cgroup_dir).with_context(|| {
+            format!("creating {} (is cgroup v2 mounted at {CGROUP_V2}?)", self.cgroup_dir.display())
+        })?;
+        sys::run("ip", &["netns", "add", &self.fabric])?;
+        ip_in(&self.fabric, "link add br0 type bridge")?;
+        ip_in(&self.fabric, "link set br0 up")?;
+        for n in 0..topology.nodes {
+            let node = self.build_node(n, topology)?;
+            self.nodes.push(node);
+        }
+        // Routes between nodes' pod subnets.
+        for node in &self.nodes {
+            for (k, other) in self.nodes.iter().enumerate() {
+                if other.name != node.name {
+                    ip_in(&node.netns, &format!("route add 198.19.{k}.0/24 via {}", other.ip))?;
+                }
+            }
+        }
+        let namespaces = topology
+            .namespaces
+            .iter()
+            .map(|name| pods::Namespace { name: name.clone(), labels: Default::default() })
+            .collect();
+        let pods = self
+            .pods()
+            .map(|pod| pods::Pod {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                node: pod.node.clone(),
+                service_account: "default".to_owned(),
+                ip: pod.ip,
+                netns: pod.netns_path(),
+                cgroup: Some(pod.cgroup.clone()),
+                labels: Default::default(),
+            })
+            .collect();
+        self.update_pods_file(|file| {
+            file.namespaces = namespaces;
+            file.pods = pods;
+        })
+    }
+
+    fn build_node(&self, n: usize, topology: &Topology) -> Result<Node> {
+        let name = format!("n{n}");
+        let netns = format!("{NETNS_PREFIX}{}-{name}", self.id);
+        let ip = Ipv4Addr::new(198, 18, 0, n as u8 + 1);
+        sys::run("ip", &["netns", "add", &netns])?;
+        ip_in(&self.fabric, &format!("link add {name} type veth peer name eth0 netns {netns}"))?;
+        ip_in(&self.fabric, &format!("link set {name} master br0 up"))?;
+        ip_in(&netns, "link set lo up")?;
+        ip_in(&netns, &format!("addr add {ip}/24 dev eth0"))?;
+        ip_in(&netns, "link set eth0 up")?;
+        ip_in(&netns, "link add cni0 type bridge")?;
+        ip_in(&netns, &format!("addr add 198.19.{n}.1/24 dev cni0"))?;
+        ip_in(&netns, "link set cni0 up")?;
+        sysctl_in(&netns, &["net.ipv4.ip_forward=1"])?;
+        let node_cgroup = self.cgroup_dir.join(&name);
+        std::fs::create_dir_all(&node_cgroup)?;
+        let mut pods = Vec::new();
+        for p in 0..topology.pods_per_node {
+            let pod_name = format!("{name}-p{p}");
+            let pod_netns = format!("{NETNS_PREFIX}{}-{pod_name}", self.id);
+            let pod_ip = Ipv4Addr::new(198, 19, n as u8, p as u8 + 2);
+            sys::run("ip", &["netns", "add", &pod_netns])?;
+            ip_in(&netns, &format!("link add p{p} type veth peer name eth0 netns {pod_netns}"))?;
+            ip_in(&netns, &format!("link set p{p} master cni0 up"))?;
+            ip_in(&pod_netns, "link set lo up")?;
+            ip_in(&pod_netns, &format!("addr add {pod_ip}/24 dev eth0"))?;
+            ip_in(&pod_netns, "link set eth0 up")?;
+            ip_in(&pod_netns, &format!("route add default via 198.19.{n}.1"))?;
+            // Connection-rate benchmarks measure the mesh, not the kernel's port allocator.
+            sysctl_in(&pod_netns, &["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"])?;
+            let cgroup = node_cgroup.join(&pod_name);
+            std::fs::create_dir_all(&cgroup)?;
+            let namespace = topology.namespaces[p % topology.namespaces.len()].clone();
+            pods.push(Pod { name: pod_name, namespace, node: name.clone(), netns: pod_netns, ip: pod_ip, cgroup });
+        }
+        Ok(Node {
+            bpf_dir: self.bpf_base.join(&name),
+            agent_cgroup: node_cgroup.join("agent"),
+            name,
+            netns,
+            ip,
+            pods,
+        })
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.nodes.iter().flat_map(|node| node.pods.iter())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods().find(|pod| pod.name == name).unwrap_or_else(|| panic!("no pod {name} in the test bed"))
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name} in the test bed"))
+    }
+
+    pub fn pods_file_path(&self) -> PathBuf {
+        self.work_dir.join("pods.yaml")
+    }
+
+    /// Labels a Kubernetes namespace `ambit.io/dataplane-mode=ambient` (or removes the label).
+    pub fn set_namespace_ambient(&self, namespace: &str, ambient: bool) -> Result<()> {
+        self.update_pods_file(|file| {
+            if !file.namespaces.iter().any(|ns| ns.name == namespace) {
+                file.namespaces.push(pods::Namespace { name: namespace.to_owned(), labels: Default::default() });
+            }
+            for ns in file.namespaces.iter_mut().filter(|ns| ns.name == namespace) {
+                set_label(&mut ns.labels, ambient.then_some(pods::DATAPLANE_MODE_AMBIENT));
+            }
+        })
+    }
+
+    /// Sets a pod's own `ambit.io/dataplane-mode` label (`None` removes it).
+    pub fn set_pod_mode(&self, pod: &str, mode: Option<&str>) -> Result<()> {
+        self.update_pods_file(|file| {
+            for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
+                set_label(&mut spec.labels, mode);
+            }
+        })
+    }
+
+    /// Rewrites the pods file atomically, as an orchestrator would.
+    pub fn update_pods_file(&self, change: impl FnOnce(&mut PodsFile)) -> Result<()> {
+        let mut file = self.pods_file.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut file);
+        let text = serde_yaml::to_string(&*file)?;
+        let tmp = self.work_dir.join("pods.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.pods_file_path())?;
+        Ok(())
+    }
+
+    fn teardown(&mut self) {
+        // Everything started in the test bed lives under its cgroup: agents and pod processes.
+        kill_cgroup_tree(&self.cgroup_dir);
+        // By prefix, so a half-built topology goes too.
+        let own = format!("{NETNS_PREFIX}{}-", self.id);
+        if let Ok(out) = sys::run("ip", &["netns", "list"]) {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name.starts_with(&own) {
+                    let _ = sys::run("ip", &["netns", "del", name]);
+                }
+            }
+        }
+        // Unlinking pinned links detaches the programs.
+        let _ = std::fs::remove_dir_all(&self.bpf_base);
+        remove_cgroup_tree(&self.cgroup_dir);
+        if std::thread::panicking() {
+            print_agent_logs(&self.work_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn set_label(labels: &mut std::collections::BTreeMap<String, String>, mode: Option<&str>) {
+    match mode {
+        Some(mode) => labels.insert(pods::DATAPLANE_MODE_LABEL.to_owned(), mode.to_owned()),
+        None => labels.remove(pods::DATAPLANE_MODE_LABEL),
+    };
+}
+
+fn print_agent_logs(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", path.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn kill_cgroup_tree(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    // Wait (bounded) for the kernel to empty the tree.
+    for _ in 0..100 {
+        let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        if events.contains("populated 0") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Removes namespaces, cgroups and pins of earlier runs whose process is gone (killed before
+/// its Drop could run).
+fn sweep_leftovers() {
+    let dead = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !sys::pid_alive(pid))
+    };
+    if let Ok(out) = sys::run("ip", &["netns", "list"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if dead(name, NETNS_PREFIX) {
+                let _ = sys::run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+    for (base, prefix) in [(CGROUP_V2, CGROUP_PREFIX), (BPF_BASE, "test-")] {
+        let Ok(entries) = std::fs::read_dir(base) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dead(&name, prefix) {
+                if base == CGROUP_V2 {
+                    kill_cgroup_tree(&entry.path());
+                    remove_cgroup_tree(&entry.path());
+                } else {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}
