@@ -121,12 +121,39 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads as a non-blocking app does: a `WouldBlock` before the socket's own read timeout is
+/// retried. With sockmap acceleration the kernel's `tcp_bpf_recvmsg` answers a blocking read
+/// with EAGAIN after a spurious wake-up (for instance when the agent frees the memory of data
+/// the app sent); event-loop apps retry it anyway, and this lets the checks see the data.
+pub struct Patient<'a> {
+    stream: &'a TcpStream,
+}
+
+impl<'a> Patient<'a> {
+    pub fn new(stream: &'a TcpStream) -> Self {
+        Self { stream }
+    }
+}
+
+impl Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = self.stream.read_timeout()?.unwrap_or(Duration::from_secs(20));
+        let deadline = Instant::now() + timeout;
+        loop {
+            match (&*self.stream).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Reads the echo server's greeting: the peer address the server saw.
 pub fn read_greeting(stream: &mut TcpStream) -> Result<SocketAddr> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while byte[0] != b'\n' {
-        stream.read_exact(&mut byte).context("reading the echo server's greeting")?;
+        Patient::new(stream).read_exact(&mut byte).context("reading the echo server's greeting")?;
         line.push(byte[0]);
     }
     Ok(String::from_utf8(line)?.trim().parse()?)
@@ -140,7 +167,7 @@ pub fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Result<()> {
         std::thread::spawn(move || stream.write_all(&payload))
     };
     let mut back = vec![0u8; payload.len()];
-    stream.read_exact(&mut back).context("reading the echo")?;
+    Patient::new(stream).read_exact(&mut back).context("reading the echo")?;
     writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     if back != payload {
         bail!("echoed bytes differ from what was sent");
@@ -157,12 +184,12 @@ pub fn upload_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
         let n = chunk.len().min((total - sent) as usize);
         pattern(sent, &mut chunk[..n]);
         hasher.update(&chunk[..n]);
-        stream.write_all(&chunk[..n])?;
+        stream.write_all(&chunk[..n]).with_context(|| format!("sending at offset {sent}"))?;
         sent += n as u64;
     }
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
+    Patient::new(&stream).read_to_string(&mut answer).context("reading the checksum")?;
     let expected = format!("{} {total}", hex(&hasher.finalize()));
     if answer.trim() != expected {
         bail!("server saw {:?}, sent {expected:?}", answer.trim());
@@ -177,7 +204,7 @@ pub fn download_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut expected = vec![0u8; 256 * 1024];
     loop {
-        let n = stream.read(&mut buf)?;
+        let n = Patient::new(&stream).read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -214,7 +241,7 @@ pub fn request_response(
                     while Instant::now() < deadline {
                         let start = Instant::now();
                         stream.write_all(&request)?;
-                        stream.read_exact(&mut response)?;
+                        Patient::new(&stream).read_exact(&mut response)?;
                         histogram.record(start.elapsed().as_nanos() as u64)?;
                     }
                     Ok(histogram)
@@ -248,7 +275,7 @@ pub fn connection_rate(
                         read_greeting(&mut stream)?;
                         stream.write_all(b"x")?;
                         let mut one = [0u8; 1];
-                        stream.read_exact(&mut one)?;
+                        Patient::new(&stream).read_exact(&mut one)?;
                         done += 1;
                     }
                     Ok(done)
