@@ -73,7 +73,12 @@ fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
     capturing_pod(ctx)?;
     let sa = ctx.sock_addr;
     // SAFETY: 4-byte accesses to fields the verifier allows for connect4.
-    let (ip, port_be) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    let (ip, port_be) = unsafe {
+        (
+            read_volatile(&(*sa).user_ip4),
+            read_volatile(&(*sa).user_port),
+        )
+    };
     if is_loopback4(ip) {
         return None;
     }
@@ -114,7 +119,11 @@ fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
         if is_loopback4(ip[3]) {
             return None;
         }
-        let dst = OrigDst { family: FAMILY_INET, port, addr: [ip[3], 0, 0, 0] };
+        let dst = OrigDst {
+            family: FAMILY_INET,
+            port,
+            addr: [ip[3], 0, 0, 0],
+        };
         (dst, [0, 0, V4_MAPPED_PREFIX, LOOPBACK4])
     } else {
         if ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == LOOPBACK6_LAST_WORD {
@@ -124,7 +133,14 @@ fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
             // No [::1]:15001 in this pod (IPv6 is off there), so no IPv6 path exists to leak.
             return None;
         }
-        (OrigDst { family: FAMILY_INET6, port, addr: ip }, [0, 0, 0, LOOPBACK6_LAST_WORD])
+        (
+            OrigDst {
+                family: FAMILY_INET6,
+                port,
+                addr: ip,
+            },
+            [0, 0, 0, LOOPBACK6_LAST_WORD],
+        )
     };
     record(ctx, &dst);
     // SAFETY: 4-byte context writes that connect6 may make.

@@ -42,7 +42,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Option<()> {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // SAFETY: the value is copied before the map is changed.
         if let Some(dst) = unsafe { CONNECT_DSTS.get(cookie) }.copied() {
-            let key = OrigDstKey { netns_cookie: netns, port: ctx.local_port(), _pad: 0 };
+            let key = OrigDstKey {
+                netns_cookie: netns,
+                port: ctx.local_port(),
+                _pad: 0,
+            };
             let _ = ORIG_DSTS.insert(key, dst, u64::from(BPF_ANY));
             let _ = CONNECT_DSTS.remove(cookie);
         }

@@ -23,7 +23,9 @@ pub async fn serve(addr: SocketAddr, endpoint: Endpoint, state: Arc<State>) -> s
     let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -41,26 +43,40 @@ pub async fn serve(addr: SocketAddr, endpoint: Endpoint, state: Arc<State>) -> s
 
 fn route<B>(endpoint: Endpoint, state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
     match (endpoint, req.uri().path()) {
-        (Endpoint::Metrics, "/metrics" | "/stats/prometheus") => {
-            reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
-        }
+        (Endpoint::Metrics, "/metrics" | "/stats/prometheus") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
         (Endpoint::Readiness, "/healthz/ready") => {
             if state.is_ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".to_owned(),
+                )
             }
         }
         (Endpoint::Admin, "/config_dump") => json(&state.config_dump()),
         (Endpoint::Admin, "/connections") => json(&state.connections.snapshot()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     }
 }
 
 fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_string_pretty(value) {
         Ok(body) => reply(StatusCode::OK, "application/json", body),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
     }
 }
 
@@ -68,7 +84,9 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }

@@ -57,7 +57,11 @@ impl State {
     pub fn config_dump(&self) -> ConfigDump {
         ConfigDump {
             config: self.config.clone(),
-            enrolled: self.enrolled.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            enrolled: self
+                .enrolled
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             pods: self.pods(),
         }
     }
@@ -68,30 +72,47 @@ pub enum Error {
     #[error(transparent)]
     Dataplane(#[from] dataplane::Error),
     #[error("cgroup {path}: {source}")]
-    Cgroup { path: String, source: std::io::Error },
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot serve {what} on {addr}: {source}")]
-    Serve { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    Serve {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Moves into the agent's cgroup before the runtime starts threads (all threads move anyway,
 /// but doing it first means no socket is ever made from the old cgroup).
 pub fn prepare(config: &Config) -> Result<(), Error> {
     if let Some(dir) = &config.agent_cgroup {
-        cgroup::move_self_into(dir)
-            .map_err(|source| Error::Cgroup { path: dir.display().to_string(), source })?;
+        cgroup::move_self_into(dir).map_err(|source| Error::Cgroup {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 pub async fn run(config: Config) -> Result<(), Error> {
     let config = Arc::new(config);
-    let own_cgroup = cgroup::current_dir()
-        .map_err(|source| Error::Cgroup { path: "/proc/self/cgroup".into(), source })?;
-    let agent_cgroup_id = cgroup::cgroup_id(&own_cgroup)
-        .map_err(|source| Error::Cgroup { path: own_cgroup.display().to_string(), source })?;
+    let own_cgroup = cgroup::current_dir().map_err(|source| Error::Cgroup {
+        path: "/proc/self/cgroup".into(),
+        source,
+    })?;
+    let agent_cgroup_id = cgroup::cgroup_id(&own_cgroup).map_err(|source| Error::Cgroup {
+        path: own_cgroup.display().to_string(),
+        source,
+    })?;
     let node = NodeConfig {
         agent_cgroup_id,
-        flags: if config.accelerate { NODE_ACCELERATE } else { 0 },
+        flags: if config.accelerate {
+            NODE_ACCELERATE
+        } else {
+            0
+        },
     };
 
     dataplane::ensure_bpffs()?;
@@ -139,7 +160,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
             }
             // Keep what is enrolled: a half-written or broken file must not release pods.
-            Some(Err(error)) => tracing::error!(%error, "pods file not applied; keeping the current enrollment"),
+            Some(Err(error)) => {
+                tracing::error!(%error, "pods file not applied; keeping the current enrollment")
+            }
         }
     }
     tracing::info!("shutting down; pods stay enrolled and fail closed until an agent returns");
@@ -148,7 +171,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -23,7 +23,12 @@ pub fn v2_mount() -> io::Result<PathBuf> {
             let mount_point = left.split_whitespace().nth(4)?;
             (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
         })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount (is cgroup v2 enabled?)"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup2 mount (is cgroup v2 enabled?)",
+            )
+        })
 }
 
 /// This process's cgroup v2 directory.
@@ -32,7 +37,12 @@ pub fn current_dir() -> io::Result<PathBuf> {
     let relative = own
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 entry in /proc/self/cgroup"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup v2 entry in /proc/self/cgroup",
+            )
+        })?;
     Ok(v2_mount()?.join(relative.trim_start_matches('/')))
 }
 

@@ -23,7 +23,11 @@ pub struct Config {
 
     /// The cgroup v2 directory the connect and sock_ops programs attach to; it must contain
     /// every pod's cgroup and the agent's.
-    #[arg(long, env = "AMBIT_CGROUP_ROOT", default_value = "/sys/fs/cgroup/unified")]
+    #[arg(
+        long,
+        env = "AMBIT_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup/unified"
+    )]
     pub cgroup_root: PathBuf,
 
     /// A cgroup v2 directory the agent moves itself into at start, so that its sockets are
@@ -47,6 +51,10 @@ pub struct Config {
     /// Readiness (`/healthz/ready`): ready once the programs are attached and pods enrolled.
     #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
+
+    /// Runtime worker threads for the data path.
+    #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
 
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]

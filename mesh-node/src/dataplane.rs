@@ -19,11 +19,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps, links::FdLink,
+    },
 };
-use mesh_common::{
-    EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, maps, programs,
-};
+use mesh_common::{EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, maps, programs};
 
 pub use pins::ensure_bpffs;
 
@@ -32,15 +32,25 @@ pub enum Error {
     #[error("loading the eBPF object failed (is this root on a kernel with BTF?): {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("eBPF program {0} is missing from the object (agent and mesh-ebpf out of step?)")]
     MissingProgram(&'static str),
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("eBPF map {0} is missing from the object (agent and mesh-ebpf out of step?)")]
     MissingMap(&'static str),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pinning at {path}: {message}")]
     Pin { path: PathBuf, message: String },
 }
@@ -66,18 +76,27 @@ pub struct OrigDsts {
 
 impl Dataplane {
     /// Loads and attaches everything, replacing what a previous agent pinned.
-    pub fn start(dir: &Path, cgroup_root: &Path, node: NodeConfig) -> Result<(Self, OrigDsts), Error> {
+    pub fn start(
+        dir: &Path,
+        cgroup_root: &Path,
+        node: NodeConfig,
+    ) -> Result<(Self, OrigDsts), Error> {
         pins::ensure_dirs(dir)?;
         let mut loader = EbpfLoader::new();
-        let pin_paths: Vec<(&'static str, PathBuf)> =
-            maps::PINNED.iter().map(|(name, file)| (*name, dir.join(file))).collect();
+        let pin_paths: Vec<(&'static str, PathBuf)> = maps::PINNED
+            .iter()
+            .map(|(name, file)| (*name, dir.join(file)))
+            .collect();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
 
         let mut config: Array<MapData, NodeConfig> = take_map(&mut ebpf, maps::NODE_CONFIG)?;
-        config.set(0, node, 0).map_err(|source| Error::Map { name: maps::NODE_CONFIG, source })?;
+        config.set(0, node, 0).map_err(|source| Error::Map {
+            name: maps::NODE_CONFIG,
+            source,
+        })?;
 
         let cgroup = File::open(cgroup_root).map_err(|source| Error::Io {
             what: "opening the cgroup to attach to",
@@ -86,7 +105,9 @@ impl Dataplane {
         })?;
         for name in [programs::CONNECT4, programs::CONNECT6] {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program.load().map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
             pins::replace_program_pin(dir, name, |path| program.pin(path))?;
             let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
@@ -95,13 +116,18 @@ impl Dataplane {
                 .take_link(id)
                 .map_err(|source| Error::Program { name, source })?
                 .try_into()
-                .map_err(|e| Error::Pin { path: dir.to_owned(), message: format!("{name}: {e}") })?;
+                .map_err(|e| Error::Pin {
+                    path: dir.to_owned(),
+                    message: format!("{name}: {e}"),
+                })?;
             pins::replace_link(&pins::link_path(dir, name), link)?;
         }
         {
             let name = programs::SOCK_OPS;
             let program: &mut SockOps = program(&mut ebpf, name)?;
-            program.load().map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
             pins::replace_program_pin(dir, name, |path| program.pin(path))?;
             let id = program
                 .attach(&cgroup, CgroupAttachMode::Single)
@@ -110,33 +136,55 @@ impl Dataplane {
                 .take_link(id)
                 .map_err(|source| Error::Program { name, source })?
                 .try_into()
-                .map_err(|e| Error::Pin { path: dir.to_owned(), message: format!("{name}: {e}") })?;
+                .map_err(|e| Error::Pin {
+                    path: dir.to_owned(),
+                    message: format!("{name}: {e}"),
+                })?;
             pins::replace_link(&pins::link_path(dir, name), link)?;
         }
 
-        let accel: SockHash<MapData, mesh_common::SockKey> = take_map(&mut ebpf, maps::ACCEL_SOCKS)?;
+        let accel: SockHash<MapData, mesh_common::SockKey> =
+            take_map(&mut ebpf, maps::ACCEL_SOCKS)?;
         {
             let name = programs::SK_MSG;
             let program: &mut SkMsg = program(&mut ebpf, name)?;
-            program.load().map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
             pins::replace_program_pin(dir, name, |path| program.pin(path))?;
             // A map has one msg verdict program: attaching replaces the previous agent's.
-            let id = program.attach(accel.fd()).map_err(|source| Error::Program { name, source })?;
+            let id = program
+                .attach(accel.fd())
+                .map_err(|source| Error::Program { name, source })?;
             // Owned by the map from now on; dropping the handle must not detach it.
-            let link = program.take_link(id).map_err(|source| Error::Program { name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| Error::Program { name, source })?;
             std::mem::forget(link);
         }
         {
             let name = programs::SK_LOOKUP;
             let program: &mut SkLookup = program(&mut ebpf, name)?;
-            program.load().map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
             pins::replace_program_pin(dir, name, |path| program.pin(path))?;
         }
 
         let enrolled = take_map(&mut ebpf, maps::ENROLLED_PODS)?;
         let inbound_listeners = take_map(&mut ebpf, maps::INBOUND_LISTENERS)?;
-        let orig = OrigDsts { map: Arc::new(Mutex::new(take_map(&mut ebpf, maps::ORIG_DSTS)?)) };
-        Ok((Self { dir: dir.to_owned(), ebpf, enrolled, inbound_listeners }, orig))
+        let orig = OrigDsts {
+            map: Arc::new(Mutex::new(take_map(&mut ebpf, maps::ORIG_DSTS)?)),
+        };
+        Ok((
+            Self {
+                dir: dir.to_owned(),
+                ebpf,
+                enrolled,
+                inbound_listeners,
+            },
+            orig,
+        ))
     }
 
     /// Starts capturing a pod: inbound listener and `sk_lookup` first, then the enrollment
@@ -150,7 +198,10 @@ impl Dataplane {
     ) -> Result<(), Error> {
         self.inbound_listeners
             .insert(pod.ip4, inbound_listener.as_raw_fd(), 0)
-            .map_err(|source| Error::Map { name: maps::INBOUND_LISTENERS, source })?;
+            .map_err(|source| Error::Map {
+                name: maps::INBOUND_LISTENERS,
+                source,
+            })?;
         let name = programs::SK_LOOKUP;
         let program: &mut SkLookup = program(&mut self.ebpf, name)?;
         let netns_file = File::open(netns.path()).map_err(|source| Error::Io {
@@ -158,12 +209,20 @@ impl Dataplane {
             path: netns.path().to_owned(),
             source,
         })?;
-        let id = program.attach(&netns_file).map_err(|source| Error::Program { name, source })?;
-        let link: FdLink = program.take_link(id).map_err(|source| Error::Program { name, source })?.into();
+        let id = program
+            .attach(&netns_file)
+            .map_err(|source| Error::Program { name, source })?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?
+            .into();
         pins::replace_link(&pins::sk_lookup_link_path(&self.dir, cookie), link)?;
         self.enrolled
             .insert(cookie, pod, 0)
-            .map_err(|source| Error::Map { name: maps::ENROLLED_PODS, source })
+            .map_err(|source| Error::Map {
+                name: maps::ENROLLED_PODS,
+                source,
+            })
     }
 
     /// Stops capturing a pod: new connections go straight again; open ones are untouched.
@@ -172,7 +231,10 @@ impl Dataplane {
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
         match self.inbound_listeners.remove(&ip4_be) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map { name: maps::INBOUND_LISTENERS, source }),
+            Err(source) => Err(Error::Map {
+                name: maps::INBOUND_LISTENERS,
+                source,
+            }),
         }
     }
 
@@ -196,8 +258,15 @@ impl OrigDsts {
     /// The original destination of the connection the app in namespace `cookie` opened from
     /// `port`, consumed so a later connection from the same port cannot read a stale one.
     pub fn take(&self, cookie: u64, port: u16) -> Option<SocketAddr> {
-        let key = OrigDstKey { netns_cookie: cookie, port: u32::from(port), _pad: 0 };
-        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = OrigDstKey {
+            netns_cookie: cookie,
+            port: u32::from(port),
+            _pad: 0,
+        };
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dst = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(to_socket_addr(&dst))
@@ -222,7 +291,9 @@ where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
-    program.try_into().map_err(|source| Error::Program { name, source })
+    program
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, Error>
@@ -260,7 +331,12 @@ mod tests {
         let v6 = OrigDst {
             family: mesh_common::FAMILY_INET6,
             port: 443,
-            addr: [u32::from_ne_bytes([0xfd, 0, 0, 0]), 0, 0, u32::from_ne_bytes([0, 0, 0, 7])],
+            addr: [
+                u32::from_ne_bytes([0xfd, 0, 0, 0]),
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0, 7]),
+            ],
         };
         assert_eq!(to_socket_addr(&v6), "[fd00::7]:443".parse().unwrap());
     }

@@ -23,11 +23,22 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("pod {pod}: cannot open network namespace {path}: {source}")]
-    Netns { pod: String, path: String, source: std::io::Error },
+    Netns {
+        pod: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("pod {pod}: cannot open listener {addr} in its namespace: {source}")]
-    Listener { pod: String, addr: SocketAddr, source: std::io::Error },
+    Listener {
+        pod: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("pod {pod}: {source}")]
-    Dataplane { pod: String, source: dataplane::Error },
+    Dataplane {
+        pod: String,
+        source: Box<dataplane::Error>,
+    },
 }
 
 /// What the admin endpoint shows of an enrolled pod.
@@ -70,14 +81,21 @@ pub struct Enrollment {
 impl Enrollment {
     pub fn new(dataplane: Dataplane, orig: OrigDsts, state: Arc<State>) -> Self {
         let leftovers = Some(dataplane.leftover_enrollments());
-        Self { dataplane, orig, state, active: BTreeMap::new(), leftovers }
+        Self {
+            dataplane,
+            orig,
+            state,
+            active: BTreeMap::new(),
+            leftovers,
+        }
     }
 
     /// Applies the file. Errors are per pod: one pod that cannot be enrolled leaves the others
     /// working, and is tried again on the next change.
     pub fn reconcile(&mut self, file: &PodsFile) {
         let node = self.state.config.node_name.clone();
-        let desired: BTreeMap<String, &Pod> = file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
+        let desired: BTreeMap<String, &Pod> =
+            file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
 
         let stale: Vec<String> = self
             .active
@@ -104,7 +122,11 @@ impl Enrollment {
         }
         if let Some(leftovers) = self.leftovers.take() {
             for cookie in leftovers {
-                if !self.active.values().any(|a| a.context.netns_cookie == cookie) {
+                if !self
+                    .active
+                    .values()
+                    .any(|a| a.context.netns_cookie == cookie)
+                {
                     tracing::info!(cookie, "releasing an enrollment left by a previous agent");
                     if let Err(error) = self.dataplane.forget(cookie) {
                         tracing::warn!(%error, cookie, "could not release leftover enrollment");
@@ -112,7 +134,10 @@ impl Enrollment {
                 }
             }
         }
-        self.state.metrics.enrolled_pods.set(self.active.len() as i64);
+        self.state
+            .metrics
+            .enrolled_pods
+            .set(self.active.len() as i64);
         self.state.set_enrolled(self.view());
     }
 
@@ -124,31 +149,66 @@ impl Enrollment {
             source,
         })?;
         let listen = |addr: SocketAddr| {
-            open_listener(&netns, addr).map_err(|source| Error::Listener { pod: key.clone(), addr, source })
+            open_listener(&netns, addr).map_err(|source| Error::Listener {
+                pod: key.clone(),
+                addr,
+                source,
+            })
         };
         let outbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
         // Native IPv6 is captured only where the pod has it; without it no IPv6 path exists.
         let outbound6 = listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND)).ok();
-        let inbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::INBOUND_PLAINTEXT))?;
+        let inbound = listen(SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            ports::INBOUND_PLAINTEXT,
+        ))?;
         let cookie = netns_cookie(&outbound).map_err(|source| Error::Listener {
             pod: key.clone(),
             addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND),
             source,
         })?;
-        let flags = if outbound6.is_some() { ENROLLED_IPV6_OUTBOUND } else { 0 };
-        let entry = EnrolledPod { ip4: u32::from_ne_bytes(pod.ip.octets()), flags };
+        let flags = if outbound6.is_some() {
+            ENROLLED_IPV6_OUTBOUND
+        } else {
+            0
+        };
+        let entry = EnrolledPod {
+            ip4: u32::from_ne_bytes(pod.ip.octets()),
+            flags,
+        };
         self.dataplane
             .enroll(&netns, cookie, entry, &inbound)
-            .map_err(|source| Error::Dataplane { pod: key.clone(), source })?;
+            .map_err(|source| Error::Dataplane {
+                pod: key.clone(),
+                source: Box::new(source),
+            })?;
 
-        let context = Arc::new(PodContext { pod: pod.clone(), netns, netns_cookie: cookie });
+        let context = Arc::new(PodContext {
+            pod: pod.clone(),
+            netns,
+            netns_cookie: cookie,
+        });
         let mut tasks = Vec::new();
         for listener in std::iter::once(outbound).chain(outbound6) {
             let listener = tokio_listener(listener);
-            tasks.push(tokio::spawn(serve_outbound(listener, context.clone(), self.orig.clone(), self.state.clone())));
+            tasks.push(tokio::spawn(serve_outbound(
+                listener,
+                context.clone(),
+                self.orig.clone(),
+                self.state.clone(),
+            )));
         }
-        tasks.push(tokio::spawn(serve_inbound(tokio_listener(inbound), context.clone(), self.state.clone())));
-        Ok(ActivePod { spec: pod.clone(), context, ipv6_outbound: flags != 0, tasks })
+        tasks.push(tokio::spawn(serve_inbound(
+            tokio_listener(inbound),
+            context.clone(),
+            self.state.clone(),
+        )));
+        Ok(ActivePod {
+            spec: pod.clone(),
+            context,
+            ipv6_outbound: flags != 0,
+            tasks,
+        })
     }
 
     fn release(&mut self, active: ActivePod) {

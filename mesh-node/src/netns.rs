@@ -35,7 +35,10 @@ impl NetNs {
     pub fn open(path: &Path) -> io::Result<Self> {
         agent_netns()?;
         let file = File::open(path)?;
-        Ok(Self { file, path: path.to_owned() })
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -72,7 +75,11 @@ impl NetNs {
 fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: setns takes a namespace fd we hold open, and changes only this thread.
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The cookie the kernel gives the namespace a socket lives in (what `bpf_get_netns_cookie`
@@ -90,5 +97,9 @@ pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
             &mut len,
         )
     };
-    if rc == 0 { Ok(cookie) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

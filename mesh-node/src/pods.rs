@@ -21,9 +21,15 @@ pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read pods file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pods file {path} is not valid: {source}")]
-    Parse { path: PathBuf, source: serde_yaml::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
     #[error("pods file {path}: pod {pod} is listed twice")]
     Duplicate { path: PathBuf, pod: String },
 }
@@ -81,21 +87,28 @@ impl PodsFile {
         let file: PodsFile = if text.trim().is_empty() {
             PodsFile::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|source| Error::Parse { path: path.to_owned(), source })?
+            serde_yaml::from_str(text).map_err(|source| Error::Parse {
+                path: path.to_owned(),
+                source,
+            })?
         };
         let mut seen = std::collections::BTreeSet::new();
         for pod in &file.pods {
             if !seen.insert(pod.key()) {
-                return Err(Error::Duplicate { path: path.to_owned(), pod: pod.key() });
+                return Err(Error::Duplicate {
+                    path: path.to_owned(),
+                    pod: pod.key(),
+                });
             }
         }
         Ok(file)
     }
 
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -113,7 +126,9 @@ impl PodsFile {
 
     /// The pods this node must capture.
     pub fn enrolled_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods.iter().filter(move |pod| pod.node == node && self.is_enrolled(pod))
+        self.pods
+            .iter()
+            .filter(move |pod| pod.node == node && self.is_enrolled(pod))
     }
 
     /// The pod with this address, on any node: names the peer of a connection in metrics.
@@ -137,9 +152,12 @@ impl FileWatch {
 
     /// `Some` with the new contents when the file changed since the last call.
     pub fn poll(&mut self) -> Option<Result<PodsFile, Error>> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|meta| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+        let stamp = std::fs::metadata(&self.path).ok().map(|meta| {
+            (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            )
+        });
         if stamp.is_some() && stamp == self.last {
             return None;
         }
@@ -179,14 +197,22 @@ pods:
 
     #[test]
     fn malformed_files_are_reported() {
-        let unknown = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3.4, netns: /x, color: red }";
-        let err = PodsFile::parse(Path::new("p.yaml"), unknown).unwrap_err().to_string();
+        let unknown =
+            "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3.4, netns: /x, color: red }";
+        let err = PodsFile::parse(Path::new("p.yaml"), unknown)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `color`"), "{err}");
         let bad_ip = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3, netns: /x }";
         assert!(PodsFile::parse(Path::new("p.yaml"), bad_ip).is_err());
         let dup = "pods:\n  - { name: a, namespace: x, node: n, ip: 1.2.3.4, netns: /x }\n  - { name: a, namespace: x, node: n, ip: 1.2.3.5, netns: /y }";
-        let err = PodsFile::parse(Path::new("p.yaml"), dup).unwrap_err().to_string();
+        let err = PodsFile::parse(Path::new("p.yaml"), dup)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x/a is listed twice"), "{err}");
-        assert_eq!(PodsFile::parse(Path::new("p.yaml"), "").unwrap(), PodsFile::default());
+        assert_eq!(
+            PodsFile::parse(Path::new("p.yaml"), "").unwrap(),
+            PodsFile::default()
+        );
     }
 }

@@ -75,7 +75,10 @@ async fn forward(
         }
     };
     metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-    metrics.received_bytes.get_or_create(&labels).inc_by(received);
+    metrics
+        .received_bytes
+        .get_or_create(&labels)
+        .inc_by(received);
     metrics.connections_closed.get_or_create(&labels).inc();
     tracing::debug!(
         src = %info.source, dst = %info.destination, sent, received,
@@ -84,7 +87,13 @@ async fn forward(
 }
 
 /// Labels for a connection between `local` (an enrolled pod of this node) and a peer address.
-fn labels(state: &State, reporter: Reporter, local: &Pod, peer: SocketAddr, flags: ResponseFlags) -> TcpLabels {
+fn labels(
+    state: &State,
+    reporter: Reporter,
+    local: &Pod,
+    peer: SocketAddr,
+    flags: ResponseFlags,
+) -> TcpLabels {
     let (peer_workload, peer_namespace) = match peer.ip() {
         std::net::IpAddr::V4(ip) => state
             .pods()
@@ -94,11 +103,19 @@ fn labels(state: &State, reporter: Reporter, local: &Pod, peer: SocketAddr, flag
         std::net::IpAddr::V6(_) => unknown(),
     };
     let (local_workload, local_namespace) = (workload_name(local), local.namespace.clone());
-    let ((source_workload, source_workload_namespace), (destination_workload, destination_workload_namespace)) =
-        match reporter {
-            Reporter::source => ((local_workload, local_namespace), (peer_workload, peer_namespace)),
-            Reporter::destination => ((peer_workload, peer_namespace), (local_workload, local_namespace)),
-        };
+    let (
+        (source_workload, source_workload_namespace),
+        (destination_workload, destination_workload_namespace),
+    ) = match reporter {
+        Reporter::source => (
+            (local_workload, local_namespace),
+            (peer_workload, peer_namespace),
+        ),
+        Reporter::destination => (
+            (peer_workload, peer_namespace),
+            (local_workload, local_namespace),
+        ),
+    };
     TcpLabels {
         reporter,
         source_workload,
@@ -116,5 +133,8 @@ fn unknown() -> (String, String) {
 
 /// Istio names a workload by its `app` label (Deployments share it), else the pod name.
 fn workload_name(pod: &Pod) -> String {
-    pod.labels.get("app").cloned().unwrap_or_else(|| pod.name.clone())
+    pod.labels
+        .get("app")
+        .cloned()
+        .unwrap_or_else(|| pod.name.clone())
 }

@@ -41,7 +41,10 @@ pub fn mesh_node_binary() -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("mesh-node binary not found near {}: build it first (`cargo xtask test` does) or set AMBIT_MESH_NODE", exe.display())
+    bail!(
+        "mesh-node binary not found near {}: build it first (`cargo xtask test` does) or set AMBIT_MESH_NODE",
+        exe.display()
+    )
 }
 
 impl Testbed {
@@ -79,12 +82,18 @@ impl Testbed {
 impl Agent {
     /// (Re)starts the process with the same arguments and waits for readiness.
     pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let netns = std::fs::File::open(&self.node_netns)?;
         let mut command = Command::new(mesh_node_binary()?);
         command
             .args(&self.args)
-            .env("AMBIT_LOG", std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()))
+            .env(
+                "AMBIT_LOG",
+                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -121,6 +130,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         self.start()
@@ -132,13 +146,24 @@ impl Agent {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("mesh-node on {} exited with {status}; log: {}", self.node, self.log_tail());
+                bail!(
+                    "mesh-node on {} exited with {status}; log: {}",
+                    self.node,
+                    self.log_tail()
+                );
             }
-            if self.get(15021, "/healthz/ready").is_ok_and(|(status, _)| status == 200) {
+            if self
+                .get(15021, "/healthz/ready")
+                .is_ok_and(|(status, _)| status == 200)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("mesh-node on {} not ready after {timeout:?}; log: {}", self.node, self.log_tail());
+                bail!(
+                    "mesh-node on {} not ready after {timeout:?}; log: {}",
+                    self.node,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -153,9 +178,14 @@ impl Agent {
     /// HTTP GET on one of the agent's ports, from inside its node.
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = sys::in_netns(&self.node_netns, || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+        let mut stream = sys::in_netns(&self.node_netns, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        })??;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let status = response
@@ -163,7 +193,10 @@ impl Agent {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .context("malformed HTTP response")?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -196,7 +229,12 @@ impl Agent {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("agent on {} did not {} {pod_key}; log: {}", self.node, if enrolled { "enroll" } else { "release" }, self.log_tail());
+                bail!(
+                    "agent on {} did not {} {pod_key}; log: {}",
+                    self.node,
+                    if enrolled { "enroll" } else { "release" },
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -219,7 +257,8 @@ pub fn sum_samples(text: &str, name: &str, filters: &[&str]) -> f64 {
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && filters.iter().all(|f| labels.contains(f))).then(|| value.parse::<f64>().ok())?
+            (metric == name && filters.iter().all(|f| labels.contains(f)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }

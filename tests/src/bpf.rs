@@ -34,7 +34,13 @@ pub fn linked_program_ids(bpf_dir: &Path) -> Result<Vec<(String, u32)>> {
         let path = entry?.path();
         let link = bpftool_json(&["link", "show", "pinned", &path.display().to_string()])?;
         let prog = link["prog_id"].as_u64().context("link without prog_id")? as u32;
-        ids.push((path.file_name().unwrap_or_default().to_string_lossy().into_owned(), prog));
+        ids.push((
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            prog,
+        ));
     }
     ids.sort();
     Ok(ids)
@@ -59,8 +65,12 @@ pub fn enrolled_entries(map: &Path) -> Result<Vec<(u64, u32)>> {
     dump(map)?
         .into_iter()
         .map(|(key, value)| {
-            let cookie = key.as_u64().with_context(|| format!("key {key} is not BTF-formatted"))?;
-            let ip = value["ip4"].as_u64().with_context(|| format!("value {value} has no ip4 field"))?;
+            let cookie = key
+                .as_u64()
+                .with_context(|| format!("key {key} is not BTF-formatted"))?;
+            let ip = value["ip4"]
+                .as_u64()
+                .with_context(|| format!("value {value} has no ip4 field"))?;
             Ok((cookie, ip as u32))
         })
         .collect()

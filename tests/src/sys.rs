@@ -11,10 +11,9 @@ use anyhow::{Context as _, Result, bail};
 
 /// Runs a command and fails with its stderr when it does not succeed.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}: is it installed? (`cargo xtask setup` installs it)"))?;
+    let output = Command::new(program).args(args).output().with_context(|| {
+        format!("running {program}: is it installed? (`cargo xtask setup` installs it)")
+    })?;
     if !output.status.success() {
         bail!(
             "{program} {} failed: {}",
@@ -56,14 +55,20 @@ pub fn in_netns<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
 pub(crate) fn setns(file: &File) -> std::io::Result<()> {
     // SAFETY: setns on a namespace fd we hold; affects only the calling thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Fails with a message naming what is missing unless this is root.
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("this test needs root (network namespaces, cgroups, bpffs): run `sudo cargo xtask test`");
+        bail!(
+            "this test needs root (network namespaces, cgroups, bpffs): run `sudo cargo xtask test`"
+        );
     }
     Ok(())
 }

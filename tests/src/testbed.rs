@@ -45,7 +45,11 @@ pub struct Topology {
 
 impl Default for Topology {
     fn default() -> Self {
-        Self { nodes: 2, pods_per_node: 2, namespaces: vec!["default".to_owned()] }
+        Self {
+            nodes: 2,
+            pods_per_node: 2,
+            namespaces: vec!["default".to_owned()],
+        }
     }
 }
 
@@ -124,7 +128,9 @@ impl Pod {
     /// Starts a process inside the pod: its network namespace and its cgroup.
     pub fn spawn(&self, command: &mut Command) -> Result<Child> {
         let netns = std::fs::File::open(self.netns_path())?;
-        let procs = std::fs::OpenOptions::new().write(true).open(self.cgroup.join("cgroup.procs"))?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))?;
         // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
         // syscalls on fds opened before the fork.
         unsafe {
@@ -143,7 +149,9 @@ impl Pod {
                 Ok(())
             });
         }
-        command.spawn().with_context(|| format!("starting {command:?} in pod {}", self.name))
+        command
+            .spawn()
+            .with_context(|| format!("starting {command:?} in pod {}", self.name))
     }
 
     /// The kernel's cookie for the pod's network namespace (the enrollment map's key).
@@ -174,13 +182,18 @@ impl Testbed {
             _serial: serial,
         };
         // From here on, Drop tears down whatever part was built.
-        testbed.build(&topology).context("building the test topology")?;
+        testbed
+            .build(&topology)
+            .context("building the test topology")?;
         Ok(testbed)
     }
 
     fn build(&mut self, topology: &Topology) -> Result<()> {
         std::fs::create_dir_all(&self.cgroup_dir).with_context(|| {
-            format!("creating {} (is cgroup v2 mounted at {CGROUP_V2}?)", self.cgroup_dir.display())
+            format!(
+                "creating {} (is cgroup v2 mounted at {CGROUP_V2}?)",
+                self.cgroup_dir.display()
+            )
         })?;
         sys::run("ip", &["netns", "add", &self.fabric])?;
         ip_in(&self.fabric, "link add br0 type bridge")?;
@@ -193,14 +206,20 @@ impl Testbed {
         for node in &self.nodes {
             for (k, other) in self.nodes.iter().enumerate() {
                 if other.name != node.name {
-                    ip_in(&node.netns, &format!("route add 198.19.{k}.0/24 via {}", other.ip))?;
+                    ip_in(
+                        &node.netns,
+                        &format!("route add 198.19.{k}.0/24 via {}", other.ip),
+                    )?;
                 }
             }
         }
         let namespaces = topology
             .namespaces
             .iter()
-            .map(|name| pods::Namespace { name: name.clone(), labels: Default::default() })
+            .map(|name| pods::Namespace {
+                name: name.clone(),
+                labels: Default::default(),
+            })
             .collect();
         let pods = self
             .pods()
@@ -226,7 +245,10 @@ impl Testbed {
         let netns = format!("{NETNS_PREFIX}{}-{name}", self.id);
         let ip = Ipv4Addr::new(198, 18, 0, n as u8 + 1);
         sys::run("ip", &["netns", "add", &netns])?;
-        ip_in(&self.fabric, &format!("link add {name} type veth peer name eth0 netns {netns}"))?;
+        ip_in(
+            &self.fabric,
+            &format!("link add {name} type veth peer name eth0 netns {netns}"),
+        )?;
         ip_in(&self.fabric, &format!("link set {name} master br0 up"))?;
         ip_in(&netns, "link set lo up")?;
         ip_in(&netns, &format!("addr add {ip}/24 dev eth0"))?;
@@ -243,18 +265,34 @@ impl Testbed {
             let pod_netns = format!("{NETNS_PREFIX}{}-{pod_name}", self.id);
             let pod_ip = Ipv4Addr::new(198, 19, n as u8, p as u8 + 2);
             sys::run("ip", &["netns", "add", &pod_netns])?;
-            ip_in(&netns, &format!("link add p{p} type veth peer name eth0 netns {pod_netns}"))?;
+            ip_in(
+                &netns,
+                &format!("link add p{p} type veth peer name eth0 netns {pod_netns}"),
+            )?;
             ip_in(&netns, &format!("link set p{p} master cni0 up"))?;
             ip_in(&pod_netns, "link set lo up")?;
             ip_in(&pod_netns, &format!("addr add {pod_ip}/24 dev eth0"))?;
             ip_in(&pod_netns, "link set eth0 up")?;
             ip_in(&pod_netns, &format!("route add default via 198.19.{n}.1"))?;
             // Connection-rate benchmarks measure the mesh, not the kernel's port allocator.
-            sysctl_in(&pod_netns, &["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"])?;
+            sysctl_in(
+                &pod_netns,
+                &[
+                    "net.ipv4.tcp_tw_reuse=1",
+                    "net.ipv4.ip_local_port_range=1024 65000",
+                ],
+            )?;
             let cgroup = node_cgroup.join(&pod_name);
             std::fs::create_dir_all(&cgroup)?;
             let namespace = topology.namespaces[p % topology.namespaces.len()].clone();
-            pods.push(Pod { name: pod_name, namespace, node: name.clone(), netns: pod_netns, ip: pod_ip, cgroup });
+            pods.push(Pod {
+                name: pod_name,
+                namespace,
+                node: name.clone(),
+                netns: pod_netns,
+                ip: pod_ip,
+                cgroup,
+            });
         }
         Ok(Node {
             bpf_dir: self.bpf_base.join(&name),
@@ -271,11 +309,16 @@ impl Testbed {
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
-        self.pods().find(|pod| pod.name == name).unwrap_or_else(|| panic!("no pod {name} in the test bed"))
+        self.pods()
+            .find(|pod| pod.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} in the test bed"))
     }
 
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name} in the test bed"))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in the test bed"))
     }
 
     pub fn pods_file_path(&self) -> PathBuf {
@@ -286,10 +329,16 @@ impl Testbed {
     pub fn set_namespace_ambient(&self, namespace: &str, ambient: bool) -> Result<()> {
         self.update_pods_file(|file| {
             if !file.namespaces.iter().any(|ns| ns.name == namespace) {
-                file.namespaces.push(pods::Namespace { name: namespace.to_owned(), labels: Default::default() });
+                file.namespaces.push(pods::Namespace {
+                    name: namespace.to_owned(),
+                    labels: Default::default(),
+                });
             }
             for ns in file.namespaces.iter_mut().filter(|ns| ns.name == namespace) {
-                set_label(&mut ns.labels, ambient.then_some(pods::DATAPLANE_MODE_AMBIENT));
+                set_label(
+                    &mut ns.labels,
+                    ambient.then_some(pods::DATAPLANE_MODE_AMBIENT),
+                );
             }
         })
     }
@@ -351,7 +400,9 @@ fn set_label(labels: &mut std::collections::BTreeMap<String, String>, mode: Opti
 }
 
 fn print_agent_logs(work_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(work_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "log") {
@@ -409,7 +460,9 @@ fn sweep_leftovers() {
         }
     }
     for (base, prefix) in [(CGROUP_V2, CGROUP_PREFIX), (BPF_BASE, "test-")] {
-        let Ok(entries) = std::fs::read_dir(base) else { continue };
+        let Ok(entries) = std::fs::read_dir(base) else {
+            continue;
+        };
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if dead(&name, prefix) {

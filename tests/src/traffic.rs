@@ -34,25 +34,34 @@ impl Drop for Server {
     }
 }
 
-fn serve(listener: TcpListener, handle: fn(TcpStream, SocketAddr) -> io::Result<()>) -> Result<Server> {
+fn serve(
+    listener: TcpListener,
+    handle: fn(TcpStream, SocketAddr) -> io::Result<()>,
+) -> Result<Server> {
     let addr = listener.local_addr()?;
-    listener.set_nonblocking(true)?;
+    // accept() honours SO_RCVTIMEO: wake up now and then to notice the stop flag, without
+    // the latency a non-blocking poll loop would add to every new connection.
+    socket2::SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(50)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::spawn(move || {
         while !flag.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(None);
                     let _ = stream.set_nodelay(true);
                     std::thread::spawn(move || handle(stream, peer));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     });
-    Ok(Server { stop, thread: Some(thread), addr })
+    Ok(Server {
+        stop,
+        thread: Some(thread),
+        addr,
+    })
 }
 
 /// Greets each connection with the peer address it sees (`"<ip:port>\n"`), then echoes.
@@ -137,11 +146,16 @@ impl<'a> Patient<'a> {
 
 impl Read for Patient<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let timeout = self.stream.read_timeout()?.unwrap_or(Duration::from_secs(20));
+        let timeout = self
+            .stream
+            .read_timeout()?
+            .unwrap_or(Duration::from_secs(20));
         let deadline = Instant::now() + timeout;
         loop {
             match (&*self.stream).read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -153,7 +167,9 @@ pub fn read_greeting(stream: &mut TcpStream) -> Result<SocketAddr> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while byte[0] != b'\n' {
-        Patient::new(stream).read_exact(&mut byte).context("reading the echo server's greeting")?;
+        Patient::new(stream)
+            .read_exact(&mut byte)
+            .context("reading the echo server's greeting")?;
         line.push(byte[0]);
     }
     Ok(String::from_utf8(line)?.trim().parse()?)
@@ -167,8 +183,12 @@ pub fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Result<()> {
         std::thread::spawn(move || stream.write_all(&payload))
     };
     let mut back = vec![0u8; payload.len()];
-    Patient::new(stream).read_exact(&mut back).context("reading the echo")?;
-    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    Patient::new(stream)
+        .read_exact(&mut back)
+        .context("reading the echo")?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     if back != payload {
         bail!("echoed bytes differ from what was sent");
     }
@@ -184,12 +204,16 @@ pub fn upload_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
         let n = chunk.len().min((total - sent) as usize);
         pattern(sent, &mut chunk[..n]);
         hasher.update(&chunk[..n]);
-        stream.write_all(&chunk[..n]).with_context(|| format!("sending at offset {sent}"))?;
+        stream
+            .write_all(&chunk[..n])
+            .with_context(|| format!("sending at offset {sent}"))?;
         sent += n as u64;
     }
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
-    Patient::new(&stream).read_to_string(&mut answer).context("reading the checksum")?;
+    Patient::new(&stream)
+        .read_to_string(&mut answer)
+        .context("reading the checksum")?;
     let expected = format!("{} {total}", hex(&hasher.finalize()));
     if answer.trim() != expected {
         bail!("server saw {:?}, sent {expected:?}", answer.trim());
@@ -248,7 +272,10 @@ pub fn request_response(
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| bail!("client panicked"))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| bail!("client panicked")))
+            .collect()
     });
     let mut total = hdrhistogram::Histogram::<u64>::new(3)?;
     for histogram in results {
@@ -282,7 +309,10 @@ pub fn connection_rate(
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| bail!("client panicked"))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| bail!("client panicked")))
+            .collect()
     });
     let mut total = 0;
     for count in counts {

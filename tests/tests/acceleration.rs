@@ -5,7 +5,9 @@
 use anyhow::{Context as _, Result};
 use mesh_tests::{
     AgentOptions, Testbed, Topology,
-    traffic::{checksum_server, download_and_verify, read_greeting, source_server, upload_and_verify},
+    traffic::{
+        checksum_server, download_and_verify, read_greeting, source_server, upload_and_verify,
+    },
 };
 
 const UPLOAD_PORT: u16 = 9000;
@@ -27,18 +29,24 @@ fn transfers_intact(accelerate: bool) -> Result<()> {
     let _probe = mesh_tests::traffic::echo_server(server.listen(PROBE_PORT)?)?;
 
     // While one connection is open, its loopback hop is in the sockhash iff accelerated.
-    let mut probe = client.connect(server.addr(PROBE_PORT)).context("connecting the probe")?;
+    let mut probe = client
+        .connect(server.addr(PROBE_PORT))
+        .context("connecting the probe")?;
     read_greeting(&mut probe).context("probe greeting")?;
     let spliced = mesh_tests::bpf::dump(&a0.bpf_dir.join("accel_socks"))?.len();
     if accelerate {
-        assert_eq!(spliced, 2, "both ends of the app <-> agent hop should be in the sockhash");
+        assert_eq!(
+            spliced, 2,
+            "both ends of the app <-> agent hop should be in the sockhash"
+        );
     } else {
         assert_eq!(spliced, 0, "acceleration is off but sockets were spliced");
     }
     mesh_tests::traffic::echo_round_trip(&mut probe, &vec![9u8; 4 << 20]).context("probe echo")?;
 
     upload_and_verify(client.connect(server.addr(UPLOAD_PORT))?, TRANSFER).context("upload")?;
-    download_and_verify(client.connect(server.addr(DOWNLOAD_PORT))?, TRANSFER).context("download")?;
+    download_and_verify(client.connect(server.addr(DOWNLOAD_PORT))?, TRANSFER)
+        .context("download")?;
     Ok(())
 }
 

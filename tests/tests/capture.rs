@@ -17,7 +17,10 @@ fn delivery_source() -> std::net::IpAddr {
 
 fn opened(agent: &mesh_tests::Agent, reporter: &str) -> f64 {
     agent
-        .metric_sum("istio_tcp_connections_opened_total", &[&format!("reporter=\"{reporter}\"")])
+        .metric_sum(
+            "istio_tcp_connections_opened_total",
+            &[&format!("reporter=\"{reporter}\"")],
+        )
         .expect("reading metrics")
 }
 
@@ -27,7 +30,9 @@ fn outbound_to(agent: &mesh_tests::Agent, destination: SocketAddr) -> Vec<serde_
         .as_array()
         .map(|all| {
             all.iter()
-                .filter(|c| c["direction"] == "outbound" && c["destination"] == destination.to_string())
+                .filter(|c| {
+                    c["direction"] == "outbound" && c["destination"] == destination.to_string()
+                })
                 .cloned()
                 .collect()
         })
@@ -47,21 +52,38 @@ fn enrolled_pod_to_remote_pod_is_captured_with_its_original_destination() -> Res
     let mut stream = client.connect(server.addr(ECHO_PORT))?;
     // The agent's upstream socket lives in the client pod: the server sees the pod's address.
     let seen = read_greeting(&mut stream)?;
-    assert_eq!(seen.ip(), std::net::IpAddr::from(client.ip), "server saw {seen}");
+    assert_eq!(
+        seen.ip(),
+        std::net::IpAddr::from(client.ip),
+        "server saw {seen}"
+    );
     echo_round_trip(&mut stream, &vec![7u8; 1 << 20])?;
 
     let live = outbound_to(&agent, server.addr(ECHO_PORT));
-    assert_eq!(live.len(), 1, "agent should carry exactly this connection: {live:?}");
+    assert_eq!(
+        live.len(),
+        1,
+        "agent should carry exactly this connection: {live:?}"
+    );
     assert_eq!(live[0]["pod"], client.key());
     drop(stream);
-    wait_for(|| opened(&agent, "source") > before, "opened counter to move")?;
     wait_for(
-        || agent.metric_sum("istio_tcp_sent_bytes_total", &["reporter=\"source\""]).unwrap_or(0.0) >= (1 << 20) as f64,
+        || opened(&agent, "source") > before,
+        "opened counter to move",
+    )?;
+    wait_for(
+        || {
+            agent
+                .metric_sum("istio_tcp_sent_bytes_total", &["reporter=\"source\""])
+                .unwrap_or(0.0)
+                >= (1 << 20) as f64
+        },
         "sent bytes to be counted",
     )?;
     let metrics = agent.metrics()?;
     assert!(
-        metrics.contains("destination_workload=\"n1-p0\"") && metrics.contains("source_workload=\"n0-p0\""),
+        metrics.contains("destination_workload=\"n1-p0\"")
+            && metrics.contains("source_workload=\"n0-p0\""),
         "workload labels missing:\n{metrics}"
     );
     Ok(())
@@ -79,7 +101,10 @@ fn unenrolled_pod_is_not_captured() -> Result<()> {
     let mut stream = plain.connect(server.addr(ECHO_PORT))?;
     let seen = read_greeting(&mut stream)?;
     echo_round_trip(&mut stream, b"not captured")?;
-    assert!(outbound_to(&agent, server.addr(ECHO_PORT)).is_empty(), "unenrolled traffic went through the agent");
+    assert!(
+        outbound_to(&agent, server.addr(ECHO_PORT)).is_empty(),
+        "unenrolled traffic went through the agent"
+    );
     assert_eq!(opened(&agent, "source"), 0.0);
     // The kernel picked the client's port: nothing rewrote the connection.
     assert_eq!(seen, stream.local_addr()?);
@@ -102,15 +127,27 @@ fn enroll_and_unenroll_at_run_time_keep_open_connections() -> Result<()> {
     agent.wait_enrolled(&client.key(), true)?;
     let mut captured = client.connect(dst)?;
     read_greeting(&mut captured)?;
-    assert_eq!(outbound_to(&agent, dst).len(), 1, "new connection after enrollment not captured");
+    assert_eq!(
+        outbound_to(&agent, dst).len(),
+        1,
+        "new connection after enrollment not captured"
+    );
     echo_round_trip(&mut direct, b"still here after enrollment")?;
 
     tb.set_namespace_ambient(&client.namespace, false)?;
     agent.wait_enrolled(&client.key(), false)?;
     let mut after = client.connect(dst)?;
     let seen = read_greeting(&mut after)?;
-    assert_eq!(seen, after.local_addr()?, "connection after unenrollment was captured");
-    assert_eq!(outbound_to(&agent, dst).len(), 1, "only the captured connection stays on the agent");
+    assert_eq!(
+        seen,
+        after.local_addr()?,
+        "connection after unenrollment was captured"
+    );
+    assert_eq!(
+        outbound_to(&agent, dst).len(),
+        1,
+        "only the captured connection stays on the agent"
+    );
     echo_round_trip(&mut direct, b"direct survives unenrollment")?;
     echo_round_trip(&mut captured, b"captured survives unenrollment")?;
     echo_round_trip(&mut after, b"after")?;
@@ -128,7 +165,11 @@ fn inbound_plaintext_to_an_enrolled_pod_is_captured_by_sk_lookup() -> Result<()>
 
     let mut stream = client.connect(server.addr(ECHO_PORT))?;
     let seen = read_greeting(&mut stream)?;
-    assert_eq!(seen.ip(), delivery_source(), "the app should be reached through the agent");
+    assert_eq!(
+        seen.ip(),
+        delivery_source(),
+        "the app should be reached through the agent"
+    );
     echo_round_trip(&mut stream, &vec![3u8; 256 * 1024])?;
     let connections = agent.connections()?;
     let inbound: Vec<_> = connections
@@ -138,7 +179,10 @@ fn inbound_plaintext_to_an_enrolled_pod_is_captured_by_sk_lookup() -> Result<()>
         .filter(|c| c["direction"] == "inbound")
         .collect();
     assert_eq!(inbound.len(), 1, "{connections}");
-    assert_eq!(inbound[0]["destination"], server.addr(ECHO_PORT).to_string());
+    assert_eq!(
+        inbound[0]["destination"],
+        server.addr(ECHO_PORT).to_string()
+    );
     assert_eq!(inbound[0]["source"], stream.local_addr()?.to_string());
     Ok(())
 }
@@ -178,7 +222,10 @@ fn agent_restart_reattaches_without_duplicates_and_fails_closed_while_down() -> 
     agent.stop()?;
     // Still enrolled in the pinned map, no listener: refused, never sent around the mesh.
     let while_down = client.connect(dst);
-    assert!(while_down.is_err(), "an enrolled pod reached {dst} with its agent down");
+    assert!(
+        while_down.is_err(),
+        "an enrolled pod reached {dst} with its agent down"
+    );
 
     agent.start()?;
     agent.wait_enrolled(&client.key(), true)?;
@@ -191,11 +238,21 @@ fn agent_restart_reattaches_without_duplicates_and_fails_closed_while_down() -> 
     let linked_after = mesh_tests::bpf::linked_program_ids(&agent.bpf_dir)?;
     for name in ["ambit_connect4", "ambit_connect6", "ambit_sock_ops"] {
         let count = |set: &[(u32, String)]| set.iter().filter(|(_, n)| n == name).count();
-        assert_eq!(count(&attached_after), count(&attached_before), "{name} attached a second time: {attached_after:?}");
+        assert_eq!(
+            count(&attached_after),
+            count(&attached_before),
+            "{name} attached a second time: {attached_after:?}"
+        );
     }
     for (link, old_id) in &linked_before {
-        let new_id = linked_after.iter().find(|(l, _)| l == link).map(|(_, id)| *id);
-        assert!(new_id.is_some_and(|id| id != *old_id), "link {link} was not replaced");
+        let new_id = linked_after
+            .iter()
+            .find(|(l, _)| l == link)
+            .map(|(_, id)| *id);
+        assert!(
+            new_id.is_some_and(|id| id != *old_id),
+            "link {link} was not replaced"
+        );
         assert!(
             !attached_after.iter().any(|(id, _)| id == old_id),
             "the old program {old_id} of {link} is still attached"
@@ -216,7 +273,9 @@ fn bpftool_shows_the_enrolled_namespace() -> Result<()> {
     let cookie = pod.netns_cookie()?;
     let ip = u32::from_ne_bytes(pod.ip.octets());
     assert!(
-        entries.iter().any(|(key, pod_ip)| *key == cookie && *pod_ip == ip),
+        entries
+            .iter()
+            .any(|(key, pod_ip)| *key == cookie && *pod_ip == ip),
         "cookie {cookie} not in {entries:?}"
     );
     assert_eq!(entries.len(), 1, "only n0-p0 is enrolled: {entries:?}");
@@ -226,12 +285,24 @@ fn bpftool_shows_the_enrolled_namespace() -> Result<()> {
 #[test]
 fn testbed_cleans_up_after_a_panic() -> Result<()> {
     let names = std::panic::catch_unwind(|| {
-        let tb = Testbed::new(Topology { nodes: 1, pods_per_node: 1, ..Topology::default() }).unwrap();
-        let names = (tb.pod("n0-p0").netns.clone(), tb.cgroup_dir.clone(), tb.work_dir.clone());
+        let tb = Testbed::new(Topology {
+            nodes: 1,
+            pods_per_node: 1,
+            ..Topology::default()
+        })
+        .unwrap();
+        let names = (
+            tb.pod("n0-p0").netns.clone(),
+            tb.cgroup_dir.clone(),
+            tb.work_dir.clone(),
+        );
         std::panic::panic_any(names);
     })
     .expect_err("the closure panics");
-    let (netns, cgroup, work) = names.downcast_ref::<(String, std::path::PathBuf, std::path::PathBuf)>().unwrap().clone();
+    let (netns, cgroup, work) = names
+        .downcast_ref::<(String, std::path::PathBuf, std::path::PathBuf)>()
+        .unwrap()
+        .clone();
     let list = String::from_utf8(mesh_tests::sys::run("ip", &["netns", "list"])?.stdout)?;
     assert!(!list.contains(&netns), "{netns} left behind");
     assert!(!cgroup.exists(), "{} left behind", cgroup.display());

@@ -1,1 +1,97 @@
-fn main() {}
+//! `cargo xtask`: the commands a user and CI run.
+//!
+//! # Layout
+//! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker);
+//! - `cmd`: running cargo and other programs with visible progress;
+//! - here: `test`, `demo`, `bench`, each running `setup` first.
+mod cmd;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{Cargo, step};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks: Debian packages, nightly rust-src, bpf-linker.
+    Setup,
+    /// Lint and run every test (unit, integration, eBPF on the real kernel). Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the mesh on this machine: nodes and pods in network namespaces. Needs root.
+    Demo,
+    /// Measure direct vs captured paths in the test-bed topology. Needs root.
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test(&args),
+        Command::Demo => {
+            setup::run()?;
+            let cargo = Cargo::new()?;
+            step("building (release)");
+            cargo.run(&[
+                "build",
+                "--release",
+                "-p",
+                "mesh-node",
+                "-p",
+                "mesh-tests",
+                "--bins",
+            ])?;
+            cargo.exec_binary("release", "ambit-demo", &[])
+        }
+        Command::Bench { seconds } => {
+            setup::run()?;
+            let cargo = Cargo::new()?;
+            step("building (release)");
+            cargo.run(&[
+                "build",
+                "--release",
+                "-p",
+                "mesh-node",
+                "-p",
+                "mesh-tests",
+                "--bins",
+            ])?;
+            cargo.exec_binary(
+                "release",
+                "ambit-bench",
+                &["--seconds", &seconds.to_string()],
+            )
+        }
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let cargo = Cargo::new()?;
+    step("checking formatting (cargo fmt --check)");
+    cargo.run(&["fmt", "--all", "--", "--check"])?;
+    step("linting (cargo clippy --all-targets -D warnings)");
+    cargo.run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("building the node agent the integration tests start");
+    cargo.run(&["build", "-p", "mesh-node", "--bins"])?;
+    step("running every test (eBPF and network-namespace tests need root)");
+    let mut args = vec!["test", "--no-fail-fast"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo.run(&args)
+}

@@ -24,7 +24,11 @@ const SK_LOOKUP_PREFIX: &str = "sk_lookup-";
 /// container that was given the directory but not the mount).
 pub fn ensure_bpffs() -> Result<(), Error> {
     let root = Path::new("/sys/fs/bpf");
-    let io = |what, source| Error::Io { what, path: root.to_owned(), source };
+    let io = |what, source| Error::Io {
+        what,
+        path: root.to_owned(),
+        source,
+    };
     std::fs::create_dir_all(root).map_err(|e| io("creating", e))?;
     let path = c"/sys/fs/bpf";
     // SAFETY: statfs writes only into `stat`, which outlives the call.
@@ -38,10 +42,19 @@ pub fn ensure_bpffs() -> Result<(), Error> {
     }
     // SAFETY: all strings are NUL-terminated constants.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(io("mounting bpffs (needs CAP_SYS_ADMIN)", std::io::Error::last_os_error()));
+        return Err(io(
+            "mounting bpffs (needs CAP_SYS_ADMIN)",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -49,8 +62,11 @@ pub fn ensure_bpffs() -> Result<(), Error> {
 pub(super) fn ensure_dirs(dir: &Path) -> Result<(), Error> {
     for sub in ["progs", "links"] {
         let path = dir.join(sub);
-        std::fs::create_dir_all(&path)
-            .map_err(|source| Error::Io { what: "creating pin directory", path, source })?;
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            what: "creating pin directory",
+            path,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -60,14 +76,23 @@ pub(super) fn link_path(dir: &Path, program: &str) -> PathBuf {
 }
 
 pub(super) fn sk_lookup_link_path(dir: &Path, netns_cookie: u64) -> PathBuf {
-    dir.join("links").join(format!("{SK_LOOKUP_PREFIX}{netns_cookie}"))
+    dir.join("links")
+        .join(format!("{SK_LOOKUP_PREFIX}{netns_cookie}"))
 }
 
 pub(super) fn sk_lookup_link_cookies(dir: &Path) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir(dir.join("links")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
+        return Vec::new();
+    };
     entries
         .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix(SK_LOOKUP_PREFIX)?.parse().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(SK_LOOKUP_PREFIX)?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -118,5 +143,8 @@ pub(super) fn replace_program_pin(
 }
 
 fn pin_error(path: &Path, error: PinError) -> Error {
-    Error::Pin { path: path.to_owned(), message: error.to_string() }
+    Error::Pin {
+        path: path.to_owned(),
+        message: error.to_string(),
+    }
 }

@@ -37,8 +37,14 @@ pub struct Registration {
 impl Connections {
     pub fn register(&self, info: ConnectionInfo) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, info);
-        Registration { id, live: self.live.clone() }
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, info);
+        Registration {
+            id,
+            live: self.live.clone(),
+        }
     }
 
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
@@ -51,6 +57,9 @@ impl Connections {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }

@@ -26,7 +26,9 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 continue;
             }
         };
-        let Ok(dst) = stream.local_addr() else { continue };
+        let Ok(dst) = stream.local_addr() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
@@ -34,14 +36,35 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.pod.key(), %dst, "delivery to the app failed");
-                    let labels = labels(&state, Reporter::destination, &pod.pod, peer, ResponseFlags::UF);
-                    state.metrics.connections_failed.get_or_create(&labels).inc();
+                    let labels = labels(
+                        &state,
+                        Reporter::destination,
+                        &pod.pod,
+                        peer,
+                        ResponseFlags::UF,
+                    );
+                    state
+                        .metrics
+                        .connections_failed
+                        .get_or_create(&labels)
+                        .inc();
                     return;
                 }
             };
-            let info = ConnectionInfo { direction: "inbound", pod: pod.pod.key(), source: peer, destination: dst };
+            let info = ConnectionInfo {
+                direction: "inbound",
+                pod: pod.pod.key(),
+                source: peer,
+                destination: dst,
+            };
             tracing::debug!(pod = %info.pod, client = %peer, %dst, "inbound connection captured");
-            let labels = labels(&state, Reporter::destination, &pod.pod, peer, ResponseFlags::None);
+            let labels = labels(
+                &state,
+                Reporter::destination,
+                &pod.pod,
+                peer,
+                ResponseFlags::None,
+            );
             forward(state, labels, stream, upstream, info).await;
         });
     }

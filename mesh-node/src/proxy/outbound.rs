@@ -12,7 +12,12 @@ use crate::{
     metrics::{Reporter, ResponseFlags},
 };
 
-pub async fn serve_outbound(listener: TcpListener, pod: Arc<PodContext>, orig: OrigDsts, state: Arc<State>) {
+pub async fn serve_outbound(
+    listener: TcpListener,
+    pod: Arc<PodContext>,
+    orig: OrigDsts,
+    state: Arc<State>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -25,7 +30,11 @@ pub async fn serve_outbound(listener: TcpListener, pod: Arc<PodContext>, orig: O
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.pod.key(), client = %peer, "captured connection has no original destination; refusing it");
             let labels = labels(&state, Reporter::source, &pod.pod, peer, ResponseFlags::NR);
-            state.metrics.connections_failed.get_or_create(&labels).inc();
+            state
+                .metrics
+                .connections_failed
+                .get_or_create(&labels)
+                .inc();
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -37,11 +46,20 @@ pub async fn serve_outbound(listener: TcpListener, pod: Arc<PodContext>, orig: O
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.pod.key(), %dst, "outbound connect failed");
                     let labels = labels(&state, Reporter::source, &pod.pod, dst, ResponseFlags::UF);
-                    state.metrics.connections_failed.get_or_create(&labels).inc();
+                    state
+                        .metrics
+                        .connections_failed
+                        .get_or_create(&labels)
+                        .inc();
                     return;
                 }
             };
-            let info = ConnectionInfo { direction: "outbound", pod: pod.pod.key(), source, destination: dst };
+            let info = ConnectionInfo {
+                direction: "outbound",
+                pod: pod.pod.key(),
+                source,
+                destination: dst,
+            };
             tracing::debug!(pod = %info.pod, %dst, "outbound connection captured");
             let labels = labels(&state, Reporter::source, &pod.pod, dst, ResponseFlags::None);
             forward(state, labels, stream, upstream, info).await;

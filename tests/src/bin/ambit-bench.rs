@@ -1,0 +1,262 @@
+//! `cargo xtask bench`: direct vs captured paths in the test-bed topology, in one run.
+//!
+//! Paths: `direct` (two unenrolled pods), `captured` (both pods enrolled: client agent ->
+//! plain TCP -> server agent), `captured+sockmap` (the same with the app <-> agent hop spliced).
+//! Only ratios within one run mean anything on a shared machine.
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use mesh_tests::{
+    AgentOptions, Pod, Testbed, Topology,
+    traffic::{connection_rate, echo_server, request_response},
+};
+use serde_json::json;
+
+const ECHO_PORT: u16 = 7000;
+const IPERF_PORT: u16 = 5201;
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+type Results = BTreeMap<&'static str, f64>;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    mesh_tests::sys::require_root()?;
+    let secs = Duration::from_secs(args.seconds);
+    let tb = Testbed::new(Topology::default())?;
+    // n*-p0 are enrolled, n*-p1 are not.
+    tb.set_pod_mode("n0-p0", Some("ambient"))?;
+    tb.set_pod_mode("n1-p0", Some("ambient"))?;
+    let _servers: Vec<_> = ["n1-p0", "n1-p1"]
+        .iter()
+        .map(|p| echo_server(tb.pod(p).listen(ECHO_PORT)?))
+        .collect::<Result<_>>()?;
+    let mut iperf_servers = Vec::new();
+    for pod in ["n1-p0", "n1-p1"] {
+        iperf_servers.push(KillOnDrop(
+            tb.pod(pod).spawn(
+                Command::new("iperf3")
+                    .args(["-s", "-p", &IPERF_PORT.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?,
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut all: Vec<(&str, Results)> = Vec::new();
+    eprintln!("bench: direct (no mesh)");
+    all.push((
+        "direct",
+        measure(
+            &tb.pod("n0-p1").clone(),
+            &tb.pod("n1-p1").clone(),
+            secs,
+            None,
+        )?,
+    ));
+    for (name, accelerate) in [("captured", false), ("captured+sockmap", true)] {
+        eprintln!("bench: {name}");
+        let options = AgentOptions { accelerate };
+        let agents = [
+            tb.start_agent("n0", &options)?,
+            tb.start_agent("n1", &options)?,
+        ];
+        agents[0].wait_enrolled("default/n0-p0", true)?;
+        agents[1].wait_enrolled("default/n1-p0", true)?;
+        let results = measure(
+            &tb.pod("n0-p0").clone(),
+            &tb.pod("n1-p0").clone(),
+            secs,
+            Some(&agents),
+        )?;
+        drop(agents);
+        all.push((name, results));
+    }
+    drop(iperf_servers);
+    print_table(&all);
+    write_json(&all, args.seconds)
+}
+
+fn measure(
+    client: &Pod,
+    server: &Pod,
+    secs: Duration,
+    agents: Option<&[mesh_tests::Agent; 2]>,
+) -> Result<Results> {
+    let mut r = Results::new();
+    if let Some(agents) = agents {
+        r.insert("agent_rss_idle_mb", rss_mb(agents)?);
+    }
+    let dst = server.addr(ECHO_PORT);
+    let connect = || client.connect(dst);
+    let mut record = |key: &'static str, value: Result<f64>| {
+        let value = value.unwrap_or_else(|error| {
+            eprintln!("bench: {key} failed: {error:#}");
+            f64::NAN
+        });
+        r.insert(key, value);
+    };
+    record("iperf3_1_stream_gbps", iperf3(client, server, 1, secs));
+    record("iperf3_8_streams_gbps", iperf3(client, server, 8, secs));
+    for (conns, key_p50, key_p99, key_rate) in [
+        (
+            1,
+            "rr_1k_1conn_p50_us",
+            "rr_1k_1conn_p99_us",
+            "rr_1k_1conn_per_s",
+        ),
+        (
+            16,
+            "rr_1k_16conn_p50_us",
+            "rr_1k_16conn_p99_us",
+            "rr_1k_16conn_per_s",
+        ),
+    ] {
+        match request_response(&connect, conns, 1024, secs) {
+            Ok(h) => {
+                record(key_p50, Ok(h.value_at_quantile(0.50) as f64 / 1000.0));
+                record(key_p99, Ok(h.value_at_quantile(0.99) as f64 / 1000.0));
+                record(key_rate, Ok(h.len() as f64 / secs.as_secs_f64()));
+            }
+            Err(error) => {
+                for key in [key_p50, key_p99, key_rate] {
+                    record(key, Err(anyhow::anyhow!("{error:#}")));
+                }
+            }
+        }
+    }
+    record(
+        "new_conn_1_client_per_s",
+        connection_rate(&connect, 1, secs),
+    );
+    record(
+        "new_conn_4_clients_per_s",
+        connection_rate(&connect, 4, secs),
+    );
+    if let Some(agents) = agents {
+        r.insert("agent_rss_after_load_mb", rss_mb(agents)?);
+    }
+    Ok(r)
+}
+
+fn iperf3(client: &Pod, server: &Pod, streams: u32, secs: Duration) -> Result<f64> {
+    let child = client.spawn(
+        Command::new("iperf3")
+            .args([
+                "-c",
+                &server.ip.to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+                "-J",
+            ])
+            .args([
+                "-t",
+                &secs.as_secs().to_string(),
+                "-P",
+                &streams.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let out = child.wait_with_output()?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
+    if let Some(error) = report["error"].as_str() {
+        bail!("iperf3 -P {streams}: {error}");
+    }
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 report without sum_received")?;
+    Ok(bps / 1e9)
+}
+
+/// Sum of both agents' resident memory, in MB.
+fn rss_mb(agents: &[mesh_tests::Agent; 2]) -> Result<f64> {
+    let mut kb = 0.0;
+    for agent in agents {
+        let pid = agent.pid().context("agent not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        kb += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .context("no VmRSS")?;
+    }
+    Ok(kb / 1024.0 / agents.len() as f64)
+}
+
+fn print_table(all: &[(&str, Results)]) {
+    let direct = &all[0].1;
+    let keys: Vec<&str> = all
+        .iter()
+        .flat_map(|(_, r)| r.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    print!("\n{:<28}", "metric");
+    for (name, _) in all {
+        print!("{name:>18}");
+    }
+    println!("{:>22}", "ratio to direct");
+    for key in keys {
+        print!("{key:<28}");
+        for (_, r) in all {
+            match r.get(key) {
+                Some(v) if v.is_nan() => print!("{:>18}", "failed"),
+                Some(v) => print!("{v:>18.2}"),
+                None => print!("{:>18}", "-"),
+            }
+        }
+        let ratios: Vec<String> = all[1..]
+            .iter()
+            .map(|(_, r)| match (r.get(key), direct.get(key)) {
+                (Some(v), Some(d)) if v.is_finite() && d.is_finite() => format!("{:.2}x", v / d),
+                _ => "-".to_owned(),
+            })
+            .collect();
+        println!("{:>22}", ratios.join(" / "));
+    }
+    println!("(ratios: captured / captured+sockmap; agent RSS is per agent)");
+}
+
+fn write_json(all: &[(&str, Results)], seconds: u64) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("no target directory")?;
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let paths: BTreeMap<&str, &Results> = all.iter().map(|(n, r)| (*n, r)).collect();
+    let report = json!({ "unix_time": stamp, "seconds_per_measurement": seconds, "paths": paths });
+    let text = serde_json::to_string_pretty(&report)?;
+    let file = dir.join(format!("bench-{stamp}.json"));
+    std::fs::write(&file, &text)?;
+    std::fs::write(dir.join("latest.json"), &text)?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,156 @@
+//! `cargo xtask setup`: makes a fresh machine of this kind able to build, test and run Ambit.
+//! Every step checks first, so a second run takes seconds.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{self, output, step};
+
+/// Debian packages the tests, the demo and the benchmarks call.
+const PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "inspecting programs and maps"),
+    ("iproute2", "network namespaces, veth, bridges"),
+    ("iputils-ping", "demo traffic"),
+    ("iperf3", "throughput benchmarks"),
+    ("procps", "sysctl inside namespaces"),
+];
+/// Verified with the image's nightly (LLVM 22); see shared/EBPF-TOOLCHAIN.md.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    step("setup: checking what this machine needs");
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    eprintln!("setup: everything in place");
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(name, _)| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: Debian packages present ({})",
+            PACKAGES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    for (name, why) in PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+        eprintln!("setup: need {name} ({why})");
+    }
+    if !is_root() {
+        bail!(
+            "installing {} needs root: run `sudo apt-get install -y {}`",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    step("setup: apt-get update");
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    step(&format!("setup: apt-get install {}", missing.join(" ")));
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("rustup cannot list nightly's components: is the nightly toolchain installed?")?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    step("setup: rustup component add rust-src --toolchain nightly");
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+/// bpf-linker must link against the nightly toolchain's own libLLVM: the prefix folder is
+/// named after that library's file, so a different nightly gets a fresh build.
+fn bpf_linker() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly does not run: is the nightly toolchain installed?")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let llvm_so = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
+    let llvm_major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read nightly's LLVM version")?
+        .to_owned();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")?;
+    let prefix = home.join(".cargo/bpf-linker-llvm").join(&llvm_so);
+
+    if let Some(linker) = output(Command::new("sh").args(["-c", "command -v bpf-linker"])) {
+        let linked = output(Command::new("ldd").arg(linker.trim())).unwrap_or_default();
+        if linked.contains(&prefix.display().to_string()) {
+            eprintln!("setup: bpf-linker present, linked against nightly's {llvm_so}");
+            return Ok(());
+        }
+    }
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", llvm_so.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm_so), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    step(&format!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about 2 minutes)"
+    ));
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{llvm_major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
