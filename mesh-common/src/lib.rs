@@ -26,7 +26,8 @@ pub mod maps {
     pub const CONNECT_DSTS: &str = "CONNECT_DSTS";
     /// Original destinations re-keyed by (netns cookie, client port), read by the agent on accept.
     pub const ORIG_DSTS: &str = "ORIG_DSTS";
-    /// Each enrolled pod's inbound listener, keyed by pod IPv4 address, for `sk_lookup`.
+    /// Each enrolled pod's inbound listeners, keyed by pod address ([`crate::PodAddr`]), for
+    /// `sk_lookup` (which cannot read the network-namespace cookie).
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENS";
     /// App <-> agent loopback sockets, for `sk_msg` redirection.
     pub const ACCEL_SOCKS: &str = "ACCEL_SOCKS";
@@ -60,10 +61,42 @@ pub mod ports {
     pub const HBONE: u16 = 15008;
 }
 
-/// `127.0.0.6` in network byte order as the kernel shows it in a `u32` field: the source
-/// address the agent uses to deliver inbound connections to the app, so that `sk_lookup`
-/// does not capture them a second time.
+/// `127.0.0.6`: the source address the agent delivers inbound IPv4 connections to the app
+/// from, so that `sk_lookup` does not capture them a second time (as Istio does).
 pub const INBOUND_DELIVERY_SOURCE: [u8; 4] = [127, 0, 0, 6];
+/// IPv6 has one loopback address, so inbound IPv6 is delivered from `::1`.
+pub const INBOUND_DELIVERY_SOURCE6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Key of [`maps::INBOUND_LISTENERS`]: an IPv6 address, or an IPv4 one mapped into
+/// `::ffff:0:0/96`, as four words each in network order (the kernel's `local_ip6` layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodAddr {
+    pub words: [u32; 4],
+}
+
+/// The third word of a v4-mapped address, network order.
+pub const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+impl PodAddr {
+    /// From an IPv4 address in network order.
+    pub const fn v4(ip4_be: u32) -> Self {
+        Self {
+            words: [0, 0, V4_MAPPED_PREFIX, ip4_be],
+        }
+    }
+
+    pub const fn v6(o: [u8; 16]) -> Self {
+        Self {
+            words: [
+                u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+                u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+                u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+                u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+            ],
+        }
+    }
+}
 
 /// Value of [`maps::ENROLLED_PODS`].
 #[repr(C)]

@@ -13,7 +13,10 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use mesh_common::{ENROLLED_IPV6_OUTBOUND, EnrolledPod, FAMILY_INET, FAMILY_INET6, OrigDst, ports};
+use mesh_common::{
+    ENROLLED_IPV6_OUTBOUND, EnrolledPod, FAMILY_INET, FAMILY_INET6, OrigDst, V4_MAPPED_PREFIX,
+    ports,
+};
 
 use crate::{CONNECT_DSTS, ENROLLED_PODS, is_loopback4, node_config};
 
@@ -23,8 +26,6 @@ const IPPROTO_TCP: u32 = 6;
 /// fails closed without a decision here.
 const CONNECT_PROCEED: i32 = 1;
 
-/// `::ffff:0:0/96`, the third word of a v4-mapped address, network order.
-const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
 

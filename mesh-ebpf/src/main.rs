@@ -20,7 +20,7 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, SockHash},
     macros::btf_map,
 };
-use mesh_common::{EnrolledPod, NodeConfig, OrigDst, OrigDstKey, SockKey};
+use mesh_common::{EnrolledPod, NodeConfig, OrigDst, OrigDstKey, PodAddr, SockKey};
 
 /// Capacity sized for a large node (ztunnel's default pod limit is far below this).
 const MAX_PODS: usize = 4096;
@@ -39,7 +39,7 @@ static CONNECT_DSTS: LruHashMap<u64, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap
 static ORIG_DSTS: LruHashMap<OrigDstKey, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap::new();
 
 #[btf_map]
-static INBOUND_LISTENS: SockHash<u32, MAX_PODS> = SockHash::new();
+static INBOUND_LISTENS: SockHash<PodAddr, { 4 * MAX_PODS }> = SockHash::new();
 
 #[btf_map]
 static ACCEL_SOCKS: SockHash<SockKey, MAX_ACCEL_SOCKS> = SockHash::new();

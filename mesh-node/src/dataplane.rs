@@ -11,7 +11,7 @@ mod pins;
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
+    os::fd::RawFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -23,7 +23,9 @@ use aya::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps, links::FdLink,
     },
 };
-use mesh_common::{EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, maps, programs};
+use mesh_common::{
+    EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, PodAddr, maps, programs,
+};
 
 pub use pins::ensure_bpffs;
 
@@ -58,6 +60,39 @@ pub enum Error {
 /// The object built from mesh-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
 
+/// Loads program `$name` as a `$ty` and pins it under `progs/`, replacing the previous pin.
+macro_rules! load_pinned {
+    ($ebpf:expr, $ty:ty, $name:expr, $dir:expr) => {{
+        let name = $name;
+        let program: &mut $ty = program($ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| Error::Program { name, source })?;
+        pins::replace_program_pin($dir, name, |path| program.pin(path))?;
+        program
+    }};
+}
+
+/// Attaches a loaded cgroup program and pins the link, replacing (and so detaching) the link a
+/// previous agent pinned there only once the new one is attached.
+macro_rules! attach_to_cgroup {
+    ($program:expr, $name:expr, $cgroup:expr, $dir:expr) => {{
+        let name = $name;
+        let id = $program
+            .attach($cgroup, CgroupAttachMode::Single)
+            .map_err(|source| Error::Program { name, source })?;
+        let link: FdLink = $program
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?
+            .try_into()
+            .map_err(|e| Error::Pin {
+                path: $dir.to_owned(),
+                message: format!("{name}: {e}"),
+            })?;
+        pins::replace_link(&pins::link_path($dir, name), link)?;
+    }};
+}
+
 /// Loaded programs and the maps the reconciler writes. One writer: the enrollment loop.
 pub struct Dataplane {
     /// Pin directory (maps at its top, `progs/` and `links/` below).
@@ -65,7 +100,7 @@ pub struct Dataplane {
     /// Owns the loaded programs; `sk_lookup` is attached again for every enrolled pod.
     ebpf: Ebpf,
     enrolled: HashMap<MapData, u64, EnrolledPod>,
-    inbound_listeners: SockHash<MapData, u32>,
+    inbound_listeners: SockHash<MapData, PodAddr>,
 }
 
 /// Where captured connections were going: read by the outbound proxy on every accept.
@@ -91,6 +126,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
+        forward_kernel_logs(&mut ebpf);
 
         let mut config: Array<MapData, NodeConfig> = take_map(&mut ebpf, maps::NODE_CONFIG)?;
         config.set(0, node, 0).map_err(|source| Error::Map {
@@ -104,72 +140,27 @@ impl Dataplane {
             source,
         })?;
         for name in [programs::CONNECT4, programs::CONNECT6] {
-            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
-            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program { name, source })?;
-            let link: FdLink = program
-                .take_link(id)
-                .map_err(|source| Error::Program { name, source })?
-                .try_into()
-                .map_err(|e| Error::Pin {
-                    path: dir.to_owned(),
-                    message: format!("{name}: {e}"),
-                })?;
-            pins::replace_link(&pins::link_path(dir, name), link)?;
+            let program = load_pinned!(&mut ebpf, CgroupSockAddr, name, dir);
+            attach_to_cgroup!(program, name, &cgroup, dir);
         }
-        {
-            let name = programs::SOCK_OPS;
-            let program: &mut SockOps = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
-            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| Error::Program { name, source })?;
-            let link: FdLink = program
-                .take_link(id)
-                .map_err(|source| Error::Program { name, source })?
-                .try_into()
-                .map_err(|e| Error::Pin {
-                    path: dir.to_owned(),
-                    message: format!("{name}: {e}"),
-                })?;
-            pins::replace_link(&pins::link_path(dir, name), link)?;
-        }
+        let program = load_pinned!(&mut ebpf, SockOps, programs::SOCK_OPS, dir);
+        attach_to_cgroup!(program, programs::SOCK_OPS, &cgroup, dir);
 
         let accel: SockHash<MapData, mesh_common::SockKey> =
             take_map(&mut ebpf, maps::ACCEL_SOCKS)?;
-        {
-            let name = programs::SK_MSG;
-            let program: &mut SkMsg = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
-            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
-            // A map has one msg verdict program: attaching replaces the previous agent's.
-            let id = program
-                .attach(accel.fd())
-                .map_err(|source| Error::Program { name, source })?;
-            // Owned by the map from now on; dropping the handle must not detach it.
-            let link = program
-                .take_link(id)
-                .map_err(|source| Error::Program { name, source })?;
-            std::mem::forget(link);
-        }
-        {
-            let name = programs::SK_LOOKUP;
-            let program: &mut SkLookup = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
-            pins::replace_program_pin(dir, name, |path| program.pin(path))?;
-        }
+        let name = programs::SK_MSG;
+        let program = load_pinned!(&mut ebpf, SkMsg, name, dir);
+        // A map has one msg verdict program: attaching replaces the previous agent's.
+        let id = program
+            .attach(accel.fd())
+            .map_err(|source| Error::Program { name, source })?;
+        // Owned by the map from now on; dropping the handle must not detach it.
+        let link = program
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?;
+        std::mem::forget(link);
+        // Attached per pod, at enrollment.
+        load_pinned!(&mut ebpf, SkLookup, programs::SK_LOOKUP, dir);
 
         let enrolled = take_map(&mut ebpf, maps::ENROLLED_PODS)?;
         let inbound_listeners = take_map(&mut ebpf, maps::INBOUND_LISTENERS)?;
@@ -187,21 +178,23 @@ impl Dataplane {
         ))
     }
 
-    /// Starts capturing a pod: inbound listener and `sk_lookup` first, then the enrollment
+    /// Starts capturing a pod: inbound listeners and `sk_lookup` first, then the enrollment
     /// entry that turns outbound capture on.
     pub fn enroll(
         &mut self,
         netns: &crate::netns::NetNs,
         cookie: u64,
         pod: EnrolledPod,
-        inbound_listener: &impl AsRawFd,
+        inbound_listeners: &[(PodAddr, RawFd)],
     ) -> Result<(), Error> {
-        self.inbound_listeners
-            .insert(pod.ip4, inbound_listener.as_raw_fd(), 0)
-            .map_err(|source| Error::Map {
-                name: maps::INBOUND_LISTENERS,
-                source,
-            })?;
+        for (addr, fd) in inbound_listeners {
+            self.inbound_listeners
+                .insert(*addr, *fd, 0)
+                .map_err(|source| Error::Map {
+                    name: maps::INBOUND_LISTENERS,
+                    source,
+                })?;
+        }
         let name = programs::SK_LOOKUP;
         let program: &mut SkLookup = program(&mut self.ebpf, name)?;
         let netns_file = File::open(netns.path()).map_err(|source| Error::Io {
@@ -226,16 +219,23 @@ impl Dataplane {
     }
 
     /// Stops capturing a pod: new connections go straight again; open ones are untouched.
-    pub fn unenroll(&mut self, cookie: u64, ip4_be: u32) -> Result<(), Error> {
+    pub fn unenroll(&mut self, cookie: u64, inbound_addrs: &[PodAddr]) -> Result<(), Error> {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
-        match self.inbound_listeners.remove(&ip4_be) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map {
-                name: maps::INBOUND_LISTENERS,
-                source,
-            }),
+        for addr in inbound_addrs {
+            match self.inbound_listeners.remove(addr) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(Error::Map {
+                        name: maps::INBOUND_LISTENERS,
+                        source,
+                    });
+                }
+            }
         }
+        Ok(())
     }
 
     /// Namespace cookies a previous agent left enrolled (in the map or as `sk_lookup` links).
@@ -284,6 +284,36 @@ fn to_socket_addr(dst: &OrigDst) -> SocketAddr {
         }
         SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port)
     }
+}
+
+/// Copies what the programs log (aya-log) into the agent's log, e.g. why `sk_lookup` refused a
+/// connection. Must run inside the runtime.
+fn forward_kernel_logs(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(error) => {
+            tracing::warn!(%error, "kernel program logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for as long
+    // as the logger lives, and the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = match registered {
+        Ok(logger) => logger,
+        Err(error) => {
+            tracing::warn!(error = %error.into_parts().1, "kernel program logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, Error>

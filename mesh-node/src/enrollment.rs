@@ -5,10 +5,11 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
     sync::Arc,
 };
 
-use mesh_common::{ENROLLED_IPV6_OUTBOUND, EnrolledPod, ports};
+use mesh_common::{ENROLLED_IPV6_OUTBOUND, EnrolledPod, PodAddr, ports};
 use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -50,12 +51,17 @@ pub struct EnrolledView {
     pub netns: String,
     pub netns_cookie: u64,
     pub ipv6_outbound: bool,
+    /// IPv6 addresses found in the pod (captured inbound like its IPv4 address).
+    pub ipv6_addresses: Vec<Ipv6Addr>,
 }
 
 struct ActivePod {
     spec: Pod,
     context: Arc<PodContext>,
     ipv6_outbound: bool,
+    /// The `sk_lookup` keys this pod's inbound listeners were inserted under.
+    inbound_keys: Vec<PodAddr>,
+    ipv6_addresses: Vec<Ipv6Addr>,
     /// Accept loops; aborting them closes the pod's listeners.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -162,6 +168,26 @@ impl Enrollment {
             Ipv4Addr::LOCALHOST.into(),
             ports::INBOUND_PLAINTEXT,
         ))?;
+        // sk_lookup steers each of the pod's addresses to the listener of its family.
+        let mut inbound_keys = vec![(
+            PodAddr::v4(u32::from_ne_bytes(pod.ip.octets())),
+            inbound.as_raw_fd(),
+        )];
+        let ipv6_addresses = netns.global_ipv6_addresses().unwrap_or_default();
+        let inbound6 = if ipv6_addresses.is_empty() {
+            None
+        } else {
+            let listener = listen(SocketAddr::new(
+                Ipv6Addr::LOCALHOST.into(),
+                ports::INBOUND_PLAINTEXT,
+            ))?;
+            inbound_keys.extend(
+                ipv6_addresses
+                    .iter()
+                    .map(|ip| (PodAddr::v6(ip.octets()), listener.as_raw_fd())),
+            );
+            Some(listener)
+        };
         let cookie = netns_cookie(&outbound).map_err(|source| Error::Listener {
             pod: key.clone(),
             addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND),
@@ -177,7 +203,7 @@ impl Enrollment {
             flags,
         };
         self.dataplane
-            .enroll(&netns, cookie, entry, &inbound)
+            .enroll(&netns, cookie, entry, &inbound_keys)
             .map_err(|source| Error::Dataplane {
                 pod: key.clone(),
                 source: Box::new(source),
@@ -198,23 +224,29 @@ impl Enrollment {
                 self.state.clone(),
             )));
         }
-        tasks.push(tokio::spawn(serve_inbound(
-            tokio_listener(inbound),
-            context.clone(),
-            self.state.clone(),
-        )));
+        for listener in std::iter::once(inbound).chain(inbound6) {
+            tasks.push(tokio::spawn(serve_inbound(
+                tokio_listener(listener),
+                context.clone(),
+                self.state.clone(),
+            )));
+        }
         Ok(ActivePod {
             spec: pod.clone(),
             context,
             ipv6_outbound: flags != 0,
+            inbound_keys: inbound_keys.into_iter().map(|(addr, _)| addr).collect(),
+            ipv6_addresses,
             tasks,
         })
     }
 
     fn release(&mut self, active: ActivePod) {
         let key = active.spec.key();
-        let ip4 = u32::from_ne_bytes(active.spec.ip.octets());
-        if let Err(error) = self.dataplane.unenroll(active.context.netns_cookie, ip4) {
+        if let Err(error) = self
+            .dataplane
+            .unenroll(active.context.netns_cookie, &active.inbound_keys)
+        {
             tracing::error!(%error, pod = %key, "releasing pod failed");
         }
         drop(active);
@@ -231,6 +263,7 @@ impl Enrollment {
                 netns: a.spec.netns.display().to_string(),
                 netns_cookie: a.context.netns_cookie,
                 ipv6_outbound: a.ipv6_outbound,
+                ipv6_addresses: a.ipv6_addresses.clone(),
             })
             .collect()
     }

@@ -72,6 +72,41 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// The global IPv6 addresses configured in the namespace (no loopback, no link-local):
+    /// the pod's IPv6 service addresses, which `sk_lookup` must steer.
+    pub fn global_ipv6_addresses(&self) -> io::Result<Vec<std::net::Ipv6Addr>> {
+        self.enter(|| {
+            let mut found = Vec::new();
+            let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+            // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+            if unsafe { libc::getifaddrs(&mut list) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut entry = list;
+            while !entry.is_null() {
+                // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+                let ifa = unsafe { &*entry };
+                // SAFETY: ifa_addr, when set, points at a sockaddr whose family says its size.
+                if !ifa.ifa_addr.is_null()
+                    && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET6
+                {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    if !ip.is_loopback() && !ip.is_unicast_link_local() {
+                        found.push(ip);
+                    }
+                }
+                entry = ifa.ifa_next;
+            }
+            // SAFETY: `list` came from getifaddrs and is freed once.
+            unsafe { libc::freeifaddrs(list) };
+            Ok(found)
+        })
+    }
+}
+
 fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: setns takes a namespace fd we hold open, and changes only this thread.
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };

@@ -1,7 +1,8 @@
 //! The topology: a fabric namespace with a bridge joining the nodes; in each node namespace a
 //! bridge (`cni0`) joining its pods, with routes to the other nodes' pod subnets. Addresses are
 //! from 198.18.0.0/15, the range set aside for benchmarking network devices (RFC 2544), and
-//! exist only inside the namespaces made here.
+//! from the unique-local fd00:18::/32, and exist only inside the namespaces made here. Every
+//! pod is dual-stack: `198.19.<node>.<pod + 2>` and `fd00:19:<node>::<pod + 2>`.
 //!
 //! ```text
 //!   fabric ns: br0 ── n0 ┄ eth0 [node n0 198.18.0.1] cni0 198.19.0.1/24 ── p0 ┄ eth0 [pod n0-p0 198.19.0.2]
@@ -9,7 +10,7 @@
 //! ```
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -74,6 +75,7 @@ pub struct Pod {
     pub node: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub cgroup: PathBuf,
 }
 
@@ -114,15 +116,19 @@ impl Pod {
         Ok(stream)
     }
 
-    /// A listener on all of the pod's addresses.
+    /// A dual-stack listener on all of the pod's addresses.
     pub fn listen(&self, port: u16) -> Result<TcpListener> {
-        let addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+        let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
         self.enter(|| TcpListener::bind(addr))?
             .with_context(|| format!("listening on {addr} in pod {}", self.name))
     }
 
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip.into(), port)
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip6.into(), port)
     }
 
     /// Starts a process inside the pod: its network namespace and its cgroup.
@@ -210,6 +216,10 @@ impl Testbed {
                         &node.netns,
                         &format!("route add 198.19.{k}.0/24 via {}", other.ip),
                     )?;
+                    ip_in(
+                        &node.netns,
+                        &format!("-6 route add fd00:19:{k}::/64 via fd00:18::{}", k + 1),
+                    )?;
                 }
             }
         }
@@ -252,11 +262,22 @@ impl Testbed {
         ip_in(&self.fabric, &format!("link set {name} master br0 up"))?;
         ip_in(&netns, "link set lo up")?;
         ip_in(&netns, &format!("addr add {ip}/24 dev eth0"))?;
+        ip_in(
+            &netns,
+            &format!("addr add fd00:18::{}/64 dev eth0 nodad", n + 1),
+        )?;
         ip_in(&netns, "link set eth0 up")?;
         ip_in(&netns, "link add cni0 type bridge")?;
         ip_in(&netns, &format!("addr add 198.19.{n}.1/24 dev cni0"))?;
+        ip_in(
+            &netns,
+            &format!("addr add fd00:19:{n}::1/64 dev cni0 nodad"),
+        )?;
         ip_in(&netns, "link set cni0 up")?;
-        sysctl_in(&netns, &["net.ipv4.ip_forward=1"])?;
+        sysctl_in(
+            &netns,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
         let node_cgroup = self.cgroup_dir.join(&name);
         std::fs::create_dir_all(&node_cgroup)?;
         let mut pods = Vec::new();
@@ -264,6 +285,7 @@ impl Testbed {
             let pod_name = format!("{name}-p{p}");
             let pod_netns = format!("{NETNS_PREFIX}{}-{pod_name}", self.id);
             let pod_ip = Ipv4Addr::new(198, 19, n as u8, p as u8 + 2);
+            let pod_ip6 = Ipv6Addr::new(0xfd00, 0x19, n as u16, 0, 0, 0, 0, p as u16 + 2);
             sys::run("ip", &["netns", "add", &pod_netns])?;
             ip_in(
                 &netns,
@@ -272,8 +294,13 @@ impl Testbed {
             ip_in(&netns, &format!("link set p{p} master cni0 up"))?;
             ip_in(&pod_netns, "link set lo up")?;
             ip_in(&pod_netns, &format!("addr add {pod_ip}/24 dev eth0"))?;
+            ip_in(&pod_netns, &format!("addr add {pod_ip6}/64 dev eth0 nodad"))?;
             ip_in(&pod_netns, "link set eth0 up")?;
             ip_in(&pod_netns, &format!("route add default via 198.19.{n}.1"))?;
+            ip_in(
+                &pod_netns,
+                &format!("-6 route add default via fd00:19:{n}::1"),
+            )?;
             // Connection-rate benchmarks measure the mesh, not the kernel's port allocator.
             sysctl_in(
                 &pod_netns,
@@ -291,6 +318,7 @@ impl Testbed {
                 node: name.clone(),
                 netns: pod_netns,
                 ip: pod_ip,
+                ip6: pod_ip6,
                 cgroup,
             });
         }

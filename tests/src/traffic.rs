@@ -172,7 +172,9 @@ pub fn read_greeting(stream: &mut TcpStream) -> Result<SocketAddr> {
             .context("reading the echo server's greeting")?;
         line.push(byte[0]);
     }
-    Ok(String::from_utf8(line)?.trim().parse()?)
+    let seen: SocketAddr = String::from_utf8(line)?.trim().parse()?;
+    // Servers listen dual-stack: show IPv4 peers as IPv4, not as `::ffff:a.b.c.d`.
+    Ok(SocketAddr::new(seen.ip().to_canonical(), seen.port()))
 }
 
 /// Sends `payload` and checks it comes back unchanged.

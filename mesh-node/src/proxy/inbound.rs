@@ -3,11 +3,11 @@
 //! Delivery to the app comes from 127.0.0.6, which `sk_lookup` lets through.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
-use mesh_common::INBOUND_DELIVERY_SOURCE;
+use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6};
 use tokio::net::TcpListener;
 
 use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels};
@@ -17,7 +17,6 @@ use crate::{
 };
 
 pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
-    let delivery_source = SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -28,6 +27,11 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         };
         let Ok(dst) = stream.local_addr() else {
             continue;
+        };
+        let delivery_source = if dst.is_ipv4() {
+            SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
+        } else {
+            SocketAddr::new(Ipv6Addr::from(INBOUND_DELIVERY_SOURCE6).into(), 0)
         };
         let _ = stream.set_nodelay(true);
         let (pod, state) = (pod.clone(), state.clone());
