@@ -75,3 +75,16 @@ pub fn enrolled_entries(map: &Path) -> Result<Vec<(u64, u32)>> {
         })
         .collect()
 }
+
+/// Names of every loaded program whose name starts with `prefix`.
+pub fn loaded_programs(prefix: &str) -> Result<Vec<String>> {
+    let all = bpftool_json(&["prog", "show"])?;
+    Ok(all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}

@@ -216,6 +216,7 @@ fn agent_restart_reattaches_without_duplicates_and_fails_closed_while_down() -> 
     let mut first = client.connect(dst)?;
     read_greeting(&mut first)?;
 
+    let loaded_before = mesh_tests::bpf::loaded_programs("ambit_")?.len();
     let attached_before = mesh_tests::bpf::root_cgroup_programs()?;
     let linked_before = mesh_tests::bpf::linked_program_ids(&agent.bpf_dir)?;
 
@@ -258,7 +259,46 @@ fn agent_restart_reattaches_without_duplicates_and_fails_closed_while_down() -> 
             "the old program {old_id} of {link} is still attached"
         );
     }
+    // The old agent's programs are freed once nothing holds them (the kernel does it
+    // asynchronously, so give it a moment).
+    wait_for(
+        || mesh_tests::bpf::loaded_programs("ambit_").is_ok_and(|p| p.len() == loaded_before),
+        "bpftool prog show to list as many ambit programs as before the restart",
+    )?;
     drop(first);
+    Ok(())
+}
+
+#[test]
+fn a_process_started_in_a_pod_runs_in_its_namespace_and_cgroup() -> Result<()> {
+    let tb = Testbed::new(Topology {
+        nodes: 1,
+        pods_per_node: 1,
+        ..Topology::default()
+    })?;
+    let pod = tb.pod("n0-p0");
+    let out = pod
+        .spawn(
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "grep '^0::' /proc/self/cgroup; stat -L -c %i /proc/self/ns/net",
+                ])
+                .stdout(std::process::Stdio::piped()),
+        )?
+        .wait_with_output()?;
+    let out = String::from_utf8(out.stdout)?;
+    let mut lines = out.lines();
+    let cgroup = lines.next().unwrap_or_default();
+    assert!(
+        cgroup.ends_with(&format!("/n0/{}", pod.name)),
+        "process in cgroup {cgroup}"
+    );
+    let netns_inode: u64 = lines.next().unwrap_or_default().trim().parse()?;
+    assert_eq!(
+        netns_inode,
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(pod.netns_path())?)
+    );
     Ok(())
 }
 
