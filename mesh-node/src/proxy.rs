@@ -127,6 +127,22 @@ fn labels(
     }
 }
 
+/// Counts a captured connection that could not be carried.
+fn record_failure(
+    state: &State,
+    reporter: Reporter,
+    local: &Pod,
+    peer: SocketAddr,
+    flags: ResponseFlags,
+) {
+    let labels = labels(state, reporter, local, peer, flags);
+    state
+        .metrics
+        .connections_failed
+        .get_or_create(&labels)
+        .inc();
+}
+
 fn unknown() -> (String, String) {
     ("unknown".to_owned(), "unknown".to_owned())
 }

@@ -3,7 +3,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -97,19 +96,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: between fork and exec; only async-signal-safe syscalls on an fd opened before.
-        unsafe {
-            command.pre_exec(move || {
-                use std::os::fd::AsRawFd as _;
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        sys::start_inside(&mut command, netns, None);
         self.child = Some(command.spawn().context("starting mesh-node")?);
         self.wait_ready(Duration::from_secs(20))
     }

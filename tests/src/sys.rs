@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
     path::Path,
     process::{Command, Output},
 };
@@ -76,4 +76,28 @@ pub fn require_root() -> Result<()> {
 /// Whether a process with this id is alive.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Makes `command` start inside the network namespace `netns` (and, given its `cgroup.procs`,
+/// inside that cgroup), and die with the test process.
+pub fn start_inside(command: &mut Command, netns: File, cgroup_procs: Option<File>) {
+    // SAFETY: the hook runs between fork and exec and makes only async-signal-safe syscalls
+    // on fds opened before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writing process itself.
+            if let Some(procs) = &cgroup_procs
+                && libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -11,7 +11,6 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command},
     sync::{
@@ -137,24 +136,7 @@ impl Pod {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(self.cgroup.join("cgroup.procs"))?;
-        // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
-        // syscalls on fds opened before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                use std::os::fd::AsRawFd as _;
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // "0" moves the writing process itself.
-                if libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        sys::start_inside(command, netns, Some(procs));
         command
             .spawn()
             .with_context(|| format!("starting {command:?} in pod {}", self.name))

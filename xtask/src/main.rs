@@ -44,41 +44,28 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
-        Command::Demo => {
-            setup::run()?;
-            let cargo = Cargo::new()?;
-            step("building (release)");
-            cargo.run(&[
-                "build",
-                "--release",
-                "-p",
-                "mesh-node",
-                "-p",
-                "mesh-tests",
-                "--bins",
-            ])?;
-            cargo.exec_binary("release", "ambit-demo", &[])
-        }
+        Command::Demo => release_run("ambit-demo", &[]),
         Command::Bench { seconds } => {
-            setup::run()?;
-            let cargo = Cargo::new()?;
-            step("building (release)");
-            cargo.run(&[
-                "build",
-                "--release",
-                "-p",
-                "mesh-node",
-                "-p",
-                "mesh-tests",
-                "--bins",
-            ])?;
-            cargo.exec_binary(
-                "release",
-                "ambit-bench",
-                &["--seconds", &seconds.to_string()],
-            )
+            release_run("ambit-bench", &["--seconds", &seconds.to_string()])
         }
     }
+}
+
+/// Builds the agent and the test-bed programs in release mode and runs one of the programs.
+fn release_run(program: &str, args: &[&str]) -> Result<()> {
+    setup::run()?;
+    let cargo = Cargo::new()?;
+    step("building (release)");
+    cargo.run(&[
+        "build",
+        "--release",
+        "-p",
+        "mesh-node",
+        "-p",
+        "mesh-tests",
+        "--bins",
+    ])?;
+    cargo.exec_binary("release", program, args)
 }
 
 fn test(extra: &[String]) -> Result<()> {

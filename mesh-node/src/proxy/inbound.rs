@@ -10,7 +10,7 @@ use std::{
 use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6};
 use tokio::net::TcpListener;
 
-use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels};
+use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
 use crate::{
     app::State,
     metrics::{Reporter, ResponseFlags},
@@ -40,18 +40,13 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.pod.key(), %dst, "delivery to the app failed");
-                    let labels = labels(
+                    record_failure(
                         &state,
                         Reporter::destination,
                         &pod.pod,
                         peer,
                         ResponseFlags::UF,
                     );
-                    state
-                        .metrics
-                        .connections_failed
-                        .get_or_create(&labels)
-                        .inc();
                     return;
                 }
             };

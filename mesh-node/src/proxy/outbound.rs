@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 
-use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels};
+use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
 use crate::{
     app::State,
     dataplane::OrigDsts,
@@ -29,12 +29,7 @@ pub async fn serve_outbound(
         let Some(dst) = orig.take(pod.netns_cookie, peer.port()) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.pod.key(), client = %peer, "captured connection has no original destination; refusing it");
-            let labels = labels(&state, Reporter::source, &pod.pod, peer, ResponseFlags::NR);
-            state
-                .metrics
-                .connections_failed
-                .get_or_create(&labels)
-                .inc();
+            record_failure(&state, Reporter::source, &pod.pod, peer, ResponseFlags::NR);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -45,12 +40,7 @@ pub async fn serve_outbound(
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.pod.key(), %dst, "outbound connect failed");
-                    let labels = labels(&state, Reporter::source, &pod.pod, dst, ResponseFlags::UF);
-                    state
-                        .metrics
-                        .connections_failed
-                        .get_or_create(&labels)
-                        .inc();
+                    record_failure(&state, Reporter::source, &pod.pod, dst, ResponseFlags::UF);
                     return;
                 }
             };
