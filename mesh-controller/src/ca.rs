@@ -1,0 +1,207 @@
+//! The certificate authority: a root kept in a directory (created on first use), signing
+//! workload certificates from CSRs. The CA, not the CSR, decides what a certificate says: the
+//! CSR proves possession of the key and must ask for exactly the identity the caller was
+//! authenticated as; subject, SAN, key usages and lifetime are set here.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use mesh_core::Identity;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject as _};
+
+/// Istio's default workload certificate lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const ROOT_CERT_FILE: &str = "root-cert.pem";
+const ROOT_KEY_FILE: &str = "root-key.pem";
+/// Clock skew tolerated between nodes: certificates start this long before they are signed.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("CA directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA root in {path} is unusable: {source}")]
+    BadRoot { path: PathBuf, source: rcgen::Error },
+    #[error("certificate request is not valid or its signature does not verify: {0}")]
+    BadRequest(rcgen::Error),
+    #[error("certificate request asks for {asked:?}; the caller is {identity}")]
+    IdentityMismatch {
+        asked: Vec<String>,
+        identity: String,
+    },
+    #[error("identity {identity} is outside this CA's trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        identity: String,
+        trust_domain: String,
+    },
+    #[error("signing failed: {0}")]
+    Sign(rcgen::Error),
+}
+
+pub struct CertificateAuthority {
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    root: CertificateDer<'static>,
+    root_pem: String,
+}
+
+impl CertificateAuthority {
+    /// Loads the root from `dir`, or creates one there (key readable by the owner only).
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, Error> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let (cert_path, key_path) = (dir.join(ROOT_CERT_FILE), dir.join(ROOT_KEY_FILE));
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+            let bad = |source| Error::BadRoot {
+                path: dir.to_owned(),
+                source,
+            };
+            let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
+            let root = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| {
+                Error::BadRoot {
+                    path: cert_path.clone(),
+                    source: rcgen::Error::CouldNotParseCertificate,
+                }
+            })?;
+            let issuer = Issuer::from_ca_cert_der(&root, key).map_err(bad)?;
+            return Ok(Self {
+                trust_domain: trust_domain.to_owned(),
+                issuer,
+                root,
+                root_pem: cert_pem,
+            });
+        }
+        let ca = Self::generate(trust_domain)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_private(&key_path, &ca.issuer.key().serialize_pem()).map_err(io(&key_path))?;
+        std::fs::write(&cert_path, ca.root_pem()).map_err(io(&cert_path))?;
+        Ok(ca)
+    }
+
+    /// A root that lives only in memory (tests, and a second CA to test refusal with).
+    pub fn generate(trust_domain: &str) -> Result<Self, Error> {
+        let key = KeyPair::generate().map_err(Error::Sign)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, trust_domain);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Ambit root CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + ROOT_LIFETIME).into();
+        let root = params.self_signed(&key).map_err(Error::Sign)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            root_pem: root.pem(),
+            root: root.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn root(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Signs a workload certificate for `identity`, valid from now for `lifetime`. Returns the
+    /// chain as Istio's CA does: `[leaf, root]`.
+    pub fn sign(
+        &self,
+        csr: &[u8],
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
+        let now = SystemTime::now();
+        self.sign_valid_between(csr, identity, now - BACKDATE, now + lifetime)
+    }
+
+    /// As [`Self::sign`] with explicit validity (tests make expired certificates with it).
+    pub fn sign_valid_between(
+        &self,
+        csr: &[u8],
+        identity: &Identity,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
+        if identity.trust_domain != self.trust_domain {
+            return Err(Error::ForeignTrustDomain {
+                identity: identity.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let der = CertificateSigningRequestDer::from(csr.to_vec());
+        let mut request =
+            CertificateSigningRequestParams::from_der(&der).map_err(Error::BadRequest)?;
+        let uri = identity.to_string();
+        let asked: Vec<String> = request
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if asked != [uri.clone()] {
+            return Err(Error::IdentityMismatch {
+                asked,
+                identity: uri,
+            });
+        }
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = request.params.subject_alt_names.clone();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.use_authority_key_identifier_extension = true;
+        request.params = params;
+        let leaf = request.signed_by(&self.issuer).map_err(Error::Sign)?;
+        Ok(vec![leaf.der().clone(), self.root.clone()])
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}

@@ -1,0 +1,157 @@
+//! HBONE requests: an HTTP/2 `CONNECT` whose `:authority` is the destination workload's
+//! `ip:port`, sent over mutual TLS to the destination's port 15008. Server-side checks answer
+//! with the status codes Istio's ztunnel uses, so either side can talk to ztunnel.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Method, Request, StatusCode, Uri};
+
+/// The HBONE port on every enrolled pod.
+pub const PORT: u16 = 15008;
+/// ALPN protocol of the TLS connection.
+pub const ALPN: &[u8] = b"h2";
+
+/// Why a CONNECT was refused, with the HTTP status it is answered with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("method {0} is not CONNECT")]
+    NotConnect(String),
+    #[error("authority {0:?} is not ip:port")]
+    BadAuthority(String),
+    #[error("missing :authority")]
+    MissingAuthority,
+    #[error("authority {target} is not this workload ({local})")]
+    WrongDestination { target: SocketAddr, local: IpAddr },
+    #[error("target port {0} is one of the proxy's own ports")]
+    ProxyPort(u16),
+}
+
+impl RequestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::ProxyPort(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The CONNECT a client sends for `target`; `source` goes in `forwarded` as ztunnel does.
+pub fn connect_request(target: SocketAddr, source: SocketAddr) -> Request<()> {
+    let authority = target.to_string();
+    let mut request = Request::new(());
+    *request.method_mut() = Method::CONNECT;
+    // An authority-only URI: HTTP/2 CONNECT carries :authority and no :scheme or :path.
+    *request.uri_mut() = Uri::builder()
+        .authority(authority.as_str())
+        .build()
+        .expect("ip:port is a valid authority");
+    if let Ok(value) = format!("for=\"{source}\"").parse() {
+        request.headers_mut().insert(http::header::FORWARDED, value);
+    }
+    request
+}
+
+/// Checks a CONNECT that arrived on a connection to `local` and returns its target.
+pub fn parse_connect<B>(
+    request: &Request<B>,
+    local: IpAddr,
+    proxy_ports: &[u16],
+) -> Result<SocketAddr, RequestError> {
+    if request.method() != Method::CONNECT {
+        return Err(RequestError::NotConnect(request.method().to_string()));
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or(RequestError::MissingAuthority)?;
+    let target: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| RequestError::BadAuthority(authority.as_str().to_owned()))?;
+    if canonical(target.ip()) != canonical(local) {
+        return Err(RequestError::WrongDestination { target, local });
+    }
+    if proxy_ports.contains(&target.port()) {
+        return Err(RequestError::ProxyPort(target.port()));
+    }
+    Ok(SocketAddr::new(canonical(target.ip()), target.port()))
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, uri: &str) -> Request<()> {
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    const LOCAL: [u8; 4] = [10, 0, 0, 2];
+
+    #[test]
+    fn accepts_connect_to_this_workload() {
+        let req = connect_request(
+            "10.0.0.2:8080".parse().unwrap(),
+            "10.0.1.5:40000".parse().unwrap(),
+        );
+        assert_eq!(req.uri().to_string(), "10.0.0.2:8080");
+        assert_eq!(req.headers()["forwarded"], "for=\"10.0.1.5:40000\"");
+        assert_eq!(
+            parse_connect(&req, LOCAL.into(), &[15008]),
+            Ok("10.0.0.2:8080".parse().unwrap())
+        );
+        let v6 = request(Method::CONNECT, "[fd00::2]:80");
+        assert_eq!(
+            parse_connect(&v6, "fd00::2".parse().unwrap(), &[]),
+            Ok("[fd00::2]:80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_requests_with_ztunnels_status_codes() {
+        let cases = [
+            (
+                request(Method::GET, "http://10.0.0.2:8080/"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                request(Method::CONNECT, "example.com:80"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                request(Method::CONNECT, "10.0.0.2"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                request(Method::CONNECT, "10.0.0.2:99999"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                request(Method::CONNECT, "10.0.0.3:8080"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                request(Method::CONNECT, "10.0.0.2:15008"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (req, status) in cases {
+            let err = parse_connect(&req, LOCAL.into(), &[15001, 15006, 15008]).unwrap_err();
+            assert_eq!(
+                err.status(),
+                status,
+                "{} {}: {err}",
+                req.method(),
+                req.uri()
+            );
+        }
+        let no_authority = request(Method::CONNECT, "/path");
+        assert_eq!(
+            parse_connect(&no_authority, LOCAL.into(), &[]),
+            Err(RequestError::MissingAuthority)
+        );
+    }
+}
