@@ -112,7 +112,10 @@ pub enum RequestError {
     #[error("the CA's certificate: {0}")]
     Verify(#[from] VerifyError),
     #[error("the CA signed {got}, not the requested {want}")]
-    WrongIdentity { got: Identity, want: Identity },
+    WrongIdentity {
+        got: Box<Identity>,
+        want: Box<Identity>,
+    },
 }
 
 /// A fresh ECDSA P-256 key and a CSR for `identity` (empty subject, one URI SAN), as Istio's
