@@ -149,8 +149,8 @@ pub fn workload_certificate(
     let got = identity_of(&leaf)?;
     if &got != identity {
         return Err(RequestError::WrongIdentity {
-            got,
-            want: identity.clone(),
+            got: Box::new(got),
+            want: Box::new(identity.clone()),
         });
     }
     let (not_before, not_after) = verify::validity(&leaf)?;
