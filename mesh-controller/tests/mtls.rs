@@ -47,7 +47,7 @@ async fn handshake(
             .read_exact(&mut byte)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(identity_of(&peer).map_err(|e| e.to_string())?)
+        identity_of(&peer).map_err(|e| e.to_string())
     });
     let name = ServerName::IpAddress(std::net::Ipv4Addr::new(10, 0, 0, 2).into());
     let client_result = async {
