@@ -1,6 +1,11 @@
-//! Ambit's controller as a library: today the certificate authority; the control-plane issue
-//! adds resource types, validation, config sources and the config stream.
+//! Ambit's controller as a library: today the certificate authority and its gRPC service; the
+//! control-plane issue adds resource types, validation, config sources and the config stream.
 //!
 //! # Layout
-//! - `ca`: the mesh's root, and signing workload certificates for SPIFFE identities.
+//! - `ca`: the mesh's root, and signing workload certificates for SPIFFE identities;
+//! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
+//!   bootstrap token and letting each sign only for pods on its node;
+//! - `serve`: the gRPC server on mutual-TLS-free TLS (nodes have no certificate yet).
 pub mod ca;
+pub mod ca_service;
+pub mod serve;

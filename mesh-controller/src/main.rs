@@ -1,21 +1,101 @@
-//! Ambit's controller: watches Kubernetes (or a directory of the same YAML), validates
-//! Istio-style policy, issues SPIFFE certificates and streams configuration to node agents
-//! and waypoints.
-//!
-//! # Layout
-//! Not built yet: this binary only parses its flags. The control-plane and L4-tunnel issues
-//! fill it (CRD types, validation, config sources, ConfigService, the CA, `ambitctl`). Until
-//! then node agents read pods from a local file (`mesh-node --pods-file`).
-use clap::Parser;
+//! Ambit's controller. Today, local mode's certificate authority: it keeps the mesh root in a
+//! directory and signs workload certificates for node agents over gRPC (TLS, port 15012).
+//! The control-plane issue adds Kubernetes watches, validation and the config stream.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-/// Ambit controller (not implemented yet: exits with an error saying so).
+use anyhow::Context as _;
+use clap::Parser;
+use mesh_controller::{
+    ca::CertificateAuthority,
+    ca_service::{CaService, LocalAuthorizer},
+    serve,
+};
+use mesh_core::{
+    Identity, pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
+};
+use tracing_subscriber::EnvFilter;
+
+/// How long the controller's own serving certificate lasts; it is re-issued at every start.
+const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Ambit controller (local mode: the CA for node agents).
 #[derive(Parser)]
 #[command(name = "mesh-controller", version)]
-struct Args {}
+struct Args {
+    /// The mesh's trust domain (`spiffe://<trust domain>/...`).
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Where the root certificate and key live (created on first start).
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Local mode's pods file: who runs where, so a node only gets its own pods' identities.
+    #[arg(long, env = "AMBIT_PODS_FILE")]
+    pods_file: PathBuf,
+    /// `node: token` lines: each node agent's bootstrap token.
+    #[arg(long, env = "AMBIT_TOKENS_FILE")]
+    tokens_file: PathBuf,
+    /// Address of the certificate service.
+    #[arg(long, env = "AMBIT_CA_ADDR", default_value = "0.0.0.0:15012")]
+    ca_addr: SocketAddr,
+    /// The longest workload certificate lifetime granted, in seconds.
+    #[arg(long, env = "AMBIT_MAX_CERT_LIFETIME", default_value_t = 24 * 3600)]
+    max_cert_lifetime: u64,
+}
 
 fn main() -> anyhow::Result<()> {
-    Args::parse();
-    anyhow::bail!(
-        "mesh-controller is not implemented yet; run node agents with --pods-file (local mode)"
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ca = Arc::new(CertificateAuthority::load_or_create(
+        &args.ca_dir,
+        &args.trust_domain,
+    )?);
+    let identity = Identity::controller(&args.trust_domain)?;
+    let (key, csr) = tls::certificate_request(&identity)?;
+    let chain = ca.sign(&csr, &identity, SERVING_CERT_LIFETIME)?;
+    let serving = tls::workload_certificate(&identity, key, chain)?;
+    let config = Arc::new(serve::server_config(&serving)?);
+    let listener = tokio::net::TcpListener::bind(args.ca_addr)
+        .await
+        .with_context(|| format!("binding {}", args.ca_addr))?;
+    let service = CaService {
+        ca,
+        authorizer: Arc::new(LocalAuthorizer {
+            tokens_file: args.tokens_file,
+            pods_file: args.pods_file,
+        }),
+        max_lifetime: Duration::from_secs(args.max_cert_lifetime),
+    };
+    tracing::info!(addr = %args.ca_addr, %identity, "certificate service ready");
+    tonic::transport::Server::builder()
+        .add_service(IstioCertificateServiceServer::new(service))
+        .serve_with_incoming_shutdown(serve::tls_incoming(listener, config), shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

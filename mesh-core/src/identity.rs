@@ -31,6 +31,13 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The identity the controller serves the CA and config APIs as; agents check for it.
+    pub fn controller(trust_domain: &str) -> Result<Self, Error> {
+        Self::new(trust_domain, "ambit-system", "ambit-controller")
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -18,5 +18,7 @@ pub mod dataplane;
 pub mod enrollment;
 pub mod metrics;
 pub mod netns;
-pub mod pods;
 pub mod proxy;
+
+/// Local mode's pods file (shared with the controller).
+pub use mesh_core::pods;

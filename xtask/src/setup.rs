@@ -17,6 +17,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "demo traffic"),
     ("iperf3", "throughput benchmarks"),
     ("procps", "sysctl inside namespaces"),
+    ("protobuf-compiler", "gRPC code generation (protoc)"),
 ];
 /// Verified with the image's nightly (LLVM 22); see shared/EBPF-TOOLCHAIN.md.
 const BPF_LINKER_VERSION: &str = "0.13.0";

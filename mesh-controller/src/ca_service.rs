@@ -1,0 +1,157 @@
+//! `IstioCertificateService/CreateCertificate`: a node agent asks for a certificate for one of
+//! its pods' service accounts. The agent is authenticated by its bootstrap token (in
+//! Kubernetes, later, its service-account token), and may only get identities of pods that run
+//! on its own node: a compromised node cannot mint other nodes' identities.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use mesh_core::{
+    Identity,
+    pb::{
+        IstioCertificateRequest, IstioCertificateResponse,
+        istio_certificate_service_server::IstioCertificateService,
+    },
+    pods::PodsFile,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject as _};
+use tonic::{Request, Response, Status};
+
+use crate::ca::{CertificateAuthority, DEFAULT_LIFETIME};
+
+/// Who may ask for what.
+pub trait NodeAuthorizer: Send + Sync + 'static {
+    /// The node a bearer token belongs to.
+    fn node_of(&self, token: &str) -> Option<String>;
+    /// Whether `node` runs a pod that has `identity`.
+    fn may_issue(&self, node: &str, identity: &Identity) -> bool;
+}
+
+/// Local mode: tokens from a YAML map `node: token`, pods from the pods file, both read on
+/// each request so changes apply without a restart.
+pub struct LocalAuthorizer {
+    pub tokens_file: PathBuf,
+    pub pods_file: PathBuf,
+}
+
+impl NodeAuthorizer for LocalAuthorizer {
+    fn node_of(&self, token: &str) -> Option<String> {
+        let text = std::fs::read_to_string(&self.tokens_file).ok()?;
+        let tokens: HashMap<String, String> = serde_yaml_tokens(&text)?;
+        tokens
+            .into_iter()
+            .find(|(_, t)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+            .map(|(node, _)| node)
+    }
+
+    fn may_issue(&self, node: &str, identity: &Identity) -> bool {
+        let Ok(file) = PodsFile::read(&self.pods_file) else {
+            return false;
+        };
+        file.pods.iter().any(|pod| {
+            pod.node == node
+                && pod.namespace == identity.namespace
+                && pod.service_account == identity.service_account
+        })
+    }
+}
+
+/// `node: token` lines (a YAML mapping of strings).
+fn serde_yaml_tokens(text: &str) -> Option<HashMap<String, String>> {
+    let mut tokens = HashMap::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (node, token) = line.split_once(':')?;
+        tokens.insert(
+            node.trim().to_owned(),
+            token.trim().trim_matches('"').to_owned(),
+        );
+    }
+    Some(tokens)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub struct CaService {
+    pub ca: Arc<CertificateAuthority>,
+    pub authorizer: Arc<dyn NodeAuthorizer>,
+    /// Longest lifetime granted, whatever is asked.
+    pub max_lifetime: Duration,
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let node = self.authorizer.node_of(token).ok_or_else(|| {
+            tracing::warn!("certificate request with an unknown token refused");
+            Status::unauthenticated("unknown token")
+        })?;
+        let request = request.into_inner();
+        let csr = CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
+            .map_err(|_| Status::invalid_argument("csr is not a PEM certificate request"))?;
+        let identity =
+            requested_identity(&csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !self.authorizer.may_issue(&node, &identity) {
+            tracing::warn!(%node, %identity, "certificate request refused: no such pod on that node");
+            return Err(Status::permission_denied(format!(
+                "node {node} runs no pod with identity {identity}"
+            )));
+        }
+        let asked = u64::try_from(request.validity_duration).unwrap_or(0);
+        let lifetime = if asked == 0 {
+            DEFAULT_LIFETIME
+        } else {
+            Duration::from_secs(asked)
+        }
+        .min(self.max_lifetime);
+        let chain = self
+            .ca
+            .sign(csr.as_ref(), &identity, lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(%node, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain.iter().map(pem).collect(),
+        }))
+    }
+}
+
+/// The identity a CSR asks for: its one URI SAN.
+fn requested_identity(csr: &CertificateSigningRequestDer<'_>) -> Result<Identity, String> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(csr.as_ref())
+            .map_err(|e| format!("csr is not valid: {e}"))?;
+    let uri = parsed
+        .requested_extensions()
+        .into_iter()
+        .flatten()
+        .find_map(|ext| match ext {
+            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => {
+                san.general_names.iter().find_map(|name| match name {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .ok_or("csr asks for no URI SAN")?;
+    uri.parse()
+        .map_err(|e: mesh_core::identity::Error| e.to_string())
+}
+
+fn pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}

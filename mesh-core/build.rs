@@ -1,0 +1,5 @@
+//! Generates the gRPC types of the certificate service (needs protoc: `cargo xtask setup`).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tonic_prost_build::configure().compile_protos(&["proto/ca.proto"], &["proto"])?;
+    Ok(())
+}

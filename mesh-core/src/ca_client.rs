@@ -1,0 +1,127 @@
+//! The CA client: a node agent makes a key and a CSR for a service account, and asks the
+//! controller's `IstioCertificateService` to sign it. The channel is TLS; the controller must
+//! chain to the mesh root and present the controller's identity. The agent authenticates with
+//! its token (`authorization: Bearer`), since it has no certificate of its own.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::{
+    Identity,
+    pb::{
+        IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
+    },
+    tls::{
+        self, RequestError, WorkloadCertificate, certificate_request, identity_of,
+        workload_certificate,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("CA root: {0}")]
+    Root(String),
+    #[error("cannot reach the CA at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("the CA refused: {0}")]
+    Refused(#[from] tonic::Status),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("the CA answered a certificate that is not PEM")]
+    NotPem,
+}
+
+#[derive(Clone)]
+pub struct CaClient {
+    client: IstioCertificateServiceClient<Channel>,
+    token: String,
+}
+
+impl CaClient {
+    /// A lazily connecting client: the first request opens the connection, later ones reuse
+    /// it, and a broken one is reopened.
+    pub fn new(
+        addr: SocketAddr,
+        roots: Vec<CertificateDer<'static>>,
+        controller: Identity,
+        token: String,
+    ) -> Result<Self, Error> {
+        let verifier = tls::ServerChainVerifier::new(&roots, &tls::provider())
+            .map_err(|e| Error::Root(e.to_string()))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Root(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connect = tower::service_fn(move |_: Uri| {
+            let (connector, controller) = (connector.clone(), controller.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector
+                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                    .await?;
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .cloned();
+                let seen = peer.as_ref().map(identity_of).transpose().ok().flatten();
+                if seen.as_ref() != Some(&controller) {
+                    return Err(std::io::Error::other(format!(
+                        "CA at {addr} is {seen:?}, not the controller {controller}"
+                    )));
+                }
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        });
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|source| Error::Connect { addr, source })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_with_connector_lazy(connect);
+        Ok(Self {
+            client: IstioCertificateServiceClient::new(channel),
+            token,
+        })
+    }
+
+    /// A new key and a certificate for `identity`; the key is made here and never sent.
+    pub async fn issue(
+        &self,
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<WorkloadCertificate, Error> {
+        let (key, csr) = certificate_request(identity)?;
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr)),
+            validity_duration: lifetime.as_secs() as i64,
+        });
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| tonic::Status::internal("token is not a valid header value"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        let response = self
+            .client
+            .clone()
+            .create_certificate(request)
+            .await?
+            .into_inner();
+        let chain = response
+            .cert_chain
+            .iter()
+            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| Error::NotPem))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(workload_certificate(identity, key, chain)?)
+    }
+}
