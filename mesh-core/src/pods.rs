@@ -135,6 +135,21 @@ impl PodsFile {
     pub fn by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
         self.pods.iter().find(|pod| pod.ip == ip)
     }
+
+    /// The pod with this address (IPv4, or IPv4-mapped IPv6).
+    pub fn by_addr(&self, ip: std::net::IpAddr) -> Option<&Pod> {
+        match ip.to_canonical() {
+            std::net::IpAddr::V4(ip) => self.by_ip(ip),
+            std::net::IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Pod {
+    /// The pod's SPIFFE identity in `trust_domain`.
+    pub fn identity(&self, trust_domain: &str) -> Result<crate::Identity, crate::identity::Error> {
+        crate::Identity::new(trust_domain, &self.namespace, &self.service_account)
+    }
 }
 
 /// Notices changes to the pods file by its modification time and length, which survives the

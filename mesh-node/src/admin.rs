@@ -61,6 +61,7 @@ fn route<B>(endpoint: Endpoint, state: &State, req: &Request<B>) -> Response<Ful
         }
         (Endpoint::Admin, "/config_dump") => json(&state.config_dump()),
         (Endpoint::Admin, "/connections") => json(&state.connections.snapshot()),
+        (Endpoint::Admin, "/certs") => json(&state.certificate_view()),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -17,10 +17,12 @@ use crate::{
     config::Config,
     dataplane::{self, Dataplane},
     enrollment::{EnrolledView, Enrollment},
+    identity::{CertificateStore, CertificateView},
     metrics::Metrics,
     pods::{FileWatch, PodsFile},
-    proxy::Connections,
+    proxy::{Connections, HbonePool},
 };
+use mesh_core::{Identity, ca_client::CaClient};
 
 /// What the proxies and the endpoints share.
 pub struct State {
@@ -32,12 +34,19 @@ pub struct State {
     enrolled: RwLock<Vec<EnrolledView>>,
     /// Programs attached and the first reconcile done.
     ready: AtomicBool,
+    /// Certificates for the enrolled pods' identities (HBONE mode only).
+    pub certificates: Option<Arc<CertificateStore>>,
+    /// Pooled HBONE connections (HBONE mode only).
+    pub hbone: Option<HbonePool>,
+    /// The identities enrolled pods have: readiness waits for their certificates.
+    identities: RwLock<Vec<Identity>>,
 }
 
 #[derive(Serialize)]
 pub struct ConfigDump {
     pub config: Arc<Config>,
     pub enrolled: Vec<EnrolledView>,
+    pub certificates: Vec<CertificateView>,
     pub pods: Arc<PodsFile>,
 }
 
@@ -50,8 +59,25 @@ impl State {
         *self.enrolled.write().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
+    /// Ready once the programs are attached, the pods file applied, and (with HBONE) every
+    /// enrolled pod's certificate loaded.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.certificates.as_ref().is_none_or(|certs| {
+                certs.has_all(&self.identities.read().unwrap_or_else(|p| p.into_inner()))
+            })
+    }
+
+    /// Records the enrolled pods' identities and keeps certificates for exactly those.
+    pub fn set_identities(&self, identities: Vec<Identity>) {
+        if let Some(certs) = &self.certificates {
+            certs.retain(&identities);
+        }
+        *self.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
+    }
+
+    pub fn certificate_view(&self) -> Vec<CertificateView> {
+        self.certificates.as_ref().map(|c| c.view()).unwrap_or_default()
     }
 
     pub fn config_dump(&self) -> ConfigDump {
@@ -62,6 +88,7 @@ impl State {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            certificates: self.certificate_view(),
             pods: self.pods(),
         }
     }
@@ -76,6 +103,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("certificate service: {0}")]
+    Identity(String),
     #[error("cannot serve {what} on {addr}: {source}")]
     Serve {
         what: &'static str,
@@ -123,6 +152,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "eBPF programs attached"
     );
 
+    let certificates = match &config.ca_addr {
+        Some(addr) => Some(certificate_store(&config, *addr)?),
+        None => None,
+    };
+    let hbone = certificates.as_ref().map(|_| HbonePool::default());
     let state = Arc::new(State {
         config: config.clone(),
         metrics: Metrics::default(),
@@ -130,6 +164,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         pods: RwLock::new(Arc::new(PodsFile::default())),
         enrolled: RwLock::new(Vec::new()),
         ready: AtomicBool::new(false),
+        certificates,
+        hbone,
+        identities: RwLock::new(Vec::new()),
     });
     for (addr, what, endpoint) in [
         (config.metrics_addr, "metrics", Endpoint::Metrics),
@@ -167,6 +204,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tracing::info!("shutting down; pods stay enrolled and fail closed until an agent returns");
     Ok(())
+}
+
+/// The client of the controller's CA, from the root and token files.
+fn certificate_store(config: &Config, addr: std::net::SocketAddr) -> Result<Arc<CertificateStore>, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let read = |path: &Option<std::path::PathBuf>, what: &str| {
+        let path = path.as_ref().ok_or_else(|| Error::Identity(format!("--{what} is required with --ca-addr")))?;
+        std::fs::read(path).map_err(|e| Error::Identity(format!("reading {}: {e}", path.display())))
+    };
+    let roots = CertificateDer::pem_slice_iter(&read(&config.ca_root, "ca-root")?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Identity(format!("CA root is not PEM: {e}")))?;
+    let token = String::from_utf8_lossy(&read(&config.token_file, "token-file")?).trim().to_owned();
+    let controller = Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
+    let client = CaClient::new(addr, roots, controller, token).map_err(|e| Error::Identity(e.to_string()))?;
+    Ok(CertificateStore::new(client, Duration::from_secs(config.cert_lifetime)))
 }
 
 async fn shutdown_signal() {

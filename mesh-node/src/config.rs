@@ -56,6 +56,27 @@ pub struct Config {
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 
+    /// The mesh's trust domain.
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// The controller's certificate service. With it, traffic between enrolled pods is carried
+    /// over HBONE (mutual TLS); without it, captured traffic is forwarded as plain TCP.
+    #[arg(long, env = "AMBIT_CA_ADDR", requires_all = ["ca_root", "token_file"])]
+    pub ca_addr: Option<SocketAddr>,
+
+    /// PEM file with the mesh's root certificate(s).
+    #[arg(long, env = "AMBIT_CA_ROOT")]
+    pub ca_root: Option<PathBuf>,
+
+    /// File holding this node's bootstrap token for the certificate service.
+    #[arg(long, env = "AMBIT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Lifetime asked for workload certificates, in seconds (renewed at half of it).
+    #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value_t = 24 * 3600)]
+    pub cert_lifetime: u64,
+
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,

@@ -18,7 +18,7 @@ use crate::{
     dataplane::{self, Dataplane, OrigDsts},
     netns::{NetNs, netns_cookie},
     pods::{Pod, PodsFile},
-    proxy::{PodContext, serve_inbound, serve_outbound},
+    proxy::{PodContext, serve_hbone, serve_inbound, serve_outbound},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("pod {pod} has no valid SPIFFE identity: {source}")]
+    Identity { pod: String, source: mesh_core::identity::Error },
     #[error("pod {pod}: {source}")]
     Dataplane {
         pod: String,
@@ -145,10 +147,17 @@ impl Enrollment {
             .enrolled_pods
             .set(self.active.len() as i64);
         self.state.set_enrolled(self.view());
+        let mut identities: Vec<_> = self.active.values().map(|a| a.context.identity.clone()).collect();
+        identities.sort();
+        identities.dedup();
+        self.state.set_identities(identities);
     }
 
     fn enroll(&mut self, pod: &Pod) -> Result<ActivePod, Error> {
         let key = pod.key();
+        let identity = pod
+            .identity(&self.state.config.trust_domain)
+            .map_err(|source| Error::Identity { pod: key.clone(), source })?;
         let netns = NetNs::open(&pod.netns).map_err(|source| Error::Netns {
             pod: key.clone(),
             path: pod.netns.display().to_string(),
@@ -209,12 +218,24 @@ impl Enrollment {
                 source: Box::new(source),
             })?;
 
+        // HBONE listens on the pod's own addresses, dual-stack; sk_lookup leaves port 15008 alone.
+        let hbone = match self.state.hbone {
+            Some(_) => Some(
+                listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ports::HBONE))
+                    .or_else(|_| listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ports::HBONE)))?,
+            ),
+            None => None,
+        };
         let context = Arc::new(PodContext {
             pod: pod.clone(),
             netns,
             netns_cookie: cookie,
+            identity,
         });
         let mut tasks = Vec::new();
+        if let Some(listener) = hbone {
+            tasks.push(tokio::spawn(serve_hbone(tokio_listener(listener), context.clone(), self.state.clone())));
+        }
         for listener in std::iter::once(outbound).chain(outbound6) {
             let listener = tokio_listener(listener);
             tasks.push(tokio::spawn(serve_outbound(
@@ -272,7 +293,8 @@ impl Enrollment {
 fn open_listener(netns: &NetNs, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = netns.socket(socket2::Domain::for_address(addr))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        // `[::]` means both families; a specific IPv6 address means just that one.
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
     }
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;

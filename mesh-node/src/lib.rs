@@ -6,6 +6,7 @@
 //! - `config`: flags and environment;
 //! - `dataplane`: loading, pinning and attaching `mesh-ebpf`, and its maps;
 //! - `enrollment`: pods in and out of capture at run time;
+//! - `identity`: workload certificates from the controller's CA, renewed in the background;
 //! - `pods`: local mode's pods file and its watcher;
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
@@ -16,6 +17,7 @@ pub mod cgroup;
 pub mod config;
 pub mod dataplane;
 pub mod enrollment;
+pub mod identity;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

@@ -37,6 +37,8 @@ pub enum ResponseFlags {
     UF,
     /// No route: the captured connection's original destination was not found.
     NR,
+    /// Refused for lack of authentication or authorization (TLS or policy).
+    UAEX,
 }
 
 impl ResponseFlags {
@@ -45,6 +47,7 @@ impl ResponseFlags {
             ResponseFlags::None => "-",
             ResponseFlags::UF => "UF",
             ResponseFlags::NR => "NR",
+            ResponseFlags::UAEX => "UAEX",
         }
     }
 }
@@ -60,8 +63,10 @@ pub struct TcpLabels {
     pub reporter: Reporter,
     pub source_workload: String,
     pub source_workload_namespace: String,
+    pub source_principal: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
+    pub destination_principal: String,
     pub connection_security_policy: SecurityPolicy,
     pub response_flags: ResponseFlags,
 }

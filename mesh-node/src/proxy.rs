@@ -1,17 +1,26 @@
-//! Carrying captured connections: each enrolled pod has an outbound and an inbound listener
-//! inside its network namespace; accepted connections are forwarded as plain TCP to their
-//! original destination from a socket made in the same namespace (so the pod's own address
-//! is the source, as without the mesh).
+//! Carrying captured connections: each enrolled pod has outbound, inbound and HBONE listeners
+//! inside its network namespace. Connections to enrolled pods go over HBONE (mutual TLS);
+//! others are forwarded as plain TCP to their original destination from a socket made in the
+//! same namespace (so the pod's own address is the source, as without the mesh).
 
 mod connections;
+mod hbone_client;
+mod hbone_server;
+mod hbone_settings;
 mod inbound;
 mod outbound;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::net::{TcpSocket, TcpStream};
+use mesh_core::Identity;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpSocket, TcpStream},
+};
 
 pub use connections::{ConnectionInfo, Connections};
+pub use hbone_client::HbonePool;
+pub use hbone_server::serve_hbone;
 pub use inbound::serve_inbound;
 pub use outbound::serve_outbound;
 
@@ -31,6 +40,8 @@ pub struct PodContext {
     pub pod: Pod,
     pub netns: NetNs,
     pub netns_cookie: u64,
+    /// The pod's SPIFFE identity (its namespace and service account).
+    pub identity: Identity,
 }
 
 /// Opens a TCP connection from inside the pod's namespace, optionally from a fixed source.
@@ -49,13 +60,11 @@ async fn connect_from_pod(
 }
 
 /// Copies both ways until both sides are done, then records the connection's bytes.
-async fn forward(
-    state: Arc<State>,
-    labels: TcpLabels,
-    mut downstream: TcpStream,
-    mut upstream: TcpStream,
-    info: ConnectionInfo,
-) {
+async fn forward<D, U>(state: Arc<State>, labels: TcpLabels, mut downstream: D, mut upstream: U, info: ConnectionInfo)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let metrics = &state.metrics;
     metrics.connections_opened.get_or_create(&labels).inc();
     let _registration = state.connections.register(info.clone());
@@ -86,61 +95,51 @@ async fn forward(
     );
 }
 
-/// Labels for a connection between `local` (an enrolled pod of this node) and a peer address.
+/// Labels for a connection between `local` (an enrolled pod of this node) and a peer; with
+/// the peer's verified identity when the connection is mutual TLS.
 fn labels(
     state: &State,
     reporter: Reporter,
-    local: &Pod,
+    local: &PodContext,
     peer: SocketAddr,
+    peer_identity: Option<&Identity>,
     flags: ResponseFlags,
 ) -> TcpLabels {
-    let (peer_workload, peer_namespace) = match peer.ip() {
-        std::net::IpAddr::V4(ip) => state
-            .pods()
-            .by_ip(ip)
-            .map(|pod| (workload_name(pod), pod.namespace.clone()))
-            .unwrap_or_else(unknown),
-        std::net::IpAddr::V6(_) => unknown(),
+    let (peer_workload, peer_namespace) = state
+        .pods()
+        .by_addr(peer.ip())
+        .map(|pod| (workload_name(pod), pod.namespace.clone()))
+        .unwrap_or_else(unknown);
+    let local_side = (workload_name(&local.pod), local.pod.namespace.clone());
+    let (local_principal, peer_principal) = match peer_identity {
+        Some(peer) => (local.identity.to_string(), peer.to_string()),
+        None => ("unknown".to_owned(), "unknown".to_owned()),
     };
-    let (local_workload, local_namespace) = (workload_name(local), local.namespace.clone());
-    let (
-        (source_workload, source_workload_namespace),
-        (destination_workload, destination_workload_namespace),
-    ) = match reporter {
-        Reporter::source => (
-            (local_workload, local_namespace),
-            (peer_workload, peer_namespace),
-        ),
-        Reporter::destination => (
-            (peer_workload, peer_namespace),
-            (local_workload, local_namespace),
-        ),
+    let (source, destination, source_principal, destination_principal) = match reporter {
+        Reporter::source => ((local_side), (peer_workload, peer_namespace), local_principal, peer_principal),
+        Reporter::destination => ((peer_workload, peer_namespace), local_side, peer_principal, local_principal),
     };
     TcpLabels {
         reporter,
-        source_workload,
-        source_workload_namespace,
-        destination_workload,
-        destination_workload_namespace,
-        connection_security_policy: SecurityPolicy::none,
+        source_workload: source.0,
+        source_workload_namespace: source.1,
+        source_principal,
+        destination_workload: destination.0,
+        destination_workload_namespace: destination.1,
+        destination_principal,
+        connection_security_policy: if peer_identity.is_some() {
+            SecurityPolicy::mutual_tls
+        } else {
+            SecurityPolicy::none
+        },
         response_flags: flags,
     }
 }
 
 /// Counts a captured connection that could not be carried.
-fn record_failure(
-    state: &State,
-    reporter: Reporter,
-    local: &Pod,
-    peer: SocketAddr,
-    flags: ResponseFlags,
-) {
-    let labels = labels(state, reporter, local, peer, flags);
-    state
-        .metrics
-        .connections_failed
-        .get_or_create(&labels)
-        .inc();
+fn record_failure(state: &State, reporter: Reporter, local: &PodContext, peer: SocketAddr, flags: ResponseFlags) {
+    let labels = labels(state, reporter, local, peer, None, flags);
+    state.metrics.connections_failed.get_or_create(&labels).inc();
 }
 
 fn unknown() -> (String, String) {

@@ -20,6 +20,8 @@ pub struct ConnectionInfo {
     pub source: SocketAddr,
     /// The original destination.
     pub destination: SocketAddr,
+    /// The peer's SPIFFE identity, when the connection is mutual TLS.
+    pub peer_identity: Option<String>,
 }
 
 #[derive(Clone, Default)]

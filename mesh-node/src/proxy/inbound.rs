@@ -40,13 +40,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.pod.key(), %dst, "delivery to the app failed");
-                    record_failure(
-                        &state,
-                        Reporter::destination,
-                        &pod.pod,
-                        peer,
-                        ResponseFlags::UF,
-                    );
+                    record_failure(&state, Reporter::destination, &pod, peer, ResponseFlags::UF);
                     return;
                 }
             };
@@ -55,15 +49,10 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 pod: pod.pod.key(),
                 source: peer,
                 destination: dst,
+                peer_identity: None,
             };
             tracing::debug!(pod = %info.pod, client = %peer, %dst, "inbound connection captured");
-            let labels = labels(
-                &state,
-                Reporter::destination,
-                &pod.pod,
-                peer,
-                ResponseFlags::None,
-            );
+            let labels = labels(&state, Reporter::destination, &pod, peer, None, ResponseFlags::None);
             forward(state, labels, stream, upstream, info).await;
         });
     }

@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::TcpListener;
+use mesh_core::Identity;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
 use crate::{
@@ -29,30 +30,76 @@ pub async fn serve_outbound(
         let Some(dst) = orig.take(pod.netns_cookie, peer.port()) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.pod.key(), client = %peer, "captured connection has no original destination; refusing it");
-            record_failure(&state, Reporter::source, &pod.pod, peer, ResponseFlags::NR);
+            record_failure(&state, Reporter::source, &pod, peer, ResponseFlags::NR);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
             let source = SocketAddr::new(pod.pod.ip.into(), peer.port());
-            let upstream = match connect_from_pod(&pod, dst, None).await {
-                Ok(upstream) => upstream,
-                Err(error) => {
-                    tracing::info!(%error, pod = %pod.pod.key(), %dst, "outbound connect failed");
-                    record_failure(&state, Reporter::source, &pod.pod, dst, ResponseFlags::UF);
-                    return;
-                }
-            };
-            let info = ConnectionInfo {
-                direction: "outbound",
-                pod: pod.pod.key(),
-                source,
-                destination: dst,
-            };
-            tracing::debug!(pod = %info.pod, %dst, "outbound connection captured");
-            let labels = labels(&state, Reporter::source, &pod.pod, dst, ResponseFlags::None);
-            forward(state, labels, stream, upstream, info).await;
+            match hbone_peer(&state, dst) {
+                Some(expected) => carry_over_hbone(state, pod, stream, source, dst, expected).await,
+                None => carry_plain(state, pod, stream, source, dst).await,
+            }
         });
     }
+}
+
+/// The identity the destination must prove, when it is an enrolled pod and this agent speaks
+/// HBONE; `None` for plain pass-through.
+fn hbone_peer(state: &State, dst: SocketAddr) -> Option<Identity> {
+    state.hbone.as_ref()?;
+    let pods = state.pods();
+    let peer = pods.by_addr(dst.ip()).filter(|p| pods.is_enrolled(p))?;
+    peer.identity(&state.config.trust_domain).ok()
+}
+
+async fn carry_over_hbone(
+    state: Arc<State>,
+    pod: Arc<PodContext>,
+    stream: TcpStream,
+    source: SocketAddr,
+    dst: SocketAddr,
+    expected: Identity,
+) {
+    let Some(pool) = state.hbone.clone() else { return };
+    let tunnel = match pool.connect(&state, &pod, dst, &expected, source).await {
+        Ok(tunnel) => tunnel,
+        Err(error) => {
+            tracing::warn!(%error, pod = %pod.pod.key(), %dst, "HBONE connection failed; refusing the app's connection");
+            record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
+            return;
+        }
+    };
+    let info = ConnectionInfo {
+        direction: "outbound",
+        pod: pod.pod.key(),
+        source,
+        destination: dst,
+        peer_identity: Some(expected.to_string()),
+    };
+    tracing::debug!(pod = %info.pod, %dst, "outbound connection captured (HBONE)");
+    let labels = labels(&state, Reporter::source, &pod, dst, Some(&expected), ResponseFlags::None);
+    forward(state, labels, stream, tunnel, info).await;
+}
+
+async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, stream: TcpStream, source: SocketAddr, dst: SocketAddr) {
+    let upstream = match connect_from_pod(&pod, dst, None).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::info!(%error, pod = %pod.pod.key(), %dst, "outbound connect failed");
+            record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
+            return;
+        }
+    };
+    let info = ConnectionInfo {
+        direction: "outbound",
+        pod: pod.pod.key(),
+        source,
+        destination: dst,
+        peer_identity: None,
+    };
+    tracing::debug!(pod = %info.pod, %dst, "outbound connection captured");
+    let labels = labels(&state, Reporter::source, &pod, dst, None, ResponseFlags::None);
+    forward(state, labels, stream, upstream, info).await;
 }

@@ -1,0 +1,133 @@
+//! Workload certificates for the service accounts of this node's enrolled pods: requested
+//! from the controller's CA (the key is made here and never leaves the node), cached, renewed
+//! at half-life, retried with backoff, and kept while still valid when renewal fails.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use mesh_core::{
+    Identity,
+    ca_client::CaClient,
+    tls::{self, WorkloadCertificate},
+};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// A certificate with the TLS configs built from it once.
+pub struct Issued {
+    pub cert: WorkloadCertificate,
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateView {
+    pub identity: String,
+    pub not_after_unix: u64,
+    pub renew_at_unix: u64,
+}
+
+pub struct CertificateStore {
+    ca: CaClient,
+    lifetime: Duration,
+    issued: RwLock<HashMap<Identity, Arc<Issued>>>,
+    /// One renewal task per identity in use.
+    tasks: std::sync::Mutex<HashMap<Identity, JoinHandle<()>>>,
+}
+
+impl CertificateStore {
+    pub fn new(ca: CaClient, lifetime: Duration) -> Arc<Self> {
+        Arc::new(Self { ca, lifetime, issued: RwLock::default(), tasks: Default::default() })
+    }
+
+    /// The current certificate for `identity`, if one was issued and has not expired.
+    pub fn get(&self, identity: &Identity) -> Option<Arc<Issued>> {
+        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner()).get(identity).cloned()?;
+        (!issued.cert.is_expired(SystemTime::now())).then_some(issued)
+    }
+
+    /// Keeps a certificate for each of `identities`, and drops the others.
+    pub fn retain(self: &Arc<Self>, identities: &[Identity]) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|identity, task| {
+            let keep = identities.contains(identity);
+            if !keep {
+                task.abort();
+                self.issued.write().unwrap_or_else(|p| p.into_inner()).remove(identity);
+            }
+            keep
+        });
+        for identity in identities {
+            if !tasks.contains_key(identity) {
+                let store = self.clone();
+                let id = identity.clone();
+                tasks.insert(identity.clone(), tokio::spawn(async move { store.keep_renewed(id).await }));
+            }
+        }
+    }
+
+    /// Whether every one of `identities` has a valid certificate.
+    pub fn has_all(&self, identities: &[Identity]) -> bool {
+        identities.iter().all(|id| self.get(id).is_some())
+    }
+
+    pub fn view(&self) -> Vec<CertificateView> {
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut all: Vec<_> = self
+            .issued
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|i| CertificateView {
+                identity: i.cert.identity.to_string(),
+                not_after_unix: unix(i.cert.not_after),
+                renew_at_unix: unix(i.cert.renew_at()),
+            })
+            .collect();
+        all.sort_by(|a, b| a.identity.cmp(&b.identity));
+        all
+    }
+
+    async fn keep_renewed(&self, identity: Identity) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            match self.issue(&identity).await {
+                Ok(issued) => {
+                    let renew_at = issued.cert.renew_at();
+                    tracing::info!(%identity, "workload certificate issued");
+                    self.issued.write().unwrap_or_else(|p| p.into_inner()).insert(identity.clone(), Arc::new(issued));
+                    retry = FIRST_RETRY;
+                    let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => {
+                    // The current certificate, if any, stays in use until it expires.
+                    tracing::warn!(%identity, %error, retry_in_ms = retry.as_millis() as u64, "certificate request failed");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    async fn issue(&self, identity: &Identity) -> Result<Issued, String> {
+        let cert = self.ca.issue(identity, self.lifetime).await.map_err(|e| e.to_string())?;
+        let server = Arc::new(tls::server_config(&cert).map_err(|e| e.to_string())?);
+        let client = Arc::new(tls::client_config(&cert).map_err(|e| e.to_string())?);
+        Ok(Issued { cert, server, client })
+    }
+}
+
+impl Drop for CertificateStore {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! HBONE server: the pod's port 15008. Mutual TLS with the pod's certificate (the client must
+//! be of our trust domain), then HTTP/2; each CONNECT is checked, delivered to the app from
+//! 127.0.0.6 (or ::1), and answered 200 only once the app accepted, as ztunnel does.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6, ports};
+use mesh_core::{Identity, hbone, tls::identity_of};
+use tokio::net::TcpListener;
+
+use super::{ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels, record_failure};
+use crate::{app::State, metrics::{Reporter, ResponseFlags}};
+
+const PROXY_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE];
+
+pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, pod = %pod.pod.key(), "HBONE accept failed");
+                continue;
+            }
+        };
+        let (pod, state) = (pod.clone(), state.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
+                tracing::info!(%error, pod = %pod.pod.key(), %peer, "HBONE connection refused");
+                record_failure(&state, Reporter::destination, &pod, peer, ResponseFlags::UAEX);
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    pod: &Arc<PodContext>,
+    state: &Arc<State>,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let certs = state.certificates.as_ref().ok_or("HBONE without a certificate store")?;
+    // Fail closed: no certificate for the pod yet means no TLS server to offer.
+    let issued = certs.get(&pod.identity).ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
+    let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of)
+        .ok_or("no client certificate")?
+        .map_err(|e| e.to_string())?;
+    let local = tls.get_ref().0.local_addr().map_err(|e| e.to_string())?.ip();
+    let (pod, state) = (pod.clone(), state.clone());
+    let client = Arc::new(client);
+    let service = service_fn(move |request| {
+        let (pod, state, client) = (pod.clone(), state.clone(), client.clone());
+        async move { Ok::<_, Infallible>(handle_connect(request, local, peer, &client, &pod, &state).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    hbone_settings::server(&mut builder);
+    builder.serve_connection(TokioIo::new(tls), service).await.map_err(|e| format!("HTTP/2: {e}"))
+}
+
+async fn handle_connect(
+    mut request: Request<Incoming>,
+    local: IpAddr,
+    peer: SocketAddr,
+    client: &Identity,
+    pod: &Arc<PodContext>,
+    state: &Arc<State>,
+) -> Response<Empty<Bytes>> {
+    let target = match hbone::parse_connect(&request, local, &PROXY_PORTS) {
+        Ok(target) => target,
+        Err(error) => {
+            tracing::info!(%error, %client, pod = %pod.pod.key(), "HBONE request refused");
+            return status(error.status());
+        }
+    };
+    let source = if target.is_ipv4() {
+        SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
+    } else {
+        SocketAddr::new(Ipv6Addr::from(INBOUND_DELIVERY_SOURCE6).into(), 0)
+    };
+    let upstream = match connect_from_pod(pod, target, Some(source)).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::info!(%error, %target, pod = %pod.pod.key(), "HBONE delivery to the app failed");
+            record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UF);
+            return status(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let labels = labels(state, Reporter::destination, pod, peer, Some(client), ResponseFlags::None);
+    let info = ConnectionInfo {
+        direction: "inbound",
+        pod: pod.pod.key(),
+        source: peer,
+        destination: target,
+        peer_identity: Some(client.to_string()),
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => super::forward(state, labels, TokioIo::new(upgraded), upstream, info).await,
+            Err(error) => tracing::info!(%error, "HBONE stream ended before it was established"),
+        }
+    });
+    status(StatusCode::OK)
+}
+
+fn status(code: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = code;
+    response
+}
