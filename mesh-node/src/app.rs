@@ -77,7 +77,10 @@ impl State {
     }
 
     pub fn certificate_view(&self) -> Vec<CertificateView> {
-        self.certificates.as_ref().map(|c| c.view()).unwrap_or_default()
+        self.certificates
+            .as_ref()
+            .map(|c| c.view())
+            .unwrap_or_default()
     }
 
     pub fn config_dump(&self) -> ConfigDump {
@@ -207,19 +210,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
 }
 
 /// The client of the controller's CA, from the root and token files.
-fn certificate_store(config: &Config, addr: std::net::SocketAddr) -> Result<Arc<CertificateStore>, Error> {
+fn certificate_store(
+    config: &Config,
+    addr: std::net::SocketAddr,
+) -> Result<Arc<CertificateStore>, Error> {
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let read = |path: &Option<std::path::PathBuf>, what: &str| {
-        let path = path.as_ref().ok_or_else(|| Error::Identity(format!("--{what} is required with --ca-addr")))?;
+        let path = path
+            .as_ref()
+            .ok_or_else(|| Error::Identity(format!("--{what} is required with --ca-addr")))?;
         std::fs::read(path).map_err(|e| Error::Identity(format!("reading {}: {e}", path.display())))
     };
     let roots = CertificateDer::pem_slice_iter(&read(&config.ca_root, "ca-root")?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Identity(format!("CA root is not PEM: {e}")))?;
-    let token = String::from_utf8_lossy(&read(&config.token_file, "token-file")?).trim().to_owned();
-    let controller = Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
-    let client = CaClient::new(addr, roots, controller, token).map_err(|e| Error::Identity(e.to_string()))?;
-    Ok(CertificateStore::new(client, Duration::from_secs(config.cert_lifetime)))
+    let token = String::from_utf8_lossy(&read(&config.token_file, "token-file")?)
+        .trim()
+        .to_owned();
+    let controller =
+        Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
+    let client = CaClient::new(addr, roots, controller, token)
+        .map_err(|e| Error::Identity(e.to_string()))?;
+    Ok(CertificateStore::new(
+        client,
+        Duration::from_secs(config.cert_lifetime),
+    ))
 }
 
 async fn shutdown_signal() {

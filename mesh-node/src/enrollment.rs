@@ -36,7 +36,10 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("pod {pod} has no valid SPIFFE identity: {source}")]
-    Identity { pod: String, source: mesh_core::identity::Error },
+    Identity {
+        pod: String,
+        source: mesh_core::identity::Error,
+    },
     #[error("pod {pod}: {source}")]
     Dataplane {
         pod: String,
@@ -147,7 +150,11 @@ impl Enrollment {
             .enrolled_pods
             .set(self.active.len() as i64);
         self.state.set_enrolled(self.view());
-        let mut identities: Vec<_> = self.active.values().map(|a| a.context.identity.clone()).collect();
+        let mut identities: Vec<_> = self
+            .active
+            .values()
+            .map(|a| a.context.identity.clone())
+            .collect();
         identities.sort();
         identities.dedup();
         self.state.set_identities(identities);
@@ -157,7 +164,10 @@ impl Enrollment {
         let key = pod.key();
         let identity = pod
             .identity(&self.state.config.trust_domain)
-            .map_err(|source| Error::Identity { pod: key.clone(), source })?;
+            .map_err(|source| Error::Identity {
+                pod: key.clone(),
+                source,
+            })?;
         let netns = NetNs::open(&pod.netns).map_err(|source| Error::Netns {
             pod: key.clone(),
             path: pod.netns.display().to_string(),
@@ -221,8 +231,9 @@ impl Enrollment {
         // HBONE listens on the pod's own addresses, dual-stack; sk_lookup leaves port 15008 alone.
         let hbone = match self.state.hbone {
             Some(_) => Some(
-                listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ports::HBONE))
-                    .or_else(|_| listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ports::HBONE)))?,
+                listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ports::HBONE)).or_else(
+                    |_| listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ports::HBONE)),
+                )?,
             ),
             None => None,
         };
@@ -234,7 +245,11 @@ impl Enrollment {
         });
         let mut tasks = Vec::new();
         if let Some(listener) = hbone {
-            tasks.push(tokio::spawn(serve_hbone(tokio_listener(listener), context.clone(), self.state.clone())));
+            tasks.push(tokio::spawn(serve_hbone(
+                tokio_listener(listener),
+                context.clone(),
+                self.state.clone(),
+            )));
         }
         for listener in std::iter::once(outbound).chain(outbound6) {
             let listener = tokio_listener(listener);

@@ -43,12 +43,22 @@ pub struct CertificateStore {
 
 impl CertificateStore {
     pub fn new(ca: CaClient, lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self { ca, lifetime, issued: RwLock::default(), tasks: Default::default() })
+        Arc::new(Self {
+            ca,
+            lifetime,
+            issued: RwLock::default(),
+            tasks: Default::default(),
+        })
     }
 
     /// The current certificate for `identity`, if one was issued and has not expired.
     pub fn get(&self, identity: &Identity) -> Option<Arc<Issued>> {
-        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner()).get(identity).cloned()?;
+        let issued = self
+            .issued
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(identity)
+            .cloned()?;
         (!issued.cert.is_expired(SystemTime::now())).then_some(issued)
     }
 
@@ -59,7 +69,10 @@ impl CertificateStore {
             let keep = identities.contains(identity);
             if !keep {
                 task.abort();
-                self.issued.write().unwrap_or_else(|p| p.into_inner()).remove(identity);
+                self.issued
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(identity);
             }
             keep
         });
@@ -67,7 +80,10 @@ impl CertificateStore {
             if !tasks.contains_key(identity) {
                 let store = self.clone();
                 let id = identity.clone();
-                tasks.insert(identity.clone(), tokio::spawn(async move { store.keep_renewed(id).await }));
+                tasks.insert(
+                    identity.clone(),
+                    tokio::spawn(async move { store.keep_renewed(id).await }),
+                );
             }
         }
     }
@@ -78,7 +94,11 @@ impl CertificateStore {
     }
 
     pub fn view(&self) -> Vec<CertificateView> {
-        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
         let mut all: Vec<_> = self
             .issued
             .read()
@@ -101,9 +121,14 @@ impl CertificateStore {
                 Ok(issued) => {
                     let renew_at = issued.cert.renew_at();
                     tracing::info!(%identity, "workload certificate issued");
-                    self.issued.write().unwrap_or_else(|p| p.into_inner()).insert(identity.clone(), Arc::new(issued));
+                    self.issued
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(identity.clone(), Arc::new(issued));
                     retry = FIRST_RETRY;
-                    let wait = renew_at.duration_since(SystemTime::now()).unwrap_or_default();
+                    let wait = renew_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => {
@@ -117,16 +142,29 @@ impl CertificateStore {
     }
 
     async fn issue(&self, identity: &Identity) -> Result<Issued, String> {
-        let cert = self.ca.issue(identity, self.lifetime).await.map_err(|e| e.to_string())?;
+        let cert = self
+            .ca
+            .issue(identity, self.lifetime)
+            .await
+            .map_err(|e| e.to_string())?;
         let server = Arc::new(tls::server_config(&cert).map_err(|e| e.to_string())?);
         let client = Arc::new(tls::client_config(&cert).map_err(|e| e.to_string())?);
-        Ok(Issued { cert, server, client })
+        Ok(Issued {
+            cert,
+            server,
+            client,
+        })
     }
 }
 
 impl Drop for CertificateStore {
     fn drop(&mut self) {
-        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             task.abort();
         }
     }

@@ -60,8 +60,13 @@ async fn connect_from_pod(
 }
 
 /// Copies both ways until both sides are done, then records the connection's bytes.
-async fn forward<D, U>(state: Arc<State>, labels: TcpLabels, mut downstream: D, mut upstream: U, info: ConnectionInfo)
-where
+async fn forward<D, U>(
+    state: Arc<State>,
+    labels: TcpLabels,
+    mut downstream: D,
+    mut upstream: U,
+    info: ConnectionInfo,
+) where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -116,8 +121,18 @@ fn labels(
         None => ("unknown".to_owned(), "unknown".to_owned()),
     };
     let (source, destination, source_principal, destination_principal) = match reporter {
-        Reporter::source => ((local_side), (peer_workload, peer_namespace), local_principal, peer_principal),
-        Reporter::destination => ((peer_workload, peer_namespace), local_side, peer_principal, local_principal),
+        Reporter::source => (
+            (local_side),
+            (peer_workload, peer_namespace),
+            local_principal,
+            peer_principal,
+        ),
+        Reporter::destination => (
+            (peer_workload, peer_namespace),
+            local_side,
+            peer_principal,
+            local_principal,
+        ),
     };
     TcpLabels {
         reporter,
@@ -137,9 +152,19 @@ fn labels(
 }
 
 /// Counts a captured connection that could not be carried.
-fn record_failure(state: &State, reporter: Reporter, local: &PodContext, peer: SocketAddr, flags: ResponseFlags) {
+fn record_failure(
+    state: &State,
+    reporter: Reporter,
+    local: &PodContext,
+    peer: SocketAddr,
+    flags: ResponseFlags,
+) {
     let labels = labels(state, reporter, local, peer, None, flags);
-    state.metrics.connections_failed.get_or_create(&labels).inc();
+    state
+        .metrics
+        .connections_failed
+        .get_or_create(&labels)
+        .inc();
 }
 
 fn unknown() -> (String, String) {

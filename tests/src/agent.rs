@@ -16,6 +16,8 @@ use crate::{sys, testbed::Testbed};
 pub struct AgentOptions {
     /// `--accelerate`: sockmap on the app <-> agent hop.
     pub accelerate: bool,
+    /// Root of a running controller's CA: the agent gets certificates and speaks HBONE.
+    pub ca_root: Option<PathBuf>,
 }
 
 /// A running node agent. Killed when dropped.
@@ -30,20 +32,7 @@ pub struct Agent {
 
 /// The agent binary: `AMBIT_MESH_NODE`, else next to the test executable's target directory.
 pub fn mesh_node_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("AMBIT_MESH_NODE") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("mesh-node");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!(
-        "mesh-node binary not found near {}: build it first (`cargo xtask test` does) or set AMBIT_MESH_NODE",
-        exe.display()
-    )
+    crate::controller::workspace_binary("mesh-node", "AMBIT_MESH_NODE")
 }
 
 impl Testbed {
@@ -62,6 +51,16 @@ impl Testbed {
             "--poll-ms".to_owned(),
             "50".to_owned(),
         ];
+        if let Some(root) = &options.ca_root {
+            args.extend([
+                "--ca-addr".to_owned(),
+                crate::controller::CA_ADDR.to_owned(),
+                "--ca-root".to_owned(),
+                root.display().to_string(),
+                "--token-file".to_owned(),
+                self.token_file(&node.name).display().to_string(),
+            ]);
+        }
         if options.accelerate {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);
         }

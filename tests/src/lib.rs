@@ -7,10 +7,14 @@
 //! # Layout
 //! - `testbed`: building and tearing down the topology; `Pod` and `Node` handles;
 //! - `agent`: starting, stopping and querying `mesh-node` inside a node;
+//! - `controller`: the controller's CA in the fabric namespace;
+//! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
 //! - `sys`: running commands and entering namespaces.
 pub mod agent;
 pub mod bpf;
+pub mod capture;
+pub mod controller;
 pub mod sys;
 pub mod testbed;
 pub mod traffic;

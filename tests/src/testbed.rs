@@ -186,6 +186,9 @@ impl Testbed {
         sys::run("ip", &["netns", "add", &self.fabric])?;
         ip_in(&self.fabric, "link add br0 type bridge")?;
         ip_in(&self.fabric, "link set br0 up")?;
+        ip_in(&self.fabric, "link set lo up")?;
+        // The controller's address, reachable from every node.
+        ip_in(&self.fabric, "addr add 198.18.0.254/24 dev br0")?;
         for n in 0..topology.nodes {
             let node = self.build_node(n, topology)?;
             self.nodes.push(node);
@@ -329,6 +332,10 @@ impl Testbed {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name} in the test bed"))
+    }
+
+    pub fn fabric_netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.fabric)
     }
 
     pub fn pods_file_path(&self) -> PathBuf {

@@ -19,7 +19,10 @@ fn transfers_intact(accelerate: bool) -> Result<()> {
     let tb = Testbed::new(Topology::default())?;
     tb.set_namespace_ambient("default", true)?;
     let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
-    let options = AgentOptions { accelerate };
+    let options = AgentOptions {
+        accelerate,
+        ..AgentOptions::default()
+    };
     let a0 = tb.start_agent("n0", &options)?;
     let a1 = tb.start_agent("n1", &options)?;
     a0.wait_enrolled(&client.key(), true)?;

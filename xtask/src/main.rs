@@ -62,6 +62,8 @@ fn release_run(program: &str, args: &[&str]) -> Result<()> {
         "-p",
         "mesh-node",
         "-p",
+        "mesh-controller",
+        "-p",
         "mesh-tests",
         "--bins",
     ])?;
@@ -76,7 +78,14 @@ fn test(extra: &[String]) -> Result<()> {
     step("linting (cargo clippy --all-targets -D warnings)");
     cargo.run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     step("building the node agent the integration tests start");
-    cargo.run(&["build", "-p", "mesh-node", "--bins"])?;
+    cargo.run(&[
+        "build",
+        "-p",
+        "mesh-node",
+        "-p",
+        "mesh-controller",
+        "--bins",
+    ])?;
     step("running every test (eBPF and network-namespace tests need root)");
     let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));

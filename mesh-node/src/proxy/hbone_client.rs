@@ -24,15 +24,31 @@ pub enum Error {
     #[error("no certificate yet for {0}")]
     NoCertificate(Identity),
     #[error("connecting to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS with {addr}: {source}")]
-    Tls { addr: SocketAddr, source: std::io::Error },
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("peer at {addr} presented {got:?}, not the expected {want}")]
-    WrongPeer { addr: SocketAddr, got: Option<String>, want: Identity },
+    WrongPeer {
+        addr: SocketAddr,
+        got: Option<String>,
+        want: Identity,
+    },
     #[error("HTTP/2 with {addr}: {source}")]
-    Http { addr: SocketAddr, source: hyper::Error },
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("CONNECT {target} answered {status}")]
-    Status { target: SocketAddr, status: hyper::StatusCode },
+    Status {
+        target: SocketAddr,
+        status: hyper::StatusCode,
+    },
 }
 
 type Key = (String, IpAddr);
@@ -57,11 +73,22 @@ impl HbonePool {
         let response = sender
             .send_request(hbone::connect_request(target, client).map(|()| Empty::new()))
             .await
-            .map_err(|source| Error::Http { addr: target, source })?;
+            .map_err(|source| Error::Http {
+                addr: target,
+                source,
+            })?;
         if response.status() != hyper::StatusCode::OK {
-            return Err(Error::Status { target, status: response.status() });
+            return Err(Error::Status {
+                target,
+                status: response.status(),
+            });
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(|source| Error::Http { addr: target, source })?;
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|source| Error::Http {
+                addr: target,
+                source,
+            })?;
         Ok(TokioIo::new(upgraded))
     }
 
@@ -73,13 +100,20 @@ impl HbonePool {
         expected: &Identity,
     ) -> Result<SendRequest<Empty<Bytes>>, Error> {
         let key = (pod.pod.key(), ip);
-        if let Some(sender) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        if let Some(sender) = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
             && sender.is_ready()
         {
             return Ok(sender.clone());
         }
         let sender = open(state, pod, SocketAddr::new(ip, hbone::PORT), expected).await?;
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).insert(key, sender.clone());
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, sender.clone());
         Ok(sender)
     }
 }
@@ -90,25 +124,43 @@ async fn open(
     addr: SocketAddr,
     expected: &Identity,
 ) -> Result<SendRequest<Empty<Bytes>>, Error> {
-    let certs = state.certificates.as_ref().ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
-    let issued = certs.get(&pod.identity).ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
-    let tcp = connect_from_pod(pod, addr, None).await.map_err(|source| Error::Connect { addr, source })?;
+    let certs = state
+        .certificates
+        .as_ref()
+        .ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
+    let issued = certs
+        .get(&pod.identity)
+        .ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
+    let tcp = connect_from_pod(pod, addr, None)
+        .await
+        .map_err(|source| Error::Connect { addr, source })?;
     let tls = tokio_rustls::TlsConnector::from(issued.client.clone())
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .map_err(|source| Error::Tls { addr, source })?;
-    let got = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(identity_of);
+    let got = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of);
     match got {
         Some(Ok(identity)) if &identity == expected => {}
         other => {
             let got = other.map(|r| r.map(|i| i.to_string()).unwrap_or_else(|e| e.to_string()));
-            return Err(Error::WrongPeer { addr, got, want: expected.clone() });
+            return Err(Error::WrongPeer {
+                addr,
+                got,
+                want: expected.clone(),
+            });
         }
     }
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     hbone_settings::client(&mut builder);
-    let (sender, connection) =
-        builder.handshake(TokioIo::new(tls)).await.map_err(|source| Error::Http { addr, source })?;
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|source| Error::Http { addr, source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, %addr, "HBONE connection closed");

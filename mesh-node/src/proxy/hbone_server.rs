@@ -17,7 +17,10 @@ use mesh_core::{Identity, hbone, tls::identity_of};
 use tokio::net::TcpListener;
 
 use super::{ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels, record_failure};
-use crate::{app::State, metrics::{Reporter, ResponseFlags}};
+use crate::{
+    app::State,
+    metrics::{Reporter, ResponseFlags},
+};
 
 const PROXY_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE];
 
@@ -34,7 +37,13 @@ pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc
         tokio::spawn(async move {
             if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
                 tracing::info!(%error, pod = %pod.pod.key(), %peer, "HBONE connection refused");
-                record_failure(&state, Reporter::destination, &pod, peer, ResponseFlags::UAEX);
+                record_failure(
+                    &state,
+                    Reporter::destination,
+                    &pod,
+                    peer,
+                    ResponseFlags::UAEX,
+                );
             }
         });
     }
@@ -47,9 +56,14 @@ async fn serve_connection(
     state: &Arc<State>,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let certs = state.certificates.as_ref().ok_or("HBONE without a certificate store")?;
+    let certs = state
+        .certificates
+        .as_ref()
+        .ok_or("HBONE without a certificate store")?;
     // Fail closed: no certificate for the pod yet means no TLS server to offer.
-    let issued = certs.get(&pod.identity).ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
+    let issued = certs
+        .get(&pod.identity)
+        .ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
     let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
         .accept(tcp)
         .await
@@ -62,16 +76,26 @@ async fn serve_connection(
         .map(identity_of)
         .ok_or("no client certificate")?
         .map_err(|e| e.to_string())?;
-    let local = tls.get_ref().0.local_addr().map_err(|e| e.to_string())?.ip();
+    let local = tls
+        .get_ref()
+        .0
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .ip();
     let (pod, state) = (pod.clone(), state.clone());
     let client = Arc::new(client);
     let service = service_fn(move |request| {
         let (pod, state, client) = (pod.clone(), state.clone(), client.clone());
-        async move { Ok::<_, Infallible>(handle_connect(request, local, peer, &client, &pod, &state).await) }
+        async move {
+            Ok::<_, Infallible>(handle_connect(request, local, peer, &client, &pod, &state).await)
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     hbone_settings::server(&mut builder);
-    builder.serve_connection(TokioIo::new(tls), service).await.map_err(|e| format!("HTTP/2: {e}"))
+    builder
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| format!("HTTP/2: {e}"))
 }
 
 async fn handle_connect(
@@ -103,7 +127,14 @@ async fn handle_connect(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let labels = labels(state, Reporter::destination, pod, peer, Some(client), ResponseFlags::None);
+    let labels = labels(
+        state,
+        Reporter::destination,
+        pod,
+        peer,
+        Some(client),
+        ResponseFlags::None,
+    );
     let info = ConnectionInfo {
         direction: "inbound",
         pod: pod.pod.key(),
@@ -114,7 +145,9 @@ async fn handle_connect(
     let state = state.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => super::forward(state, labels, TokioIo::new(upgraded), upstream, info).await,
+            Ok(upgraded) => {
+                super::forward(state, labels, TokioIo::new(upgraded), upstream, info).await
+            }
             Err(error) => tracing::info!(%error, "HBONE stream ended before it was established"),
         }
     });

@@ -30,7 +30,11 @@ where
 
 pub fn client<E>(builder: &mut hyper::client::conn::http2::Builder<E>)
 where
-    E: Executor<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> + Clone + Send + Sync + 'static,
+    E: Executor<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     builder
         .initial_stream_window_size(STREAM_WINDOW)

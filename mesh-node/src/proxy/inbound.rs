@@ -52,7 +52,14 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 peer_identity: None,
             };
             tracing::debug!(pod = %info.pod, client = %peer, %dst, "inbound connection captured");
-            let labels = labels(&state, Reporter::destination, &pod, peer, None, ResponseFlags::None);
+            let labels = labels(
+                &state,
+                Reporter::destination,
+                &pod,
+                peer,
+                None,
+                ResponseFlags::None,
+            );
             forward(state, labels, stream, upstream, info).await;
         });
     }

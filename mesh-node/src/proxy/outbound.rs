@@ -62,7 +62,9 @@ async fn carry_over_hbone(
     dst: SocketAddr,
     expected: Identity,
 ) {
-    let Some(pool) = state.hbone.clone() else { return };
+    let Some(pool) = state.hbone.clone() else {
+        return;
+    };
     let tunnel = match pool.connect(&state, &pod, dst, &expected, source).await {
         Ok(tunnel) => tunnel,
         Err(error) => {
@@ -79,11 +81,24 @@ async fn carry_over_hbone(
         peer_identity: Some(expected.to_string()),
     };
     tracing::debug!(pod = %info.pod, %dst, "outbound connection captured (HBONE)");
-    let labels = labels(&state, Reporter::source, &pod, dst, Some(&expected), ResponseFlags::None);
+    let labels = labels(
+        &state,
+        Reporter::source,
+        &pod,
+        dst,
+        Some(&expected),
+        ResponseFlags::None,
+    );
     forward(state, labels, stream, tunnel, info).await;
 }
 
-async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, stream: TcpStream, source: SocketAddr, dst: SocketAddr) {
+async fn carry_plain(
+    state: Arc<State>,
+    pod: Arc<PodContext>,
+    stream: TcpStream,
+    source: SocketAddr,
+    dst: SocketAddr,
+) {
     let upstream = match connect_from_pod(&pod, dst, None).await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -100,6 +115,13 @@ async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, stream: TcpStream,
         peer_identity: None,
     };
     tracing::debug!(pod = %info.pod, %dst, "outbound connection captured");
-    let labels = labels(&state, Reporter::source, &pod, dst, None, ResponseFlags::None);
+    let labels = labels(
+        &state,
+        Reporter::source,
+        &pod,
+        dst,
+        None,
+        ResponseFlags::None,
+    );
     forward(state, labels, stream, upstream, info).await;
 }

@@ -68,7 +68,10 @@ fn main() -> Result<()> {
     ));
     for (name, accelerate) in [("captured", false), ("captured+sockmap", true)] {
         eprintln!("bench: {name}");
-        let options = AgentOptions { accelerate };
+        let options = AgentOptions {
+            accelerate,
+            ..AgentOptions::default()
+        };
         let agents = [
             tb.start_agent("n0", &options)?,
             tb.start_agent("n1", &options)?,
