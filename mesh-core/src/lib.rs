@@ -7,6 +7,7 @@
 //! - `tls`: workload certificates, rustls configs (TLS 1.3, AES-GCM, ALPN `h2`), and the
 //!   verifiers that turn a certificate chain into a peer identity;
 //! - `hbone`: building and checking CONNECT requests, with the status codes ztunnel uses;
+//! - `policy`: PeerAuthentication and AuthorizationPolicy at L4, from Istio's YAML;
 //! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes).
 #![deny(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod ca_client;
 pub mod hbone;
 pub mod identity;
 pub mod pods;
+pub mod policy;
 pub mod tls;
 
 pub use identity::Identity;
