@@ -20,9 +20,14 @@ use crate::{
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
     pods::{FileWatch, PodsFile},
+    policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
 };
-use mesh_core::{Identity, ca_client::CaClient};
+use mesh_core::{
+    Identity,
+    ca_client::CaClient,
+    policy::{LoadError, PolicySet},
+};
 
 /// What the proxies and the endpoints share.
 pub struct State {
@@ -40,6 +45,8 @@ pub struct State {
     pub hbone: Option<HbonePool>,
     /// The identities enrolled pods have: readiness waits for their certificates.
     identities: RwLock<Vec<Identity>>,
+    policies: RwLock<Arc<PolicySet>>,
+    policy_errors: RwLock<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +54,8 @@ pub struct ConfigDump {
     pub config: Arc<Config>,
     pub enrolled: Vec<EnrolledView>,
     pub certificates: Vec<CertificateView>,
+    pub policies: usize,
+    pub policy_errors: Vec<String>,
     pub pods: Arc<PodsFile>,
 }
 
@@ -76,6 +85,21 @@ impl State {
         *self.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
     }
 
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_policies(&self, policies: PolicySet, errors: Vec<LoadError>) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        *self
+            .policy_errors
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = errors.iter().map(ToString::to_string).collect();
+    }
+
     pub fn certificate_view(&self) -> Vec<CertificateView> {
         self.certificates
             .as_ref()
@@ -92,6 +116,12 @@ impl State {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             certificates: self.certificate_view(),
+            policies: self.policies().len(),
+            policy_errors: self
+                .policy_errors
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             pods: self.pods(),
         }
     }
@@ -170,7 +200,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         certificates,
         hbone,
         identities: RwLock::new(Vec::new()),
+        policies: RwLock::new(Arc::new(PolicySet::default())),
+        policy_errors: RwLock::new(Vec::new()),
     });
+    let mut policy_watch = config
+        .config_dir
+        .clone()
+        .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone()));
     for (addr, what, endpoint) in [
         (config.metrics_addr, "metrics", Endpoint::Metrics),
         (config.readiness_addr, "readiness", Endpoint::Readiness),
@@ -189,6 +225,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut shutdown => break,
+        }
+        match policy_watch.as_mut().and_then(PolicyWatch::poll) {
+            None => {}
+            Some(Ok((policies, errors))) => policy::apply(&state, policies, errors),
+            Some(Err(error)) => {
+                tracing::error!(%error, "config directory unreadable; keeping the current policies")
+            }
         }
         match watch.poll() {
             None => {}

@@ -56,6 +56,15 @@ pub struct Config {
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 
+    /// A directory of Istio YAML (PeerAuthentication, AuthorizationPolicy), watched for
+    /// changes. Without it: PERMISSIVE, allow all.
+    #[arg(long, env = "AMBIT_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// The namespace whose policies apply mesh-wide (Istio's root namespace).
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+
     /// The mesh's trust domain.
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

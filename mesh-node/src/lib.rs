@@ -7,7 +7,7 @@
 //! - `dataplane`: loading, pinning and attaching `mesh-ebpf`, and its maps;
 //! - `enrollment`: pods in and out of capture at run time;
 //! - `identity`: workload certificates from the controller's CA, renewed in the background;
-//! - `pods`: local mode's pods file and its watcher;
+//! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
 //! - `metrics`, `admin`: Prometheus metrics and the HTTP endpoints.
@@ -20,6 +20,7 @@ pub mod enrollment;
 pub mod identity;
 pub mod metrics;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 
 /// Local mode's pods file (shared with the controller).

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub received_bytes: Family<TcpLabels, Counter>,
     /// Pods currently captured by this agent.
     pub enrolled_pods: Gauge,
+    /// Policy documents that did not load as written (enforced failing closed).
+    pub policy_errors: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Default for Metrics {
         let sent_bytes = Family::<TcpLabels, Counter>::default();
         let received_bytes = Family::<TcpLabels, Counter>::default();
         let enrolled_pods = Gauge::default();
+        let policy_errors = Gauge::default();
         registry.register(
             "istio_tcp_connections_opened",
             "Connections opened through the node agent",
@@ -122,8 +125,14 @@ impl Default for Metrics {
             "Pods whose traffic this agent captures",
             enrolled_pods.clone(),
         );
+        registry.register(
+            "ambit_policy_errors",
+            "Policy documents that did not load as written (enforced failing closed)",
+            policy_errors.clone(),
+        );
         Self {
             registry,
+            policy_errors,
             connections_opened,
             connections_closed,
             connections_failed,

@@ -18,7 +18,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-pub use connections::{ConnectionInfo, Connections};
+pub use connections::{Authorized, ConnectionInfo, Connections};
 pub use hbone_client::HbonePool;
 pub use hbone_server::serve_hbone;
 pub use inbound::serve_inbound;
@@ -66,21 +66,28 @@ async fn forward<D, U>(
     mut downstream: D,
     mut upstream: U,
     info: ConnectionInfo,
+    authorized: Option<Authorized>,
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let metrics = &state.metrics;
     metrics.connections_opened.get_or_create(&labels).inc();
-    let _registration = state.connections.register(info.clone());
+    let mut registration = state.connections.register(info.clone(), authorized);
     let started = Instant::now();
-    let result = tokio::io::copy_bidirectional_with_sizes(
+    let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut downstream,
         &mut upstream,
         COPY_BUFFER,
         COPY_BUFFER,
-    )
-    .await;
+    );
+    let result = tokio::select! {
+        result = copy => result,
+        _ = registration.closed.wait_for(|close| *close) => {
+            tracing::info!(src = %info.source, dst = %info.destination, "connection closed: policy no longer allows it");
+            Err(std::io::Error::other("closed by policy"))
+        }
+    };
     let (sent, received) = match result {
         Ok(bytes) => bytes,
         Err(error) => {

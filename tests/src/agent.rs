@@ -50,6 +50,8 @@ impl Testbed {
             node.agent_cgroup.display().to_string(),
             "--poll-ms".to_owned(),
             "50".to_owned(),
+            "--config-dir".to_owned(),
+            self.config_dir().display().to_string(),
         ];
         if let Some(root) = &options.ca_root {
             args.extend([
@@ -201,6 +203,24 @@ impl Agent {
 
     pub fn config_dump(&self) -> Result<serde_json::Value> {
         Ok(serde_json::from_str(&self.get(15000, "/config_dump")?.1)?)
+    }
+
+    /// Waits until the agent has loaded `count` policy documents.
+    pub fn wait_policies(&self, count: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.config_dump()?["policies"].as_u64() == Some(count as u64) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent on {} did not load {count} policies; log: {}",
+                    self.node,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Waits until the agent reports the pod enrolled (`true`) or released (`false`).

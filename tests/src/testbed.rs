@@ -158,7 +158,7 @@ impl Testbed {
         let pid = std::process::id();
         let id = format!("{pid}-{}", SEQUENCE.fetch_add(1, Ordering::Relaxed));
         let work_dir = std::env::temp_dir().join(format!("ambit-test-{id}"));
-        std::fs::create_dir_all(&work_dir)?;
+        std::fs::create_dir_all(work_dir.join("config"))?;
         let mut testbed = Testbed {
             fabric: format!("{NETNS_PREFIX}{id}-fab"),
             cgroup_dir: Path::new(CGROUP_V2).join(format!("{CGROUP_PREFIX}{id}")),
@@ -336,6 +336,34 @@ impl Testbed {
 
     pub fn fabric_netns_path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.fabric)
+    }
+
+    /// The directory of Istio YAML every agent watches.
+    pub fn config_dir(&self) -> PathBuf {
+        self.work_dir.join("config")
+    }
+
+    /// Writes (or replaces) a policy file in the config directory, atomically.
+    pub fn write_policy(&self, name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.work_dir.join(format!("{name}.yaml.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.config_dir().join(format!("{name}.yaml")))?;
+        Ok(())
+    }
+
+    pub fn remove_policy(&self, name: &str) -> Result<()> {
+        Ok(std::fs::remove_file(
+            self.config_dir().join(format!("{name}.yaml")),
+        )?)
+    }
+
+    /// Sets a pod's service account (its identity).
+    pub fn set_service_account(&self, pod: &str, service_account: &str) -> Result<()> {
+        self.update_pods_file(|file| {
+            for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
+                spec.service_account = service_account.to_owned();
+            }
+        })
     }
 
     pub fn pods_file_path(&self) -> PathBuf {

@@ -16,10 +16,14 @@ use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6, ports};
 use mesh_core::{Identity, hbone, tls::identity_of};
 use tokio::net::TcpListener;
 
-use super::{ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels, record_failure};
+use super::{
+    Authorized, ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels,
+    record_failure,
+};
 use crate::{
     app::State,
     metrics::{Reporter, ResponseFlags},
+    policy::check_inbound,
 };
 
 const PROXY_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE];
@@ -113,6 +117,17 @@ async fn handle_connect(
             return status(error.status());
         }
     };
+    if let Err(reason) = check_inbound(
+        &state.policies(),
+        &pod.pod,
+        Some(client),
+        peer,
+        target.port(),
+    ) {
+        tracing::info!(%client, pod = %pod.pod.key(), %target, %reason, "HBONE request denied");
+        record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UAEX);
+        return status(StatusCode::UNAUTHORIZED);
+    }
     let source = if target.is_ipv4() {
         SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
     } else {
@@ -142,11 +157,18 @@ async fn handle_connect(
         destination: target,
         peer_identity: Some(client.to_string()),
     };
+    let authorized = Authorized {
+        pod: pod.pod.key(),
+        client: Some(client.clone()),
+        source: peer,
+        destination_port: target.port(),
+    };
     let state = state.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                super::forward(state, labels, TokioIo::new(upgraded), upstream, info).await
+                let tunnel = TokioIo::new(upgraded);
+                super::forward(state, labels, tunnel, upstream, info, Some(authorized)).await
             }
             Err(error) => tracing::info!(%error, "HBONE stream ended before it was established"),
         }

@@ -10,10 +10,13 @@ use std::{
 use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6};
 use tokio::net::TcpListener;
 
-use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
+use super::{
+    Authorized, ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure,
+};
 use crate::{
     app::State,
     metrics::{Reporter, ResponseFlags},
+    policy::check_inbound,
 };
 
 pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
@@ -28,6 +31,18 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
+        if let Err(reason) = check_inbound(&state.policies(), &pod.pod, None, peer, dst.port()) {
+            // Dropping the stream resets the client's connection.
+            tracing::info!(pod = %pod.pod.key(), client = %peer, %dst, %reason, "plaintext inbound connection refused");
+            record_failure(
+                &state,
+                Reporter::destination,
+                &pod,
+                peer,
+                ResponseFlags::UAEX,
+            );
+            continue;
+        }
         let delivery_source = if dst.is_ipv4() {
             SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
         } else {
@@ -60,7 +75,13 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 None,
                 ResponseFlags::None,
             );
-            forward(state, labels, stream, upstream, info).await;
+            let authorized = Authorized {
+                pod: pod.pod.key(),
+                client: None,
+                source: peer,
+                destination_port: dst.port(),
+            };
+            forward(state, labels, stream, upstream, info, Some(authorized)).await;
         });
     }
 }

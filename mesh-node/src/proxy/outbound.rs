@@ -89,7 +89,7 @@ async fn carry_over_hbone(
         Some(&expected),
         ResponseFlags::None,
     );
-    forward(state, labels, stream, tunnel, info).await;
+    forward(state, labels, stream, tunnel, info, None).await;
 }
 
 async fn carry_plain(
@@ -123,5 +123,5 @@ async fn carry_plain(
         None,
         ResponseFlags::None,
     );
-    forward(state, labels, stream, upstream, info).await;
+    forward(state, labels, stream, upstream, info, None).await;
 }

@@ -1,0 +1,104 @@
+//! Policy at the node: PeerAuthentication and AuthorizationPolicy from the config directory
+//! (Istio's YAML), applied to inbound connections, and re-applied to live ones on change.
+
+use std::{net::SocketAddr, path::PathBuf, time::SystemTime};
+
+use mesh_core::{
+    Identity,
+    pods::Pod,
+    policy::{Connection, Decision, LoadError, MtlsMode, PolicySet, Workload, load_dir},
+};
+
+use crate::app::State;
+
+/// Notices changes to the YAML files of a directory (names, sizes, modification times).
+pub struct PolicyWatch {
+    dir: PathBuf,
+    root_namespace: String,
+    last: Option<Vec<(PathBuf, SystemTime, u64)>>,
+}
+
+impl PolicyWatch {
+    pub fn new(dir: PathBuf, root_namespace: String) -> Self {
+        Self {
+            dir,
+            root_namespace,
+            last: None,
+        }
+    }
+
+    /// The new policies and their problems, when anything changed since the last call.
+    pub fn poll(&mut self) -> Option<Result<(PolicySet, Vec<LoadError>), std::io::Error>> {
+        let stamp = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                let mut stamp: Vec<_> = entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let meta = e.metadata().ok()?;
+                        Some((e.path(), meta.modified().ok()?, meta.len()))
+                    })
+                    .collect();
+                stamp.sort();
+                stamp
+            }
+            Err(error) => return Some(Err(error)),
+        };
+        if self.last.as_ref() == Some(&stamp) {
+            return None;
+        }
+        self.last = Some(stamp);
+        Some(load_dir(&self.dir, &self.root_namespace))
+    }
+}
+
+/// Whether an inbound connection to `pod` may proceed; the reason when it may not.
+pub fn check_inbound(
+    policies: &PolicySet,
+    pod: &Pod,
+    client: Option<&Identity>,
+    source: SocketAddr,
+    port: u16,
+) -> Result<(), String> {
+    let workload = Workload {
+        namespace: &pod.namespace,
+        labels: &pod.labels,
+    };
+    if client.is_none() && policies.mtls_mode(workload) == MtlsMode::Strict {
+        return Err("PeerAuthentication STRICT: plaintext refused".to_owned());
+    }
+    let connection = Connection {
+        source: client,
+        source_ip: source.ip(),
+        destination_port: port,
+    };
+    match policies.authorize(workload, connection) {
+        Decision::Allow => Ok(()),
+        Decision::Deny { policy, reason } => {
+            Err(format!("denied by AuthorizationPolicy {policy}: {reason}"))
+        }
+    }
+}
+
+/// Applies newly loaded policies: live connections they forbid are closed.
+pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
+    for error in &errors {
+        tracing::error!(%error, "policy not applied as written");
+    }
+    state.metrics.policy_errors.set(errors.len() as i64);
+    state.set_policies(policies, errors);
+    let (policies, pods) = (state.policies(), state.pods());
+    let closed = state.connections.close_unless(|authorized| {
+        let Some(pod) = pods.pods.iter().find(|p| p.key() == authorized.pod) else {
+            return false;
+        };
+        check_inbound(
+            &policies,
+            pod,
+            authorized.client.as_ref(),
+            authorized.source,
+            authorized.destination_port,
+        )
+        .is_ok()
+    });
+    tracing::info!(policies = policies.len(), closed, "policies applied");
+}

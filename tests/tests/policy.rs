@@ -1,0 +1,216 @@
+//! L4 policy enforced by the destination's agent: PeerAuthentication STRICT / PERMISSIVE,
+//! AuthorizationPolicy DENY by principal and port, ALLOW lists, and live connections closed
+//! when a new policy forbids them. Needs root; run with `cargo xtask test`.
+
+use std::{io::Read as _, net::TcpStream, time::Duration};
+
+use anyhow::Result;
+use mesh_tests::{
+    Agent, AgentOptions, Testbed, Topology,
+    controller::Controller,
+    traffic::{echo_round_trip, echo_server, read_greeting},
+};
+
+const PORT: u16 = 8080;
+const OTHER_PORT: u16 = 9090;
+
+/// Two nodes with HBONE: n0-p0 runs as `web`, n0-p1 as `batch` (both enrolled); n1-p0 is the
+/// enrolled server with echo servers on both ports; n1-p1 stays out of the mesh.
+struct Mesh {
+    tb: Testbed,
+    _controller: Controller,
+    agents: Vec<Agent>,
+    _servers: Vec<mesh_tests::traffic::Server>,
+}
+
+fn mesh() -> Result<Mesh> {
+    let tb = Testbed::new(Topology::default())?;
+    tb.set_service_account("n0-p0", "web")?;
+    tb.set_service_account("n0-p1", "batch")?;
+    for pod in ["n0-p0", "n0-p1", "n1-p0"] {
+        tb.set_pod_mode(pod, Some("ambient"))?;
+    }
+    let controller = tb.start_controller()?;
+    let options = AgentOptions {
+        ca_root: Some(controller.root.clone()),
+        ..AgentOptions::default()
+    };
+    let agents = vec![
+        tb.start_agent("n0", &options)?,
+        tb.start_agent("n1", &options)?,
+    ];
+    let server = tb.pod("n1-p0");
+    agents[1].wait_enrolled(&server.key(), true)?;
+    agents[0].wait_enrolled(&tb.pod("n0-p1").key(), true)?;
+    let servers = vec![
+        echo_server(server.listen(PORT)?)?,
+        echo_server(server.listen(OTHER_PORT)?)?,
+    ];
+    Ok(Mesh {
+        tb,
+        _controller: controller,
+        agents,
+        _servers: servers,
+    })
+}
+
+impl Mesh {
+    fn connect(&self, client: &str, port: u16) -> Result<TcpStream> {
+        Ok(self
+            .tb
+            .pod(client)
+            .connect(self.tb.pod("n1-p0").addr(port))?)
+    }
+
+    fn allowed(&self, client: &str, port: u16) -> bool {
+        self.connect(client, port).is_ok_and(|mut s| {
+            read_greeting(&mut s).is_ok() && echo_round_trip(&mut s, b"ok").is_ok()
+        })
+    }
+
+    fn apply(&self, name: &str, yaml: &str, count: usize) -> Result<()> {
+        self.tb.write_policy(name, yaml)?;
+        self.agents[1].wait_policies(count)
+    }
+
+    fn refused_metric(&self) -> f64 {
+        self.agents[1]
+            .metric_sum(
+                "istio_tcp_connections_failed_total",
+                &["response_flags=\"UAEX\""],
+            )
+            .unwrap_or(0.0)
+    }
+}
+
+/// The peer closed the connection (EOF or reset) within a few seconds.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn strict_refuses_plaintext_and_closes_it_permissive_accepts_it() -> Result<()> {
+    let m = mesh()?;
+    // n1-p1 is outside the mesh, and on the server's node: plaintext straight to the pod.
+    let plain_client = m.tb.pod("n1-p1");
+    let server = m.tb.pod("n1-p0").addr(PORT);
+    let mut before = plain_client.connect(server)?;
+    read_greeting(&mut before)?;
+    echo_round_trip(&mut before, b"permissive by default")?;
+
+    let refused = m.refused_metric();
+    m.apply(
+        "strict",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: default, namespace: istio-system }\nspec: { mtls: { mode: STRICT } }\n",
+        1,
+    )?;
+    assert!(
+        closed_by_peer(&mut before),
+        "a plaintext connection survived STRICT"
+    );
+    let mut after = plain_client.connect(server)?;
+    assert!(
+        read_greeting(&mut after).is_err(),
+        "plaintext accepted under STRICT"
+    );
+    assert!(m.refused_metric() > refused, "refusal not counted");
+    assert!(
+        m.agents[1].log_tail().contains("PeerAuthentication STRICT"),
+        "refusal not logged"
+    );
+    assert!(
+        m.allowed("n0-p0", PORT),
+        "mutual TLS must still pass STRICT"
+    );
+
+    m.apply(
+        "strict",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: default, namespace: istio-system }\nspec: { mtls: { mode: PERMISSIVE } }\n",
+        1,
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = plain_client.connect(server)?;
+    read_greeting(&mut again)?;
+    Ok(())
+}
+
+#[test]
+fn deny_by_principal_and_by_port() -> Result<()> {
+    let m = mesh()?;
+    assert!(m.allowed("n0-p0", PORT) && m.allowed("n0-p1", PORT));
+    m.apply(
+        "deny",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-batch, namespace: default }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { principals: ["cluster.local/ns/default/sa/batch"] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-9090, namespace: default }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { ports: ["9090"] } }] }]
+"#,
+        2,
+    )?;
+    assert!(!m.allowed("n0-p1", PORT), "batch was not denied");
+    assert!(m.allowed("n0-p0", PORT), "web was denied");
+    assert!(!m.allowed("n0-p0", OTHER_PORT), "port 9090 was not denied");
+    assert!(
+        m.agents[1]
+            .log_tail()
+            .contains("denied by AuthorizationPolicy default/no-batch")
+    );
+    Ok(())
+}
+
+#[test]
+fn allow_list_admits_only_what_it_names_and_changes_close_live_connections() -> Result<()> {
+    let m = mesh()?;
+    let mut web = m.connect("n0-p0", PORT)?;
+    read_greeting(&mut web)?;
+    let mut batch = m.connect("n0-p1", PORT)?;
+    read_greeting(&mut batch)?;
+    m.apply(
+        "allow",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: web-only, namespace: default }
+spec:
+  action: ALLOW
+  rules: [{ from: [{ source: { principals: ["cluster.local/ns/default/sa/web"] } }] }]
+"#,
+        1,
+    )?;
+    assert!(
+        closed_by_peer(&mut batch),
+        "batch's open connection survived the ALLOW list"
+    );
+    echo_round_trip(&mut web, b"web keeps its connection")?;
+    assert!(m.allowed("n0-p0", PORT));
+    assert!(!m.allowed("n0-p1", PORT));
+    let plain = m.tb.pod("n1-p1");
+    let mut stream = plain.connect(m.tb.pod("n1-p0").addr(PORT))?;
+    assert!(
+        read_greeting(&mut stream).is_err(),
+        "plaintext has no principal: not on the list"
+    );
+
+    m.tb.remove_policy("allow")?;
+    m.agents[1].wait_policies(0)?;
+    assert!(
+        m.allowed("n0-p1", PORT),
+        "removing the policy restores access"
+    );
+    Ok(())
+}
