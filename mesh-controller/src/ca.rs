@@ -141,7 +141,10 @@ impl CertificateAuthority {
         lifetime: Duration,
     ) -> Result<Vec<CertificateDer<'static>>, Error> {
         let now = SystemTime::now();
-        self.sign_valid_between(csr, identity, now - BACKDATE, now + lifetime)
+        // Backdating must stay small next to the lifetime, or half-life renewal (measured from
+        // not_before) would fall due at once for short-lived certificates.
+        let backdate = BACKDATE.min(lifetime / 4);
+        self.sign_valid_between(csr, identity, now - backdate, now + lifetime)
     }
 
     /// As [`Self::sign`] with explicit validity (tests make expired certificates with it).
