@@ -18,6 +18,8 @@ pub struct AgentOptions {
     pub accelerate: bool,
     /// Root of a running controller's CA: the agent gets certificates and speaks HBONE.
     pub ca_root: Option<PathBuf>,
+    /// Workload certificate lifetime to ask for, in seconds (renewed at half of it).
+    pub cert_lifetime: Option<u64>,
 }
 
 /// A running node agent. Killed when dropped.
@@ -62,6 +64,9 @@ impl Testbed {
                 "--token-file".to_owned(),
                 self.token_file(&node.name).display().to_string(),
             ]);
+        }
+        if let Some(lifetime) = options.cert_lifetime {
+            args.extend(["--cert-lifetime".to_owned(), lifetime.to_string()]);
         }
         if options.accelerate {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);
@@ -155,6 +160,11 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn log_tail(&self) -> String {

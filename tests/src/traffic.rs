@@ -198,7 +198,12 @@ pub fn echo_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Result<()> {
 }
 
 /// Streams `total` bytes of [`pattern`] to a checksum server and checks its answer.
-pub fn upload_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
+pub fn upload_and_verify(stream: TcpStream, total: u64) -> Result<()> {
+    upload_paced_and_verify(stream, total, Duration::ZERO)
+}
+
+/// As [`upload_and_verify`], pausing `pause` after each 256 KiB so the transfer spans time.
+pub fn upload_paced_and_verify(mut stream: TcpStream, total: u64, pause: Duration) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut chunk = vec![0u8; 256 * 1024];
     let mut sent = 0u64;
@@ -210,6 +215,9 @@ pub fn upload_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
             .write_all(&chunk[..n])
             .with_context(|| format!("sending at offset {sent}"))?;
         sent += n as u64;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
     }
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();

@@ -109,3 +109,53 @@ fn the_capture_sees_plaintext_when_there_is_some() -> Result<()> {
     assert!(capture::contains(&frames, b"AMBIT-PLAINTEXT-MARKER"));
     Ok(())
 }
+
+#[test]
+fn certificate_renewal_during_a_long_transfer_loses_no_bytes() -> Result<()> {
+    let tb = Testbed::new(Topology::default())?;
+    let controller = tb.start_controller()?;
+    tb.set_namespace_ambient("default", true)?;
+    // Four-second certificates: renewed every two seconds, several times during the transfer.
+    let options = AgentOptions {
+        ca_root: Some(controller.root.clone()),
+        cert_lifetime: Some(4),
+        ..AgentOptions::default()
+    };
+    let (a0, a1) = (
+        tb.start_agent("n0", &options)?,
+        tb.start_agent("n1", &options)?,
+    );
+    let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
+    a0.wait_enrolled(&client.key(), true)?;
+    a1.wait_enrolled(&server.key(), true)?;
+    let _sink = mesh_tests::traffic::checksum_server(server.listen(PORT)?)?;
+    let issued = |agent: &mesh_tests::Agent| {
+        agent
+            .log_tail()
+            .matches("workload certificate issued")
+            .count()
+    };
+    let first_expiry = a0.get(15000, "/certs")?.1;
+    // 24 MiB in 96 pieces with 60 ms pauses: about six seconds.
+    mesh_tests::traffic::upload_paced_and_verify(
+        client.connect(server.addr(PORT))?,
+        24 << 20,
+        std::time::Duration::from_millis(60),
+    )?;
+    assert_ne!(
+        a0.get(15000, "/certs")?.1,
+        first_expiry,
+        "the client's certificate was not renewed"
+    );
+    assert!(
+        issued(&a1) >= 3,
+        "the server's certificate was renewed {} times",
+        issued(&a1)
+    );
+    // New connections after the first certificates expired still work.
+    let _echo = echo_server(server.listen(PORT + 1)?)?;
+    let mut stream = client.connect(server.addr(PORT + 1))?;
+    read_greeting(&mut stream)?;
+    echo_round_trip(&mut stream, b"after renewal")?;
+    Ok(())
+}

@@ -127,7 +127,7 @@ fn the_server_agent_refuses_foreign_roots_domains_and_expired_certificates() -> 
         assert!(refused() > count, "{what}: not counted");
         count = refused();
     }
-    let log = agent.log_tail();
+    let log = agent.log();
     assert!(log.contains("HBONE connection refused"), "{log}");
     Ok(())
 }
@@ -181,7 +181,7 @@ fn the_client_agent_refuses_a_server_with_another_identity() -> Result<()> {
         read_greeting(&mut stream).is_err(),
         "the app reached a server that is not who it should be"
     );
-    let log = agent.log_tail();
+    let log = agent.log();
     assert!(
         log.contains("sa/rogue") && log.contains("not the expected"),
         "{log}"

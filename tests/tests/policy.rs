@@ -122,7 +122,7 @@ fn strict_refuses_plaintext_and_closes_it_permissive_accepts_it() -> Result<()> 
     );
     assert!(m.refused_metric() > refused, "refusal not counted");
     assert!(
-        m.agents[1].log_tail().contains("PeerAuthentication STRICT"),
+        m.agents[1].log().contains("PeerAuthentication STRICT"),
         "refusal not logged"
     );
     assert!(
