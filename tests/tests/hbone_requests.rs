@@ -1,0 +1,122 @@
+//! Malformed HBONE requests against a real agent: each gets ztunnel's HTTP status, and a good
+//! tunnel on the same HTTP/2 connection keeps working. Needs root; run with `cargo xtask test`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_controller::ca::CertificateAuthority;
+use mesh_core::{Identity, tls};
+use mesh_tests::{AgentOptions, Testbed, Topology, traffic::echo_server};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn connect(authority: &str) -> Request<Empty<Bytes>> {
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = Method::CONNECT;
+    *request.uri_mut() = hyper::Uri::builder().authority(authority).build().unwrap();
+    request
+}
+
+#[test]
+fn malformed_requests_get_clear_errors_and_spare_other_streams() -> Result<()> {
+    let tb = Testbed::new(Topology::default())?;
+    let controller = tb.start_controller()?;
+    tb.set_pod_mode("n1-p0", Some("ambient"))?;
+    let agent = tb.start_agent(
+        "n1",
+        &AgentOptions {
+            ca_root: Some(controller.root.clone()),
+            ..AgentOptions::default()
+        },
+    )?;
+    let server = tb.pod("n1-p0");
+    agent.wait_enrolled(&server.key(), true)?;
+    let _echo = echo_server(server.listen(8080)?)?;
+
+    let ca =
+        CertificateAuthority::load_or_create(controller.root.parent().unwrap(), "cluster.local")?;
+    let identity: Identity = "spiffe://cluster.local/ns/default/sa/default".parse()?;
+    let (key, csr) = tls::certificate_request(&identity)?;
+    let cert = tls::workload_certificate(
+        &identity,
+        key,
+        ca.sign(&csr, &identity, Duration::from_secs(600))?,
+    )?;
+    let hbone = SocketAddr::new(server.ip.into(), 15008);
+    let tcp = tb
+        .pod("n0-p0")
+        .enter(|| std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(3)))??;
+    let ip = server.ip;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        tcp.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpStream::from_std(tcp)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&cert)?))
+            .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
+            .await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+
+        // A good tunnel first, held open while the bad requests go by on the same connection.
+        let response = sender.send_request(connect(&format!("{ip}:8080"))).await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await?);
+        let mut greeting = [0u8; 64];
+        let n = tunnel.read(&mut greeting).await?;
+        assert!(n > 0);
+
+        let cases = [
+            (
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(format!("http://{ip}:8080/"))
+                    .body(Empty::new())?,
+                StatusCode::BAD_REQUEST,
+            ),
+            (connect("bookinfo.example:8080"), StatusCode::BAD_REQUEST),
+            (connect("198.19.9.9:8080"), StatusCode::BAD_REQUEST),
+            (
+                connect(&format!("{ip}:15008")),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (request, expected) in cases {
+            let what = format!("{} {}", request.method(), request.uri());
+            let response = sender.send_request(request).await?;
+            assert_eq!(response.status(), expected, "{what}");
+        }
+        // Headers past the server's 64 KiB limit: refused, one way or another, without
+        // taking the connection down.
+        let mut huge = connect(&format!("{ip}:8080"));
+        huge.headers_mut()
+            .insert("x-padding", "a".repeat(100 * 1024).parse()?);
+        match sender.send_request(huge).await {
+            Ok(response) => assert_ne!(
+                response.status(),
+                StatusCode::OK,
+                "oversized headers accepted"
+            ),
+            Err(error) => assert!(!error.is_closed(), "the connection died: {error}"),
+        }
+
+        tunnel.write_all(b"still here").await?;
+        let mut back = [0u8; 10];
+        tunnel.read_exact(&mut back).await?;
+        assert_eq!(&back, b"still here");
+        let response = sender.send_request(connect(&format!("{ip}:8080"))).await?;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "a new tunnel after the bad requests"
+        );
+        anyhow::Ok(())
+    })
+}
