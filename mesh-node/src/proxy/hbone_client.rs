@@ -1,12 +1,18 @@
 //! HBONE client: captured connections to enrolled pods are carried as CONNECT streams over
 //! mutual TLS to the destination pod's port 15008. Connections are pooled per (source pod,
-//! destination address) and multiplexed; the server must present the destination workload's
-//! identity before any request is sent.
+//! destination address) and multiplexed, up to [`STREAMS_PER_CONNECTION`] tunnels each (more
+//! open another connection); the server must present the destination workload's identity
+//! before any request is sent.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
@@ -15,6 +21,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::{Identity, hbone, tls::identity_of};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{PodContext, connect_from_pod, hbone_settings};
 use crate::app::State;
@@ -53,10 +60,60 @@ pub enum Error {
 
 type Key = (String, IpAddr);
 
+/// Tunnels per HTTP/2 connection before another is opened (ztunnel's number; servers allow
+/// 200, so a full connection never queues).
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+struct Pooled {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Tunnels open on this connection.
+    active: Arc<AtomicUsize>,
+}
+
 /// Open HTTP/2 connections, keyed by source pod and destination address.
 #[derive(Clone, Default)]
 pub struct HbonePool {
-    connections: Arc<Mutex<HashMap<Key, SendRequest<Empty<Bytes>>>>>,
+    connections: Arc<Mutex<HashMap<Key, Vec<Pooled>>>>,
+}
+
+/// A tunnel, counted against its connection's streams until dropped.
+pub struct Tunnel {
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl HbonePool {
@@ -68,10 +125,13 @@ impl HbonePool {
         target: SocketAddr,
         expected: &Identity,
         client: SocketAddr,
-    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, Error> {
-        let mut sender = self.sender(state, pod, target.ip(), expected).await?;
+    ) -> Result<Tunnel, Error> {
+        let (mut sender, active) = self.sender(state, pod, target.ip(), expected).await?;
+        // The slot is taken: give it back if the tunnel is not established.
+        let mut release = Release(Some(active));
+        let request = hbone::connect_request(target, client).map(|()| Empty::new());
         let response = sender
-            .send_request(hbone::connect_request(target, client).map(|()| Empty::new()))
+            .send_request(request)
             .await
             .map_err(|source| Error::Http {
                 addr: target,
@@ -89,7 +149,11 @@ impl HbonePool {
                 addr: target,
                 source,
             })?;
-        Ok(TokioIo::new(upgraded))
+        let active = release.0.take().expect("taken once");
+        Ok(Tunnel {
+            io: TokioIo::new(upgraded),
+            active,
+        })
     }
 
     async fn sender(
@@ -98,23 +162,40 @@ impl HbonePool {
         pod: &PodContext,
         ip: IpAddr,
         expected: &Identity,
-    ) -> Result<SendRequest<Empty<Bytes>>, Error> {
+    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), Error> {
         let key = (pod.pod.key(), ip);
-        if let Some(sender) = self
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && sender.is_ready()
         {
-            return Ok(sender.clone());
+            let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let pooled = connections.entry(key.clone()).or_default();
+            pooled.retain(|p| !p.sender.is_closed());
+            let free = pooled.iter().find(|p| {
+                p.sender.is_ready() && p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
+            });
+            if let Some(p) = free {
+                p.active.fetch_add(1, Ordering::Relaxed);
+                return Ok((p.sender.clone(), p.active.clone()));
+            }
         }
         let sender = open(state, pod, SocketAddr::new(ip, hbone::PORT), expected).await?;
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, sender.clone());
-        Ok(sender)
+        let active = Arc::new(AtomicUsize::new(1));
+        let pooled = Pooled {
+            sender: sender.clone(),
+            active: active.clone(),
+        };
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.entry(key).or_default().push(pooled);
+        Ok((sender, active))
+    }
+}
+
+/// Gives a stream slot back unless taken over by a [`Tunnel`].
+struct Release(Option<Arc<AtomicUsize>>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some(active) = &self.0 {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
