@@ -29,6 +29,9 @@ use mesh_core::{
     policy::{LoadError, PolicySet},
 };
 
+/// How soon a pod that failed to enroll is tried again.
+const RETRY_ENROLLMENT: Duration = Duration::from_secs(1);
+
 /// What the proxies and the endpoints share.
 pub struct State {
     pub config: Arc<Config>,
@@ -221,6 +224,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut watch = FileWatch::new(config.pods_file.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut last_attempt = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -234,8 +238,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         }
         match watch.poll() {
+            None if enrollment.failed && last_attempt.elapsed() >= RETRY_ENROLLMENT => {
+                last_attempt = std::time::Instant::now();
+                enrollment.reconcile(&state.pods());
+            }
             None => {}
             Some(Ok(file)) => {
+                last_attempt = std::time::Instant::now();
                 enrollment.reconcile(&file);
                 *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
                 if !state.ready.swap(true, Ordering::AcqRel) {

@@ -87,6 +87,8 @@ pub struct Enrollment {
     /// Enrollments a previous agent left behind, to be released after the first reconcile
     /// unless the pod is still wanted.
     leftovers: Option<Vec<u64>>,
+    /// Some wanted pod could not be enrolled in the last reconcile: try again soon.
+    pub failed: bool,
 }
 
 impl Enrollment {
@@ -98,12 +100,14 @@ impl Enrollment {
             state,
             active: BTreeMap::new(),
             leftovers,
+            failed: false,
         }
     }
 
     /// Applies the file. Errors are per pod: one pod that cannot be enrolled leaves the others
     /// working, and is tried again on the next change.
     pub fn reconcile(&mut self, file: &PodsFile) {
+        self.failed = false;
         let node = self.state.config.node_name.clone();
         let desired: BTreeMap<String, &Pod> =
             file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
@@ -128,7 +132,10 @@ impl Enrollment {
                     tracing::info!(pod = %key, ip = %pod.ip, cookie = active.context.netns_cookie, "pod enrolled");
                     self.active.insert(key, active);
                 }
-                Err(error) => tracing::error!(%error, "pod not enrolled"),
+                Err(error) => {
+                    tracing::error!(%error, "pod not enrolled; will retry");
+                    self.failed = true;
+                }
             }
         }
         if let Some(leftovers) = self.leftovers.take() {

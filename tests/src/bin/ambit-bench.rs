@@ -26,12 +26,21 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Idle HBONE connections to hold open for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    hold: usize,
+    /// Internal: run as the server that accepts and holds connections, on this port.
+    #[arg(long, hide = true)]
+    hold_server: Option<u16>,
 }
 
 type Results = BTreeMap<&'static str, f64>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(port) = args.hold_server {
+        return hold_server(port);
+    }
     mesh_tests::sys::require_root()?;
     let secs = Duration::from_secs(args.seconds);
     let tb = Testbed::new(Topology::default())?;
@@ -66,10 +75,18 @@ fn main() -> Result<()> {
             None,
         )?,
     ));
-    for (name, accelerate) in [("captured", false), ("captured+sockmap", true)] {
+    let controller = tb.start_controller()?;
+    let paths = [
+        ("captured", false, None),
+        ("captured+sockmap", true, None),
+        ("hbone", false, Some(controller.root.clone())),
+    ];
+    for (name, accelerate, ca_root) in paths {
         eprintln!("bench: {name}");
+        let hbone = ca_root.is_some();
         let options = AgentOptions {
             accelerate,
+            ca_root,
             ..AgentOptions::default()
         };
         let agents = [
@@ -78,12 +95,20 @@ fn main() -> Result<()> {
         ];
         agents[0].wait_enrolled("default/n0-p0", true)?;
         agents[1].wait_enrolled("default/n1-p0", true)?;
-        let results = measure(
+        let mut results = measure(
             &tb.pod("n0-p0").clone(),
             &tb.pod("n1-p0").clone(),
             secs,
             Some(&agents),
         )?;
+        if hbone && args.hold > 0 {
+            match hold_connections(&tb, &agents, args.hold) {
+                Ok(per_connection) => results.extend(per_connection),
+                Err(error) => {
+                    eprintln!("bench: holding {} connections failed: {error:#}", args.hold)
+                }
+            }
+        }
         drop(agents);
         all.push((name, results));
     }
@@ -252,6 +277,66 @@ fn write_json(all: &[(&str, Results)], seconds: u64) -> Result<()> {
     std::fs::write(&file, &text)?;
     std::fs::write(dir.join("latest.json"), &text)?;
     println!("wrote {}", file.display());
+    Ok(())
+}
+
+const HOLD_PORT: u16 = 7100;
+
+/// Opens `count` idle connections through HBONE and reports the agents' memory per connection.
+/// The server side is a separate process: one process cannot hold both ends within the
+/// machine's open-file limit.
+fn hold_connections(
+    tb: &Testbed,
+    agents: &[mesh_tests::Agent; 2],
+    count: usize,
+) -> Result<Results> {
+    let exe = std::env::current_exe()?;
+    let _holder = KillOnDrop(
+        tb.pod("n1-p0")
+            .spawn(Command::new(exe).args(["--hold-server", &HOLD_PORT.to_string()]))?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_mb(agents)?;
+    let dst = tb.pod("n1-p0").addr(HOLD_PORT);
+    let client = tb.pod("n0-p0");
+    let mut held = Vec::with_capacity(count);
+    let started = std::time::Instant::now();
+    for _ in 0..count {
+        let mut stream = client.connect(dst)?;
+        // One byte back proves the tunnel reached the holder.
+        std::io::Write::write_all(&mut stream, b"x")?;
+        let mut one = [0u8; 1];
+        std::io::Read::read_exact(&mut stream, &mut one)?;
+        held.push(stream);
+    }
+    eprintln!(
+        "bench: {count} HBONE connections open in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = rss_mb(agents)?;
+    drop(held);
+    let mut r = Results::new();
+    r.insert("agent_rss_holding_mb", loaded);
+    r.insert(
+        "agent_kb_per_idle_connection",
+        (loaded - idle) * 1024.0 / count as f64,
+    );
+    Ok(r)
+}
+
+/// Accepts connections and holds them, answering each first byte once.
+fn hold_server(port: u16) -> Result<()> {
+    let listener = std::net::TcpListener::bind(("::", port))?;
+    let mut held = Vec::new();
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        let mut one = [0u8; 1];
+        if std::io::Read::read_exact(&mut stream, &mut one).is_ok() {
+            let _ = std::io::Write::write_all(&mut stream, &one);
+            held.push(stream);
+        }
+    }
     Ok(())
 }
 

@@ -34,11 +34,24 @@ fn main() -> Result<()> {
         );
     }
 
-    section(2, "starting a node agent (mesh-node) on each node");
+    section(
+        2,
+        "starting the controller's CA and a node agent (mesh-node) on each node",
+    );
+    let controller = tb.start_controller()?;
+    let options = AgentOptions {
+        ca_root: Some(controller.root.clone()),
+        ..AgentOptions::default()
+    };
     let agents = ["n0", "n1"]
         .into_iter()
-        .map(|node| tb.start_agent(node, &AgentOptions::default()))
+        .map(|node| tb.start_agent(node, &options))
         .collect::<Result<Vec<Agent>>>()?;
+    println!(
+        "    CA at {} (root {})",
+        mesh_tests::controller::CA_ADDR,
+        controller.root.display()
+    );
     println!(
         "    both agents ready (eBPF programs attached, pinned under {})",
         tb.bpf_base.display()
@@ -66,9 +79,11 @@ fn main() -> Result<()> {
             .with_context(|| format!("{} -> {}", client.key(), server.key()))?;
         let seen = read_greeting(&mut stream)?;
         echo_round_trip(&mut stream, &vec![42u8; 256 * 1024])?;
-        let carried = agents[0].connections()?.as_array().is_some_and(|c| {
+        let connections = agents[0].connections()?;
+        let carried = connections.as_array().and_then(|c| {
             c.iter()
-                .any(|c| c["destination"] == server.addr(PORT).to_string())
+                .find(|c| c["destination"] == server.addr(PORT).to_string())
+                .cloned()
         });
         println!(
             "    {} -> {} ({}): 256 KiB echoed intact",
@@ -76,13 +91,15 @@ fn main() -> Result<()> {
             server.key(),
             server.addr(PORT)
         );
-        if carried {
+        if let Some(connection) = carried {
             println!(
-                "      captured: agent n0 carried it to its original destination; the app on {} saw the",
-                server.name
+                "      captured: agent n0 carried it over HBONE (mutual TLS) to {}, which proved it is {}",
+                server.name,
+                connection["peer_identity"].as_str().unwrap_or("?")
             );
             println!(
-                "      connection come from {seen} (delivered by agent n1 after sk_lookup steered it)"
+                "      the app on {} saw the connection come from {seen} (delivered by agent n1)",
+                server.name
             );
         } else {
             println!(
@@ -93,16 +110,42 @@ fn main() -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(200));
 
-    section(5, "agent counters (Prometheus, :15020/metrics)");
+    section(
+        5,
+        "applying PeerAuthentication STRICT to namespace shop (kubectl apply, local mode)",
+    );
+    tb.write_policy(
+        "strict",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: { name: strict, namespace: shop }\nspec: { mtls: { mode: STRICT } }\n",
+    )?;
+    agents[1].wait_policies(1)?;
+    let target = tb.pod("n1-p0").addr(PORT);
+    let mut plain = tb.pod("n0-p1").connect(target)?;
+    match read_greeting(&mut plain) {
+        Ok(_) => {
+            println!("    legacy/n0-p1 -> shop/n1-p0 in plaintext: still accepted (unexpected)")
+        }
+        Err(_) => {
+            println!("    legacy/n0-p1 -> shop/n1-p0 in plaintext: refused by agent n1 (STRICT)")
+        }
+    }
+    let mut tls = tb.pod("n0-p0").connect(target)?;
+    read_greeting(&mut tls)?;
+    echo_round_trip(&mut tls, b"mutual TLS passes STRICT")?;
+    println!("    shop/n0-p0 -> shop/n1-p0 over HBONE: accepted");
+
+    section(6, "agent counters (Prometheus, :15020/metrics)");
     for agent in &agents {
         for line in agent.metrics()?.lines().filter(|l| {
-            l.starts_with("istio_tcp_connections_opened") || l.starts_with("ambit_enrolled")
+            l.starts_with("istio_tcp_connections_opened")
+                || l.starts_with("istio_tcp_connections_failed")
+                || l.starts_with("ambit_enrolled")
         }) {
             println!("    [{}] {line}", agent.node);
         }
     }
 
-    section(6, "the enrollment map as bpftool shows it");
+    section(7, "the enrollment map as bpftool shows it");
     for (agent, pod) in agents.iter().zip(["n0-p0", "n1-p0"]) {
         let path = agent.bpf_dir.join("enrolled_pods");
         println!("    $ bpftool map dump pinned {}", path.display());
@@ -123,8 +166,9 @@ fn main() -> Result<()> {
         );
     }
 
-    section(7, "cleaning up (namespaces, cgroups, pinned programs)");
+    section(8, "cleaning up (namespaces, cgroups, pinned programs)");
     drop(agents);
+    drop(controller);
     drop(tb);
     println!("    done");
     Ok(())
