@@ -4,6 +4,7 @@
 //! same namespace (so the pod's own address is the source, as without the mesh).
 
 mod connections;
+mod copy;
 mod hbone_client;
 mod hbone_server;
 mod hbone_settings;
@@ -30,9 +31,6 @@ use crate::{
     netns::NetNs,
     pods::Pod,
 };
-
-/// Large enough for loopback throughput; issue-sized memory work (HBONE) revisits this.
-const COPY_BUFFER: usize = 64 * 1024;
 
 /// What the proxies need to know about an enrolled pod.
 #[derive(Debug)]
@@ -75,12 +73,7 @@ async fn forward<D, U>(
     metrics.connections_opened.get_or_create(&labels).inc();
     let mut registration = state.connections.register(info.clone(), authorized);
     let started = Instant::now();
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    );
+    let copy = copy::copy_bidirectional(&mut downstream, &mut upstream);
     let result = tokio::select! {
         result = copy => result,
         _ = registration.closed.wait_for(|close| *close) => {
