@@ -36,6 +36,9 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// More arguments for the bench program (`--paths hbone`, `--hold 1000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -45,8 +48,11 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
         Command::Demo => release_run("ambit-demo", &[]),
-        Command::Bench { seconds } => {
-            release_run("ambit-bench", &["--seconds", &seconds.to_string()])
+        Command::Bench { seconds, args } => {
+            let seconds = seconds.to_string();
+            let mut all = vec!["--seconds", seconds.as_str()];
+            all.extend(args.iter().map(String::as_str));
+            release_run("ambit-bench", &all)
         }
     }
 }

@@ -26,6 +26,13 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Paths to measure besides direct (comma-separated): captured, captured+sockmap, hbone.
+    #[arg(
+        long,
+        default_value = "captured,captured+sockmap,hbone",
+        value_delimiter = ','
+    )]
+    paths: Vec<String>,
     /// Idle HBONE connections to hold open for the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     hold: usize,
@@ -82,6 +89,9 @@ fn main() -> Result<()> {
         ("hbone", false, Some(controller.root.clone())),
     ];
     for (name, accelerate, ca_root) in paths {
+        if !args.paths.iter().any(|p| p == name) {
+            continue;
+        }
         eprintln!("bench: {name}");
         let hbone = ca_root.is_some();
         let options = AgentOptions {
