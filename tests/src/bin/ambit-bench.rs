@@ -50,16 +50,23 @@ fn main() -> Result<()> {
     }
     mesh_tests::sys::require_root()?;
     let secs = Duration::from_secs(args.seconds);
-    let tb = Testbed::new(Topology::default())?;
+    // Each path gets its own client and server pods: connection-rate runs leave thousands of
+    // sockets in TIME_WAIT, which would slow the next path's port allocation.
+    let tb = Testbed::new(Topology {
+        nodes: 2,
+        pods_per_node: 4,
+        ..Topology::default()
+    })?;
     // n*-p0 are enrolled, n*-p1 are not.
-    tb.set_pod_mode("n0-p0", Some("ambient"))?;
-    tb.set_pod_mode("n1-p0", Some("ambient"))?;
-    let _servers: Vec<_> = ["n1-p0", "n1-p1"]
+    for pod in ["n0-p0", "n1-p0", "n0-p2", "n1-p2", "n0-p3", "n1-p3"] {
+        tb.set_pod_mode(pod, Some("ambient"))?;
+    }
+    let _servers: Vec<_> = ["n1-p0", "n1-p1", "n1-p2", "n1-p3"]
         .iter()
         .map(|p| echo_server(tb.pod(p).listen(ECHO_PORT)?))
         .collect::<Result<_>>()?;
     let mut iperf_servers = Vec::new();
-    for pod in ["n1-p0", "n1-p1"] {
+    for pod in ["n1-p0", "n1-p1", "n1-p2", "n1-p3"] {
         iperf_servers.push(KillOnDrop(
             tb.pod(pod).spawn(
                 Command::new("iperf3")
@@ -84,11 +91,15 @@ fn main() -> Result<()> {
     ));
     let controller = tb.start_controller()?;
     let paths = [
-        ("captured", false, None),
-        ("captured+sockmap", true, None),
-        ("hbone", false, Some(controller.root.clone())),
+        ("captured", false, None, 0),
+        ("captured+sockmap", true, None, 2),
+        ("hbone", false, Some(controller.root.clone()), 3),
     ];
-    for (name, accelerate, ca_root) in paths {
+    for (name, accelerate, ca_root, pod) in paths {
+        let (client, server) = (
+            tb.pod(&format!("n0-p{pod}")).clone(),
+            tb.pod(&format!("n1-p{pod}")).clone(),
+        );
         if !args.paths.iter().any(|p| p == name) {
             continue;
         }
@@ -103,16 +114,11 @@ fn main() -> Result<()> {
             tb.start_agent("n0", &options)?,
             tb.start_agent("n1", &options)?,
         ];
-        agents[0].wait_enrolled("default/n0-p0", true)?;
-        agents[1].wait_enrolled("default/n1-p0", true)?;
-        let mut results = measure(
-            &tb.pod("n0-p0").clone(),
-            &tb.pod("n1-p0").clone(),
-            secs,
-            Some(&agents),
-        )?;
+        agents[0].wait_enrolled(&client.key(), true)?;
+        agents[1].wait_enrolled(&server.key(), true)?;
+        let mut results = measure(&client, &server, secs, Some(&agents))?;
         if hbone && args.hold > 0 {
-            match hold_connections(&tb, &agents, args.hold) {
+            match hold_connections(&client, &server, &agents, args.hold) {
                 Ok(per_connection) => results.extend(per_connection),
                 Err(error) => {
                     eprintln!("bench: holding {} connections failed: {error:#}", args.hold)
@@ -296,19 +302,18 @@ const HOLD_PORT: u16 = 7100;
 /// The server side is a separate process: one process cannot hold both ends within the
 /// machine's open-file limit.
 fn hold_connections(
-    tb: &Testbed,
+    client: &Pod,
+    server: &Pod,
     agents: &[mesh_tests::Agent; 2],
     count: usize,
 ) -> Result<Results> {
     let exe = std::env::current_exe()?;
     let _holder = KillOnDrop(
-        tb.pod("n1-p0")
-            .spawn(Command::new(exe).args(["--hold-server", &HOLD_PORT.to_string()]))?,
+        server.spawn(Command::new(exe).args(["--hold-server", &HOLD_PORT.to_string()]))?,
     );
     std::thread::sleep(Duration::from_millis(300));
     let idle = rss_mb(agents)?;
-    let dst = tb.pod("n1-p0").addr(HOLD_PORT);
-    let client = tb.pod("n0-p0");
+    let dst = server.addr(HOLD_PORT);
     let mut held = Vec::with_capacity(count);
     let started = std::time::Instant::now();
     for _ in 0..count {
