@@ -35,8 +35,22 @@ impl RequestError {
     }
 }
 
-/// The CONNECT a client sends for `target`; `source` goes in `forwarded` as ztunnel does.
-pub fn connect_request(target: SocketAddr, source: SocketAddr) -> Request<()> {
+/// Who is sending, for the `baggage` header ztunnel sends (W3C baggage, OpenTelemetry keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Baggage<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    /// The workload's name (Istio: the `app` label, else the pod name).
+    pub workload: &'a str,
+}
+
+/// The CONNECT a client sends for `target`, with the headers ztunnel sends: `forwarded`
+/// (the client's address), `baggage` (who sends) and a fresh W3C `traceparent`.
+pub fn connect_request(
+    target: SocketAddr,
+    source: SocketAddr,
+    baggage: Option<Baggage<'_>>,
+) -> Request<()> {
     let authority = target.to_string();
     let mut request = Request::new(());
     *request.method_mut() = Method::CONNECT;
@@ -45,10 +59,35 @@ pub fn connect_request(target: SocketAddr, source: SocketAddr) -> Request<()> {
         .authority(authority.as_str())
         .build()
         .expect("ip:port is a valid authority");
+    let headers = request.headers_mut();
     if let Ok(value) = format!("for=\"{source}\"").parse() {
-        request.headers_mut().insert(http::header::FORWARDED, value);
+        headers.insert(http::header::FORWARDED, value);
+    }
+    if let Some(b) = baggage
+        && let Ok(value) = format!(
+            "k8s.namespace.name={},k8s.pod.name={},service.name={}",
+            b.namespace, b.pod, b.workload
+        )
+        .parse()
+    {
+        headers.insert("baggage", value);
+    }
+    if let Ok(value) = traceparent().parse() {
+        headers.insert("traceparent", value);
     }
     request
+}
+
+/// `00-<trace id>-<span id>-00`: random ids, not sampled (as ztunnel sends them).
+fn traceparent() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // Trace ids need to be unique, not secret: the std hasher's random keys are enough.
+    let random = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    format!("00-{:016x}{:016x}-{:016x}-00", random(), random(), random())
 }
 
 /// Checks a CONNECT that arrived on a connection to `local` and returns its target.
@@ -93,10 +132,31 @@ mod tests {
 
     #[test]
     fn accepts_connect_to_this_workload() {
+        let baggage = Baggage {
+            namespace: "shop",
+            pod: "web-1",
+            workload: "web",
+        };
         let req = connect_request(
             "10.0.0.2:8080".parse().unwrap(),
             "10.0.1.5:40000".parse().unwrap(),
+            Some(baggage),
         );
+        assert_eq!(
+            req.headers()["baggage"],
+            "k8s.namespace.name=shop,k8s.pod.name=web-1,service.name=web"
+        );
+        let trace = req.headers()["traceparent"].to_str().unwrap().to_owned();
+        assert!(
+            trace.len() == 55 && trace.starts_with("00-") && trace.ends_with("-00"),
+            "{trace}"
+        );
+        let other = connect_request(
+            "10.0.0.2:8080".parse().unwrap(),
+            "10.0.1.5:40000".parse().unwrap(),
+            None,
+        );
+        assert_ne!(other.headers()["traceparent"], trace.as_str());
         assert_eq!(req.uri().to_string(), "10.0.0.2:8080");
         assert_eq!(req.headers()["forwarded"], "for=\"10.0.1.5:40000\"");
         assert_eq!(

@@ -58,6 +58,7 @@ pub struct ConfigDump {
     pub enrolled: Vec<EnrolledView>,
     pub certificates: Vec<CertificateView>,
     pub policies: usize,
+    pub policy_list: Vec<String>,
     pub policy_errors: Vec<String>,
     pub pods: Arc<PodsFile>,
 }
@@ -120,6 +121,7 @@ impl State {
                 .clone(),
             certificates: self.certificate_view(),
             policies: self.policies().len(),
+            policy_list: self.policies().summary(),
             policy_errors: self
                 .policy_errors
                 .read()

@@ -163,6 +163,13 @@ spec:
 "#,
         2,
     )?;
+    let dump = m.agents[1].config_dump()?;
+    assert!(
+        dump["policy_list"]
+            .to_string()
+            .contains("AuthorizationPolicy default/no-batch action=Deny"),
+        "{dump}"
+    );
     assert!(!m.allowed("n0-p1", PORT), "batch was not denied");
     assert!(m.allowed("n0-p0", PORT), "web was denied");
     assert!(!m.allowed("n0-p0", OTHER_PORT), "port 9090 was not denied");

@@ -60,6 +60,30 @@ impl PolicySet {
         self.len() == 0
     }
 
+    /// One line per policy, for the admin config dump.
+    pub fn summary(&self) -> Vec<String> {
+        let peer = self.peer_authentications.iter().map(|pa| {
+            let mode = pa.spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default();
+            format!(
+                "PeerAuthentication {}/{} mtls={mode:?}",
+                pa.metadata.namespace, pa.metadata.name
+            )
+        });
+        let authz = self.authorizations.iter().map(|e| {
+            let p = &e.policy;
+            let broken = if e.broken {
+                " (invalid: enforced failing closed)"
+            } else {
+                ""
+            };
+            format!(
+                "AuthorizationPolicy {}/{} action={:?}{broken}",
+                p.metadata.namespace, p.metadata.name, p.spec.action
+            )
+        });
+        peer.chain(authz).collect()
+    }
+
     /// The mTLS mode for inbound connections to `workload` (never `Unset`).
     pub fn mtls_mode(&self, workload: Workload<'_>) -> MtlsMode {
         let mode_of =

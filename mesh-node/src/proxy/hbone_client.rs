@@ -129,7 +129,13 @@ impl HbonePool {
         let (mut sender, active) = self.sender(state, pod, target.ip(), expected).await?;
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
-        let request = hbone::connect_request(target, client).map(|()| Empty::new());
+        let workload = super::workload_name(&pod.pod);
+        let baggage = hbone::Baggage {
+            namespace: &pod.pod.namespace,
+            pod: &pod.pod.name,
+            workload: &workload,
+        };
+        let request = hbone::connect_request(target, client, Some(baggage)).map(|()| Empty::new());
         let response = sender
             .send_request(request)
             .await

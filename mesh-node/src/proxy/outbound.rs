@@ -73,23 +73,8 @@ async fn carry_over_hbone(
             return;
         }
     };
-    let info = ConnectionInfo {
-        direction: "outbound",
-        pod: pod.pod.key(),
-        source,
-        destination: dst,
-        peer_identity: Some(expected.to_string()),
-    };
-    tracing::debug!(pod = %info.pod, %dst, "outbound connection captured (HBONE)");
-    let labels = labels(
-        &state,
-        Reporter::source,
-        &pod,
-        dst,
-        Some(&expected),
-        ResponseFlags::None,
-    );
-    forward(state, labels, stream, tunnel, info, None).await;
+    tracing::debug!(pod = %pod.pod.key(), %dst, "outbound connection captured (HBONE)");
+    carry(state, pod, stream, source, dst, Some(&expected), tunnel).await;
 }
 
 async fn carry_plain(
@@ -107,20 +92,35 @@ async fn carry_plain(
             return;
         }
     };
+    tracing::debug!(pod = %pod.pod.key(), %dst, "outbound connection captured");
+    carry(state, pod, stream, source, dst, None, upstream).await;
+}
+
+/// Forwards an outbound connection once its upstream (TCP or HBONE tunnel) is open.
+async fn carry<U>(
+    state: Arc<State>,
+    pod: Arc<PodContext>,
+    stream: TcpStream,
+    source: SocketAddr,
+    dst: SocketAddr,
+    peer: Option<&Identity>,
+    upstream: U,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let info = ConnectionInfo {
         direction: "outbound",
         pod: pod.pod.key(),
         source,
         destination: dst,
-        peer_identity: None,
+        peer_identity: peer.map(ToString::to_string),
     };
-    tracing::debug!(pod = %info.pod, %dst, "outbound connection captured");
     let labels = labels(
         &state,
         Reporter::source,
         &pod,
         dst,
-        None,
+        peer,
         ResponseFlags::None,
     );
     forward(state, labels, stream, upstream, info, None).await;
