@@ -47,17 +47,38 @@ pub(super) struct Enforced {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     pub(super) peer_authentications: Vec<PeerAuthentication>,
-    pub(super) authorizations: Vec<Enforced>,
+    /// By namespace: a connection is checked against its own namespace's and the root
+    /// namespace's policies only, however many other namespaces have.
+    pub(super) authorizations: BTreeMap<String, Vec<Enforced>>,
     pub(super) root_namespace: String,
 }
 
 impl PolicySet {
     pub fn len(&self) -> usize {
-        self.peer_authentications.len() + self.authorizations.len()
+        self.peer_authentications.len() + self.authorizations.values().map(Vec::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Adds an AuthorizationPolicy (tests and benchmarks build sets without YAML).
+    pub fn add_authorization(&mut self, policy: super::AuthorizationPolicy) {
+        let namespace = policy.metadata.namespace.clone();
+        self.authorizations
+            .entry(namespace)
+            .or_default()
+            .push(Enforced {
+                policy,
+                broken: false,
+            });
+    }
+
+    pub fn with_root_namespace(root_namespace: &str) -> Self {
+        Self {
+            root_namespace: root_namespace.to_owned(),
+            ..Self::default()
+        }
     }
 
     /// One line per policy, for the admin config dump.
@@ -69,7 +90,7 @@ impl PolicySet {
                 pa.metadata.namespace, pa.metadata.name
             )
         });
-        let authz = self.authorizations.iter().map(|e| {
+        let authz = self.authorizations.values().flatten().map(|e| {
             let p = &e.policy;
             let broken = if e.broken {
                 " (invalid: enforced failing closed)"
@@ -111,17 +132,17 @@ impl PolicySet {
 
     /// Whether `connection` to `workload` is authorized.
     pub fn authorize(&self, workload: Workload<'_>, connection: Connection<'_>) -> Decision {
-        let applicable: Vec<&Enforced> = self
-            .authorizations
-            .iter()
+        let scoped = |namespace: &str| self.authorizations.get(namespace).into_iter().flatten();
+        let root =
+            (workload.namespace != self.root_namespace).then(|| scoped(&self.root_namespace));
+        let applicable: Vec<&Enforced> = scoped(workload.namespace)
+            .chain(root.into_iter().flatten())
             .filter(|e| {
-                let p = &e.policy;
-                (p.metadata.namespace == workload.namespace
-                    || p.metadata.namespace == self.root_namespace)
-                    && p.spec
-                        .selector
-                        .as_ref()
-                        .is_none_or(|s| s.matches(workload.labels))
+                e.policy
+                    .spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(workload.labels))
             })
             .collect();
         for enforced in &applicable {

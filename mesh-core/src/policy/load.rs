@@ -111,20 +111,22 @@ pub fn parse_documents(file: &str, text: &str, set: &mut PolicySet) -> Vec<LoadE
                     .map_err(|e| e.to_string())
                     .and_then(|spec| validate(&spec).map(|()| spec));
                 match parsed {
-                    Ok(spec) => set.authorizations.push(Enforced {
-                        policy: AuthorizationPolicy { metadata, spec },
-                        broken: false,
-                    }),
+                    Ok(spec) => set.add_authorization(AuthorizationPolicy { metadata, spec }),
                     Err(message) => {
                         errors.push(error(
                             &kind,
                             &name,
                             format!("{message}; enforced as failing closed"),
                         ));
-                        set.authorizations.push(Enforced {
-                            policy: salvage(metadata, &spec),
-                            broken: true,
-                        });
+                        let policy = salvage(metadata, &spec);
+                        let namespace = policy.metadata.namespace.clone();
+                        set.authorizations
+                            .entry(namespace)
+                            .or_default()
+                            .push(Enforced {
+                                policy,
+                                broken: true,
+                            });
                     }
                 }
             }
