@@ -39,6 +39,8 @@ pub struct CertificateStore {
     issued: RwLock<HashMap<Identity, Arc<Issued>>>,
     /// One renewal task per identity in use.
     tasks: std::sync::Mutex<HashMap<Identity, JoinHandle<()>>>,
+    /// Wakes connections waiting for a pod's first certificate.
+    issued_changed: tokio::sync::Notify,
 }
 
 impl CertificateStore {
@@ -48,6 +50,7 @@ impl CertificateStore {
             lifetime,
             issued: RwLock::default(),
             tasks: Default::default(),
+            issued_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -60,6 +63,22 @@ impl CertificateStore {
             .get(identity)
             .cloned()?;
         (!issued.cert.is_expired(SystemTime::now())).then_some(issued)
+    }
+
+    /// The certificate for `identity`, waiting up to `timeout` for it to be issued: a pod's
+    /// first connections right after it joins the mesh wait for its certificate rather than
+    /// fail.
+    pub async fn wait_for(&self, identity: &Identity, timeout: Duration) -> Option<Arc<Issued>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.issued_changed.notified();
+            if let Some(issued) = self.get(identity) {
+                return Some(issued);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.get(identity);
+            }
+        }
     }
 
     /// Keeps a certificate for each of `identities`, and drops the others.
@@ -125,6 +144,7 @@ impl CertificateStore {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(identity.clone(), Arc::new(issued));
+                    self.issued_changed.notify_waiters();
                     retry = FIRST_RETRY;
                     let wait = renew_at
                         .duration_since(SystemTime::now())

@@ -32,6 +32,9 @@ use crate::{
     pods::Pod,
 };
 
+/// How long a connection of a pod that just joined waits for the pod's first certificate.
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the proxies need to know about an enrolled pod.
 #[derive(Debug)]
 pub struct PodContext {

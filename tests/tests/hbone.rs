@@ -159,3 +159,32 @@ fn certificate_renewal_during_a_long_transfer_loses_no_bytes() -> Result<()> {
     echo_round_trip(&mut stream, b"after renewal")?;
     Ok(())
 }
+
+#[test]
+fn a_pod_enrolled_at_run_time_talks_hbone_at_once() -> Result<()> {
+    // Agents start with nothing enrolled; the first connection right after the namespace joins
+    // must wait for the new certificates rather than fail.
+    let tb = Testbed::new(Topology::default())?;
+    let controller = tb.start_controller()?;
+    let options = AgentOptions {
+        ca_root: Some(controller.root.clone()),
+        ..AgentOptions::default()
+    };
+    let (a0, a1) = (
+        tb.start_agent("n0", &options)?,
+        tb.start_agent("n1", &options)?,
+    );
+    let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
+    let _echo = echo_server(server.listen(PORT)?)?;
+    tb.set_namespace_ambient("default", true)?;
+    a0.wait_enrolled(&client.key(), true)?;
+    a1.wait_enrolled(&server.key(), true)?;
+    let mut stream = client.connect(server.addr(PORT))?;
+    read_greeting(&mut stream)?;
+    echo_round_trip(&mut stream, b"first connection after joining")?;
+    assert_eq!(
+        carried(&a0, "outbound", server.addr(PORT))[0]["peer_identity"],
+        CLIENT_ID
+    );
+    Ok(())
+}

@@ -216,7 +216,8 @@ async fn open(
         .as_ref()
         .ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
     let issued = certs
-        .get(&pod.identity)
+        .wait_for(&pod.identity, super::CERTIFICATE_WAIT)
+        .await
         .ok_or_else(|| Error::NoCertificate(pod.identity.clone()))?;
     let tcp = connect_from_pod(pod, addr, None)
         .await

@@ -66,7 +66,8 @@ async fn serve_connection(
         .ok_or("HBONE without a certificate store")?;
     // Fail closed: no certificate for the pod yet means no TLS server to offer.
     let issued = certs
-        .get(&pod.identity)
+        .wait_for(&pod.identity, super::CERTIFICATE_WAIT)
+        .await
         .ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
     let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
         .accept(tcp)
