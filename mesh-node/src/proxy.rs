@@ -45,6 +45,36 @@ pub struct PodContext {
     pub identity: Identity,
 }
 
+/// The next connection on one of the pod's listeners. An error (out of file descriptors, say)
+/// is logged and retried after a pause, so a lasting one cannot spin the loop.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    pod: &PodContext,
+    what: &str,
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::warn!(%error, pod = %pod.pod.key(), "{what} accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The source the agent delivers inbound connections to the app from: loopback addresses
+/// `sk_lookup` lets through (127.0.0.6 as Istio uses, and `::1` for IPv6).
+fn delivery_source(dst: SocketAddr) -> SocketAddr {
+    use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6};
+    let ip: std::net::IpAddr = if dst.is_ipv4() {
+        std::net::Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into()
+    } else {
+        std::net::Ipv6Addr::from(INBOUND_DELIVERY_SOURCE6).into()
+    };
+    SocketAddr::new(ip, 0)
+}
+
 /// Opens a TCP connection from inside the pod's namespace, optionally from a fixed source.
 async fn connect_from_pod(
     pod: &PodContext,

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{sys, testbed::Testbed};
+use crate::{Agent, AgentOptions, sys, testbed::Testbed};
 
 /// Where the controller listens, on the fabric bridge.
 pub const CA_ADDR: &str = "198.18.0.254:15012";
@@ -45,6 +45,20 @@ impl Testbed {
     /// The bootstrap token of a node's agent.
     pub fn token_file(&self, node: &str) -> PathBuf {
         self.work_dir.join("tokens").join(node)
+    }
+
+    /// Starts the CA and an HBONE agent on both nodes (`options` with the CA's root filled in).
+    pub fn start_mesh(&self, options: AgentOptions) -> Result<(Controller, [Agent; 2])> {
+        let controller = self.start_controller()?;
+        let options = AgentOptions {
+            ca_root: Some(controller.root.clone()),
+            ..options
+        };
+        let agents = [
+            self.start_agent("n0", &options)?,
+            self.start_agent("n1", &options)?,
+        ];
+        Ok((controller, agents))
     }
 
     /// Starts the controller's CA and waits until it accepts connections.

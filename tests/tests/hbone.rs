@@ -29,16 +29,8 @@ fn carried(
 #[test]
 fn enrolled_pods_talk_over_mutual_tls_and_see_each_others_identity() -> Result<()> {
     let tb = Testbed::new(Topology::default())?;
-    let controller = tb.start_controller()?;
     tb.set_namespace_ambient("default", true)?;
-    let options = AgentOptions {
-        ca_root: Some(controller.root.clone()),
-        ..AgentOptions::default()
-    };
-    let (a0, a1) = (
-        tb.start_agent("n0", &options)?,
-        tb.start_agent("n1", &options)?,
-    );
+    let (_controller, [a0, a1]) = tb.start_mesh(AgentOptions::default())?;
     let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
     a0.wait_enrolled(&client.key(), true)?;
     a1.wait_enrolled(&server.key(), true)?;
@@ -113,18 +105,12 @@ fn the_capture_sees_plaintext_when_there_is_some() -> Result<()> {
 #[test]
 fn certificate_renewal_during_a_long_transfer_loses_no_bytes() -> Result<()> {
     let tb = Testbed::new(Topology::default())?;
-    let controller = tb.start_controller()?;
     tb.set_namespace_ambient("default", true)?;
     // Four-second certificates: renewed every two seconds, several times during the transfer.
-    let options = AgentOptions {
-        ca_root: Some(controller.root.clone()),
+    let (_controller, [a0, a1]) = tb.start_mesh(AgentOptions {
         cert_lifetime: Some(4),
         ..AgentOptions::default()
-    };
-    let (a0, a1) = (
-        tb.start_agent("n0", &options)?,
-        tb.start_agent("n1", &options)?,
-    );
+    })?;
     let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
     a0.wait_enrolled(&client.key(), true)?;
     a1.wait_enrolled(&server.key(), true)?;
@@ -165,15 +151,7 @@ fn a_pod_enrolled_at_run_time_talks_hbone_at_once() -> Result<()> {
     // Agents start with nothing enrolled; the first connection right after the namespace joins
     // must wait for the new certificates rather than fail.
     let tb = Testbed::new(Topology::default())?;
-    let controller = tb.start_controller()?;
-    let options = AgentOptions {
-        ca_root: Some(controller.root.clone()),
-        ..AgentOptions::default()
-    };
-    let (a0, a1) = (
-        tb.start_agent("n0", &options)?,
-        tb.start_agent("n1", &options)?,
-    );
+    let (_controller, [a0, a1]) = tb.start_mesh(AgentOptions::default())?;
     let (client, server) = (tb.pod("n0-p0"), tb.pod("n1-p0"));
     let _echo = echo_server(server.listen(PORT)?)?;
     tb.set_namespace_ambient("default", true)?;

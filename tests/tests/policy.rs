@@ -19,7 +19,7 @@ const OTHER_PORT: u16 = 9090;
 struct Mesh {
     tb: Testbed,
     _controller: Controller,
-    agents: Vec<Agent>,
+    agents: [Agent; 2],
     _servers: Vec<mesh_tests::traffic::Server>,
 }
 
@@ -30,15 +30,7 @@ fn mesh() -> Result<Mesh> {
     for pod in ["n0-p0", "n0-p1", "n1-p0"] {
         tb.set_pod_mode(pod, Some("ambient"))?;
     }
-    let controller = tb.start_controller()?;
-    let options = AgentOptions {
-        ca_root: Some(controller.root.clone()),
-        ..AgentOptions::default()
-    };
-    let agents = vec![
-        tb.start_agent("n0", &options)?,
-        tb.start_agent("n1", &options)?,
-    ];
+    let (controller, agents) = tb.start_mesh(AgentOptions::default())?;
     let server = tb.pod("n1-p0");
     agents[1].wait_enrolled(&server.key(), true)?;
     agents[0].wait_enrolled(&tb.pod("n0-p1").key(), true)?;

@@ -4,7 +4,7 @@
 
 use std::{
     convert::Infallible,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6, ports};
+use mesh_common::ports;
 use mesh_core::{Identity, hbone, tls::identity_of};
 use tokio::net::TcpListener;
 
@@ -30,13 +30,7 @@ const PROXY_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports:
 
 pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, pod = %pod.pod.key(), "HBONE accept failed");
-                continue;
-            }
-        };
+        let (tcp, peer) = super::accept(&listener, &pod, "HBONE").await;
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
             if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
@@ -129,11 +123,7 @@ async fn handle_connect(
         record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UAEX);
         return status(StatusCode::UNAUTHORIZED);
     }
-    let source = if target.is_ipv4() {
-        SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
-    } else {
-        SocketAddr::new(Ipv6Addr::from(INBOUND_DELIVERY_SOURCE6).into(), 0)
-    };
+    let source = super::delivery_source(target);
     let upstream = match connect_from_pod(pod, target, Some(source)).await {
         Ok(upstream) => upstream,
         Err(error) => {

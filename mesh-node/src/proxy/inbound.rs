@@ -2,12 +2,8 @@
 //! in-pod 15006 listener. The accepted socket's local address is the original destination.
 //! Delivery to the app comes from 127.0.0.6, which `sk_lookup` lets through.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+use std::sync::Arc;
 
-use mesh_common::{INBOUND_DELIVERY_SOURCE, INBOUND_DELIVERY_SOURCE6};
 use tokio::net::TcpListener;
 
 use super::{
@@ -21,13 +17,7 @@ use crate::{
 
 pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, pod = %pod.pod.key(), "inbound accept failed");
-                continue;
-            }
-        };
+        let (stream, peer) = super::accept(&listener, &pod, "inbound").await;
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
@@ -43,11 +33,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
             );
             continue;
         }
-        let delivery_source = if dst.is_ipv4() {
-            SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0)
-        } else {
-            SocketAddr::new(Ipv6Addr::from(INBOUND_DELIVERY_SOURCE6).into(), 0)
-        };
+        let delivery_source = super::delivery_source(dst);
         let _ = stream.set_nodelay(true);
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {

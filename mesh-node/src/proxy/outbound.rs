@@ -20,13 +20,7 @@ pub async fn serve_outbound(
     state: Arc<State>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, pod = %pod.pod.key(), "outbound accept failed");
-                continue;
-            }
-        };
+        let (stream, peer) = super::accept(&listener, &pod, "outbound").await;
         let Some(dst) = orig.take(pod.netns_cookie, peer.port()) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.pod.key(), client = %peer, "captured connection has no original destination; refusing it");
