@@ -10,14 +10,12 @@ mod hbone_server;
 mod hbone_settings;
 mod inbound;
 mod outbound;
+mod tunnel;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use mesh_core::Identity;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::{TcpSocket, TcpStream};
 
 pub use connections::{Authorized, ConnectionInfo, Connections};
 pub use hbone_client::HbonePool;
@@ -90,25 +88,22 @@ async fn connect_from_pod(
     socket.connect(dst).await
 }
 
-/// Copies both ways until both sides are done, then records the connection's bytes.
-async fn forward<D, U>(
+/// Runs `carry` (copying both ways until both sides are done; it returns the bytes sent by
+/// the downstream side and received by it), registered as a live connection that a policy
+/// change can close; then records the connection's bytes.
+async fn forward(
     state: Arc<State>,
     labels: TcpLabels,
-    mut downstream: D,
-    mut upstream: U,
+    carry: impl Future<Output = std::io::Result<(u64, u64)>>,
     info: ConnectionInfo,
     authorized: Option<Authorized>,
-) where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let metrics = &state.metrics;
     metrics.connections_opened.get_or_create(&labels).inc();
     let mut registration = state.connections.register(info.clone(), authorized);
     let started = Instant::now();
-    let copy = copy::copy_bidirectional(&mut downstream, &mut upstream);
     let result = tokio::select! {
-        result = copy => result,
+        result = carry => result,
         _ = registration.closed.wait_for(|close| *close) => {
             tracing::info!(src = %info.source, dst = %info.destination, "connection closed: policy no longer allows it");
             Err(std::io::Error::other("closed by policy"))

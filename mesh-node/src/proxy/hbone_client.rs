@@ -7,23 +7,18 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use h2::client::SendRequest;
 use mesh_core::{Identity, hbone, tls::identity_of};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{PodContext, connect_from_pod, hbone_settings};
+use super::{PodContext, connect_from_pod, hbone_settings, tunnel::H2Stream};
 use crate::app::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +42,11 @@ pub enum Error {
         want: Identity,
     },
     #[error("HTTP/2 with {addr}: {source}")]
-    Http {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Http { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} answered {status}")]
     Status {
         target: SocketAddr,
-        status: hyper::StatusCode,
+        status: http::StatusCode,
     },
 }
 
@@ -65,55 +57,18 @@ type Key = (String, IpAddr);
 pub const STREAMS_PER_CONNECTION: usize = 100;
 
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     /// Tunnels open on this connection.
     active: Arc<AtomicUsize>,
+    /// Set once the connection ended.
+    closed: Arc<AtomicBool>,
 }
 
-/// Open HTTP/2 connections, keyed by source pod and destination address.
+/// Open HTTP/2 connections, keyed by source pod and destination address. A pod has one
+/// identity, so this is ztunnel's key (source identity and address, destination) too.
 #[derive(Clone, Default)]
 pub struct HbonePool {
     connections: Arc<Mutex<HashMap<Key, Vec<Pooled>>>>,
-}
-
-/// A tunnel, counted against its connection's streams until dropped.
-pub struct Tunnel {
-    io: TokioIo<hyper::upgrade::Upgraded>,
-    active: Arc<AtomicUsize>,
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 impl HbonePool {
@@ -125,8 +80,8 @@ impl HbonePool {
         target: SocketAddr,
         expected: &Identity,
         client: SocketAddr,
-    ) -> Result<Tunnel, Error> {
-        let (mut sender, active) = self.sender(state, pod, target.ip(), expected).await?;
+    ) -> Result<H2Stream, Error> {
+        let (sender, active) = self.sender(state, pod, target.ip(), expected).await?;
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
         let workload = super::workload_name(&pod.pod);
@@ -135,31 +90,22 @@ impl HbonePool {
             pod: &pod.pod.name,
             workload: &workload,
         };
-        let request = hbone::connect_request(target, client, Some(baggage)).map(|()| Empty::new());
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| Error::Http {
-                addr: target,
-                source,
-            })?;
-        if response.status() != hyper::StatusCode::OK {
+        let request = hbone::connect_request(target, client, Some(baggage));
+        let http = |source| Error::Http {
+            addr: target,
+            source,
+        };
+        let mut sender = sender.ready().await.map_err(http)?;
+        let (response, send) = sender.send_request(request, false).map_err(http)?;
+        let response = response.await.map_err(http)?;
+        if response.status() != http::StatusCode::OK {
             return Err(Error::Status {
                 target,
                 status: response.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|source| Error::Http {
-                addr: target,
-                source,
-            })?;
         let active = release.0.take().expect("taken once");
-        Ok(Tunnel {
-            io: TokioIo::new(upgraded),
-            active,
-        })
+        Ok(H2Stream::new(send, response.into_body(), Some(active)))
     }
 
     async fn sender(
@@ -168,25 +114,26 @@ impl HbonePool {
         pod: &PodContext,
         ip: IpAddr,
         expected: &Identity,
-    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), Error> {
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error> {
         let key = (pod.pod.key(), ip);
         {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
             let pooled = connections.entry(key.clone()).or_default();
-            pooled.retain(|p| !p.sender.is_closed());
-            let free = pooled.iter().find(|p| {
-                p.sender.is_ready() && p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
-            });
+            pooled.retain(|p| !p.closed.load(Ordering::Relaxed));
+            let free = pooled
+                .iter()
+                .find(|p| p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION);
             if let Some(p) = free {
                 p.active.fetch_add(1, Ordering::Relaxed);
                 return Ok((p.sender.clone(), p.active.clone()));
             }
         }
-        let sender = open(state, pod, SocketAddr::new(ip, hbone::PORT), expected).await?;
+        let (sender, closed) = open(state, pod, SocketAddr::new(ip, hbone::PORT), expected).await?;
         let active = Arc::new(AtomicUsize::new(1));
         let pooled = Pooled {
             sender: sender.clone(),
             active: active.clone(),
+            closed,
         };
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.entry(key).or_default().push(pooled);
@@ -194,7 +141,7 @@ impl HbonePool {
     }
 }
 
-/// Gives a stream slot back unless taken over by a [`Tunnel`].
+/// Gives a stream slot back unless taken over by an [`H2Stream`].
 struct Release(Option<Arc<AtomicUsize>>);
 
 impl Drop for Release {
@@ -210,7 +157,7 @@ async fn open(
     pod: &PodContext,
     addr: SocketAddr,
     expected: &Identity,
-) -> Result<SendRequest<Empty<Bytes>>, Error> {
+) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), Error> {
     let certs = state
         .certificates
         .as_ref()
@@ -243,16 +190,27 @@ async fn open(
             });
         }
     }
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    hbone_settings::client(&mut builder);
-    let (sender, connection) = builder
-        .handshake(TokioIo::new(tls))
+    let (sender, mut connection) = hbone_settings::client()
+        .handshake(tls)
         .await
         .map_err(|source| Error::Http { addr, source })?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let keep_alive = connection.ping_pong().map(hbone_settings::keep_alive);
+    let ended = closed.clone();
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, %addr, "HBONE connection closed");
+        let keep_alive = async {
+            match keep_alive {
+                Some(keep_alive) => keep_alive.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection => if let Err(error) = result {
+                tracing::debug!(%error, %addr, "HBONE connection closed");
+            },
+            reason = keep_alive => tracing::info!(%reason, %addr, "HBONE connection closed"),
         }
+        ended.store(true, Ordering::Relaxed);
     });
-    Ok(sender)
+    Ok((sender, closed))
 }

@@ -3,15 +3,13 @@
 //! 127.0.0.6 (or ::1), and answered 200 only once the app accepted, as ztunnel does.
 
 use std::{
-    convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use h2::{RecvStream, server::SendResponse};
+use http::{Request, Response, StatusCode};
 use mesh_common::ports;
 use mesh_core::{Identity, hbone, tls::identity_of};
 use tokio::net::TcpListener;
@@ -19,6 +17,7 @@ use tokio::net::TcpListener;
 use super::{
     Authorized, ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels,
     record_failure,
+    tunnel::{self, H2Stream},
 };
 use crate::{
     app::State,
@@ -81,35 +80,49 @@ async fn serve_connection(
         .local_addr()
         .map_err(|e| e.to_string())?
         .ip();
-    let (pod, state) = (pod.clone(), state.clone());
-    let client = Arc::new(client);
-    let service = service_fn(move |request| {
-        let (pod, state, client) = (pod.clone(), state.clone(), client.clone());
-        async move {
-            Ok::<_, Infallible>(handle_connect(request, local, peer, &client, &pod, &state).await)
-        }
-    });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    hbone_settings::server(&mut builder);
-    builder
-        .serve_connection(TokioIo::new(tls), service)
+    let mut connection = hbone_settings::server()
+        .handshake::<_, Bytes>(tls)
         .await
-        .map_err(|e| format!("HTTP/2: {e}"))
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let keep_alive = connection.ping_pong().map(hbone_settings::keep_alive);
+    let keep_alive = async {
+        match keep_alive {
+            Some(keep_alive) => keep_alive.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(keep_alive);
+    let client = Arc::new(client);
+    loop {
+        let (request, respond) = tokio::select! {
+            next = connection.accept() => match next {
+                Some(Ok(accepted)) => accepted,
+                Some(Err(e)) => return Err(format!("HTTP/2: {e}")),
+                None => return Ok(()),
+            },
+            reason = &mut keep_alive => return Err(reason),
+        };
+        let (pod, state, client) = (pod.clone(), state.clone(), client.clone());
+        tokio::spawn(async move {
+            handle_connect(request, respond, local, peer, &client, &pod, &state).await;
+        });
+    }
 }
 
 async fn handle_connect(
-    mut request: Request<Incoming>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     local: IpAddr,
     peer: SocketAddr,
     client: &Identity,
     pod: &Arc<PodContext>,
     state: &Arc<State>,
-) -> Response<Empty<Bytes>> {
+) {
     let target = match hbone::parse_connect(&request, local, &PROXY_PORTS) {
         Ok(target) => target,
         Err(error) => {
             tracing::info!(%error, %client, pod = %pod.pod.key(), "HBONE request refused");
-            return status(error.status());
+            return refuse(respond, error.status());
         }
     };
     if let Err(reason) = check_inbound(
@@ -121,7 +134,7 @@ async fn handle_connect(
     ) {
         tracing::info!(%client, pod = %pod.pod.key(), %target, %reason, "HBONE request denied");
         record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UAEX);
-        return status(StatusCode::UNAUTHORIZED);
+        return refuse(respond, StatusCode::UNAUTHORIZED);
     }
     let source = super::delivery_source(target);
     let upstream = match connect_from_pod(pod, target, Some(source)).await {
@@ -129,10 +142,17 @@ async fn handle_connect(
         Err(error) => {
             tracing::info!(%error, %target, pod = %pod.pod.key(), "HBONE delivery to the app failed");
             record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UF);
-            return status(StatusCode::SERVICE_UNAVAILABLE);
+            return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let on_upgrade = hyper::upgrade::on(&mut request);
+    let send = match respond.send_response(response(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(error) => {
+            tracing::info!(%error, "HBONE stream ended before it was established");
+            return;
+        }
+    };
+    let stream = H2Stream::new(send, request.into_body(), None);
     let labels = labels(
         state,
         Reporter::destination,
@@ -154,21 +174,22 @@ async fn handle_connect(
         source: peer,
         destination_port: target.port(),
     };
-    let state = state.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let tunnel = TokioIo::new(upgraded);
-                super::forward(state, labels, tunnel, upstream, info, Some(authorized)).await
-            }
-            Err(error) => tracing::info!(%error, "HBONE stream ended before it was established"),
-        }
-    });
-    status(StatusCode::OK)
+    // Counted from the client's side: what it sent reached the app.
+    let carry = async move {
+        let (to_client, from_client) = tunnel::carry(upstream, stream).await?;
+        Ok((from_client, to_client))
+    };
+    super::forward(state.clone(), labels, carry, info, Some(authorized)).await;
 }
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+fn refuse(mut respond: SendResponse<Bytes>, code: StatusCode) {
+    if let Err(error) = respond.send_response(response(code), true) {
+        tracing::debug!(%error, "HBONE refusal not sent");
+    }
+}
+
+fn response(code: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = code;
     response
 }

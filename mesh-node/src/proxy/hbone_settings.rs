@@ -3,45 +3,50 @@
 
 use std::time::Duration;
 
-use hyper::rt::Executor;
-
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 1024 * 1024;
+/// Data a stream may queue for sending beyond what was written: a few large reads.
+const SEND_BUFFER: usize = 1024 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Streams a server accepts on one connection.
 pub const MAX_STREAMS: u32 = 200;
 
-pub fn server<E>(builder: &mut hyper::server::conn::http2::Builder<E>)
-where
-    E: Clone,
-{
+pub fn server() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
     builder
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(64 * 1024)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(PING_EVERY)
-        .keep_alive_timeout(PING_TIMEOUT);
+        // Larger header blocks are answered 431 on their stream; the connection lives on.
+        .max_header_list_size(64 * 1024);
+    builder
 }
 
-pub fn client<E>(builder: &mut hyper::client::conn::http2::Builder<E>)
-where
-    E: Executor<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
+pub fn client() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
     builder
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(16 * 1024)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(PING_EVERY)
-        .keep_alive_timeout(PING_TIMEOUT);
+        .enable_push(false);
+    builder
+}
+
+/// Pings the peer every 10 s; returns why the connection should be closed once a ping goes
+/// unanswered for 20 s (or the connection failed).
+pub async fn keep_alive(mut ping_pong: h2::PingPong) -> String {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return format!("ping failed: {error}"),
+            Err(_) => return format!("no answer to a ping in {PING_TIMEOUT:?}"),
+        }
+    }
 }

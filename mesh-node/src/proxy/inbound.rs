@@ -67,7 +67,8 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 source: peer,
                 destination_port: dst.port(),
             };
-            forward(state, labels, stream, upstream, info, Some(authorized)).await;
+            let carry = super::copy::copy_bidirectional(stream, upstream);
+            forward(state, labels, carry, info, Some(authorized)).await;
         });
     }
 }

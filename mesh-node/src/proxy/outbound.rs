@@ -68,7 +68,8 @@ async fn carry_over_hbone(
         }
     };
     tracing::debug!(pod = %pod.pod.key(), %dst, "outbound connection captured (HBONE)");
-    carry(state, pod, stream, source, dst, Some(&expected), tunnel).await;
+    let carry = super::tunnel::carry(stream, tunnel);
+    forward_outbound(state, pod, source, dst, Some(&expected), carry).await;
 }
 
 async fn carry_plain(
@@ -87,21 +88,19 @@ async fn carry_plain(
         }
     };
     tracing::debug!(pod = %pod.pod.key(), %dst, "outbound connection captured");
-    carry(state, pod, stream, source, dst, None, upstream).await;
+    let carry = super::copy::copy_bidirectional(stream, upstream);
+    forward_outbound(state, pod, source, dst, None, carry).await;
 }
 
 /// Forwards an outbound connection once its upstream (TCP or HBONE tunnel) is open.
-async fn carry<U>(
+async fn forward_outbound(
     state: Arc<State>,
     pod: Arc<PodContext>,
-    stream: TcpStream,
     source: SocketAddr,
     dst: SocketAddr,
     peer: Option<&Identity>,
-    upstream: U,
-) where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+    carry: impl Future<Output = std::io::Result<(u64, u64)>>,
+) {
     let info = ConnectionInfo {
         direction: "outbound",
         pod: pod.pod.key(),
@@ -117,5 +116,5 @@ async fn carry<U>(
         peer,
         ResponseFlags::None,
     );
-    forward(state, labels, stream, upstream, info, None).await;
+    forward(state, labels, carry, info, None).await;
 }
