@@ -10,10 +10,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     app::prepare(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
-        .enable_all()
-        .build()?;
+    // One worker: a current-thread runtime, whose tasks wake each other without crossing
+    // threads (measured faster than a one-worker multi-thread runtime on the HBONE path).
+    let mut builder = match config.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(app::run(config))?;
     Ok(())
 }

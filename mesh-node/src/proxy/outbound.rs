@@ -59,7 +59,9 @@ async fn carry_over_hbone(
     let Some(pool) = state.hbone.clone() else {
         return;
     };
-    let tunnel = match pool.connect(&state, &pod, dst, &expected, source).await {
+    // Boxed: the handshake's state is large and needed only until the tunnel is up; inline it
+    // would stay in the connection's task for as long as the connection lives.
+    let tunnel = match Box::pin(pool.connect(&state, &pod, dst, &expected, source)).await {
         Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::warn!(%error, pod = %pod.pod.key(), %dst, "HBONE connection failed; refusing the app's connection");

@@ -1,27 +1,22 @@
 //! One HBONE tunnel (an HTTP/2 CONNECT stream) carried to and from a TCP socket. Data moves as
 //! `Bytes` between the socket and the stream without being copied in user space (hyper's
 //! upgraded-stream adapter copies each chunk once more each way), and an idle tunnel holds no
-//! buffer: a read buffer exists only while the socket has data.
+//! buffer (see [`SocketReader`]).
 
 use std::{
     future::poll_fn,
     io,
-    net::Shutdown,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 
-/// First read of a burst: request/response traffic fits.
-const SMALL_READ: usize = 16 * 1024;
-/// Reads once a connection has filled a small read: bulk transfers move in few frames and
-/// few system calls (256 KiB, as the plain copy loop measured best).
-const LARGE_READ: usize = 256 * 1024;
+use super::copy::{SocketReader, shutdown_write, write_all};
 
 /// Both halves of an established CONNECT stream.
 pub struct H2Stream {
@@ -54,35 +49,14 @@ pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64
 }
 
 async fn socket_to_stream(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> io::Result<u64> {
-    let mut buffer = BytesMut::new();
-    let mut read_size = SMALL_READ;
+    let mut reader = SocketReader::new();
     let mut total = 0u64;
-    loop {
-        if buffer.capacity() < read_size / 2 {
-            buffer.reserve(read_size);
-        }
-        let spare = buffer.capacity() - buffer.len();
-        let n = match tcp.try_read_buf(&mut buffer) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Nothing to read: wait without a buffer (the chunks already sent keep their
-                // memory alive only until HTTP/2 has written them).
-                buffer = BytesMut::new();
-                tcp.readable().await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-            return Ok(total);
-        }
-        if n == spare {
-            read_size = LARGE_READ;
-        }
-        total += n as u64;
-        send_all(send, buffer.split().freeze()).await?;
+    while let Some(chunk) = reader.next(tcp).await? {
+        total += chunk.len() as u64;
+        send_all(send, chunk).await?;
     }
+    send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+    Ok(total)
 }
 
 /// Sends `data` as flow control allows, waiting for window when the peer is slower.
@@ -117,19 +91,8 @@ async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> io::Result<
         total += data.len() as u64;
     }
     // The peer finished sending: pass the half-close on.
-    socket2::SockRef::from(tcp).shutdown(Shutdown::Write)?;
+    shutdown_write(tcp)?;
     Ok(total)
-}
-
-async fn write_all(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match tcp.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 pub fn h2_to_io(error: h2::Error) -> io::Error {
