@@ -88,44 +88,56 @@ async fn connect_from_pod(
     socket.connect(dst).await
 }
 
-/// Runs `carry` (copying both ways until both sides are done; it returns the bytes sent by
-/// the downstream side and received by it), registered as a live connection that a policy
-/// change can close; then records the connection's bytes.
-async fn forward(
+/// Spawns the task that runs `carry` (copying both ways until both sides are done; it returns
+/// the bytes sent by the downstream side and received by it), registered as a live connection
+/// that a policy change can close; then records the connection's bytes.
+///
+/// A task of its own, so that what a connection holds while it lives is only this: the state
+/// of setting it up (handshakes, requests) is gone with the task that did it.
+fn forward(
     state: Arc<State>,
     labels: TcpLabels,
-    carry: impl Future<Output = std::io::Result<(u64, u64)>>,
+    carry: impl Future<Output = std::io::Result<(u64, u64)>> + Send + 'static,
     info: ConnectionInfo,
     authorized: Option<Authorized>,
 ) {
-    let metrics = &state.metrics;
-    metrics.connections_opened.get_or_create(&labels).inc();
-    let mut registration = state.connections.register(info.clone(), authorized);
-    let started = Instant::now();
-    let result = tokio::select! {
-        result = carry => result,
-        _ = registration.closed.wait_for(|close| *close) => {
-            tracing::info!(src = %info.source, dst = %info.destination, "connection closed: policy no longer allows it");
-            Err(std::io::Error::other("closed by policy"))
-        }
-    };
-    let (sent, received) = match result {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::debug!(%error, src = %info.source, dst = %info.destination, "connection ended with an error");
-            (0, 0)
-        }
-    };
-    metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-    metrics
-        .received_bytes
+    let (src, dst) = (info.source, info.destination);
+    let mut registration = state.connections.register(info, authorized);
+    state
+        .metrics
+        .connections_opened
         .get_or_create(&labels)
-        .inc_by(received);
-    metrics.connections_closed.get_or_create(&labels).inc();
-    tracing::debug!(
-        src = %info.source, dst = %info.destination, sent, received,
-        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
-    );
+        .inc();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        tokio::pin!(carry);
+        let closed = registration.closed.wait_for(|close| *close);
+        let result = tokio::select! {
+            result = &mut carry => result,
+            _ = closed => {
+                tracing::info!(%src, %dst, "connection closed: policy no longer allows it");
+                Err(std::io::Error::other("closed by policy"))
+            }
+        };
+        let (sent, received) = match result {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::debug!(%error, %src, %dst, "connection ended with an error");
+                (0, 0)
+            }
+        };
+        let metrics = &state.metrics;
+        metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
+        metrics
+            .received_bytes
+            .get_or_create(&labels)
+            .inc_by(received);
+        metrics.connections_closed.get_or_create(&labels).inc();
+        tracing::debug!(
+            %src, %dst, sent, received,
+            duration_ms = started.elapsed().as_millis() as u64, "connection closed"
+        );
+    });
 }
 
 /// Labels for a connection between `local` (an enrolled pod of this node) and a peer; with

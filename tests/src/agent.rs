@@ -20,6 +20,8 @@ pub struct AgentOptions {
     pub ca_root: Option<PathBuf>,
     /// Workload certificate lifetime to ask for, in seconds (renewed at half of it).
     pub cert_lifetime: Option<u64>,
+    /// `--worker-threads`; the agent's default when `None`.
+    pub worker_threads: Option<usize>,
 }
 
 /// A running node agent. Killed when dropped.
@@ -67,6 +69,9 @@ impl Testbed {
         }
         if let Some(lifetime) = options.cert_lifetime {
             args.extend(["--cert-lifetime".to_owned(), lifetime.to_string()]);
+        }
+        if let Some(workers) = options.worker_threads {
+            args.extend(["--worker-threads".to_owned(), workers.to_string()]);
         }
         if options.accelerate {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);

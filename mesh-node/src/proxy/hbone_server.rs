@@ -179,7 +179,7 @@ async fn handle_connect(
         let (to_client, from_client) = tunnel::carry(upstream, stream).await?;
         Ok((from_client, to_client))
     };
-    super::forward(state.clone(), labels, carry, info, Some(authorized)).await;
+    super::forward(state.clone(), labels, carry, info, Some(authorized));
 }
 
 fn refuse(mut respond: SendResponse<Bytes>, code: StatusCode) {

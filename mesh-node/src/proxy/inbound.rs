@@ -68,7 +68,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 destination_port: dst.port(),
             };
             let carry = super::copy::copy_bidirectional(stream, upstream);
-            forward(state, labels, carry, info, Some(authorized)).await;
+            forward(state, labels, carry, info, Some(authorized));
         });
     }
 }

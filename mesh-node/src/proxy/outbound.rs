@@ -101,7 +101,7 @@ async fn forward_outbound(
     source: SocketAddr,
     dst: SocketAddr,
     peer: Option<&Identity>,
-    carry: impl Future<Output = std::io::Result<(u64, u64)>>,
+    carry: impl Future<Output = std::io::Result<(u64, u64)>> + Send + 'static,
 ) {
     let info = ConnectionInfo {
         direction: "outbound",
@@ -118,5 +118,5 @@ async fn forward_outbound(
         peer,
         ResponseFlags::None,
     );
-    forward(state, labels, carry, info, None).await;
+    forward(state, labels, carry, info, None);
 }

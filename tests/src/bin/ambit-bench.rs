@@ -33,6 +33,10 @@ struct Args {
         value_delimiter = ','
     )]
     paths: Vec<String>,
+    /// Runtime worker threads per agent. The test bed runs two nodes' agents on one machine: with
+    /// 1 each node's agent has one core of a 2-core machine, as a node would have its own.
+    #[arg(long, default_value_t = 1)]
+    agent_workers: usize,
     /// Idle HBONE connections to hold open for the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     hold: usize,
@@ -103,11 +107,15 @@ fn main() -> Result<()> {
         if !args.paths.iter().any(|p| p == name) {
             continue;
         }
-        eprintln!("bench: {name}");
+        eprintln!(
+            "bench: {name} ({} worker thread(s) per agent)",
+            args.agent_workers
+        );
         let hbone = ca_root.is_some();
         let options = AgentOptions {
             accelerate,
             ca_root,
+            worker_threads: Some(args.agent_workers),
             ..AgentOptions::default()
         };
         let agents = [
@@ -345,7 +353,8 @@ fn print_table(all: &[(&str, Results)]) {
             .collect();
         println!("{:>22}", ratios.join(" / "));
     }
-    println!("(ratios: captured / captured+sockmap; agent RSS is per agent)");
+    let order: Vec<&str> = all[1..].iter().map(|(name, _)| *name).collect();
+    println!("(ratios: {}; agent RSS is per agent)", order.join(" / "));
 }
 
 fn write_json(all: &[(&str, Results)], seconds: u64, authz_us: f64) -> Result<()> {
