@@ -5,7 +5,10 @@
 //! - `ca`: the mesh's root, and signing workload certificates for SPIFFE identities;
 //! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
 //!   bootstrap token and letting each sign only for pods on its node;
-//! - `serve`: the gRPC server on mutual-TLS-free TLS (nodes have no certificate yet).
+//! - `serve`: the gRPC server on mutual-TLS-free TLS (nodes have no certificate yet);
+//! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
+//!   `Gateway` for waypoints), with their CRDs.
 pub mod ca;
 pub mod ca_service;
+pub mod resources;
 pub mod serve;

@@ -49,6 +49,10 @@ impl Cargo {
         })
     }
 
+    pub fn workspace_root(&self) -> &std::path::Path {
+        &self.workspace
+    }
+
     pub fn target_dir(&self) -> PathBuf {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)

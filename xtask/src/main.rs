@@ -31,6 +31,8 @@ enum Command {
     },
     /// Run the mesh on this machine: nodes and pods in network namespaces. Needs root.
     Demo,
+    /// Regenerate deploy/crds/ from the resource types (a test fails when they drift).
+    Codegen,
     /// Measure direct vs captured paths in the test-bed topology. Needs root.
     Bench {
         /// Seconds per measurement.
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
         Command::Demo => release_run("ambit-demo", &[]),
+        Command::Codegen => codegen(),
         Command::Bench { seconds, args } => {
             let seconds = seconds.to_string();
             let mut all = vec!["--seconds", seconds.as_str()];
@@ -74,6 +77,23 @@ fn release_run(program: &str, args: &[&str]) -> Result<()> {
         "--bins",
     ])?;
     cargo.exec_binary("release", program, args)
+}
+
+fn codegen() -> Result<()> {
+    let cargo = Cargo::new()?;
+    step("generating deploy/crds/ from mesh-controller/src/resources");
+    let dir = cargo.workspace_root().join("deploy/crds");
+    let dir = dir.to_string_lossy();
+    cargo.run(&[
+        "run",
+        "--quiet",
+        "-p",
+        "mesh-controller",
+        "--bin",
+        "ambit-crds",
+        "--",
+        &dir,
+    ])
 }
 
 fn test(extra: &[String]) -> Result<()> {
