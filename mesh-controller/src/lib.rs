@@ -10,5 +10,6 @@
 //!   `Gateway` for waypoints), with their CRDs.
 pub mod ca;
 pub mod ca_service;
+pub mod config;
 pub mod resources;
 pub mod serve;

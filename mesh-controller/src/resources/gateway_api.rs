@@ -19,6 +19,8 @@ pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
     kind = "Gateway",
     plural = "gateways",
     namespaced,
+    derive = "PartialEq",
+    derive = "Default",
     status = "GatewayStatus",
     shortname = "gtw",
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.gatewayClassName"}"#,

@@ -1,0 +1,152 @@
+//! The configuration users give the mesh, whatever its source: the resources, each with what
+//! validation found about it. A source (a directory of YAML in local mode, the Kubernetes API
+//! otherwise) fills a [`ConfigSet`]; [`validate`] decides which resources apply and writes the
+//! reasons for the others.
+//!
+//! # Layout
+//! - `load`: reading multi-document YAML (a directory in local mode), one error per bad
+//!   document and the rest kept;
+//! - `validate`: the checks, producing each resource's `Accepted` and `ResolvedRefs`
+//!   conditions;
+//! - `duration`: Istio's duration strings (`1.5s`, `250ms`, `1m30s`).
+
+pub mod duration;
+pub mod load;
+// pub mod validate;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+
+use crate::resources::{gateway_api, networking, security};
+
+/// The kinds a configuration holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Service,
+    VirtualService,
+    DestinationRule,
+    Gateway,
+    ServiceEntry,
+    PeerAuthentication,
+    AuthorizationPolicy,
+    /// A Gateway API `Gateway` (of class `ambit-waypoint` when it asks for a waypoint).
+    K8sGateway,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway | Kind::K8sGateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+}
+
+/// A resource's identity: kind, namespace (empty for cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.name(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.name(), self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Namespace(Box<Namespace>),
+    Service(Box<Service>),
+    VirtualService(Box<networking::VirtualService>),
+    DestinationRule(Box<networking::DestinationRule>),
+    Gateway(Box<networking::Gateway>),
+    ServiceEntry(Box<networking::ServiceEntry>),
+    PeerAuthentication(Box<security::PeerAuthentication>),
+    AuthorizationPolicy(Box<security::AuthorizationPolicy>),
+    K8sGateway(Box<gateway_api::Gateway>),
+}
+
+/// Every resource of a configuration, in key order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigSet {
+    pub resources: BTreeMap<ObjectKey, Resource>,
+}
+
+macro_rules! typed {
+    ($method:ident, $variant:ident, $type:ty) => {
+        pub fn $method(&self) -> impl Iterator<Item = (&ObjectKey, &$type)> {
+            self.resources.iter().filter_map(|(key, r)| match r {
+                Resource::$variant(r) => Some((key, &**r)),
+                _ => None,
+            })
+        }
+    };
+}
+
+impl ConfigSet {
+    typed!(namespaces, Namespace, Namespace);
+    typed!(services, Service, Service);
+    typed!(virtual_services, VirtualService, networking::VirtualService);
+    typed!(destination_rules, DestinationRule, networking::DestinationRule);
+    typed!(gateways, Gateway, networking::Gateway);
+    typed!(service_entries, ServiceEntry, networking::ServiceEntry);
+    typed!(
+        peer_authentications,
+        PeerAuthentication,
+        security::PeerAuthentication
+    );
+    typed!(
+        authorization_policies,
+        AuthorizationPolicy,
+        security::AuthorizationPolicy
+    );
+    typed!(k8s_gateways, K8sGateway, gateway_api::Gateway);
+
+    /// Adds or replaces a resource.
+    pub fn insert(&mut self, resource: Resource) -> ObjectKey {
+        let key = resource.key();
+        self.resources.insert(key.clone(), resource);
+        key
+    }
+}
+
+impl Resource {
+    pub fn key(&self) -> ObjectKey {
+        use kube::ResourceExt as _;
+        let (kind, namespace, name) = match self {
+            Resource::Namespace(r) => (Kind::Namespace, None, r.name_any()),
+            Resource::Service(r) => (Kind::Service, r.namespace(), r.name_any()),
+            Resource::VirtualService(r) => (Kind::VirtualService, r.namespace(), r.name_any()),
+            Resource::DestinationRule(r) => (Kind::DestinationRule, r.namespace(), r.name_any()),
+            Resource::Gateway(r) => (Kind::Gateway, r.namespace(), r.name_any()),
+            Resource::ServiceEntry(r) => (Kind::ServiceEntry, r.namespace(), r.name_any()),
+            Resource::PeerAuthentication(r) => {
+                (Kind::PeerAuthentication, r.namespace(), r.name_any())
+            }
+            Resource::AuthorizationPolicy(r) => {
+                (Kind::AuthorizationPolicy, r.namespace(), r.name_any())
+            }
+            Resource::K8sGateway(r) => (Kind::K8sGateway, r.namespace(), r.name_any()),
+        };
+        ObjectKey {
+            kind,
+            namespace: namespace.unwrap_or_default(),
+            name,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Reading resources from multi-document YAML, as `kubectl apply -f` takes it: local mode's
+//! config directory. Every document stands alone: one that does not parse (malformed YAML, an
+//! unknown kind or field, a wrong type) is reported with its file, position, kind, name and
+//! the field at fault, and the other documents still load.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::{ConfigSet, Resource};
+
+/// Where resources without `metadata.namespace` go, as with `kubectl apply`.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{file}: document {index} ({kind} {name}): {message}")]
+pub struct LoadError {
+    pub file: String,
+    /// 1-based position of the document in its file.
+    pub index: usize,
+    pub kind: String,
+    /// `namespace/name`, or `?` when unreadable.
+    pub name: String,
+    pub message: String,
+}
+
+/// Every `*.yaml` / `*.yml` file of `dir`, in name order.
+pub fn load_dir(dir: &Path) -> std::io::Result<(ConfigSet, Vec<LoadError>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut set = ConfigSet::default();
+    let mut errors = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path)?;
+        errors.extend(parse_documents(
+            &path.display().to_string(),
+            &text,
+            &mut set,
+        ));
+    }
+    Ok((set, errors))
+}
+
+/// Adds the resources in `text` to `set`; returns the documents that could not be read.
+pub fn parse_documents(file: &str, text: &str, set: &mut ConfigSet) -> Vec<LoadError> {
+    let mut errors = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value = match <Value as serde::Deserialize>::deserialize(document) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(error) => {
+                errors.push(LoadError {
+                    file: file.to_owned(),
+                    index,
+                    kind: "?".to_owned(),
+                    name: "?".to_owned(),
+                    message: format!("not YAML: {error}"),
+                });
+                // The parser cannot resynchronise after a syntax error in a stream.
+                break;
+            }
+        };
+        let (kind, name) = describe(&value);
+        match parse_resource(value) {
+            Ok(resource) => {
+                set.insert(resource);
+            }
+            Err(message) => errors.push(LoadError {
+                file: file.to_owned(),
+                index,
+                kind,
+                name,
+                message,
+            }),
+        }
+    }
+    errors
+}
+
+/// The kind and `namespace/name` of a document, as far as they can be read.
+fn describe(value: &Value) -> (String, String) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let kind = text(value.get("kind")).unwrap_or_else(|| "?".to_owned());
+    let metadata = value.get("metadata");
+    let name = text(metadata.and_then(|m| m.get("name"))).unwrap_or_else(|| "?".to_owned());
+    let namespace = text(metadata.and_then(|m| m.get("namespace")));
+    let name = match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name,
+    };
+    (kind, name)
+}
+
+/// One document as a typed resource.
+pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("missing apiVersion")?
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("missing kind")?
+        .to_owned();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let served = |versions: &[&str]| {
+        if versions.contains(&version) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{kind} is served as {group}/{}, not {api_version}",
+                versions.join(", ")
+            ))
+        }
+    };
+    let cluster_scoped = (group, kind.as_str()) == ("", "Namespace");
+    if !cluster_scoped {
+        default_namespace(&mut value);
+    }
+    match (group, kind.as_str()) {
+        ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
+        ("", "Service") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Service)),
+        ("networking.istio.io", kind) => {
+            served(&["v1alpha3", "v1beta1", "v1"])?;
+            // One schema in every version: read it as the stored one.
+            set_api_version(&mut value, "networking.istio.io/v1");
+            match kind {
+                "VirtualService" => typed(value).map(Resource::VirtualService),
+                "DestinationRule" => typed(value).map(Resource::DestinationRule),
+                "Gateway" => typed(value).map(Resource::Gateway),
+                "ServiceEntry" => typed(value).map(Resource::ServiceEntry),
+                other => Err(format!("unsupported kind {other} in networking.istio.io")),
+            }
+        }
+        ("security.istio.io", kind) => {
+            served(&["v1beta1", "v1"])?;
+            set_api_version(&mut value, "security.istio.io/v1");
+            match kind {
+                "PeerAuthentication" => typed(value).map(Resource::PeerAuthentication),
+                "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
+                other => Err(format!("unsupported kind {other} in security.istio.io")),
+            }
+        }
+        ("gateway.networking.k8s.io", "Gateway") => {
+            served(&["v1beta1", "v1"])?;
+            set_api_version(&mut value, "gateway.networking.k8s.io/v1");
+            typed(value).map(Resource::K8sGateway)
+        }
+        _ => Err(format!("unsupported resource {api_version} {kind}")),
+    }
+}
+
+fn default_namespace(value: &mut Value) {
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_mapping_mut)
+        && !metadata.contains_key("namespace")
+    {
+        metadata.insert("namespace".into(), DEFAULT_NAMESPACE.into());
+    }
+}
+
+fn set_api_version(value: &mut Value, api_version: &str) {
+    if let Some(map) = value.as_mapping_mut() {
+        map.insert("apiVersion".into(), api_version.into());
+    }
+}
+
+/// Deserializes, naming the field at fault (`spec.http[0].route[1].weight: invalid type`).
+fn typed<T: DeserializeOwned>(value: Value) -> Result<Box<T>, String> {
+    let has_name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !has_name {
+        return Err("metadata.name is required".to_owned());
+    }
+    serde_path_to_error::deserialize(value)
+        .map(Box::new)
+        .map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests;
