@@ -12,7 +12,7 @@
 
 pub mod duration;
 pub mod load;
-// pub mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 
@@ -102,7 +102,11 @@ impl ConfigSet {
     typed!(namespaces, Namespace, Namespace);
     typed!(services, Service, Service);
     typed!(virtual_services, VirtualService, networking::VirtualService);
-    typed!(destination_rules, DestinationRule, networking::DestinationRule);
+    typed!(
+        destination_rules,
+        DestinationRule,
+        networking::DestinationRule
+    );
     typed!(gateways, Gateway, networking::Gateway);
     typed!(service_entries, ServiceEntry, networking::ServiceEntry);
     typed!(

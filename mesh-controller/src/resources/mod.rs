@@ -6,6 +6,7 @@ pub mod common;
 pub mod gateway_api;
 pub mod networking;
 pub mod security;
+pub mod virtual_service;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;
