@@ -63,7 +63,8 @@ impl Cargo {
         run(Command::new(&self.program)
             .args(args)
             .current_dir(&self.workspace)
-            .env("AMBIT_MESH_NODE", self.target_dir().join("debug/mesh-node")))
+            .env("AMBIT_MESH_NODE", self.target_dir().join("debug/mesh-node"))
+            .env("AMBIT_PYTHON_VENV", self.target_dir().join("tools/venv")))
     }
 
     /// Runs a built binary of the workspace, passing the agent built in the same profile.

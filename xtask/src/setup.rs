@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl inside namespaces"),
     ("protobuf-compiler", "gRPC code generation (protoc)"),
 ];
+/// Offline Kubernetes schemas for validating deploy/ (the version pins the schemas).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Verified with the image's nightly (LLVM 22); see shared/EBPF-TOOLCHAIN.md.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -27,6 +29,7 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    python_tools()?;
     eprintln!("setup: everything in place");
     Ok(())
 }
@@ -154,4 +157,31 @@ fn bpf_linker() -> Result<()> {
 
 fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+}
+
+/// The Python virtualenv holding kubernetes-validate (PyPI), which the deploy/ test runs:
+/// `<target>/tools/venv`.
+pub fn python_venv() -> Result<PathBuf> {
+    Ok(crate::cmd::Cargo::new()?.target_dir().join("tools/venv"))
+}
+
+fn python_tools() -> Result<()> {
+    let venv = python_venv()?;
+    let validate = venv.join("bin/kubernetes-validate");
+    if validate.exists() {
+        eprintln!("setup: {KUBERNETES_VALIDATE} present in {}", venv.display());
+        return Ok(());
+    }
+    step(&format!(
+        "setup: creating {} for {KUBERNETES_VALIDATE}",
+        venv.display()
+    ));
+    cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("creating a Python virtualenv failed; on Debian install python3-venv")?;
+    cmd::run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
 }
