@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod ca_client;
+pub mod config_client;
 pub mod hbone;
 pub mod identity;
 pub mod pods;
@@ -24,4 +25,10 @@ pub use identity::Identity;
 pub mod pb {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("istio.v1.auth");
+}
+
+/// gRPC types of Ambit's configuration stream (`ambit.config.v1`).
+pub mod config_pb {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("ambit.config.v1");
 }

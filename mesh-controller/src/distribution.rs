@@ -1,0 +1,237 @@
+//! The configuration each subscriber gets, as versioned deltas. The controller publishes the
+//! complete desired set of resources after every (debounced) change; the distributor numbers
+//! it, remembers which keys changed at which version, and answers "what changed since version
+//! v" for each subscriber: a delta when it still remembers v, else a full snapshot.
+//!
+//! Subscribers take one update at a time: the next goes out when the previous is acknowledged,
+//! and carries everything that changed since the last acknowledged version. A slow subscriber
+//! therefore gets fewer, larger updates instead of a growing queue, and a refused (NACKed)
+//! update is never built upon: the next one starts again from what the subscriber has.
+
+pub mod service;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+};
+
+use mesh_core::config_pb::{Resource, ResourceKey, Role, Update};
+use tokio::sync::watch;
+
+/// A resource's identity in the stream: (kind, namespace, name).
+pub type Key = (String, String, String);
+
+pub fn key_of(resource: &Resource) -> Key {
+    let k = resource.key.clone().unwrap_or_default();
+    (k.kind, k.namespace, k.name)
+}
+
+/// Which kinds a role receives.
+pub fn wanted(role: Role, kind: &str) -> bool {
+    match role {
+        Role::Node => matches!(
+            kind,
+            "Workload" | "Service" | "PeerAuthentication" | "AuthorizationPolicy"
+        ),
+        Role::Waypoint => matches!(
+            kind,
+            "Workload"
+                | "Service"
+                | "ServiceEntry"
+                | "VirtualService"
+                | "DestinationRule"
+                | "AuthorizationPolicy"
+        ),
+        Role::Unspecified => false,
+    }
+}
+
+/// How many versions of changes are remembered for resuming subscribers.
+const HISTORY: usize = 4096;
+
+struct State {
+    version: u64,
+    resources: BTreeMap<Key, Arc<Resource>>,
+    /// Keys changed (added, modified or removed) at each remembered version.
+    changes: BTreeMap<u64, Vec<Key>>,
+    /// Subscribers at a version older than this get a full snapshot.
+    oldest_delta_base: u64,
+    subscribers: BTreeMap<u64, SubscriberStatus>,
+    next_subscriber: u64,
+}
+
+/// What the controller knows of one connected subscriber (for `ambitctl status`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SubscriberStatus {
+    pub node: String,
+    pub role: String,
+    /// The last version it acknowledged.
+    pub acked: u64,
+    /// Its last refusal, if the latest update it answered was refused.
+    pub nack: Option<Nack>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Nack {
+    pub version: u64,
+    pub error: String,
+}
+
+pub struct Distributor {
+    state: Mutex<State>,
+    version: watch::Sender<u64>,
+}
+
+impl Default for Distributor {
+    fn default() -> Self {
+        Distributor {
+            state: Mutex::new(State {
+                version: 0,
+                resources: BTreeMap::new(),
+                changes: BTreeMap::new(),
+                oldest_delta_base: 0,
+                subscribers: BTreeMap::new(),
+                next_subscriber: 0,
+            }),
+            version: watch::channel(0).0,
+        }
+    }
+}
+
+impl Distributor {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the desired configuration; returns the new version, or `None` when nothing
+    /// changed (subscribers are not woken).
+    pub fn publish(&self, desired: Vec<Resource>) -> Option<u64> {
+        let mut state = self.state();
+        let desired: BTreeMap<Key, Resource> =
+            desired.into_iter().map(|r| (key_of(&r), r)).collect();
+        let mut changed = Vec::new();
+        for key in state.resources.keys() {
+            if !desired.contains_key(key) {
+                changed.push(key.clone());
+            }
+        }
+        for (key, resource) in &desired {
+            if state
+                .resources
+                .get(key)
+                .is_none_or(|old| **old != *resource)
+            {
+                changed.push(key.clone());
+            }
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        state.version += 1;
+        let version = state.version;
+        state.resources = desired.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
+        state.changes.insert(version, changed);
+        while state.changes.len() > HISTORY {
+            let (oldest, _) = state.changes.pop_first().expect("non-empty");
+            state.oldest_delta_base = oldest;
+        }
+        drop(state);
+        self.version.send_replace(version);
+        Some(version)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state().version
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// The update that brings a `role` subscriber at version `have` (0: nothing) to the
+    /// current version; `None` when it is current.
+    pub fn update_for(&self, role: Role, have: u64) -> Option<Update> {
+        let state = self.state();
+        if state.version == 0 || have == state.version {
+            return None;
+        }
+        let full = have == 0 || have < state.oldest_delta_base || have > state.version;
+        if full {
+            let upserts = state
+                .resources
+                .iter()
+                .filter(|(k, _)| wanted(role, &k.0))
+                .map(|(_, r)| (**r).clone())
+                .collect();
+            return Some(Update {
+                version: state.version,
+                base_version: 0,
+                upserts,
+                removes: Vec::new(),
+            });
+        }
+        let keys: BTreeSet<&Key> = state
+            .changes
+            .range(have + 1..)
+            .flat_map(|(_, keys)| keys)
+            .filter(|k| wanted(role, &k.0))
+            .collect();
+        if keys.is_empty() {
+            // Changes since `have` concern other roles only: move the subscriber forward
+            // with an empty delta, so its acknowledged version stays meaningful.
+            return Some(Update {
+                version: state.version,
+                base_version: have,
+                upserts: Vec::new(),
+                removes: Vec::new(),
+            });
+        }
+        let mut update = Update {
+            version: state.version,
+            base_version: have,
+            upserts: Vec::new(),
+            removes: Vec::new(),
+        };
+        for key in keys {
+            match state.resources.get(key) {
+                Some(resource) => update.upserts.push((**resource).clone()),
+                None => update.removes.push(ResourceKey {
+                    kind: key.0.clone(),
+                    namespace: key.1.clone(),
+                    name: key.2.clone(),
+                }),
+            }
+        }
+        Some(update)
+    }
+
+    fn register(&self, node: &str, role: Role) -> u64 {
+        let mut state = self.state();
+        state.next_subscriber += 1;
+        let id = state.next_subscriber;
+        state.subscribers.insert(
+            id,
+            SubscriberStatus {
+                node: node.to_owned(),
+                role: role.as_str_name().to_ascii_lowercase(),
+                ..SubscriberStatus::default()
+            },
+        );
+        id
+    }
+
+    fn set_status(&self, id: u64, update: impl FnOnce(&mut SubscriberStatus)) {
+        if let Some(status) = self.state().subscribers.get_mut(&id) {
+            update(status);
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        self.state().subscribers.remove(&id);
+    }
+
+    /// Connected subscribers and what they have acknowledged or refused.
+    pub fn subscribers(&self) -> Vec<SubscriberStatus> {
+        self.state().subscribers.values().cloned().collect()
+    }
+}

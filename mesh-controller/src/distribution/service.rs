@@ -1,0 +1,143 @@
+//! `ConfigService` over gRPC: one stream per subscriber, authenticated by the same bearer
+//! token as the certificate service (the node is who the token says, never what it claims).
+
+use std::{pin::Pin, sync::Arc};
+
+use mesh_core::config_pb::{
+    Role, SubscriberMessage, Update, config_service_server::ConfigService,
+    subscriber_message::Message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Distributor, Nack};
+use crate::ca_service::NodeAuthorizer;
+
+pub struct ConfigStreamService {
+    pub distributor: Arc<Distributor>,
+    /// `None` accepts everyone (tests on loopback only).
+    pub authorizer: Option<Arc<dyn NodeAuthorizer>>,
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConfigService for ConfigStreamService {
+    type StreamStream = UpdateStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<SubscriberMessage>>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let node = match &self.authorizer {
+            None => "anonymous".to_owned(),
+            Some(authorizer) => {
+                let token = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
+                authorizer.node_of(token).ok_or_else(|| {
+                    tracing::warn!("config subscription with an unknown token refused");
+                    Status::unauthenticated("unknown token")
+                })?
+            }
+        };
+        let mut inbound = request.into_inner();
+        let subscribe = match inbound.message().await? {
+            Some(SubscriberMessage {
+                message: Some(Message::Subscribe(subscribe)),
+            }) => subscribe,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be Subscribe",
+                ));
+            }
+        };
+        let role = Role::try_from(subscribe.role)
+            .ok()
+            .filter(|r| *r != Role::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("Subscribe.role must be NODE or WAYPOINT"))?;
+        let (tx, rx) = mpsc::channel(1);
+        let distributor = self.distributor.clone();
+        tokio::spawn(async move {
+            let id = distributor.register(&node, role);
+            if let Err(reason) =
+                serve_subscriber(&distributor, id, role, subscribe.resume_from, inbound, tx).await
+            {
+                tracing::info!(%node, %reason, "config subscriber left");
+            }
+            distributor.unregister(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends one update at a time and waits for its answer; between changes, waits for the next
+/// version (or the subscriber leaving).
+async fn serve_subscriber(
+    distributor: &Distributor,
+    id: u64,
+    role: Role,
+    resume_from: u64,
+    mut inbound: Streaming<SubscriberMessage>,
+    tx: mpsc::Sender<Result<Update, Status>>,
+) -> Result<(), String> {
+    let mut acked = resume_from;
+    // A refused version is not sent again; the next one starts from `acked`.
+    let mut refused: Option<u64> = None;
+    let mut versions = distributor.watch();
+    loop {
+        let current = *versions.borrow_and_update();
+        let pending = refused.is_none_or(|r| current > r);
+        let update = pending
+            .then(|| distributor.update_for(role, acked))
+            .flatten();
+        let Some(update) = update else {
+            tokio::select! {
+                changed = versions.changed() => changed.map_err(|_| "controller stopping")?,
+                message = inbound.message() => match message {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(_)) => return Err("a message while no update was pending".into()),
+                    Err(status) => return Err(status.to_string()),
+                },
+            }
+            continue;
+        };
+        let version = update.version;
+        tx.send(Ok(update)).await.map_err(|_| "stream closed")?;
+        match inbound.message().await {
+            Ok(Some(SubscriberMessage {
+                message: Some(Message::Ack(ack)),
+            })) if ack.version == version => {
+                acked = version;
+                refused = None;
+                distributor.set_status(id, |s| {
+                    s.acked = version;
+                    s.nack = None;
+                });
+            }
+            Ok(Some(SubscriberMessage {
+                message: Some(Message::Nack(nack)),
+            })) if nack.version == version => {
+                tracing::warn!(version, error = %nack.error, "a subscriber refused a configuration update; it keeps its previous one");
+                refused = Some(version);
+                distributor.set_status(id, |s| {
+                    s.nack = Some(Nack {
+                        version,
+                        error: nack.error.clone(),
+                    });
+                });
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(other)) => {
+                return Err(format!(
+                    "expected an answer to version {version}, got {other:?}"
+                ));
+            }
+            Err(status) => return Err(status.to_string()),
+        }
+    }
+}
