@@ -16,7 +16,7 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 
 use crate::resources::{gateway_api, networking, security};
 
@@ -24,6 +24,7 @@ use crate::resources::{gateway_api, networking, security};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
+    Pod,
     Service,
     VirtualService,
     DestinationRule,
@@ -39,6 +40,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
@@ -71,6 +73,7 @@ impl std::fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
     Service(Box<Service>),
     VirtualService(Box<networking::VirtualService>),
     DestinationRule(Box<networking::DestinationRule>),
@@ -100,6 +103,7 @@ macro_rules! typed {
 
 impl ConfigSet {
     typed!(namespaces, Namespace, Namespace);
+    typed!(pods, Pod, Pod);
     typed!(services, Service, Service);
     typed!(virtual_services, VirtualService, networking::VirtualService);
     typed!(
@@ -134,6 +138,7 @@ impl Resource {
         use kube::ResourceExt as _;
         let (kind, namespace, name) = match self {
             Resource::Namespace(r) => (Kind::Namespace, None, r.name_any()),
+            Resource::Pod(r) => (Kind::Pod, r.namespace(), r.name_any()),
             Resource::Service(r) => (Kind::Service, r.namespace(), r.name_any()),
             Resource::VirtualService(r) => (Kind::VirtualService, r.namespace(), r.name_any()),
             Resource::DestinationRule(r) => (Kind::DestinationRule, r.namespace(), r.name_any()),

@@ -6,13 +6,18 @@
 //! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
 //!   bootstrap token and letting each sign only for pods on its node;
 //! - `serve`: the gRPC server on mutual-TLS-free TLS (nodes have no certificate yet);
+//! - `compile`: a validated configuration as the resources subscribers receive;
 //! - `config`: a configuration set from any source, loading YAML, validation;
 //! - `distribution`: versioned deltas for subscribers and the `ConfigService` stream;
+//! - `source`: configuration sources (a directory, the Kubernetes API) and the debounced
+//!   publish loop;
 //! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
 //!   `Gateway` for waypoints), with their CRDs.
 pub mod ca;
 pub mod ca_service;
+pub mod compile;
 pub mod config;
 pub mod distribution;
 pub mod resources;
 pub mod serve;
+pub mod source;

@@ -127,6 +127,7 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
     match (group, kind.as_str()) {
         ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
         ("", "Service") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Service)),
+        ("", "Pod") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Pod)),
         ("networking.istio.io", kind) => {
             served(&["v1alpha3", "v1beta1", "v1"])?;
             // One schema in every version: read it as the stored one.

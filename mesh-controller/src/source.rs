@@ -1,0 +1,137 @@
+//! Where configuration comes from, behind one trait: a directory of YAML (local mode) or the
+//! Kubernetes API. [`run`] turns every (debounced) change into a validated, compiled set for
+//! the distributor, and reports each resource's conditions through a [`StatusSink`].
+//!
+//! # Layout
+//! - `dir`: local mode, a directory of the same YAML users `kubectl apply`;
+//! - `kube`: reflectors on the API server, objects read one by one so one bad object never
+//!   hides the rest.
+
+pub mod dir;
+pub mod kube;
+
+use std::time::Duration;
+
+use crate::{
+    compile,
+    config::{ConfigSet, ObjectKey, load::LoadError, validate},
+    distribution::Distributor,
+    resources::common::Condition,
+};
+
+/// Quiet time that ends a burst of changes, and the longest a burst may delay an update.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+pub trait ConfigSource: Send {
+    /// The configuration as it is now, and the objects that could not be read.
+    fn snapshot(&mut self) -> (ConfigSet, Vec<LoadError>);
+    /// Resolves once something may have changed since the last call.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Where validation results go: resource status in Kubernetes, the log in local mode.
+pub trait StatusSink: Send {
+    fn report(
+        &mut self,
+        set: &ConfigSet,
+        statuses: Vec<(ObjectKey, Vec<Condition>)>,
+        errors: &[LoadError],
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Logs what is not accepted (local mode), once per change of findings.
+#[derive(Default)]
+pub struct LogStatus {
+    last: Vec<String>,
+}
+
+impl StatusSink for LogStatus {
+    async fn report(
+        &mut self,
+        _set: &ConfigSet,
+        statuses: Vec<(ObjectKey, Vec<Condition>)>,
+        errors: &[LoadError],
+    ) {
+        let mut lines: Vec<String> = errors.iter().map(|e| format!("not loaded: {e}")).collect();
+        for (key, conditions) in statuses {
+            for c in conditions.iter().filter(|c| c.status != "True") {
+                lines.push(format!("{key}: {} {}: {}", c.type_, c.reason, c.message));
+            }
+        }
+        if lines != self.last {
+            for line in &lines {
+                tracing::warn!("{line}");
+            }
+            self.last = lines;
+        }
+    }
+}
+
+/// Builds, validates, compiles and publishes the configuration, then again after every
+/// burst of changes; never returns.
+pub async fn run(
+    mut source: impl ConfigSource,
+    mut status: impl StatusSink,
+    distributor: &Distributor,
+    domain: &str,
+) {
+    loop {
+        publish_once(&mut source, &mut status, distributor, domain).await;
+        source.changed().await;
+        let first = tokio::time::Instant::now();
+        while first.elapsed() < MAX_DELAY {
+            let window = DEBOUNCE.min(MAX_DELAY.saturating_sub(first.elapsed()));
+            if tokio::time::timeout(window, source.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// One round: snapshot, validate, publish, report. Returns the published version, if any.
+pub async fn publish_once(
+    source: &mut impl ConfigSource,
+    status: &mut impl StatusSink,
+    distributor: &Distributor,
+    domain: &str,
+) -> Option<u64> {
+    let (set, errors) = source.snapshot();
+    let validation = validate::validate(&set, domain);
+    let version = distributor.publish(compile::compile(&set, &validation, domain));
+    let statuses = set
+        .resources
+        .keys()
+        .filter(|k| has_status(k))
+        .map(|k| (k.clone(), validation.conditions(k, generation(&set, k))))
+        .collect();
+    status.report(&set, statuses, &errors).await;
+    version
+}
+
+/// Kinds whose status Ambit owns (not Pods, Services or Namespaces).
+fn has_status(key: &ObjectKey) -> bool {
+    use crate::config::Kind;
+    !matches!(key.kind, Kind::Namespace | Kind::Pod | Kind::Service)
+}
+
+fn generation(set: &ConfigSet, key: &ObjectKey) -> Option<i64> {
+    use crate::config::Resource as R;
+    use ::kube::Resource as _;
+    let meta = match set.resources.get(key)? {
+        R::VirtualService(r) => r.meta(),
+        R::DestinationRule(r) => r.meta(),
+        R::Gateway(r) => r.meta(),
+        R::ServiceEntry(r) => r.meta(),
+        R::PeerAuthentication(r) => r.meta(),
+        R::AuthorizationPolicy(r) => r.meta(),
+        R::K8sGateway(r) => r.meta(),
+        R::Namespace(r) => r.meta(),
+        R::Pod(r) => r.meta(),
+        R::Service(r) => r.meta(),
+    };
+    meta.generation
+}

@@ -1,0 +1,155 @@
+//! The same YAML through the local directory source and through the Kubernetes source (a fake
+//! API server: kube-fake-client; it lists but cannot watch, so the reflectors' initial list is
+//! what is compared) gives a node the same configuration.
+
+use std::time::Duration;
+
+use mesh_controller::{
+    compile::compile,
+    config::validate::validate,
+    distribution::wanted,
+    resources::{gateway_api, networking, security},
+    source::{ConfigSource, dir::DirSource, kube::KubeSource},
+};
+use mesh_core::config_pb::{Resource, Role};
+
+const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {ambit.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-1, namespace: shop, labels: {app: cart, version: v1}}
+spec:
+  nodeName: n0
+  serviceAccountName: cart
+  containers: [{name: app, image: cart}]
+status: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: shop, labels: {app: legacy, ambit.io/dataplane-mode: none}}
+spec:
+  nodeName: n1
+  containers: [{name: app, image: legacy}]
+status: {podIP: 10.0.1.7, podIPs: [{ip: 10.0.1.7}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  selector: {app: cart}
+  ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cart-deny, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9000"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: ["nine"]}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http: [{route: [{destination: {host: cart}}]}]
+"#;
+
+fn node_view(source: &mut impl ConfigSource) -> Vec<Resource> {
+    let (set, errors) = source.snapshot();
+    assert!(errors.is_empty(), "{errors:?}");
+    let validation = validate(&set, "cluster.local");
+    compile(&set, &validation, "cluster.local")
+        .into_iter()
+        .filter(|r| wanted(Role::Node, &r.key.as_ref().unwrap().kind))
+        .collect()
+}
+
+#[tokio::test]
+async fn directory_and_kubernetes_sources_give_the_same_node_view() {
+    let dir = std::env::temp_dir().join(format!("ambit-sources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), YAML).unwrap();
+    let from_dir = node_view(&mut DirSource::new(dir.clone(), None));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let objects: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(YAML)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    let seeded: Vec<serde_json::Value> = objects
+        .iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .cloned()
+        .collect();
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<networking::VirtualService>()
+        .with_resource::<networking::DestinationRule>()
+        .with_resource::<networking::Gateway>()
+        .with_resource::<networking::ServiceEntry>()
+        .with_resource::<security::PeerAuthentication>()
+        .with_resource::<security::AuthorizationPolicy>()
+        .with_resource::<gateway_api::Gateway>()
+        .with_runtime_objects(seeded)
+        .build()
+        .await
+        .unwrap();
+    // The fake API server cannot list cluster-scoped Namespaces: a shim plays their watch.
+    let namespaces: Vec<kube::api::DynamicObject> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .map(|o| serde_json::from_value(o.clone()).unwrap())
+        .collect();
+    let mut source = KubeSource::start_with(client, move |ar| {
+        use futures_util::StreamExt as _;
+        use kube::runtime::watcher::Event;
+        (ar.kind == "Namespace").then(|| {
+            let mut events = vec![Ok(Event::Init)];
+            events.extend(namespaces.iter().cloned().map(|n| Ok(Event::InitApply(n))));
+            events.push(Ok(Event::InitDone));
+            futures_util::stream::iter(events)
+                .chain(futures_util::stream::pending())
+                .boxed()
+        })
+    });
+    tokio::time::timeout(Duration::from_secs(10), source.ready())
+        .await
+        .expect("every kind listed within 10 s");
+    let from_kube = node_view(&mut source);
+
+    let kinds: Vec<String> = from_dir
+        .iter()
+        .map(|r| {
+            let k = r.key.as_ref().unwrap();
+            format!("{} {}/{}", k.kind, k.namespace, k.name)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Workload shop/cart-1",
+            "Workload shop/legacy",
+            "Service shop/cart",
+            "PeerAuthentication shop/default",
+            "AuthorizationPolicy shop/cart-deny",
+        ],
+        "the broken policy is left out; a node gets no VirtualService"
+    );
+    assert_eq!(from_dir, from_kube);
+}
