@@ -106,22 +106,24 @@ impl Distributor {
     /// Replaces the desired configuration; returns the new version, or `None` when nothing
     /// changed (subscribers are not woken).
     pub fn publish(&self, desired: Vec<Resource>) -> Option<u64> {
-        let mut state = self.state();
         let desired: BTreeMap<Key, Resource> =
             desired.into_iter().map(|r| (key_of(&r), r)).collect();
-        let mut changed = Vec::new();
-        for key in state.resources.keys() {
-            if !desired.contains_key(key) {
-                changed.push(key.clone());
-            }
+        let mut state = self.state();
+        // In place: only what changed is touched (a change to one pod of 10,000 is cheap).
+        let gone: Vec<Key> = state
+            .resources
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut changed = gone.clone();
+        for key in &gone {
+            state.resources.remove(key);
         }
-        for (key, resource) in &desired {
-            if state
-                .resources
-                .get(key)
-                .is_none_or(|old| **old != *resource)
-            {
+        for (key, resource) in desired {
+            if state.resources.get(&key).is_none_or(|old| **old != resource) {
                 changed.push(key.clone());
+                state.resources.insert(key, Arc::new(resource));
             }
         }
         if changed.is_empty() {
@@ -129,7 +131,6 @@ impl Distributor {
         }
         state.version += 1;
         let version = state.version;
-        state.resources = desired.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
         state.changes.insert(version, changed);
         while state.changes.len() > HISTORY {
             let (oldest, _) = state.changes.pop_first().expect("non-empty");

@@ -1,6 +1,6 @@
-//! Ambit's controller. Today, local mode's certificate authority: it keeps the mesh root in a
-//! directory and signs workload certificates for node agents over gRPC (TLS, port 15012).
-//! The control-plane issue adds Kubernetes watches, validation and the config stream.
+//! Ambit's controller in local mode: the certificate authority (the mesh root kept in a
+//! directory, workload certificates for node agents) and, with `--config-dir`, the validated
+//! configuration streamed to subscribers, both over gRPC on one TLS port (15012).
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -8,10 +8,13 @@ use clap::Parser;
 use mesh_controller::{
     ca::CertificateAuthority,
     ca_service::{CaService, LocalAuthorizer},
+    distribution::{Distributor, service::ConfigStreamService},
     serve,
+    source::{self, LogStatus, dir::DirSource},
 };
 use mesh_core::{
-    Identity, pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
+    Identity, config_pb::config_service_server::ConfigServiceServer,
+    pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +40,14 @@ struct Args {
     /// Address of the certificate service.
     #[arg(long, env = "AMBIT_CA_ADDR", default_value = "0.0.0.0:15012")]
     ca_addr: SocketAddr,
+    /// Local mode's configuration: a directory of the YAML users would `kubectl apply`
+    /// (Namespaces, Services, Istio resources), reloaded on change and streamed to
+    /// subscribers on the same port as the certificate service.
+    #[arg(long, env = "AMBIT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// The cluster's DNS domain (service hostnames).
+    #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
     /// The longest workload certificate lifetime granted, in seconds.
     #[arg(long, env = "AMBIT_MAX_CERT_LIFETIME", default_value_t = 24 * 3600)]
     max_cert_lifetime: u64,
@@ -69,17 +80,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.ca_addr)
         .await
         .with_context(|| format!("binding {}", args.ca_addr))?;
+    let authorizer = Arc::new(LocalAuthorizer {
+        tokens_file: args.tokens_file,
+        pods_file: args.pods_file.clone(),
+    });
     let service = CaService {
         ca,
-        authorizer: Arc::new(LocalAuthorizer {
-            tokens_file: args.tokens_file,
-            pods_file: args.pods_file,
-        }),
+        authorizer: authorizer.clone(),
         max_lifetime: Duration::from_secs(args.max_cert_lifetime),
     };
-    tracing::info!(addr = %args.ca_addr, %identity, "certificate service ready");
+    let distributor = Arc::new(Distributor::default());
+    if let Some(dir) = args.config_dir {
+        let source = DirSource::new(dir, Some(args.pods_file));
+        let (distributor, domain) = (distributor.clone(), args.cluster_domain);
+        tokio::spawn(async move {
+            source::run(source, LogStatus::default(), &distributor, &domain).await;
+        });
+    }
+    let config_service = ConfigStreamService {
+        distributor,
+        authorizer: Some(authorizer),
+    };
+    tracing::info!(addr = %args.ca_addr, %identity, "certificate and configuration services ready");
     tonic::transport::Server::builder()
         .add_service(IstioCertificateServiceServer::new(service))
+        .add_service(ConfigServiceServer::new(config_service))
         .serve_with_incoming_shutdown(serve::tls_incoming(listener, config), shutdown())
         .await?;
     Ok(())

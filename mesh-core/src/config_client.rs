@@ -25,29 +25,60 @@ pub struct ConfigView {
 }
 
 impl ConfigView {
-    /// This view with `update` applied, or why it does not apply.
-    pub fn applied(&self, update: &Update) -> Result<ConfigView, String> {
-        let mut next = match update.base_version {
-            0 => ConfigView::default(),
-            base if base == self.version => self.clone(),
-            base => {
-                return Err(format!(
-                    "update {} is a delta on version {base}, but this subscriber has version {}",
-                    update.version, self.version
-                ));
-            }
-        };
+    /// Applies `update` in place if `accept` approves the result; otherwise leaves the view
+    /// exactly as it was and returns why. Costs what the update touches, not the whole view
+    /// (plus what `accept` itself looks at).
+    pub fn apply(
+        &mut self,
+        update: &Update,
+        accept: impl FnOnce(&ConfigView) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if update.base_version != 0 && update.base_version != self.version {
+            return Err(format!(
+                "update {} is a delta on version {}, but this subscriber has version {}",
+                update.version, update.base_version, self.version
+            ));
+        }
+        if update.upserts.iter().any(|r| r.key.is_none()) {
+            return Err("a resource without a key".to_owned());
+        }
+        let previous_version = self.version;
+        // What to put back if the result is refused.
+        let mut undo: Vec<(Key, Option<Resource>)> = Vec::new();
+        let snapshot = (update.base_version == 0).then(|| std::mem::take(&mut self.resources));
         for resource in &update.upserts {
-            let key = resource.key.clone().ok_or("a resource without a key")?;
-            next.resources
-                .insert((key.kind, key.namespace, key.name), resource.clone());
+            let k = resource.key.clone().expect("checked above");
+            let key = (k.kind, k.namespace, k.name);
+            let old = self.resources.insert(key.clone(), resource.clone());
+            if snapshot.is_none() {
+                undo.push((key, old));
+            }
         }
-        for key in &update.removes {
-            next.resources
-                .remove(&(key.kind.clone(), key.namespace.clone(), key.name.clone()));
+        for k in &update.removes {
+            let key = (k.kind.clone(), k.namespace.clone(), k.name.clone());
+            if let Some(old) = self.resources.remove(&key)
+                && snapshot.is_none()
+            {
+                undo.push((key, Some(old)));
+            }
         }
-        next.version = update.version;
-        Ok(next)
+        self.version = update.version;
+        if let Err(error) = accept(self) {
+            self.version = previous_version;
+            match snapshot {
+                Some(resources) => self.resources = resources,
+                None => {
+                    for (key, old) in undo.into_iter().rev() {
+                        match old {
+                            Some(resource) => self.resources.insert(key, resource),
+                            None => self.resources.remove(&key),
+                        };
+                    }
+                }
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 }
 
@@ -82,12 +113,8 @@ pub async fn follow(
     }
     let mut updates = client.stream(request).await?.into_inner();
     while let Some(update) = updates.message().await? {
-        let answer = match view.applied(&update).and_then(|next| {
-            accept(&next)?;
-            Ok(next)
-        }) {
-            Ok(next) => {
-                *view = next;
+        let answer = match view.apply(&update, &mut accept) {
+            Ok(()) => {
                 applied(view, &update);
                 Message::Ack(Ack {
                     version: update.version,
