@@ -121,7 +121,11 @@ impl Distributor {
             state.resources.remove(key);
         }
         for (key, resource) in desired {
-            if state.resources.get(&key).is_none_or(|old| **old != resource) {
+            if state
+                .resources
+                .get(&key)
+                .is_none_or(|old| **old != resource)
+            {
                 changed.push(key.clone());
                 state.resources.insert(key, Arc::new(resource));
             }

@@ -5,10 +5,12 @@
 //! # Layout
 //! - `dir`: local mode, a directory of the same YAML users `kubectl apply`;
 //! - `kube`: reflectors on the API server, objects read one by one so one bad object never
-//!   hides the rest.
+//!   hides the rest;
+//! - `status`: validation results written to each resource's status conditions.
 
 pub mod dir;
 pub mod kube;
+pub mod status;
 
 use std::time::Duration;
 

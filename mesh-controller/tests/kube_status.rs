@@ -1,0 +1,154 @@
+//! Against a fake API server (kube-fake-client): resources are reconciled on create, update and
+//! delete, and their status conditions are written. The fake lists but cannot watch, so each
+//! step lists afresh (a new source) and runs one reconcile round.
+
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use mesh_controller::{
+    distribution::Distributor,
+    resources::{gateway_api, networking, security},
+    source::{
+        kube::{EventStream, KubeSource},
+        publish_once,
+        status::KubeStatus,
+    },
+};
+
+const YAML: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: bookinfo, generation: 1}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo, generation: 1}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#;
+
+/// The fake cannot list cluster-scoped Namespaces: a shim plays an empty watch for them.
+fn no_namespaces(ar: &kube::api::ApiResource) -> Option<EventStream> {
+    use futures_util::StreamExt as _;
+    use kube::runtime::watcher::Event;
+    (ar.kind == "Namespace").then(|| {
+        futures_util::stream::iter([Ok(Event::Init), Ok(Event::InitDone)])
+            .chain(futures_util::stream::pending())
+            .boxed()
+    })
+}
+
+async fn listed(client: &kube::Client) -> KubeSource {
+    let source = KubeSource::start_with(client.clone(), no_namespaces);
+    tokio::time::timeout(Duration::from_secs(10), source.ready())
+        .await
+        .expect("listed within 10 s");
+    source
+}
+
+fn accepted(conditions: &[mesh_controller::resources::common::Condition]) -> (String, String) {
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == "Accepted")
+        .expect("an Accepted condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test]
+async fn status_follows_create_update_and_delete() {
+    let objects: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(YAML)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<networking::VirtualService>()
+        .with_status_subresource::<networking::VirtualService>()
+        .with_resource::<networking::DestinationRule>()
+        .with_status_subresource::<networking::DestinationRule>()
+        .with_resource::<networking::Gateway>()
+        .with_resource::<networking::ServiceEntry>()
+        .with_resource::<security::PeerAuthentication>()
+        .with_resource::<security::AuthorizationPolicy>()
+        .with_resource::<gateway_api::Gateway>()
+        .with_runtime_objects(objects)
+        .build()
+        .await
+        .unwrap();
+    let distributor = Distributor::default();
+    let mut status = KubeStatus::new(client.clone());
+    let vs_api: Api<networking::VirtualService> = Api::namespaced(client.clone(), "bookinfo");
+    let dr_api: Api<networking::DestinationRule> = Api::namespaced(client.clone(), "bookinfo");
+
+    // Created: the bad split is refused with its reason, the DestinationRule accepted.
+    let mut source = listed(&client).await;
+    let v1 = publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
+    assert_eq!(v1, Some(1));
+    let vs = vs_api.get_status("reviews").await.unwrap();
+    let conditions = vs.status.unwrap().conditions;
+    assert_eq!(
+        accepted(&conditions),
+        ("False".to_owned(), "InvalidWeights".to_owned())
+    );
+    assert!(conditions[0].message.contains("sum to 110, not 100"));
+    assert_eq!(conditions[0].observed_generation, Some(1));
+    let dr = dr_api.get_status("reviews").await.unwrap();
+    assert_eq!(
+        accepted(&dr.status.unwrap().conditions),
+        ("True".to_owned(), "Accepted".to_owned())
+    );
+    assert_eq!(distributor.version(), 1);
+
+    // Updated: the fixed split is accepted.
+    let fix = serde_json::json!({"spec": {"http": [{"route": [
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
+        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 10}
+    ]}]}});
+    vs_api
+        .patch("reviews", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    let mut source = listed(&client).await;
+    let v2 = publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
+    assert_eq!(v2, Some(2), "the now valid VirtualService is distributed");
+    let vs = vs_api.get_status("reviews").await.unwrap();
+    let conditions = vs.status.unwrap().conditions;
+    assert_eq!(
+        accepted(&conditions),
+        ("True".to_owned(), "Accepted".to_owned())
+    );
+    let refs = conditions
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .unwrap();
+    assert!(!refs.message.contains("defines subset"), "{}", refs.message);
+
+    // Deleted: the DestinationRule leaves the configuration, and the route's subsets no longer
+    // resolve (reported, still accepted).
+    dr_api
+        .delete("reviews", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut source = listed(&client).await;
+    let v3 = publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
+    assert_eq!(v3, Some(3));
+    let vs = vs_api.get_status("reviews").await.unwrap();
+    let conditions = vs.status.unwrap().conditions;
+    let refs = conditions
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(refs.status, "False");
+    assert!(
+        refs.message.contains(
+            "no DestinationRule for reviews.bookinfo.svc.cluster.local defines subset \"v1\""
+        ),
+        "{}",
+        refs.message
+    );
+}
