@@ -11,6 +11,7 @@
 //! - `distribution`: versioned deltas for subscribers and the `ConfigService` stream;
 //! - `source`: configuration sources (a directory, the Kubernetes API) and the debounced
 //!   publish loop;
+//! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway;
 //! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
 //!   `Gateway` for waypoints), with their CRDs.
 pub mod ca;
@@ -21,3 +22,4 @@ pub mod distribution;
 pub mod resources;
 pub mod serve;
 pub mod source;
+pub mod waypoint;

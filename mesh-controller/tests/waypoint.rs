@@ -1,0 +1,150 @@
+//! Waypoint lifecycle against a fake API server (kube-fake-client): a Gateway of class
+//! `ambit-waypoint` gets a ServiceAccount, Deployment and Service it owns, and a finalizer;
+//! a Gateway being deleted has them removed and the finalizer released; other classes are
+//! left alone.
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Service, ServiceAccount},
+};
+use kube::{Api, ResourceExt as _};
+use mesh_controller::{
+    resources::gateway_api::Gateway,
+    waypoint::{FINALIZER, Outcome, reconcile},
+};
+
+fn gateway(name: &str, class: &str, extra_metadata: serde_json::Value) -> serde_json::Value {
+    let mut metadata =
+        serde_json::json!({"name": name, "namespace": "bookinfo", "uid": format!("uid-{name}")});
+    if let (Some(m), Some(extra)) = (metadata.as_object_mut(), extra_metadata.as_object()) {
+        m.extend(extra.clone());
+    }
+    serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": metadata,
+        "spec": {"gatewayClassName": class, "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+    })
+}
+
+async fn client(objects: Vec<serde_json::Value>) -> kube::Client {
+    kube_fake_client::ClientBuilder::new()
+        .with_resource::<Gateway>()
+        .with_runtime_objects(objects)
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
+    let client = client(vec![
+        gateway("waypoint", "ambit-waypoint", serde_json::json!({})),
+        gateway("other", "istio", serde_json::json!({})),
+    ])
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), "bookinfo");
+    let gw = gateways.get("waypoint").await.unwrap();
+    assert_eq!(
+        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        Outcome::Applied
+    );
+
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+        .get("waypoint")
+        .await
+        .expect("the waypoint Deployment");
+    let owner = &deployment.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Gateway", "waypoint")
+    );
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("mesh-waypoint:test")
+    );
+    let service = Api::<Service>::namespaced(client.clone(), "bookinfo")
+        .get("waypoint")
+        .await
+        .expect("the waypoint Service");
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 15008);
+    Api::<ServiceAccount>::namespaced(client.clone(), "bookinfo")
+        .get("waypoint")
+        .await
+        .expect("the waypoint ServiceAccount");
+    let gw = gateways.get("waypoint").await.unwrap();
+    assert!(gw.finalizers().iter().any(|f| f == FINALIZER));
+
+    // Reconciling again changes nothing and does not fail.
+    assert_eq!(
+        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        Outcome::Applied
+    );
+
+    let other = gateways.get("other").await.unwrap();
+    assert_eq!(
+        reconcile(&client, &other, "mesh-waypoint:test")
+            .await
+            .unwrap(),
+        Outcome::Ignored
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+            .get_opt("other")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_waypoint_gateway_has_its_objects_removed_then_goes() {
+    // The fake cannot set deletionTimestamp on delete: seed a Gateway already being deleted,
+    // with the objects an earlier reconcile made.
+    let deleting = gateway(
+        "waypoint",
+        "ambit-waypoint",
+        serde_json::json!({"deletionTimestamp": "2026-11-22T00:00:00Z", "finalizers": [FINALIZER]}),
+    );
+    let owned = |kind: &str, api: &str| serde_json::json!({"apiVersion": api, "kind": kind, "metadata": {"name": "waypoint", "namespace": "bookinfo"}});
+    let mut deployment = owned("Deployment", "apps/v1");
+    deployment["spec"] = serde_json::json!({"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "w", "image": "w"}]}}});
+    let client = client(vec![
+        deleting,
+        deployment,
+        owned("Service", "v1"),
+        owned("ServiceAccount", "v1"),
+    ])
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), "bookinfo");
+    let gw = gateways.get("waypoint").await.unwrap();
+    assert_eq!(
+        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        Outcome::Removed
+    );
+    for present in [
+        Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+            .get_opt("waypoint")
+            .await
+            .unwrap()
+            .is_some(),
+        Api::<Service>::namespaced(client.clone(), "bookinfo")
+            .get_opt("waypoint")
+            .await
+            .unwrap()
+            .is_some(),
+        Api::<ServiceAccount>::namespaced(client.clone(), "bookinfo")
+            .get_opt("waypoint")
+            .await
+            .unwrap()
+            .is_some(),
+    ] {
+        assert!(!present, "an owned object survived");
+    }
+    assert!(
+        gateways.get_opt("waypoint").await.unwrap().is_none(),
+        "with the finalizer released the Gateway is gone"
+    );
+}
