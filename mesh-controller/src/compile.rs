@@ -1,6 +1,6 @@
 //! From a validated configuration to what subscribers receive: workloads (pods with their
 //! enrollment and waypoint), services, and the accepted Istio resources. Rejected resources
-//! are left out; the rest goes out.
+//! are left out, except AuthorizationPolicies, which nodes enforce failing closed.
 
 use std::collections::BTreeMap;
 
@@ -23,7 +23,10 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
         .collect();
     let mut out = Vec::new();
     for (key, resource) in &set.resources {
-        if !validation.accepted(key) {
+        // A rejected AuthorizationPolicy still goes out: node agents enforce a policy they
+        // find invalid failing closed (a broken DENY denies everything it selects, a broken
+        // ALLOW admits nothing), so a typo never opens access. Other rejected kinds stay out.
+        if !validation.accepted(key) && key.kind != Kind::AuthorizationPolicy {
             continue;
         }
         let body = match resource {

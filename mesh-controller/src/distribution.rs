@@ -145,6 +145,11 @@ impl Distributor {
         Some(version)
     }
 
+    /// Every published resource, in key order.
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        self.state().resources.values().cloned().collect()
+    }
+
     pub fn version(&self) -> u64 {
         self.state().version
     }

@@ -2,6 +2,7 @@
 //! control-plane issue adds resource types, validation, config sources and the config stream.
 //!
 //! # Layout
+//! - `admin`: the loopback admin endpoint `ambitctl` reads (`/status`, `/config_dump`);
 //! - `ca`: the mesh's root, and signing workload certificates for SPIFFE identities;
 //! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
 //!   bootstrap token and letting each sign only for pods on its node;
@@ -14,6 +15,7 @@
 //! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway;
 //! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
 //!   `Gateway` for waypoints), with their CRDs.
+pub mod admin;
 pub mod ca;
 pub mod ca_service;
 pub mod compile;

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use mesh_controller::{
+    admin,
     ca::CertificateAuthority,
     ca_service::{CaService, LocalAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
@@ -45,6 +46,13 @@ struct Args {
     /// subscribers on the same port as the certificate service.
     #[arg(long, env = "AMBIT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// Admin endpoint (`/status`, `/config_dump`) that `ambitctl` reads. Keep it on loopback.
+    #[arg(
+        long,
+        env = "AMBIT_CONTROLLER_ADMIN_ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
+    admin_addr: SocketAddr,
     /// The cluster's DNS domain (service hostnames).
     #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -90,11 +98,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_lifetime: Duration::from_secs(args.max_cert_lifetime),
     };
     let distributor = Arc::new(Distributor::default());
+    let status = LogStatus::default();
+    admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
+        .await
+        .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
     if let Some(dir) = args.config_dir {
         let source = DirSource::new(dir, Some(args.pods_file));
         let (distributor, domain) = (distributor.clone(), args.cluster_domain);
         tokio::spawn(async move {
-            source::run(source, LogStatus::default(), &distributor, &domain).await;
+            source::run(source, status, &distributor, &domain).await;
         });
     }
     let config_service = ConfigStreamService {

@@ -42,10 +42,12 @@ pub trait StatusSink: Send {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Logs what is not accepted (local mode), once per change of findings.
+/// Logs what is not accepted (local mode), once per change of findings, and keeps the last
+/// report for the admin endpoint.
 #[derive(Default)]
 pub struct LogStatus {
     last: Vec<String>,
+    pub report: crate::admin::SharedReport,
 }
 
 impl StatusSink for LogStatus {
@@ -56,6 +58,19 @@ impl StatusSink for LogStatus {
         errors: &[LoadError],
     ) {
         let mut lines: Vec<String> = errors.iter().map(|e| format!("not loaded: {e}")).collect();
+        let resources = statuses
+            .iter()
+            .map(|(key, conditions)| crate::admin::ResourceReport {
+                kind: key.kind.name().to_owned(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                conditions: conditions.clone(),
+            })
+            .collect();
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = crate::admin::Report {
+            resources,
+            errors: errors.iter().map(ToString::to_string).collect(),
+        };
         for (key, conditions) in statuses {
             for c in conditions.iter().filter(|c| c.status != "True") {
                 lines.push(format!("{key}: {} {}: {}", c.type_, c.reason, c.message));

@@ -147,9 +147,10 @@ async fn directory_and_kubernetes_sources_give_the_same_node_view() {
             "Workload shop/legacy",
             "Service shop/cart",
             "PeerAuthentication shop/default",
+            "AuthorizationPolicy shop/broken",
             "AuthorizationPolicy shop/cart-deny",
         ],
-        "the broken policy is left out; a node gets no VirtualService"
+        "the broken policy goes out too (nodes fail closed on it); a node gets no VirtualService"
     );
     assert_eq!(from_dir, from_kube);
 }

@@ -1,0 +1,110 @@
+//! The controller's admin endpoint (loopback by default), what `ambitctl` reads:
+//! `/status` (version, subscribers and what they acknowledged or refused, each resource's
+//! conditions, objects that could not be read) and `/config_dump` (every published resource).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use mesh_core::config_pb::{self as pb, resource::Body};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{distribution::Distributor, resources::common::Condition};
+
+/// The last validation round, as reported.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub resources: Vec<ResourceReport>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourceReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub conditions: Vec<Condition>,
+}
+
+pub type SharedReport = Arc<Mutex<Report>>;
+
+/// Binds now (a port conflict fails start-up) and serves in the background.
+pub async fn serve(
+    addr: SocketAddr,
+    distributor: Arc<Distributor>,
+    report: SharedReport,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (distributor, report) = (distributor.clone(), report.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = route(req.uri().path(), &distributor, &report);
+                    async move { Ok::<_, Infallible>(body) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn route(path: &str, distributor: &Distributor, report: &SharedReport) -> Response<Full<Bytes>> {
+    let value = match path {
+        "/status" => {
+            let report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json!({
+                "version": distributor.version(),
+                "subscribers": distributor.subscribers(),
+                "resources": report.resources,
+                "errors": report.errors,
+            })
+        }
+        "/config_dump" => json!({
+            "version": distributor.version(),
+            "resources": distributor.resources().iter().map(|r| to_json(r)).collect::<Vec<_>>(),
+        }),
+        _ => {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Full::new(Bytes::from_static(b"not found\n")))
+                .expect("static response");
+        }
+    };
+    let body = serde_json::to_string_pretty(&value).unwrap_or_default();
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response")
+}
+
+/// A published resource as JSON: its key and its body.
+pub fn to_json(resource: &pb::Resource) -> Value {
+    let key = resource.key.clone().unwrap_or_default();
+    let body = match &resource.body {
+        Some(Body::Workload(w)) => json!({
+            "node": w.node, "addresses": w.addresses, "serviceAccount": w.service_account,
+            "labels": w.labels, "enrolled": w.enrolled, "waypoint": w.waypoint,
+        }),
+        Some(Body::Service(s)) => json!({
+            "hostname": s.hostname, "addresses": s.addresses, "selector": s.selector,
+            "waypoint": s.waypoint,
+            "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "protocol": p.protocol})).collect::<Vec<_>>(),
+        }),
+        Some(Body::IstioJson(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    json!({"kind": key.kind, "namespace": key.namespace, "name": key.name, "spec": body})
+}
