@@ -4,15 +4,13 @@
 
 use std::time::Duration;
 
+mod common;
+
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use mesh_controller::{
     distribution::Distributor,
-    resources::{gateway_api, networking, security},
-    source::{
-        kube::{EventStream, KubeSource},
-        publish_once,
-        status::KubeStatus,
-    },
+    resources::networking,
+    source::{kube::KubeSource, publish_once, status::KubeStatus},
 };
 
 const YAML: &str = r#"
@@ -34,19 +32,8 @@ spec:
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 "#;
 
-/// The fake cannot list cluster-scoped Namespaces: a shim plays an empty watch for them.
-fn no_namespaces(ar: &kube::api::ApiResource) -> Option<EventStream> {
-    use futures_util::StreamExt as _;
-    use kube::runtime::watcher::Event;
-    (ar.kind == "Namespace").then(|| {
-        futures_util::stream::iter([Ok(Event::Init), Ok(Event::InitDone)])
-            .chain(futures_util::stream::pending())
-            .boxed()
-    })
-}
-
 async fn listed(client: &kube::Client) -> KubeSource {
-    let source = KubeSource::start_with(client.clone(), no_namespaces);
+    let source = KubeSource::start_with(client.clone(), common::namespaces_shim(&[]));
     tokio::time::timeout(Duration::from_secs(10), source.ready())
         .await
         .expect("listed within 10 s");
@@ -63,23 +50,7 @@ fn accepted(conditions: &[mesh_controller::resources::common::Condition]) -> (St
 
 #[tokio::test]
 async fn status_follows_create_update_and_delete() {
-    let objects: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(YAML)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .collect();
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<networking::VirtualService>()
-        .with_status_subresource::<networking::VirtualService>()
-        .with_resource::<networking::DestinationRule>()
-        .with_status_subresource::<networking::DestinationRule>()
-        .with_resource::<networking::Gateway>()
-        .with_resource::<networking::ServiceEntry>()
-        .with_resource::<security::PeerAuthentication>()
-        .with_resource::<security::AuthorizationPolicy>()
-        .with_resource::<gateway_api::Gateway>()
-        .with_runtime_objects(objects)
-        .build()
-        .await
-        .unwrap();
+    let client = common::fake_client(&common::objects(YAML)).await;
     let distributor = Distributor::default();
     let mut status = KubeStatus::new(client.clone());
     let vs_api: Api<networking::VirtualService> = Api::namespaced(client.clone(), "bookinfo");

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+mod common;
+
 use mesh_controller::{
     compile::compile,
     config::validate::validate,
     distribution::wanted,
-    resources::{gateway_api, networking, security},
     source::{ConfigSource, dir::DirSource, kube::KubeSource},
 };
 use mesh_core::config_pb::{Resource, Role};
@@ -90,44 +91,9 @@ async fn directory_and_kubernetes_sources_give_the_same_node_view() {
     let from_dir = node_view(&mut DirSource::new(dir.clone(), None));
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let objects: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(YAML)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .collect();
-    let seeded: Vec<serde_json::Value> = objects
-        .iter()
-        .filter(|o| o["kind"] != "Namespace")
-        .cloned()
-        .collect();
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<networking::VirtualService>()
-        .with_resource::<networking::DestinationRule>()
-        .with_resource::<networking::Gateway>()
-        .with_resource::<networking::ServiceEntry>()
-        .with_resource::<security::PeerAuthentication>()
-        .with_resource::<security::AuthorizationPolicy>()
-        .with_resource::<gateway_api::Gateway>()
-        .with_runtime_objects(seeded)
-        .build()
-        .await
-        .unwrap();
-    // The fake API server cannot list cluster-scoped Namespaces: a shim plays their watch.
-    let namespaces: Vec<kube::api::DynamicObject> = objects
-        .iter()
-        .filter(|o| o["kind"] == "Namespace")
-        .map(|o| serde_json::from_value(o.clone()).unwrap())
-        .collect();
-    let mut source = KubeSource::start_with(client, move |ar| {
-        use futures_util::StreamExt as _;
-        use kube::runtime::watcher::Event;
-        (ar.kind == "Namespace").then(|| {
-            let mut events = vec![Ok(Event::Init)];
-            events.extend(namespaces.iter().cloned().map(|n| Ok(Event::InitApply(n))));
-            events.push(Ok(Event::InitDone));
-            futures_util::stream::iter(events)
-                .chain(futures_util::stream::pending())
-                .boxed()
-        })
-    });
+    let objects = common::objects(YAML);
+    let client = common::fake_client(&objects).await;
+    let mut source = KubeSource::start_with(client, common::namespaces_shim(&objects));
     tokio::time::timeout(Duration::from_secs(10), source.ready())
         .await
         .expect("every kind listed within 10 s");

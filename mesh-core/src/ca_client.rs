@@ -40,6 +40,8 @@ pub enum Error {
 #[derive(Clone)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
+    /// The same connection, for the controller's other services (the config stream).
+    channel: Channel,
     token: String,
 }
 
@@ -88,12 +90,26 @@ impl CaClient {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|source| Error::Connect { addr, source })?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
             .connect_with_connector_lazy(connect);
         Ok(Self {
-            client: IstioCertificateServiceClient::new(channel),
+            client: IstioCertificateServiceClient::new(channel.clone()),
+            channel,
             token,
         })
+    }
+
+    /// The controller's configuration stream on the same connection, and the bearer token
+    /// that authenticates this node to it.
+    pub fn config_service(
+        &self,
+    ) -> (
+        crate::config_pb::config_service_client::ConfigServiceClient<Channel>,
+        &str,
+    ) {
+        let client =
+            crate::config_pb::config_service_client::ConfigServiceClient::new(self.channel.clone())
+                .max_decoding_message_size(64 << 20);
+        (client, &self.token)
     }
 
     /// A new key and a certificate for `identity`; the key is made here and never sent.
@@ -111,6 +127,8 @@ impl CaClient {
             .parse()
             .map_err(|_| tonic::Status::internal("token is not a valid header value"))?;
         request.metadata_mut().insert("authorization", bearer);
+        // Per request, not on the channel: the config stream shares it and lives long.
+        request.set_timeout(Duration::from_secs(10));
         let response = self
             .client
             .clone()

@@ -8,7 +8,8 @@
 //!   verifiers that turn a certificate chain into a peer identity;
 //! - `hbone`: building and checking CONNECT requests, with the status codes ztunnel uses;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy at L4, from Istio's YAML;
-//! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes).
+//! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes);
+//! - `config_client`: following the controller's configuration stream (ACK/NACK, resume).
 #![deny(unsafe_code)]
 
 pub mod ca_client;
@@ -20,6 +21,17 @@ pub mod policy;
 pub mod tls;
 
 pub use identity::Identity;
+
+/// The `*.yaml` / `*.yml` files of a config directory, in name order (the order they apply).
+pub fn yaml_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
 
 /// gRPC types of Istio's certificate service (`istio.v1.auth`).
 pub mod pb {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     admin::{self, Endpoint},
     cgroup,
-    config::Config,
+    config::{Config, PolicySource},
     dataplane::{self, Dataplane},
     enrollment::{EnrolledView, Enrollment},
     identity::{CertificateStore, CertificateView},
@@ -190,10 +190,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "eBPF programs attached"
     );
 
-    let certificates = match &config.ca_addr {
-        Some(addr) => Some(certificate_store(&config, *addr)?),
+    let ca = match &config.ca_addr {
+        Some(addr) => Some(ca_client(&config, *addr)?),
         None => None,
     };
+    let certificates = ca
+        .clone()
+        .map(|ca| CertificateStore::new(ca, Duration::from_secs(config.cert_lifetime)));
     let hbone = certificates.as_ref().map(|_| HbonePool::default());
     let state = Arc::new(State {
         config: config.clone(),
@@ -208,10 +211,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         policies: RwLock::new(Arc::new(PolicySet::default())),
         policy_errors: RwLock::new(Vec::new()),
     });
-    let mut policy_watch = config
-        .config_dir
-        .clone()
-        .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone()));
+    let mut policy_watch = match config.policy_source {
+        PolicySource::File => config
+            .config_dir
+            .clone()
+            .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone())),
+        PolicySource::Controller => {
+            let ca = ca.clone().ok_or_else(|| {
+                Error::Identity("--policy-source controller needs --ca-addr".to_owned())
+            })?;
+            tokio::spawn(crate::control::follow_policies(state.clone(), ca));
+            None
+        }
+    };
     for (addr, what, endpoint) in [
         (config.metrics_addr, "metrics", Endpoint::Metrics),
         (config.readiness_addr, "readiness", Endpoint::Readiness),
@@ -264,10 +276,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 }
 
 /// The client of the controller's CA, from the root and token files.
-fn certificate_store(
-    config: &Config,
-    addr: std::net::SocketAddr,
-) -> Result<Arc<CertificateStore>, Error> {
+fn ca_client(config: &Config, addr: std::net::SocketAddr) -> Result<CaClient, Error> {
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let read = |path: &Option<std::path::PathBuf>, what: &str| {
         let path = path
@@ -283,12 +292,7 @@ fn certificate_store(
         .to_owned();
     let controller =
         Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
-    let client = CaClient::new(addr, roots, controller, token)
-        .map_err(|e| Error::Identity(e.to_string()))?;
-    Ok(CertificateStore::new(
-        client,
-        Duration::from_secs(config.cert_lifetime),
-    ))
+    CaClient::new(addr, roots, controller, token).map_err(|e| Error::Identity(e.to_string()))
 }
 
 async fn shutdown_signal() {

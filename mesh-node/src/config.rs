@@ -61,6 +61,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
 
+    /// Where PeerAuthentications and AuthorizationPolicies come from: `file` (`--config-dir`)
+    /// or `controller` (its configuration stream, on the `--ca-addr` connection).
+    #[arg(long, env = "AMBIT_POLICY_SOURCE", value_enum, default_value_t = PolicySource::File)]
+    pub policy_source: PolicySource,
+
     /// The namespace whose policies apply mesh-wide (Istio's root namespace).
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,
@@ -89,4 +94,11 @@ pub struct Config {
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    File,
+    Controller,
 }

@@ -8,6 +8,7 @@
 //! - `enrollment`: pods in and out of capture at run time;
 //! - `identity`: workload certificates from the controller's CA, renewed in the background;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
+//! - `control`: those policies from the controller's configuration stream instead of files;
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
 //! - `metrics`, `admin`: Prometheus metrics and the HTTP endpoints.
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod cgroup;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod enrollment;
 pub mod identity;

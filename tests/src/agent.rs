@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub cert_lifetime: Option<u64>,
     /// `--worker-threads`; the agent's default when `None`.
     pub worker_threads: Option<usize>,
+    /// `--policy-source controller`: policies from the controller's configuration stream.
+    pub policies_from_controller: bool,
 }
 
 /// A running node agent. Killed when dropped.
@@ -69,6 +71,9 @@ impl Testbed {
         }
         if let Some(lifetime) = options.cert_lifetime {
             args.extend(["--cert-lifetime".to_owned(), lifetime.to_string()]);
+        }
+        if options.policies_from_controller {
+            args.extend(["--policy-source".to_owned(), "controller".to_owned()]);
         }
         if let Some(workers) = options.worker_threads {
             args.extend(["--worker-threads".to_owned(), workers.to_string()]);

@@ -90,6 +90,9 @@ impl Testbed {
             .args(["--pods-file", &self.pods_file_path().display().to_string()])
             .args(["--tokens-file", &tokens_file.display().to_string()])
             .args(["--ca-addr", CA_ADDR])
+            // The same Istio YAML the agents read; agents with `--policy-source controller`
+            // get it through the configuration stream instead.
+            .args(["--config-dir", &self.config_dir().display().to_string()])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::OpenOptions::new().append(true).open(&log)?);

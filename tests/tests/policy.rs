@@ -24,13 +24,17 @@ struct Mesh {
 }
 
 fn mesh() -> Result<Mesh> {
+    mesh_with(AgentOptions::default())
+}
+
+fn mesh_with(options: AgentOptions) -> Result<Mesh> {
     let tb = Testbed::new(Topology::default())?;
     tb.set_service_account("n0-p0", "web")?;
     tb.set_service_account("n0-p1", "batch")?;
     for pod in ["n0-p0", "n0-p1", "n1-p0"] {
         tb.set_pod_mode(pod, Some("ambient"))?;
     }
-    let (controller, agents) = tb.start_mesh(AgentOptions::default())?;
+    let (controller, agents) = tb.start_mesh(options)?;
     let server = tb.pod("n1-p0");
     agents[1].wait_enrolled(&server.key(), true)?;
     agents[0].wait_enrolled(&tb.pod("n0-p1").key(), true)?;
@@ -211,5 +215,40 @@ spec:
         m.allowed("n0-p1", PORT),
         "removing the policy restores access"
     );
+    Ok(())
+}
+
+/// Policies through the controller: the YAML goes to the controller's directory, the
+/// controller validates it and streams it, and the server's agent (`--policy-source
+/// controller`) enforces it and lets go of it when it is removed.
+#[test]
+fn policies_reach_agents_through_the_controller_stream() -> Result<()> {
+    let m = mesh_with(AgentOptions {
+        policies_from_controller: true,
+        ..AgentOptions::default()
+    })?;
+    assert!(m.allowed("n0-p1", PORT));
+    m.apply(
+        "deny",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-batch, namespace: default }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { principals: ["cluster.local/ns/default/sa/batch"] } }] }]
+"#,
+        1,
+    )?;
+    assert!(!m.allowed("n0-p1", PORT), "batch was not denied");
+    assert!(m.allowed("n0-p0", PORT), "web was denied");
+    let log = m.agents[1].log();
+    assert!(log.contains("configuration from the controller"), "{log}");
+    assert!(
+        log.contains("denied by AuthorizationPolicy default/no-batch"),
+        "{log}"
+    );
+    m.tb.remove_policy("deny")?;
+    m.agents[1].wait_policies(0)?;
+    assert!(m.allowed("n0-p1", PORT), "batch still denied after removal");
     Ok(())
 }

@@ -27,12 +27,7 @@ pub struct LoadError {
 
 /// Every `*.yaml` / `*.yml` file of `dir`, in name order.
 pub fn load_dir(dir: &Path) -> std::io::Result<(ConfigSet, Vec<LoadError>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
+    let files = mesh_core::yaml_files(dir)?;
     let mut set = ConfigSet::default();
     let mut errors = Vec::new();
     for path in files {

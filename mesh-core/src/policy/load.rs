@@ -29,12 +29,7 @@ pub fn load_dir(
     dir: &Path,
     root_namespace: &str,
 ) -> Result<(PolicySet, Vec<LoadError>), std::io::Error> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
+    let files = crate::yaml_files(dir)?;
     let mut set = PolicySet {
         root_namespace: root_namespace.to_owned(),
         ..PolicySet::default()
