@@ -26,6 +26,24 @@ pub trait NodeAuthorizer: Send + Sync + 'static {
     fn may_issue(&self, node: &str, identity: &Identity) -> bool;
 }
 
+/// The node a request's `authorization: Bearer <token>` belongs to; `what` names the request
+/// in the log when the token is unknown.
+pub fn authenticate(
+    authorizer: &dyn NodeAuthorizer,
+    metadata: &tonic::metadata::MetadataMap,
+    what: &str,
+) -> Result<String, Status> {
+    let token = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+    authorizer.node_of(token).ok_or_else(|| {
+        tracing::warn!("{what} with an unknown token refused");
+        Status::unauthenticated("unknown token")
+    })
+}
+
 /// Local mode: tokens from a YAML map `node: token`, pods from the pods file, both read on
 /// each request so changes apply without a restart.
 pub struct LocalAuthorizer {
@@ -89,16 +107,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-        let node = self.authorizer.node_of(token).ok_or_else(|| {
-            tracing::warn!("certificate request with an unknown token refused");
-            Status::unauthenticated("unknown token")
-        })?;
+        let node = authenticate(&*self.authorizer, request.metadata(), "certificate request")?;
         let request = request.into_inner();
         let csr = CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
             .map_err(|_| Status::invalid_argument("csr is not a PEM certificate request"))?;

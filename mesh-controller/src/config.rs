@@ -134,28 +134,44 @@ impl ConfigSet {
 }
 
 impl Resource {
+    pub fn meta(&self) -> &kube::api::ObjectMeta {
+        use kube::Resource as _;
+        match self {
+            Resource::Namespace(r) => r.meta(),
+            Resource::Pod(r) => r.meta(),
+            Resource::Service(r) => r.meta(),
+            Resource::VirtualService(r) => r.meta(),
+            Resource::DestinationRule(r) => r.meta(),
+            Resource::Gateway(r) => r.meta(),
+            Resource::ServiceEntry(r) => r.meta(),
+            Resource::PeerAuthentication(r) => r.meta(),
+            Resource::AuthorizationPolicy(r) => r.meta(),
+            Resource::K8sGateway(r) => r.meta(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Namespace(_) => Kind::Namespace,
+            Resource::Pod(_) => Kind::Pod,
+            Resource::Service(_) => Kind::Service,
+            Resource::VirtualService(_) => Kind::VirtualService,
+            Resource::DestinationRule(_) => Kind::DestinationRule,
+            Resource::Gateway(_) => Kind::Gateway,
+            Resource::ServiceEntry(_) => Kind::ServiceEntry,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::K8sGateway(_) => Kind::K8sGateway,
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
-        use kube::ResourceExt as _;
-        let (kind, namespace, name) = match self {
-            Resource::Namespace(r) => (Kind::Namespace, None, r.name_any()),
-            Resource::Pod(r) => (Kind::Pod, r.namespace(), r.name_any()),
-            Resource::Service(r) => (Kind::Service, r.namespace(), r.name_any()),
-            Resource::VirtualService(r) => (Kind::VirtualService, r.namespace(), r.name_any()),
-            Resource::DestinationRule(r) => (Kind::DestinationRule, r.namespace(), r.name_any()),
-            Resource::Gateway(r) => (Kind::Gateway, r.namespace(), r.name_any()),
-            Resource::ServiceEntry(r) => (Kind::ServiceEntry, r.namespace(), r.name_any()),
-            Resource::PeerAuthentication(r) => {
-                (Kind::PeerAuthentication, r.namespace(), r.name_any())
-            }
-            Resource::AuthorizationPolicy(r) => {
-                (Kind::AuthorizationPolicy, r.namespace(), r.name_any())
-            }
-            Resource::K8sGateway(r) => (Kind::K8sGateway, r.namespace(), r.name_any()),
-        };
+        let meta = self.meta();
         ObjectKey {
-            kind,
-            namespace: namespace.unwrap_or_default(),
-            name,
+            kind: self.kind(),
+            // Cluster-scoped kinds have none.
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
         }
     }
 }

@@ -54,8 +54,6 @@ struct State {
     resources: BTreeMap<Key, Arc<Resource>>,
     /// Keys changed (added, modified or removed) at each remembered version.
     changes: BTreeMap<u64, Vec<Key>>,
-    /// Subscribers at a version older than this get a full snapshot.
-    oldest_delta_base: u64,
     subscribers: BTreeMap<u64, SubscriberStatus>,
     next_subscriber: u64,
 }
@@ -89,7 +87,6 @@ impl Default for Distributor {
                 version: 0,
                 resources: BTreeMap::new(),
                 changes: BTreeMap::new(),
-                oldest_delta_base: 0,
                 subscribers: BTreeMap::new(),
                 next_subscriber: 0,
             }),
@@ -137,8 +134,7 @@ impl Distributor {
         let version = state.version;
         state.changes.insert(version, changed);
         while state.changes.len() > HISTORY {
-            let (oldest, _) = state.changes.pop_first().expect("non-empty");
-            state.oldest_delta_base = oldest;
+            state.changes.pop_first();
         }
         drop(state);
         self.version.send_replace(version);
@@ -165,7 +161,9 @@ impl Distributor {
         if state.version == 0 || have == state.version {
             return None;
         }
-        let full = have == 0 || have < state.oldest_delta_base || have > state.version;
+        // A delta from `have` needs every change after it still remembered.
+        let oldest_base = state.changes.keys().next().map_or(0, |first| first - 1);
+        let full = have == 0 || have < oldest_base || have > state.version;
         if full {
             let upserts = state
                 .resources

@@ -136,19 +136,5 @@ fn has_status(key: &ObjectKey) -> bool {
 }
 
 fn generation(set: &ConfigSet, key: &ObjectKey) -> Option<i64> {
-    use crate::config::Resource as R;
-    use ::kube::Resource as _;
-    let meta = match set.resources.get(key)? {
-        R::VirtualService(r) => r.meta(),
-        R::DestinationRule(r) => r.meta(),
-        R::Gateway(r) => r.meta(),
-        R::ServiceEntry(r) => r.meta(),
-        R::PeerAuthentication(r) => r.meta(),
-        R::AuthorizationPolicy(r) => r.meta(),
-        R::K8sGateway(r) => r.meta(),
-        R::Namespace(r) => r.meta(),
-        R::Pod(r) => r.meta(),
-        R::Service(r) => r.meta(),
-    };
-    meta.generation
+    set.resources.get(key)?.meta().generation
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use evaluate::{Connection, Decision, PolicySet, Workload};
-pub use load::{LoadError, load_dir, parse_documents};
+pub use load::{LoadError, load_dir, parse_documents, streamed_document};
 
 /// Istio's root namespace: policies there apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";

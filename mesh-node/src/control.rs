@@ -11,7 +11,7 @@ use mesh_core::{
     ca_client::CaClient,
     config_client::{ConfigView, follow},
     config_pb::{Role, resource::Body},
-    policy::{LoadError, PolicySet, parse_documents},
+    policy::{LoadError, PolicySet, parse_documents, streamed_document},
 };
 
 use crate::{app::State, policy};
@@ -24,6 +24,7 @@ pub async fn follow_policies(state: Arc<State>, ca: CaClient) {
     let mut view = ConfigView::default();
     let mut backoff = BACKOFF_MIN;
     loop {
+        let accepted = std::sync::Mutex::new(None);
         let (mut client, token) = ca.config_service();
         let token = token.to_owned();
         let result = follow(
@@ -31,10 +32,16 @@ pub async fn follow_policies(state: Arc<State>, ca: CaClient) {
             Role::Node,
             Some(&token),
             &mut view,
-            |candidate| policy_set(candidate, &state.config.root_namespace).map(|_| ()),
-            |view, update| {
+            // The policies of an accepted candidate are built once, then applied.
+            |candidate| {
+                let built = policy_set(candidate, &state.config.root_namespace)?;
+                *accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(built);
+                Ok(())
+            },
+            |_, update| {
                 backoff = BACKOFF_MIN;
-                if let Ok((policies, errors)) = policy_set(view, &state.config.root_namespace) {
+                let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((policies, errors)) = built {
                     tracing::info!(
                         version = update.version,
                         "configuration from the controller"
@@ -69,15 +76,9 @@ fn policy_set(
         };
         let spec: serde_json::Value = serde_json::from_str(spec)
             .map_err(|e| format!("{kind} {namespace}/{name}: body is not JSON: {e}"))?;
-        let document = serde_json::json!({
-            "apiVersion": "security.istio.io/v1",
-            "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        });
-        documents.push_str("---\n");
-        documents.push_str(&document.to_string());
-        documents.push('\n');
+        let document = streamed_document(kind, namespace, name, &spec)
+            .map_err(|e| format!("{kind} {namespace}/{name}: {e}"))?;
+        documents.push_str(&document);
     }
     let mut set = PolicySet::with_root_namespace(root_namespace);
     let errors = parse_documents("controller", &documents, &mut set);

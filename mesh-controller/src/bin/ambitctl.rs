@@ -311,8 +311,12 @@ fn check(dump: &Value, source: &str, destination: &str) -> Result<Table> {
         .iter()
         .filter(|r| r["kind"] == "PeerAuthentication" || r["kind"] == "AuthorizationPolicy")
     {
-        let doc = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": r["kind"], "metadata": {"name": r["name"], "namespace": r["namespace"]}, "spec": r["spec"]});
-        docs.push_str(&format!("---\n{}\n", serde_json::to_string(&doc)?));
+        docs.push_str(&mesh_core::policy::streamed_document(
+            &text(&r["kind"]),
+            &text(&r["namespace"]),
+            &text(&r["name"]),
+            &r["spec"],
+        )?);
     }
     let errors = mesh_core::policy::parse_documents("controller", &docs, &mut policies);
     let labels = |w: &Value| -> std::collections::BTreeMap<String, String> {
@@ -337,9 +341,8 @@ fn check(dump: &Value, source: &str, destination: &str) -> Result<Table> {
         &text(&src["spec"]["serviceAccount"]),
     )?;
     let mtls = dst_enrolled && src_enrolled;
-    let source_ip = text(&src["spec"]["addresses"]["0"])
+    let source_ip = text(&src["spec"]["addresses"][0])
         .parse()
-        .or_else(|_| text(&src["spec"]["addresses"][0]).parse())
         .unwrap_or([0, 0, 0, 0].into());
     let mode = policies.mtls_mode(target);
     let mut rows = vec![

@@ -13,17 +13,8 @@ use super::{ConfigSet, Resource};
 /// Where resources without `metadata.namespace` go, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{file}: document {index} ({kind} {name}): {message}")]
-pub struct LoadError {
-    pub file: String,
-    /// 1-based position of the document in its file.
-    pub index: usize,
-    pub kind: String,
-    /// `namespace/name`, or `?` when unreadable.
-    pub name: String,
-    pub message: String,
-}
+/// A document that could not be read (the same shape the node agent reports).
+pub use mesh_core::policy::LoadError;
 
 /// Every `*.yaml` / `*.yml` file of `dir`, in name order.
 pub fn load_dir(dir: &Path) -> std::io::Result<(ConfigSet, Vec<LoadError>)> {

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Distributor, Nack};
-use crate::ca_service::NodeAuthorizer;
+use crate::ca_service::{NodeAuthorizer, authenticate};
 
 pub struct ConfigStreamService {
     pub distributor: Arc<Distributor>,
@@ -33,16 +33,7 @@ impl ConfigService for ConfigStreamService {
         let node = match &self.authorizer {
             None => "anonymous".to_owned(),
             Some(authorizer) => {
-                let token = request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
-                authorizer.node_of(token).ok_or_else(|| {
-                    tracing::warn!("config subscription with an unknown token refused");
-                    Status::unauthenticated("unknown token")
-                })?
+                authenticate(&**authorizer, request.metadata(), "config subscription")?
             }
         };
         let mut inbound = request.into_inner();

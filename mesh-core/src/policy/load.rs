@@ -46,6 +46,25 @@ pub fn load_dir(
     Ok((set, errors))
 }
 
+/// One policy as the controller streams it (kind, namespace, name and spec) as a YAML
+/// document for [`parse_documents`], `---` included.
+pub fn streamed_document(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    spec: &impl serde::Serialize,
+) -> Result<String, serde_yaml::Error> {
+    let mut metadata = serde_yaml::Mapping::new();
+    metadata.insert("name".into(), name.into());
+    metadata.insert("namespace".into(), namespace.into());
+    let mut document = serde_yaml::Mapping::new();
+    document.insert("apiVersion".into(), "security.istio.io/v1".into());
+    document.insert("kind".into(), kind.into());
+    document.insert("metadata".into(), metadata.into());
+    document.insert("spec".into(), serde_yaml::to_value(spec)?);
+    Ok(format!("---\n{}", serde_yaml::to_string(&document)?))
+}
+
 /// Adds the policies in `text` to `set`; returns the problems found.
 pub fn parse_documents(file: &str, text: &str, set: &mut PolicySet) -> Vec<LoadError> {
     let mut errors = Vec::new();

@@ -195,15 +195,9 @@ async fn open(
         .await
         .map_err(|source| Error::Http { addr, source })?;
     let closed = Arc::new(AtomicBool::new(false));
-    let keep_alive = connection.ping_pong().map(hbone_settings::keep_alive);
+    let keep_alive = hbone_settings::keep_alive(connection.ping_pong());
     let ended = closed.clone();
     tokio::spawn(async move {
-        let keep_alive = async {
-            match keep_alive {
-                Some(keep_alive) => keep_alive.await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             result = connection => if let Err(error) = result {
                 tracing::debug!(%error, %addr, "HBONE connection closed");

@@ -84,13 +84,7 @@ async fn serve_connection(
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(|e| format!("HTTP/2: {e}"))?;
-    let keep_alive = connection.ping_pong().map(hbone_settings::keep_alive);
-    let keep_alive = async {
-        match keep_alive {
-            Some(keep_alive) => keep_alive.await,
-            None => std::future::pending().await,
-        }
-    };
+    let keep_alive = hbone_settings::keep_alive(connection.ping_pong());
     tokio::pin!(keep_alive);
     let client = Arc::new(client);
     loop {

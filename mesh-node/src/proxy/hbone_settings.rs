@@ -39,8 +39,12 @@ pub fn client() -> h2::client::Builder {
 }
 
 /// Pings the peer every 10 s; returns why the connection should be closed once a ping goes
-/// unanswered for 20 s (or the connection failed).
-pub async fn keep_alive(mut ping_pong: h2::PingPong) -> String {
+/// unanswered for 20 s (or the connection failed). Without a ping handle (already taken) it
+/// never returns.
+pub async fn keep_alive(ping_pong: Option<h2::PingPong>) -> String {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
     loop {
         tokio::time::sleep(PING_EVERY).await;
         match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
