@@ -106,6 +106,7 @@ fn workload(pod: &Pod, namespace: Option<&Namespace>) -> Option<pb::Workload> {
         labels: labels.into_iter().collect(),
         enrolled,
         waypoint,
+        uid: pod.uid().unwrap_or_default(),
     })
 }
 

@@ -9,8 +9,10 @@ use mesh_controller::{
     serve,
 };
 use mesh_core::{
-    Identity, ca_client::CaClient,
-    pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
+    Identity,
+    ca_client::{CaClient, Token},
+    pb::istio_certificate_service_server::IstioCertificateServiceServer,
+    tls,
 };
 
 struct Fixture {
@@ -73,10 +75,10 @@ fn rand_suffix() -> u64 {
 
 fn client(f: &Fixture, token: &str) -> CaClient {
     CaClient::new(
-        f.addr,
+        &f.addr.to_string(),
         vec![f.root.clone()],
         Identity::controller("cluster.local").unwrap(),
-        token.to_owned(),
+        Token::Fixed(token.to_owned()),
     )
     .unwrap()
 }
@@ -126,8 +128,13 @@ async fn unknown_tokens_and_impostor_controllers_are_refused() {
     assert!(err.to_string().contains("unknown token"), "{err}");
     // A client expecting another controller identity never sends its token.
     let wrong = Identity::new("cluster.local", "ambit-system", "someone-else").unwrap();
-    let impostor =
-        CaClient::new(f.addr, vec![f.root.clone()], wrong, "token-of-n0".into()).unwrap();
+    let impostor = CaClient::new(
+        &f.addr.to_string(),
+        vec![f.root.clone()],
+        wrong,
+        Token::Fixed("token-of-n0".into()),
+    )
+    .unwrap();
     assert!(
         impostor
             .issue(&web, Duration::from_secs(600))

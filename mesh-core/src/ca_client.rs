@@ -3,7 +3,7 @@
 //! chain to the mesh root and present the controller's identity. The agent authenticates with
 //! its token (`authorization: Bearer`), since it has no certificate of its own.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
@@ -24,11 +24,8 @@ use crate::{
 pub enum Error {
     #[error("CA root: {0}")]
     Root(String),
-    #[error("cannot reach the CA at {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: tonic::transport::Error,
-    },
+    #[error("the CA address {addr} is not `host:port`")]
+    Address { addr: String },
     #[error("the CA refused: {0}")]
     Refused(#[from] tonic::Status),
     #[error(transparent)]
@@ -37,22 +34,49 @@ pub enum Error {
     NotPem,
 }
 
+/// The bearer token a node presents.
+#[derive(Clone, Debug)]
+pub enum Token {
+    /// Fixed for the process's life (tests, local mode's bootstrap tokens).
+    Fixed(String),
+    /// Read afresh for each request: Kubernetes rotates projected service-account tokens.
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    /// The token as it is now.
+    pub fn current(&self) -> Result<String, tonic::Status> {
+        match self {
+            Token::Fixed(token) => Ok(token.clone()),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| {
+                    tonic::Status::unauthenticated(format!(
+                        "cannot read the token file {}: {e}",
+                        path.display()
+                    ))
+                }),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
     /// The same connection, for the controller's other services (the config stream).
     channel: Channel,
-    token: String,
+    token: Token,
 }
 
 impl CaClient {
     /// A lazily connecting client: the first request opens the connection, later ones reuse
-    /// it, and a broken one is reopened.
+    /// it, and a broken one is reopened. `addr` is `host:port`; a name is resolved at each
+    /// connection, so a controller Service that moves is followed.
     pub fn new(
-        addr: SocketAddr,
+        addr: &str,
         roots: Vec<CertificateDer<'static>>,
         controller: Identity,
-        token: String,
+        token: Token,
     ) -> Result<Self, Error> {
         let verifier = tls::ServerChainVerifier::new(&roots, &tls::provider())
             .map_err(|e| Error::Root(e.to_string()))?;
@@ -64,14 +88,21 @@ impl CaClient {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let address = || Error::Address {
+            addr: addr.to_owned(),
+        };
+        let (host, _port) = addr.rsplit_once(':').ok_or_else(address)?;
+        // The server is checked by its SPIFFE identity, not by this name; it only goes in SNI.
+        let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|_| address())?;
+        let target = addr.to_owned();
         let connect = tower::service_fn(move |_: Uri| {
             let (connector, controller) = (connector.clone(), controller.clone());
+            let (addr, server_name) = (target.clone(), server_name.clone());
             async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
                 tcp.set_nodelay(true)?;
-                let tls = connector
-                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                    .await?;
+                let tls = connector.connect(server_name, tcp).await?;
                 let peer = tls
                     .get_ref()
                     .1
@@ -88,7 +119,7 @@ impl CaClient {
             }
         });
         let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| Error::Connect { addr, source })?
+            .map_err(|_| address())?
             .connect_timeout(Duration::from_secs(5))
             .connect_with_connector_lazy(connect);
         Ok(Self {
@@ -104,7 +135,7 @@ impl CaClient {
         &self,
     ) -> (
         crate::config_pb::config_service_client::ConfigServiceClient<Channel>,
-        &str,
+        &Token,
     ) {
         let client =
             crate::config_pb::config_service_client::ConfigServiceClient::new(self.channel.clone())
@@ -123,7 +154,7 @@ impl CaClient {
             csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr)),
             validity_duration: lifetime.as_secs() as i64,
         });
-        let bearer = format!("Bearer {}", self.token)
+        let bearer = format!("Bearer {}", self.token.current()?)
             .parse()
             .map_err(|_| tonic::Status::internal("token is not a valid header value"))?;
         request.metadata_mut().insert("authorization", bearer);

@@ -69,6 +69,14 @@ pub struct Pod {
     pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The pod's Kubernetes UID: the kubelet names the pod's cgroup after it
+    /// (`pod<uid>`), which is how a node agent finds its network namespace in `/proc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Whether the pod is in the mesh, when the controller decided it (it knows the
+    /// namespace's labels); `None` in the pods file, where the labels decide.
+    #[serde(skip)]
+    pub enrolled: Option<bool>,
 }
 
 fn default_service_account() -> String {
@@ -114,6 +122,9 @@ impl PodsFile {
 
     /// Whether the mesh captures this pod's traffic.
     pub fn is_enrolled(&self, pod: &Pod) -> bool {
+        if let Some(enrolled) = pod.enrolled {
+            return enrolled;
+        }
         if let Some(mode) = pod.labels.get(DATAPLANE_MODE_LABEL) {
             return mode == DATAPLANE_MODE_AMBIENT;
         }

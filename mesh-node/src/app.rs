@@ -14,23 +14,74 @@ use serde::Serialize;
 use crate::{
     admin::{self, Endpoint},
     cgroup,
-    config::{Config, PolicySource},
+    config::{Config, ConfigSource},
+    control::StreamedPods,
     dataplane::{self, Dataplane},
     enrollment::{EnrolledView, Enrollment},
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
-    pods::{FileWatch, PodsFile},
+    pods::{self, FileWatch, PodsFile},
     policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
+    sandbox::Sandboxes,
 };
 use mesh_core::{
     Identity,
-    ca_client::CaClient,
+    ca_client::{CaClient, Token},
     policy::{LoadError, PolicySet},
 };
 
-/// How soon a pod that failed to enroll is tried again.
+/// How soon a pod that failed to enroll (or whose network namespace was not found) is tried
+/// again.
 const RETRY_ENROLLMENT: Duration = Duration::from_secs(1);
+
+/// Where the pods to capture come from.
+enum PodSource {
+    /// Local mode: the pods file says everything.
+    File(FileWatch),
+    /// The controller's workloads, with this node's pods' network namespaces found locally.
+    Controller {
+        streamed: StreamedPods,
+        sandboxes: Sandboxes,
+        /// Pods of this node whose network namespace was not found at the last look.
+        missing: Vec<String>,
+        last_look: std::time::Instant,
+    },
+}
+
+impl PodSource {
+    /// `Some` with the pods to apply when they changed, or when it is time to look again for
+    /// pods whose network namespace was missing.
+    fn poll(&mut self, node: &str) -> Option<Result<PodsFile, pods::Error>> {
+        match self {
+            PodSource::File(watch) => watch.poll(),
+            PodSource::Controller {
+                streamed,
+                sandboxes,
+                missing,
+                last_look,
+            } => {
+                let changed = streamed.has_changed().unwrap_or(false);
+                let retry = !missing.is_empty() && last_look.elapsed() >= RETRY_ENROLLMENT;
+                if !changed && !retry {
+                    return None;
+                }
+                let mut file = (**streamed.borrow_and_update().as_ref()?).clone();
+                *last_look = std::time::Instant::now();
+                let now_missing = sandboxes.fill(&mut file, node);
+                if now_missing != *missing && !now_missing.is_empty() {
+                    tracing::warn!(
+                        pods = ?now_missing,
+                        "network namespace not found ({}); not captured until it is",
+                        sandboxes.describe()
+                    );
+                }
+                *missing = now_missing;
+                Some(Ok(file))
+            }
+        }
+    }
+}
 
 /// What the proxies and the endpoints share.
 pub struct State {
@@ -143,6 +194,8 @@ pub enum Error {
     },
     #[error("certificate service: {0}")]
     Identity(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot serve {what} on {addr}: {source}")]
     Serve {
         what: &'static str,
@@ -191,7 +244,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
 
     let ca = match &config.ca_addr {
-        Some(addr) => Some(ca_client(&config, *addr)?),
+        Some(addr) => Some(ca_client(&config, addr)?),
         None => None,
     };
     let certificates = ca
@@ -211,17 +264,34 @@ pub async fn run(config: Config) -> Result<(), Error> {
         policies: RwLock::new(Arc::new(PolicySet::default())),
         policy_errors: RwLock::new(Vec::new()),
     });
-    let mut policy_watch = match config.policy_source {
-        PolicySource::File => config
-            .config_dir
-            .clone()
-            .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone())),
-        PolicySource::Controller => {
-            let ca = ca.clone().ok_or_else(|| {
-                Error::Identity("--policy-source controller needs --ca-addr".to_owned())
+    let (mut policy_watch, mut pod_source) = match config.config_source {
+        ConfigSource::File => {
+            let pods_file = config.pods_file.clone().ok_or_else(|| {
+                Error::Config("--config-source file needs --pods-file".to_owned())
             })?;
-            tokio::spawn(crate::control::follow_policies(state.clone(), ca));
-            None
+            let policies = config
+                .config_dir
+                .clone()
+                .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone()));
+            (policies, PodSource::File(FileWatch::new(pods_file)))
+        }
+        ConfigSource::Controller => {
+            let ca = ca.clone().ok_or_else(|| {
+                Error::Config("--config-source controller needs --ca-addr".to_owned())
+            })?;
+            let (pods_tx, streamed) = tokio::sync::watch::channel(None);
+            tokio::spawn(crate::control::follow_config(state.clone(), ca, pods_tx));
+            let sandboxes = match &config.pods_file {
+                Some(path) => Sandboxes::PodsFile(path.clone()),
+                None => Sandboxes::Proc(config.proc_dir.clone()),
+            };
+            let source = PodSource::Controller {
+                streamed,
+                sandboxes,
+                missing: Vec::new(),
+                last_look: std::time::Instant::now(),
+            };
+            (None, source)
         }
     };
     for (addr, what, endpoint) in [
@@ -235,7 +305,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
 
     let mut enrollment = Enrollment::new(dataplane, orig, state.clone());
-    let mut watch = FileWatch::new(config.pods_file.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut last_attempt = std::time::Instant::now();
@@ -251,7 +320,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 tracing::error!(%error, "config directory unreadable; keeping the current policies")
             }
         }
-        match watch.poll() {
+        match pod_source.poll(&config.node_name) {
             None if enrollment.failed && last_attempt.elapsed() >= RETRY_ENROLLMENT => {
                 last_attempt = std::time::Instant::now();
                 enrollment.reconcile(&state.pods());
@@ -267,7 +336,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
             // Keep what is enrolled: a half-written or broken file must not release pods.
             Some(Err(error)) => {
-                tracing::error!(%error, "pods file not applied; keeping the current enrollment")
+                tracing::error!(%error, "pods not applied; keeping the current enrollment")
             }
         }
     }
@@ -276,7 +345,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 }
 
 /// The client of the controller's CA, from the root and token files.
-fn ca_client(config: &Config, addr: std::net::SocketAddr) -> Result<CaClient, Error> {
+fn ca_client(config: &Config, addr: &str) -> Result<CaClient, Error> {
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let read = |path: &Option<std::path::PathBuf>, what: &str| {
         let path = path
@@ -287,9 +356,16 @@ fn ca_client(config: &Config, addr: std::net::SocketAddr) -> Result<CaClient, Er
     let roots = CertificateDer::pem_slice_iter(&read(&config.ca_root, "ca-root")?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Identity(format!("CA root is not PEM: {e}")))?;
-    let token = String::from_utf8_lossy(&read(&config.token_file, "token-file")?)
-        .trim()
-        .to_owned();
+    let token_file = config
+        .token_file
+        .clone()
+        .ok_or_else(|| Error::Identity("--token-file is required with --ca-addr".to_owned()))?;
+    // Read now so a missing file is reported at start; read again for every request, as
+    // Kubernetes rotates projected tokens.
+    let token = Token::File(token_file);
+    token
+        .current()
+        .map_err(|e| Error::Identity(e.message().to_owned()))?;
     let controller =
         Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
     CaClient::new(addr, roots, controller, token).map_err(|e| Error::Identity(e.to_string()))

@@ -13,9 +13,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_NODE_NAME")]
     pub node_name: String,
 
-    /// Local mode: the YAML file of namespaces and pods, watched for changes.
-    #[arg(long, env = "AMBIT_PODS_FILE")]
-    pub pods_file: PathBuf,
+    /// Local mode: the YAML file of namespaces and pods, watched for changes. With
+    /// `--config-source controller` only the pods' network namespaces are read from it; without
+    /// it they are found in `/proc` by the cgroup the kubelet names after each pod's UID.
+    #[arg(long, env = "AMBIT_PODS_FILE", required_if_eq("config_source", "file"))]
+    pub pods_file: Option<PathBuf>,
 
     /// Where the agent pins its maps, programs and links (on a bpffs mount).
     #[arg(long, env = "AMBIT_BPF_DIR", default_value = "/sys/fs/bpf/ambit")]
@@ -61,10 +63,22 @@ pub struct Config {
     #[arg(long, env = "AMBIT_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
 
-    /// Where PeerAuthentications and AuthorizationPolicies come from: `file` (`--config-dir`)
-    /// or `controller` (its configuration stream, on the `--ca-addr` connection).
-    #[arg(long, env = "AMBIT_POLICY_SOURCE", value_enum, default_value_t = PolicySource::File)]
-    pub policy_source: PolicySource,
+    /// Where pods and policies come from: `file` (`--pods-file`, `--config-dir`) or
+    /// `controller` (its configuration stream, on the `--ca-addr` connection).
+    #[arg(
+        long,
+        alias = "policy-source",
+        env = "AMBIT_CONFIG_SOURCE",
+        value_enum,
+        default_value_t = ConfigSource::File,
+        requires_if("controller", "ca_addr")
+    )]
+    pub config_source: ConfigSource,
+
+    /// Where `/proc` is (the host's, with `hostPID`): pods' network namespaces are found there
+    /// when the controller gives the pods and no `--pods-file` is set.
+    #[arg(long, env = "AMBIT_PROC", default_value = "/proc")]
+    pub proc_dir: PathBuf,
 
     /// The namespace whose policies apply mesh-wide (Istio's root namespace).
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
@@ -74,10 +88,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
-    /// The controller's certificate service. With it, traffic between enrolled pods is carried
+    /// The controller's certificate service, `host:port` (a name is resolved at each
+    /// connection). With it, traffic between enrolled pods is carried
     /// over HBONE (mutual TLS); without it, captured traffic is forwarded as plain TCP.
     #[arg(long, env = "AMBIT_CA_ADDR", requires_all = ["ca_root", "token_file"])]
-    pub ca_addr: Option<SocketAddr>,
+    pub ca_addr: Option<String>,
 
     /// PEM file with the mesh's root certificate(s).
     #[arg(long, env = "AMBIT_CA_ROOT")]
@@ -98,7 +113,7 @@ pub struct Config {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PolicySource {
+pub enum ConfigSource {
     File,
     Controller,
 }

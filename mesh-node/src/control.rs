@@ -1,56 +1,78 @@
-//! Policies from the controller's configuration stream (`--policy-source controller`) instead
-//! of a local directory: the node subscribes as a NODE, turns the PeerAuthentications and
+//! Configuration from the controller's stream (`--config-source controller`) instead of local
+//! files: the node subscribes as a NODE, turns the PeerAuthentications and
 //! AuthorizationPolicies it receives into its policy set, and applies them as the directory
-//! watch would (live connections a new policy forbids are closed). It reconnects with backoff
-//! and resumes from the version it has; until the first update it keeps what it had (nothing
-//! at start: PERMISSIVE, allow all, as without a config directory).
+//! watch would (live connections a new policy forbids are closed); the workloads become the
+//! pods the enrollment loop captures (its own) and names peers by (everyone's). It reconnects
+//! with backoff and resumes from the version it has; until the first update it keeps what it
+//! had (nothing at start: PERMISSIVE, allow all, and pods left by a previous agent stay
+//! captured).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use mesh_core::{
     ca_client::CaClient,
     config_client::{ConfigView, follow},
-    config_pb::{Role, resource::Body},
+    config_pb::{Role, Update, Workload, resource::Body},
     policy::{LoadError, PolicySet, parse_documents, streamed_document},
 };
+use tokio::sync::watch;
 
-use crate::{app::State, policy};
+use crate::{
+    app::State,
+    pods::{Pod, PodsFile},
+    policy,
+};
+
+/// The workloads of the last applied update, as pods (network namespaces not filled in);
+/// `None` until the first update.
+pub type StreamedPods = watch::Receiver<Option<Arc<PodsFile>>>;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Follows the stream forever.
-pub async fn follow_policies(state: Arc<State>, ca: CaClient) {
+pub async fn follow_config(
+    state: Arc<State>,
+    ca: CaClient,
+    pods: watch::Sender<Option<Arc<PodsFile>>>,
+) {
     let mut view = ConfigView::default();
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = std::sync::Mutex::new(None);
         let (mut client, token) = ca.config_service();
-        let token = token.to_owned();
-        let result = follow(
-            &mut client,
-            Role::Node,
-            Some(&token),
-            &mut view,
-            // The policies of an accepted candidate are built once, then applied.
-            |candidate| {
-                let built = policy_set(candidate, &state.config.root_namespace)?;
-                *accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(built);
-                Ok(())
-            },
-            |_, update| {
-                backoff = BACKOFF_MIN;
-                let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some((policies, errors)) = built {
-                    tracing::info!(
-                        version = update.version,
-                        "configuration from the controller"
-                    );
-                    policy::apply(&state, policies, errors);
-                }
-            },
-        )
-        .await;
+        let result = match token.current() {
+            Err(status) => Err(status),
+            Ok(token) => {
+                follow(
+                    &mut client,
+                    Role::Node,
+                    Some(&token),
+                    &mut view,
+                    // The policies of an accepted candidate are built once, then applied.
+                    |candidate| {
+                        let built = policy_set(candidate, &state.config.root_namespace)?;
+                        *accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(built);
+                        Ok(())
+                    },
+                    |view, update| {
+                        backoff = BACKOFF_MIN;
+                        if touches_workloads(update) || pods.borrow().is_none() {
+                            pods.send_replace(Some(Arc::new(pods_of(view))));
+                        }
+                        let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some((policies, errors)) = built {
+                            tracing::info!(
+                                version = update.version,
+                                "configuration from the controller"
+                            );
+                            policy::apply(&state, policies, errors);
+                        }
+                    },
+                )
+                .await
+            }
+        };
         match result {
             Ok(()) => tracing::warn!("the controller ended the configuration stream; reconnecting"),
             Err(status) => tracing::warn!(%status, "configuration stream failed; reconnecting"),
@@ -83,4 +105,54 @@ fn policy_set(
     let mut set = PolicySet::with_root_namespace(root_namespace);
     let errors = parse_documents("controller", &documents, &mut set);
     Ok((set, errors))
+}
+
+fn touches_workloads(update: &Update) -> bool {
+    update.base_version == 0
+        || update
+            .upserts
+            .iter()
+            .filter_map(|r| r.key.as_ref())
+            .chain(&update.removes)
+            .any(|key| key.kind == "Workload")
+}
+
+/// Every workload of `view` with an IPv4 address, as a pod whose enrollment the controller
+/// decided.
+pub fn pods_of(view: &ConfigView) -> PodsFile {
+    let pods = view
+        .resources
+        .values()
+        .filter_map(|resource| match &resource.body {
+            Some(Body::Workload(workload)) => pod_of(workload),
+            _ => None,
+        })
+        .collect();
+    PodsFile {
+        namespaces: Vec::new(),
+        pods,
+    }
+}
+
+fn pod_of(workload: &Workload) -> Option<Pod> {
+    let ip =
+        workload
+            .addresses
+            .iter()
+            .find_map(|a| match a.parse::<IpAddr>().ok()?.to_canonical() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })?;
+    Some(Pod {
+        name: workload.name.clone(),
+        namespace: workload.namespace.clone(),
+        node: workload.node.clone(),
+        service_account: workload.service_account.clone(),
+        ip,
+        netns: Default::default(),
+        cgroup: None,
+        labels: workload.labels.clone().into_iter().collect(),
+        uid: (!workload.uid.is_empty()).then(|| workload.uid.clone()),
+        enrolled: Some(workload.enrolled),
+    })
 }

@@ -8,7 +8,8 @@
 //! - `enrollment`: pods in and out of capture at run time;
 //! - `identity`: workload certificates from the controller's CA, renewed in the background;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
-//! - `control`: those policies from the controller's configuration stream instead of files;
+//! - `control`: policies and workloads from the controller's configuration stream;
+//! - `sandbox`: where this node's pods live (their network namespaces);
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
 //! - `metrics`, `admin`: Prometheus metrics and the HTTP endpoints.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod sandbox;
 
 /// Local mode's pods file (shared with the controller).
 pub use mesh_core::pods;

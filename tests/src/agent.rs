@@ -22,8 +22,10 @@ pub struct AgentOptions {
     pub cert_lifetime: Option<u64>,
     /// `--worker-threads`; the agent's default when `None`.
     pub worker_threads: Option<usize>,
-    /// `--policy-source controller`: policies from the controller's configuration stream.
-    pub policies_from_controller: bool,
+    /// `--config-source controller`: pods and policies from the controller's configuration
+    /// stream, with no pods file: the agent finds pods' network namespaces in `/proc` by the
+    /// `pod<uid>` cgroups, as in Kubernetes (the test bed starts a pause process per pod).
+    pub config_from_controller: bool,
 }
 
 /// A running node agent. Killed when dropped.
@@ -48,17 +50,23 @@ impl Testbed {
         let mut args = vec![
             "--node-name".to_owned(),
             node.name.clone(),
-            "--pods-file".to_owned(),
-            self.pods_file_path().display().to_string(),
             "--bpf-dir".to_owned(),
             node.bpf_dir.display().to_string(),
             "--agent-cgroup".to_owned(),
             node.agent_cgroup.display().to_string(),
             "--poll-ms".to_owned(),
             "50".to_owned(),
-            "--config-dir".to_owned(),
-            self.config_dir().display().to_string(),
         ];
+        if options.config_from_controller {
+            args.extend(["--config-source".to_owned(), "controller".to_owned()]);
+        } else {
+            args.extend([
+                "--pods-file".to_owned(),
+                self.pods_file_path().display().to_string(),
+                "--config-dir".to_owned(),
+                self.config_dir().display().to_string(),
+            ]);
+        }
         if let Some(root) = &options.ca_root {
             args.extend([
                 "--ca-addr".to_owned(),
@@ -71,9 +79,6 @@ impl Testbed {
         }
         if let Some(lifetime) = options.cert_lifetime {
             args.extend(["--cert-lifetime".to_owned(), lifetime.to_string()]);
-        }
-        if options.policies_from_controller {
-            args.extend(["--policy-source".to_owned(), "controller".to_owned()]);
         }
         if let Some(workers) = options.worker_threads {
             args.extend(["--worker-threads".to_owned(), workers.to_string()]);

@@ -50,6 +50,9 @@ impl Testbed {
     /// Starts the CA and an HBONE agent on both nodes (`options` with the CA's root filled in).
     pub fn start_mesh(&self, options: AgentOptions) -> Result<(Controller, [Agent; 2])> {
         let controller = self.start_controller()?;
+        if options.config_from_controller {
+            self.start_pause_processes()?;
+        }
         let options = AgentOptions {
             ca_root: Some(controller.root.clone()),
             ..options
@@ -90,7 +93,7 @@ impl Testbed {
             .args(["--pods-file", &self.pods_file_path().display().to_string()])
             .args(["--tokens-file", &tokens_file.display().to_string()])
             .args(["--ca-addr", CA_ADDR])
-            // The same Istio YAML the agents read; agents with `--policy-source controller`
+            // The same Istio YAML the agents read; agents with `--config-source controller`
             // get it through the configuration stream instead.
             .args(["--config-dir", &self.config_dir().display().to_string()])
             .stdin(Stdio::null())

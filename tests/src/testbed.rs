@@ -78,7 +78,11 @@ pub struct Pod {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub ip6: Ipv6Addr,
+    /// The pod's cgroup, named `pod<uid>` as the kubelet names it: a node agent finding pods
+    /// in `/proc` (no pods file) matches that name.
     pub cgroup: PathBuf,
+    /// A UUID, unique to this test bed.
+    pub uid: String,
 }
 
 pub struct Testbed {
@@ -90,6 +94,9 @@ pub struct Testbed {
     fabric: String,
     pub nodes: Vec<Node>,
     pods_file: Mutex<PodsFile>,
+    /// A process per pod holding it, as Kubernetes' pause container does; see
+    /// [`start_pause_processes`](Self::start_pause_processes).
+    pause: Mutex<Vec<std::process::Child>>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -170,6 +177,7 @@ impl Testbed {
             work_dir,
             nodes: Vec::new(),
             pods_file: Mutex::new(PodsFile::default()),
+            pause: Mutex::new(Vec::new()),
             _serial: serial,
         };
         // From here on, Drop tears down whatever part was built.
@@ -230,6 +238,8 @@ impl Testbed {
                 netns: pod.netns_path(),
                 cgroup: Some(pod.cgroup.clone()),
                 labels: Default::default(),
+                uid: Some(pod.uid.clone()),
+                enrolled: None,
             })
             .collect();
         self.update_pods_file(|file| {
@@ -298,7 +308,8 @@ impl Testbed {
                     "net.ipv4.ip_local_port_range=20000 65000",
                 ],
             )?;
-            let cgroup = node_cgroup.join(&pod_name);
+            let uid = format!("7e57{n:04x}-{p:04x}-4000-8000-{:012x}", std::process::id());
+            let cgroup = node_cgroup.join(format!("pod{uid}"));
             std::fs::create_dir_all(&cgroup)?;
             let namespace = topology.namespaces[p % topology.namespaces.len()].clone();
             pods.push(Pod {
@@ -309,6 +320,7 @@ impl Testbed {
                 ip: pod_ip,
                 ip6: pod_ip6,
                 cgroup,
+                uid,
             });
         }
         Ok(Node {
@@ -412,9 +424,28 @@ impl Testbed {
         Ok(())
     }
 
+    /// Starts a long-lived process in every pod (its network namespace and cgroup), as the
+    /// kubelet's pause container: what an agent without a pods file finds pods by.
+    pub fn start_pause_processes(&self) -> Result<()> {
+        let mut pause = self.pause.lock().unwrap_or_else(|p| p.into_inner());
+        for pod in self.pods() {
+            pause.push(pod.spawn(Command::new("sleep").arg("infinity"))?);
+        }
+        Ok(())
+    }
+
     fn teardown(&mut self) {
         // Everything started in the test bed lives under its cgroup: agents and pod processes.
         kill_cgroup_tree(&self.cgroup_dir);
+        for mut child in self
+            .pause
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         // By prefix, so a half-built topology goes too.
         let own = format!("{NETNS_PREFIX}{}-", self.id);
         if let Ok(out) = sys::run("ip", &["netns", "list"]) {

@@ -218,15 +218,30 @@ spec:
     Ok(())
 }
 
-/// Policies through the controller: the YAML goes to the controller's directory, the
-/// controller validates it and streams it, and the server's agent (`--policy-source
-/// controller`) enforces it and lets go of it when it is removed.
+/// Pods and policies through the controller, as in Kubernetes: the agents have no pods file
+/// and no config directory (`--config-source controller`). The controller streams the
+/// workloads, each agent finds its pods' network namespaces in `/proc` by their `pod<uid>`
+/// cgroups; a policy written to the controller's directory is validated, streamed, enforced by
+/// the server's agent and let go of when removed; a pod leaving the mesh is released.
 #[test]
-fn policies_reach_agents_through_the_controller_stream() -> Result<()> {
+fn pods_and_policies_reach_agents_through_the_controller_stream() -> Result<()> {
     let m = mesh_with(AgentOptions {
-        policies_from_controller: true,
+        config_from_controller: true,
         ..AgentOptions::default()
     })?;
+    let dump = m.agents[1].config_dump()?;
+    let server = m.tb.pod("n1-p0");
+    assert!(
+        dump["enrolled"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|pod| pod["pod"] == server.key().as_str()
+                && pod["netns"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("/proc/"))),
+        "the server pod was not enrolled through /proc: {dump}"
+    );
     assert!(m.allowed("n0-p1", PORT));
     m.apply(
         "deny",
@@ -250,5 +265,11 @@ spec:
     m.tb.remove_policy("deny")?;
     m.agents[1].wait_policies(0)?;
     assert!(m.allowed("n0-p1", PORT), "batch still denied after removal");
+
+    let batch = m.tb.pod("n0-p1").key();
+    m.tb.set_pod_mode("n0-p1", Some("none"))?;
+    m.agents[0].wait_enrolled(&batch, false)?;
+    m.tb.set_pod_mode("n0-p1", Some("ambient"))?;
+    m.agents[0].wait_enrolled(&batch, true)?;
     Ok(())
 }

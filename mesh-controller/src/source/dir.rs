@@ -106,6 +106,7 @@ pub fn add_pods_file(set: &mut ConfigSet, file: &mesh_core::pods::PodsFile) {
                 name: Some(pod.name.clone()),
                 namespace: Some(pod.namespace.clone()),
                 labels: Some(pod.labels.clone()),
+                uid: pod.uid.clone(),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {
