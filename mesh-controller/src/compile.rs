@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::ResourceExt as _;
 use mesh_core::config_pb::{self as pb, resource::Body};
 
@@ -12,15 +15,68 @@ use crate::config::{ConfigSet, Kind, Resource, validate::Validation};
 
 /// The label that enrolls a namespace or pod (`ambient`; `none` opts a pod out).
 pub const DATAPLANE_MODE: &str = "ambit.io/dataplane-mode";
-/// The label naming the waypoint (a Gateway in the same namespace) traffic must pass.
+/// The label naming the waypoint (a Gateway in the same namespace) traffic must pass, on a
+/// namespace, a Service, a ServiceAccount (for the pods running as it) or a pod.
 pub const USE_WAYPOINT: &str = "ambit.io/use-waypoint";
+/// The label an EndpointSlice names its Service with.
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// What workloads and services are computed from besides themselves.
+struct Context<'a> {
+    namespaces: BTreeMap<String, &'a Namespace>,
+    /// (namespace, service account) -> its `ambit.io/use-waypoint` label.
+    account_waypoints: BTreeMap<(String, String), &'a str>,
+    /// (namespace, service) -> ready endpoint addresses.
+    endpoints: BTreeMap<(String, String), Vec<String>>,
+}
+
+impl<'a> Context<'a> {
+    fn new(set: &'a ConfigSet) -> Self {
+        let namespaces = set
+            .namespaces()
+            .map(|(key, ns)| (key.name.clone(), ns))
+            .collect();
+        let account_waypoints = set
+            .service_accounts()
+            .filter_map(|(key, sa)| {
+                let waypoint = label(sa.labels(), USE_WAYPOINT)?;
+                Some(((key.namespace.clone(), key.name.clone()), waypoint))
+            })
+            .collect();
+        let mut endpoints: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for (key, slice) in set.endpoint_slices() {
+            let Some(service) = label(slice.labels(), SERVICE_NAME) else {
+                continue;
+            };
+            endpoints
+                .entry((key.namespace.clone(), service.to_owned()))
+                .or_default()
+                .extend(ready_addresses(slice));
+        }
+        for addresses in endpoints.values_mut() {
+            addresses.sort();
+            addresses.dedup();
+        }
+        Context {
+            namespaces,
+            account_waypoints,
+            endpoints,
+        }
+    }
+}
+
+/// Addresses of a slice's endpoints that are ready (an endpoint without conditions is).
+fn ready_addresses(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter().cloned())
+}
 
 /// Every resource the subscribers may need, in key order.
 pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb::Resource> {
-    let namespaces: BTreeMap<String, &Namespace> = set
-        .namespaces()
-        .map(|(key, ns)| (key.name.clone(), ns))
-        .collect();
+    let context = Context::new(set);
     let mut out = Vec::new();
     for (key, resource) in &set.resources {
         // A rejected AuthorizationPolicy still goes out: node agents enforce a policy they
@@ -30,16 +86,16 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             continue;
         }
         let body = match resource {
-            Resource::Pod(pod) => match workload(pod, namespaces.get(&key.namespace).copied()) {
+            Resource::Pod(pod) => match workload(pod, &context) {
                 Some(w) => Body::Workload(w),
                 None => continue,
             },
-            Resource::Service(service) => Body::Service(service_of(
-                service,
-                namespaces.get(&key.namespace).copied(),
-                domain,
-            )),
-            Resource::Namespace(_) | Resource::K8sGateway(_) | Resource::Gateway(_) => continue,
+            Resource::Service(service) => Body::Service(service_of(service, &context, domain)),
+            Resource::Namespace(_)
+            | Resource::EndpointSlice(_)
+            | Resource::ServiceAccount(_)
+            | Resource::K8sGateway(_)
+            | Resource::Gateway(_) => continue,
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
@@ -71,7 +127,7 @@ fn label<'a>(labels: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str
 }
 
 /// A running pod as a workload; `None` for pods without an address yet.
-fn workload(pod: &Pod, namespace: Option<&Namespace>) -> Option<pb::Workload> {
+fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
     let status = pod.status.as_ref()?;
     let mut addresses: Vec<String> = status
         .pod_ips
@@ -86,23 +142,32 @@ fn workload(pod: &Pod, namespace: Option<&Namespace>) -> Option<pb::Workload> {
         return None;
     }
     let spec = pod.spec.as_ref();
-    let ns_labels = namespace.map(|ns| ns.labels().clone()).unwrap_or_default();
+    let namespace = pod.namespace().unwrap_or_default();
+    let service_account = spec
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let ns_labels = context
+        .namespaces
+        .get(&namespace)
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
     let labels = pod.labels().clone();
     // The pod's own label wins (`none` opts out of an enrolled namespace).
     let enrolled =
         label(&labels, DATAPLANE_MODE).or(label(&ns_labels, DATAPLANE_MODE)) == Some("ambient");
+    // The most specific binding wins: pod, then its service account, then its namespace.
+    let account = (namespace.clone(), service_account.clone());
     let waypoint = label(&labels, USE_WAYPOINT)
+        .or(context.account_waypoints.get(&account).copied())
         .or(label(&ns_labels, USE_WAYPOINT))
-        .map(|w| format!("{}/{w}", pod.namespace().unwrap_or_default()))
+        .map(|w| format!("{namespace}/{w}"))
         .unwrap_or_default();
     Some(pb::Workload {
         name: pod.name_any(),
-        namespace: pod.namespace().unwrap_or_default(),
+        namespace,
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         addresses,
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_owned()),
+        service_account,
         labels: labels.into_iter().collect(),
         enrolled,
         waypoint,
@@ -110,10 +175,19 @@ fn workload(pod: &Pod, namespace: Option<&Namespace>) -> Option<pb::Workload> {
     })
 }
 
-fn service_of(service: &Service, namespace: Option<&Namespace>, domain: &str) -> pb::Service {
+fn service_of(service: &Service, context: &Context, domain: &str) -> pb::Service {
     let spec = service.spec.clone().unwrap_or_default();
     let ns = service.namespace().unwrap_or_default();
-    let ns_labels = namespace.map(|ns| ns.labels().clone()).unwrap_or_default();
+    let ns_labels = context
+        .namespaces
+        .get(&ns)
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    let endpoints = context
+        .endpoints
+        .get(&(ns.clone(), service.name_any()))
+        .cloned()
+        .unwrap_or_default();
     let waypoint = label(service.labels(), USE_WAYPOINT)
         .or(label(&ns_labels, USE_WAYPOINT))
         .map(|w| format!("{ns}/{w}"))
@@ -145,5 +219,77 @@ fn service_of(service: &Service, namespace: Option<&Namespace>, domain: &str) ->
             .collect(),
         selector: spec.selector.unwrap_or_default().into_iter().collect(),
         waypoint,
+        endpoints,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load::parse_documents, validate::validate};
+
+    const YAML: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {ambit.io/dataplane-mode: ambient, ambit.io/use-waypoint: ns-wp}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: payments, namespace: shop, labels: {ambit.io/use-waypoint: sa-wp}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pay, namespace: shop, uid: 0b5c3b1e-6a2f-4d8e-9c1a-2f3e4d5c6b7a}
+spec: {serviceAccountName: payments, nodeName: n0, containers: []}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec: {nodeName: n0, containers: []}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-1, namespace: shop, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+endpoints:
+- {addresses: [192.0.2.10]}
+- {addresses: [192.0.2.11], conditions: {ready: false}}
+"#;
+
+    #[test]
+    fn service_accounts_bind_waypoints_and_slices_give_endpoints() {
+        let mut set = ConfigSet::default();
+        assert!(parse_documents("t.yaml", YAML, &mut set).is_empty());
+        let out = compile(&set, &validate(&set, "cluster.local"), "cluster.local");
+        let body = |name: &str| {
+            out.iter()
+                .find(|r| r.key.as_ref().is_some_and(|k| k.name == name))
+                .and_then(|r| r.body.clone())
+                .unwrap()
+        };
+        let Body::Workload(pay) = body("pay") else {
+            panic!("pay is not a workload")
+        };
+        assert_eq!(
+            pay.waypoint, "shop/sa-wp",
+            "the service account's label wins"
+        );
+        assert_eq!(pay.uid, "0b5c3b1e-6a2f-4d8e-9c1a-2f3e4d5c6b7a");
+        let Body::Workload(web) = body("web") else {
+            panic!("web is not a workload")
+        };
+        assert_eq!(web.waypoint, "shop/ns-wp");
+        assert!(web.enrolled);
+        let Body::Service(legacy) = body("legacy") else {
+            panic!("legacy is not a service")
+        };
+        assert_eq!(legacy.endpoints, ["192.0.2.10"], "only ready endpoints");
     }
 }

@@ -16,7 +16,10 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    discovery::v1::EndpointSlice,
+};
 
 use crate::resources::{gateway_api, networking, security};
 
@@ -26,6 +29,10 @@ pub enum Kind {
     Namespace,
     Pod,
     Service,
+    /// A Service's endpoints (what a selector-less Service sends to, too).
+    EndpointSlice,
+    /// Its `ambit.io/use-waypoint` label binds the pods running as it to a waypoint.
+    ServiceAccount,
     VirtualService,
     DestinationRule,
     Gateway,
@@ -42,6 +49,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceAccount => "ServiceAccount",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway | Kind::K8sGateway => "Gateway",
@@ -75,6 +84,8 @@ pub enum Resource {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    ServiceAccount(Box<ServiceAccount>),
     VirtualService(Box<networking::VirtualService>),
     DestinationRule(Box<networking::DestinationRule>),
     Gateway(Box<networking::Gateway>),
@@ -105,6 +116,8 @@ impl ConfigSet {
     typed!(namespaces, Namespace, Namespace);
     typed!(pods, Pod, Pod);
     typed!(services, Service, Service);
+    typed!(endpoint_slices, EndpointSlice, EndpointSlice);
+    typed!(service_accounts, ServiceAccount, ServiceAccount);
     typed!(virtual_services, VirtualService, networking::VirtualService);
     typed!(
         destination_rules,
@@ -140,6 +153,8 @@ impl Resource {
             Resource::Namespace(r) => r.meta(),
             Resource::Pod(r) => r.meta(),
             Resource::Service(r) => r.meta(),
+            Resource::EndpointSlice(r) => r.meta(),
+            Resource::ServiceAccount(r) => r.meta(),
             Resource::VirtualService(r) => r.meta(),
             Resource::DestinationRule(r) => r.meta(),
             Resource::Gateway(r) => r.meta(),
@@ -155,6 +170,8 @@ impl Resource {
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Pod(_) => Kind::Pod,
             Resource::Service(_) => Kind::Service,
+            Resource::EndpointSlice(_) => Kind::EndpointSlice,
+            Resource::ServiceAccount(_) => Kind::ServiceAccount,
             Resource::VirtualService(_) => Kind::VirtualService,
             Resource::DestinationRule(_) => Kind::DestinationRule,
             Resource::Gateway(_) => Kind::Gateway,

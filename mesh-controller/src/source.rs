@@ -129,10 +129,13 @@ pub async fn publish_once(
     version
 }
 
-/// Kinds whose status Ambit owns (not Pods, Services or Namespaces).
+/// Kinds whose status Ambit owns (the Istio and Gateway API kinds, not Kubernetes' own).
 fn has_status(key: &ObjectKey) -> bool {
     use crate::config::Kind;
-    !matches!(key.kind, Kind::Namespace | Kind::Pod | Kind::Service)
+    !matches!(
+        key.kind,
+        Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice | Kind::ServiceAccount
+    )
 }
 
 fn generation(set: &ConfigSet, key: &ObjectKey) -> Option<i64> {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 mod common;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use mesh_controller::{
     distribution::Distributor,
     resources::networking,
@@ -52,7 +53,8 @@ fn accepted(conditions: &[mesh_controller::resources::common::Condition]) -> (St
 async fn status_follows_create_update_and_delete() {
     let client = common::fake_client(&common::objects(YAML)).await;
     let distributor = Distributor::default();
-    let mut status = KubeStatus::new(client.clone());
+    let mut status = KubeStatus::new(client.clone(), Some("test".to_owned()));
+    let events: Api<Event> = Api::namespaced(client.clone(), "bookinfo");
     let vs_api: Api<networking::VirtualService> = Api::namespaced(client.clone(), "bookinfo");
     let dr_api: Api<networking::DestinationRule> = Api::namespaced(client.clone(), "bookinfo");
 
@@ -74,6 +76,41 @@ async fn status_follows_create_update_and_delete() {
         ("True".to_owned(), "Accepted".to_owned())
     );
     assert_eq!(distributor.version(), 1);
+    let recorded = |reason: &str| {
+        let events = events.clone();
+        let reason = reason.to_owned();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(&reason))
+                .filter(|e| {
+                    e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("VirtualService")
+                            && r.name.as_deref() == Some("reviews")
+                    })
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let warnings = recorded("InvalidWeights").await;
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one event for the refused VirtualService"
+    );
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        warnings[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("sum to 110, not 100")),
+        "{:?}",
+        warnings[0].note
+    );
 
     // Updated: the fixed split is accepted.
     let fix = serde_json::json!({"spec": {"http": [{"route": [
@@ -98,6 +135,12 @@ async fn status_follows_create_update_and_delete() {
         .find(|c| c.type_ == "ResolvedRefs")
         .unwrap();
     assert!(!refs.message.contains("defines subset"), "{}", refs.message);
+    assert_eq!(
+        recorded("Accepted").await.len(),
+        1,
+        "accepted again: a Normal event"
+    );
+    assert_eq!(recorded("InvalidWeights").await.len(), 1, "no repeat");
 
     // Deleted: the DestinationRule leaves the configuration, and the route's subsets no longer
     // resolve (reported, still accepted).

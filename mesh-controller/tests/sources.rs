@@ -21,7 +21,7 @@ metadata: {name: shop, labels: {ambit.io/dataplane-mode: ambient}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: cart-1, namespace: shop, labels: {app: cart, version: v1}}
+metadata: {name: cart-1, namespace: shop, uid: 5d0c7c1e-0000-4000-8000-000000000001, labels: {app: cart, version: v1}}
 spec:
   nodeName: n0
   serviceAccountName: cart
@@ -30,7 +30,7 @@ status: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}]}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: legacy, namespace: shop, labels: {app: legacy, ambit.io/dataplane-mode: none}}
+metadata: {name: legacy, namespace: shop, uid: 5d0c7c1e-0000-4000-8000-000000000002, labels: {app: legacy, ambit.io/dataplane-mode: none}}
 spec:
   nodeName: n1
   containers: [{name: app, image: legacy}]
@@ -44,6 +44,16 @@ spec:
   clusterIPs: [10.96.0.10]
   selector: {app: cart}
   ports: [{port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cart-x1, namespace: shop, labels: {kubernetes.io/service-name: cart}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.5], conditions: {ready: true}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: cart, namespace: shop, labels: {ambit.io/use-waypoint: cart-waypoint}}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -118,5 +128,12 @@ async fn directory_and_kubernetes_sources_give_the_same_node_view() {
         ],
         "the broken policy goes out too (nodes fail closed on it); a node gets no VirtualService"
     );
+    let cart = format!("{:?}", from_dir[0]);
+    assert!(
+        cart.contains("waypoint: \"shop/cart-waypoint\""),
+        "bound by its service account: {cart}"
+    );
+    let service = format!("{:?}", from_dir[2]);
+    assert!(service.contains("endpoints: [\"10.0.0.5\"]"), "{service}");
     assert_eq!(from_dir, from_kube);
 }

@@ -114,6 +114,12 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
         ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
         ("", "Service") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Service)),
         ("", "Pod") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Pod)),
+        ("", "ServiceAccount") => {
+            served(&["v1"]).and_then(|()| typed(value).map(Resource::ServiceAccount))
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            served(&["v1"]).and_then(|()| typed(value).map(Resource::EndpointSlice))
+        }
         ("networking.istio.io", kind) => {
             served(&["v1alpha3", "v1beta1", "v1"])?;
             // One schema in every version: read it as the stored one.

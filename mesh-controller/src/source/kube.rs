@@ -19,6 +19,8 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Namespace", "namespaces"),
     ("", "v1", "Pod", "pods"),
     ("", "v1", "Service", "services"),
+    ("", "v1", "ServiceAccount", "serviceaccounts"),
+    ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     (
         "networking.istio.io",
         "v1",

@@ -1,12 +1,16 @@
 //! Validation results written where `kubectl` shows them: each resource's `status.conditions`
 //! (a merge patch on the status subresource, only when they changed), so
-//! `kubectl get vs` shows `Accepted` and `kubectl describe` the reason.
+//! `kubectl get vs` shows `Accepted` and `kubectl describe` the reason; and, when they change,
+//! a Kubernetes event on the resource (Warning with the reason when refused, Normal once it is
+//! accepted again), which `kubectl describe` and `kubectl get events` list.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client,
     api::{Api, DynamicObject, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
 use super::{StatusSink, kube::api_resource};
@@ -15,18 +19,92 @@ use crate::{
     resources::common::Condition,
 };
 
+/// The controller's name in the events it reports.
+pub const REPORTER: &str = "ambit-controller";
+/// Kubernetes refuses longer event notes.
+const MAX_NOTE: usize = 1024;
+
 pub struct KubeStatus {
     client: Client,
     /// What was last written, to write only changes.
     written: BTreeMap<ObjectKey, Vec<Condition>>,
+    events: Recorder,
 }
 
 impl KubeStatus {
-    pub fn new(client: Client) -> Self {
+    /// `instance` tells replicas apart in events (the pod's name).
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.to_owned(),
+            instance,
+        };
         KubeStatus {
+            events: Recorder::new(client.clone(), reporter),
             client,
             written: BTreeMap::new(),
         }
+    }
+
+    /// An event for each condition that is not met, and one saying the resource is accepted
+    /// when it had been refused before.
+    async fn record(
+        &self,
+        reference: &ObjectReference,
+        conditions: &[Condition],
+        was_refused: bool,
+    ) {
+        let bad: Vec<&Condition> = conditions.iter().filter(|c| c.status != "True").collect();
+        let mut events: Vec<Event> = bad
+            .iter()
+            .map(|c| Event {
+                type_: EventType::Warning,
+                reason: c.reason.clone(),
+                note: Some(truncate(&format!("{}: {}", c.type_, c.message))),
+                action: "Validate".to_owned(),
+                secondary: None,
+            })
+            .collect();
+        if was_refused && !refused(conditions) {
+            events.push(Event {
+                type_: EventType::Normal,
+                reason: "Accepted".to_owned(),
+                note: Some("the resource is valid and applied".to_owned()),
+                action: "Validate".to_owned(),
+                secondary: None,
+            });
+        }
+        for event in events {
+            if let Err(error) = self.events.publish(&event, reference).await {
+                tracing::warn!(%error, name = ?reference.name, "recording an event failed");
+            }
+        }
+    }
+}
+
+fn refused(conditions: &[Condition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "Accepted" && c.status != "True")
+}
+
+fn truncate(note: &str) -> String {
+    let mut end = note.len().min(MAX_NOTE);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note[..end].to_owned()
+}
+
+fn reference(set: &ConfigSet, key: &ObjectKey, ar: &kube::api::ApiResource) -> ObjectReference {
+    let meta = set.resources.get(key).map(|r| r.meta());
+    ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        namespace: Some(key.namespace.clone()),
+        name: Some(key.name.clone()),
+        uid: meta.and_then(|m| m.uid.clone()),
+        resource_version: meta.and_then(|m| m.resource_version.clone()),
+        ..ObjectReference::default()
     }
 }
 
@@ -48,7 +126,11 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
             "authorizationpolicies",
         ),
         Kind::K8sGateway => ("gateway.networking.k8s.io", "Gateway", "gateways"),
-        Kind::Namespace | Kind::Pod | Kind::Service => return None,
+        Kind::Namespace
+        | Kind::Pod
+        | Kind::Service
+        | Kind::EndpointSlice
+        | Kind::ServiceAccount => return None,
     };
     Some(api_resource(group, "v1", kind, plural))
 }
@@ -56,7 +138,7 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
 impl StatusSink for KubeStatus {
     async fn report(
         &mut self,
-        _set: &ConfigSet,
+        set: &ConfigSet,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
         errors: &[LoadError],
     ) {
@@ -87,6 +169,9 @@ impl StatusSink for KubeStatus {
                     for c in conditions.iter().filter(|c| c.status != "True") {
                         tracing::warn!(resource = %key, reason = %c.reason, "{}", c.message);
                     }
+                    let was_refused = self.written.get(&key).is_some_and(|old| refused(old));
+                    self.record(&reference(set, &key, &ar), &conditions, was_refused)
+                        .await;
                     self.written.insert(key, conditions);
                 }
                 Err(error) => tracing::warn!(resource = %key, %error, "writing status failed"),
