@@ -1,4 +1,4 @@
-//! The certificate authority: a root kept in a directory (created on first use), signing
+//! The certificate authority: a root kept in a directory or a Secret (created on first use), signing
 //! workload certificates from CSRs. The CA, not the CSR, decides what a certificate says: the
 //! CSR proves possession of the key and must ask for exactly the identity the caller was
 //! authenticated as; subject, SAN, key usages and lifetime are set here.
@@ -66,30 +66,42 @@ impl CertificateAuthority {
         if cert_path.exists() && key_path.exists() {
             let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
             let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            let bad = |source| Error::BadRoot {
-                path: dir.to_owned(),
-                source,
-            };
-            let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
-            let root = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| {
-                Error::BadRoot {
-                    path: cert_path.clone(),
-                    source: rcgen::Error::CouldNotParseCertificate,
-                }
-            })?;
-            let issuer = Issuer::from_ca_cert_der(&root, key).map_err(bad)?;
-            return Ok(Self {
-                trust_domain: trust_domain.to_owned(),
-                issuer,
-                root,
-                root_pem: cert_pem,
-            });
+            return Self::from_pem(cert_pem, &key_pem, trust_domain, dir);
         }
         let ca = Self::generate(trust_domain)?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        write_private(&key_path, &ca.issuer.key().serialize_pem()).map_err(io(&key_path))?;
+        write_private(&key_path, &ca.key_pem()).map_err(io(&key_path))?;
         std::fs::write(&cert_path, ca.root_pem()).map_err(io(&cert_path))?;
         Ok(ca)
+    }
+
+    /// The root whose certificate and key are these PEM texts; `origin` (a directory or a
+    /// Secret) names them in errors.
+    pub fn from_pem(
+        cert_pem: String,
+        key_pem: &str,
+        trust_domain: &str,
+        origin: impl AsRef<Path>,
+    ) -> Result<Self, Error> {
+        let bad = |source| Error::BadRoot {
+            path: origin.as_ref().to_owned(),
+            source,
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(bad)?;
+        let root = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| bad(rcgen::Error::CouldNotParseCertificate))?;
+        let issuer = Issuer::from_ca_cert_der(&root, key).map_err(bad)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            issuer,
+            root,
+            root_pem: cert_pem,
+        })
+    }
+
+    /// The root's private key, to keep it (in a Kubernetes Secret).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// A root that lives only in memory (tests, and a second CA to test refusal with).

@@ -1,10 +1,12 @@
 //! `IstioCertificateService/CreateCertificate`: a node agent asks for a certificate for one of
 //! its pods' service accounts. The agent is authenticated by its bootstrap token (in
-//! Kubernetes, later, its service-account token), and may only get identities of pods that run
-//! on its own node: a compromised node cannot mint other nodes' identities.
+//! Kubernetes, its service-account token, checked with a TokenReview: see `kubernetes`), and
+//! may only get identities of pods that run on its own node: a compromised node cannot mint
+//! other nodes' identities.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use mesh_core::{
     Identity,
     pb::{
@@ -20,15 +22,15 @@ use crate::ca::{CertificateAuthority, DEFAULT_LIFETIME};
 
 /// Who may ask for what.
 pub trait NodeAuthorizer: Send + Sync + 'static {
-    /// The node a bearer token belongs to.
-    fn node_of(&self, token: &str) -> Option<String>;
+    /// The node a bearer token belongs to (asking the API server may take a round trip).
+    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>>;
     /// Whether `node` runs a pod that has `identity`.
     fn may_issue(&self, node: &str, identity: &Identity) -> bool;
 }
 
 /// The node a request's `authorization: Bearer <token>` belongs to; `what` names the request
 /// in the log when the token is unknown.
-pub fn authenticate(
+pub async fn authenticate(
     authorizer: &dyn NodeAuthorizer,
     metadata: &tonic::metadata::MetadataMap,
     what: &str,
@@ -38,7 +40,7 @@ pub fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-    authorizer.node_of(token).ok_or_else(|| {
+    authorizer.node_of(token).await.ok_or_else(|| {
         tracing::warn!("{what} with an unknown token refused");
         Status::unauthenticated("unknown token")
     })
@@ -52,13 +54,16 @@ pub struct LocalAuthorizer {
 }
 
 impl NodeAuthorizer for LocalAuthorizer {
-    fn node_of(&self, token: &str) -> Option<String> {
-        let text = std::fs::read_to_string(&self.tokens_file).ok()?;
-        let tokens: HashMap<String, String> = serde_yaml_tokens(&text)?;
-        tokens
-            .into_iter()
-            .find(|(_, t)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-            .map(|(node, _)| node)
+    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+        let node = (|| {
+            let text = std::fs::read_to_string(&self.tokens_file).ok()?;
+            let tokens: HashMap<String, String> = serde_yaml_tokens(&text)?;
+            tokens
+                .into_iter()
+                .find(|(_, t)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+                .map(|(node, _)| node)
+        })();
+        Box::pin(std::future::ready(node))
     }
 
     fn may_issue(&self, node: &str, identity: &Identity) -> bool {
@@ -107,7 +112,8 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = authenticate(&*self.authorizer, request.metadata(), "certificate request")?;
+        let node =
+            authenticate(&*self.authorizer, request.metadata(), "certificate request").await?;
         let request = request.into_inner();
         let csr = CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
             .map_err(|_| Status::invalid_argument("csr is not a PEM certificate request"))?;

@@ -1,5 +1,5 @@
-//! Ambit's controller as a library: today the certificate authority and its gRPC service; the
-//! control-plane issue adds resource types, validation, config sources and the config stream.
+//! Ambit's controller as a library: the certificate authority, the resource types users apply,
+//! their validation, the configuration sources and the configuration stream.
 //!
 //! # Layout
 //! - `admin`: the loopback admin endpoint `ambitctl` reads (`/status`, `/config_dump`);
@@ -12,6 +12,8 @@
 //! - `distribution`: versioned deltas for subscribers and the `ConfigService` stream;
 //! - `source`: configuration sources (a directory, the Kubernetes API) and the debounced
 //!   publish loop;
+//! - `kubernetes`: Kubernetes mode's CA Secret, node authentication by TokenReview, and the
+//!   waypoint reconciler;
 //! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway;
 //! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
 //!   `Gateway` for waypoints), with their CRDs.
@@ -21,6 +23,7 @@ pub mod ca_service;
 pub mod compile;
 pub mod config;
 pub mod distribution;
+pub mod kubernetes;
 pub mod resources;
 pub mod serve;
 pub mod source;

@@ -1,6 +1,8 @@
-//! Ambit's controller in local mode: the certificate authority (the mesh root kept in a
-//! directory, workload certificates for node agents) and, with `--config-dir`, the validated
-//! configuration streamed to subscribers, both over gRPC on one TLS port (15012).
+//! Ambit's controller: the certificate authority (workload certificates for node agents) and
+//! the validated configuration streamed to subscribers, both over gRPC on one TLS port
+//! (15012). Local mode (`--config-dir`) reads the same YAML users would `kubectl apply` from a
+//! directory; Kubernetes mode (`--kubernetes`) watches the API server, writes status and
+//! events, keeps the CA root in a Secret and runs waypoints.
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -8,10 +10,11 @@ use clap::Parser;
 use mesh_controller::{
     admin,
     ca::CertificateAuthority,
-    ca_service::{CaService, LocalAuthorizer},
+    ca_service::{CaService, LocalAuthorizer, NodeAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
+    kubernetes::{self, KubeAuthorizer},
     serve,
-    source::{self, LogStatus, dir::DirSource},
+    source::{self, LogStatus, dir::DirSource, kube::KubeSource, status::KubeStatus},
 };
 use mesh_core::{
     Identity, config_pb::config_service_server::ConfigServiceServer,
@@ -22,29 +25,37 @@ use tracing_subscriber::EnvFilter;
 /// How long the controller's own serving certificate lasts; it is re-issued at every start.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Ambit controller (local mode: the CA for node agents).
+/// Ambit controller.
 #[derive(Parser)]
 #[command(name = "mesh-controller", version)]
 struct Args {
     /// The mesh's trust domain (`spiffe://<trust domain>/...`).
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// Where the root certificate and key live (created on first start).
-    #[arg(long, env = "AMBIT_CA_DIR")]
-    ca_dir: PathBuf,
+    /// Kubernetes mode: configuration from the API server (in-cluster or kubeconfig
+    /// credentials), the CA root in a Secret, node agents authenticated by TokenReview.
+    #[arg(long, env = "AMBIT_KUBERNETES")]
+    kubernetes: bool,
+    /// Local mode: where the root certificate and key live (created on first start).
+    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present = "kubernetes")]
+    ca_dir: Option<PathBuf>,
     /// Local mode's pods file: who runs where, so a node only gets its own pods' identities.
-    #[arg(long, env = "AMBIT_PODS_FILE")]
-    pods_file: PathBuf,
-    /// `node: token` lines: each node agent's bootstrap token.
-    #[arg(long, env = "AMBIT_TOKENS_FILE")]
-    tokens_file: PathBuf,
-    /// Address of the certificate service.
+    #[arg(long, env = "AMBIT_PODS_FILE", required_unless_present = "kubernetes")]
+    pods_file: Option<PathBuf>,
+    /// Local mode: `node: token` lines, each node agent's bootstrap token.
+    #[arg(
+        long,
+        env = "AMBIT_TOKENS_FILE",
+        required_unless_present = "kubernetes"
+    )]
+    tokens_file: Option<PathBuf>,
+    /// Address of the certificate and configuration services.
     #[arg(long, env = "AMBIT_CA_ADDR", default_value = "0.0.0.0:15012")]
     ca_addr: SocketAddr,
     /// Local mode's configuration: a directory of the YAML users would `kubectl apply`
     /// (Namespaces, Services, Istio resources), reloaded on change and streamed to
     /// subscribers on the same port as the certificate service.
-    #[arg(long, env = "AMBIT_CONFIG_DIR")]
+    #[arg(long, env = "AMBIT_CONFIG_DIR", conflicts_with = "kubernetes")]
     config_dir: Option<PathBuf>,
     /// Admin endpoint (`/status`, `/config_dump`) that `ambitctl` reads. Keep it on loopback.
     #[arg(
@@ -59,6 +70,29 @@ struct Args {
     /// The longest workload certificate lifetime granted, in seconds.
     #[arg(long, env = "AMBIT_MAX_CERT_LIFETIME", default_value_t = 24 * 3600)]
     max_cert_lifetime: u64,
+    /// Kubernetes mode: the controller's own namespace (CA Secret, root ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ambit-system")]
+    namespace: String,
+    /// Kubernetes mode: this replica's pod name, in the events it records.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Kubernetes mode: the node agents' service account, as TokenReview names it.
+    #[arg(
+        long,
+        env = "AMBIT_NODE_ACCOUNT",
+        default_value = "system:serviceaccount:ambit-system:ambit-node"
+    )]
+    node_account: String,
+    /// Kubernetes mode: the audience node agents' projected tokens are issued for.
+    #[arg(long, env = "AMBIT_TOKEN_AUDIENCE", default_value = "ambit")]
+    token_audience: String,
+    /// Kubernetes mode: the image waypoint Deployments run.
+    #[arg(
+        long,
+        env = "AMBIT_WAYPOINT_IMAGE",
+        default_value = "ghcr.io/ambit-mesh/mesh-waypoint:0.1.0"
+    )]
+    waypoint_image: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,10 +110,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let ca = Arc::new(CertificateAuthority::load_or_create(
-        &args.ca_dir,
-        &args.trust_domain,
-    )?);
+    let distributor = Arc::new(Distributor::default());
+    let status = LogStatus::default();
+    admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
+        .await
+        .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
+    let (ca, authorizer) = if args.kubernetes {
+        kubernetes_mode(&args, &distributor, status).await?
+    } else {
+        local_mode(&args, &distributor, status)?
+    };
+    let ca = Arc::new(ca);
     let identity = Identity::controller(&args.trust_domain)?;
     let (key, csr) = tls::certificate_request(&identity)?;
     let chain = ca.sign(&csr, &identity, SERVING_CERT_LIFETIME)?;
@@ -88,29 +129,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.ca_addr)
         .await
         .with_context(|| format!("binding {}", args.ca_addr))?;
-    let authorizer = Arc::new(LocalAuthorizer {
-        tokens_file: args.tokens_file,
-        pods_file: args.pods_file.clone(),
-    });
     let service = CaService {
         ca,
         authorizer: authorizer.clone(),
         max_lifetime: Duration::from_secs(args.max_cert_lifetime),
     };
-    let distributor = Arc::new(Distributor::default());
-    let status = LogStatus::default();
-    admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
-        .await
-        .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
-    if let Some(dir) = args.config_dir {
-        let source = DirSource::new(dir, Some(args.pods_file));
-        let (distributor, domain) = (distributor.clone(), args.cluster_domain);
-        tokio::spawn(async move {
-            source::run(source, status, &distributor, &domain).await;
-        });
-    }
     let config_service = ConfigStreamService {
-        distributor,
+        distributor: distributor.clone(),
         authorizer: Some(authorizer),
     };
     tracing::info!(addr = %args.ca_addr, %identity, "certificate and configuration services ready");
@@ -120,6 +145,87 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(serve::tls_incoming(listener, config), shutdown())
         .await?;
     Ok(())
+}
+
+type Authority = (CertificateAuthority, Arc<dyn NodeAuthorizer>);
+
+/// The CA root from a directory, tokens and pods from files, configuration (if any) from a
+/// directory.
+fn local_mode(
+    args: &Args,
+    distributor: &Arc<Distributor>,
+    status: LogStatus,
+) -> anyhow::Result<Authority> {
+    let (Some(ca_dir), Some(pods_file), Some(tokens_file)) =
+        (&args.ca_dir, &args.pods_file, &args.tokens_file)
+    else {
+        anyhow::bail!("local mode needs --ca-dir, --pods-file and --tokens-file");
+    };
+    let ca = CertificateAuthority::load_or_create(ca_dir, &args.trust_domain)?;
+    let authorizer = Arc::new(LocalAuthorizer {
+        tokens_file: tokens_file.clone(),
+        pods_file: pods_file.clone(),
+    });
+    if let Some(dir) = args.config_dir.clone() {
+        let source = DirSource::new(dir, Some(pods_file.clone()));
+        let (distributor, domain) = (distributor.clone(), args.cluster_domain.clone());
+        tokio::spawn(async move {
+            source::run(source, status, &distributor, &domain).await;
+        });
+    }
+    Ok((ca, authorizer))
+}
+
+/// Everything from the API server: configuration watched, status and events written back,
+/// the CA root in a Secret (its certificate published for nodes), nodes checked by
+/// TokenReview, and waypoints reconciled.
+async fn kubernetes_mode(
+    args: &Args,
+    distributor: &Arc<Distributor>,
+    status: LogStatus,
+) -> anyhow::Result<Authority> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes credentials (in-cluster service account or kubeconfig)")?;
+    let ca = kubernetes::certificate_authority(&client, &args.namespace, &args.trust_domain)
+        .await
+        .context("loading the CA root")?;
+    kubernetes::publish_root(&client, &args.namespace, ca.root_pem())
+        .await
+        .context("publishing the root certificate")?;
+    let source = KubeSource::start(client.clone());
+    let pods = source.store("Pod").expect("Pods are watched");
+    let authorizer = Arc::new(KubeAuthorizer {
+        client: client.clone(),
+        node_account: args.node_account.clone(),
+        audience: args.token_audience.clone(),
+        pods,
+    });
+    let sink = (
+        KubeStatus::new(client.clone(), args.pod_name.clone()),
+        status,
+    );
+    let (distributor, domain) = (distributor.clone(), args.cluster_domain.clone());
+    tokio::spawn(async move {
+        // Nothing is published from a partial list: a policy missing from it would be
+        // lifted on every node.
+        while tokio::time::timeout(Duration::from_secs(30), source.ready())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "still waiting for the first list of every watched kind: are Ambit's CRDs \
+                 (deploy/crds) and the Gateway API installed, and may the controller list them?"
+            );
+        }
+        tracing::info!("every watched kind listed; publishing configuration");
+        source::run(source, sink, &distributor, &domain).await;
+    });
+    tokio::spawn(kubernetes::run_waypoints(
+        client,
+        args.waypoint_image.clone(),
+    ));
+    Ok((ca, authorizer))
 }
 
 async fn shutdown() {

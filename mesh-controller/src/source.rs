@@ -42,8 +42,22 @@ pub trait StatusSink: Send {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Logs what is not accepted (local mode), once per change of findings, and keeps the last
-/// report for the admin endpoint.
+/// Both sinks, one after the other (Kubernetes mode: status and events in the API, the log
+/// and the admin endpoint's report here).
+impl<A: StatusSink, B: StatusSink> StatusSink for (A, B) {
+    async fn report(
+        &mut self,
+        set: &ConfigSet,
+        statuses: Vec<(ObjectKey, Vec<Condition>)>,
+        errors: &[LoadError],
+    ) {
+        self.0.report(set, statuses.clone(), errors).await;
+        self.1.report(set, statuses, errors).await;
+    }
+}
+
+/// Logs what is not accepted, once per change of findings, and keeps the last report for the
+/// admin endpoint.
 #[derive(Default)]
 pub struct LogStatus {
     last: Vec<String>,

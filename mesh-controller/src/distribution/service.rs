@@ -33,7 +33,7 @@ impl ConfigService for ConfigStreamService {
         let node = match &self.authorizer {
             None => "anonymous".to_owned(),
             Some(authorizer) => {
-                authenticate(&**authorizer, request.metadata(), "config subscription")?
+                authenticate(&**authorizer, request.metadata(), "config subscription").await?
             }
         };
         let mut inbound = request.into_inner();

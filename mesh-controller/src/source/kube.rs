@@ -118,6 +118,14 @@ impl KubeSource {
         }
     }
 
+    /// The store of one kind (`Pod`, ...), read by other parts of the controller.
+    pub fn store(&self, kind: &str) -> Option<reflector::Store<DynamicObject>> {
+        self.stores
+            .iter()
+            .find(|(ar, _)| ar.kind == kind && ar.group.is_empty())
+            .map(|(_, store)| store.clone())
+    }
+
     /// Waits until every kind has been listed once.
     pub async fn ready(&self) {
         for (_, store) in &self.stores {

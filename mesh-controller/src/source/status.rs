@@ -140,11 +140,10 @@ impl StatusSink for KubeStatus {
         &mut self,
         set: &ConfigSet,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
-        errors: &[LoadError],
+        // Load errors (objects that are not even parsed have no status to write) and
+        // refusals are logged by `LogStatus`, which runs beside this sink.
+        _errors: &[LoadError],
     ) {
-        for error in errors {
-            tracing::warn!("not applied: {error}");
-        }
         let present: std::collections::BTreeSet<ObjectKey> =
             statuses.iter().map(|(k, _)| k.clone()).collect();
         self.written.retain(|k, _| present.contains(k));
@@ -166,9 +165,6 @@ impl StatusSink for KubeStatus {
                 .await
             {
                 Ok(_) => {
-                    for c in conditions.iter().filter(|c| c.status != "True") {
-                        tracing::warn!(resource = %key, reason = %c.reason, "{}", c.message);
-                    }
                     let was_refused = self.written.get(&key).is_some_and(|old| refused(old));
                     self.record(&reference(set, &key, &ar), &conditions, was_refused)
                         .await;

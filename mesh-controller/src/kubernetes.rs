@@ -1,0 +1,256 @@
+//! Kubernetes mode: what the controller needs from the API server besides the watched
+//! configuration (`source::kube`) and status (`source::status`).
+//!
+//! - the CA root, kept in a Secret so that every replica and every restart signs with the same
+//!   root, and its certificate published in a ConfigMap the node DaemonSet mounts;
+//! - node agents authenticated by their projected service-account token (a TokenReview for
+//!   the `ambit` audience), whose pod binding names the node they run on; a node may only get
+//!   identities of pods scheduled on it;
+//! - the waypoint reconciler, run by `kube::runtime::Controller` on Gateways and the
+//!   Deployments they own.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt as _, future::BoxFuture};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::Deployment,
+        authentication::v1::{TokenReview, TokenReviewSpec},
+        core::v1::{ConfigMap, Secret},
+    },
+};
+use kube::{
+    Client,
+    api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{Controller, controller::Action, reflector::Store, watcher},
+};
+use mesh_core::Identity;
+
+use crate::{
+    ca::CertificateAuthority, ca_service::NodeAuthorizer, resources::gateway_api::Gateway, waypoint,
+};
+
+/// The Secret holding the CA root's certificate and key.
+pub const CA_SECRET: &str = "ambit-ca";
+/// The ConfigMap holding the root certificate for node agents.
+pub const ROOT_CONFIG_MAP: &str = "ambit-ca-root";
+pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+const ROOT_KEY_KEY: &str = "root-key.pem";
+/// What a service-account token bound to a pod says about the pod's node (Kubernetes 1.30+).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+const MANAGER: &str = "ambit-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("Secret {namespace}/{CA_SECRET} lacks {key}: delete it to have a new root made")]
+    IncompleteSecret {
+        namespace: String,
+        key: &'static str,
+    },
+    #[error(transparent)]
+    Ca(#[from] crate::ca::Error),
+}
+
+/// The CA root from the Secret in `namespace`, made and stored there if there is none. When
+/// two replicas race to create it, the loser reads the winner's.
+pub async fn certificate_authority(
+    client: &Client,
+    namespace: &str,
+    trust_domain: &str,
+) -> Result<CertificateAuthority, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    loop {
+        if let Some(secret) = secrets.get_opt(CA_SECRET).await? {
+            let data = secret.data.unwrap_or_default();
+            let text = |key: &'static str| {
+                data.get(key)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .ok_or_else(|| Error::IncompleteSecret {
+                        namespace: namespace.to_owned(),
+                        key,
+                    })
+            };
+            let origin = format!("secret {namespace}/{CA_SECRET}");
+            return Ok(CertificateAuthority::from_pem(
+                text(ROOT_CERT_KEY)?,
+                &text(ROOT_KEY_KEY)?,
+                trust_domain,
+                origin,
+            )?);
+        }
+        let ca = CertificateAuthority::generate(trust_domain)?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(CA_SECRET.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                (ROOT_CERT_KEY.to_owned(), ByteString(ca.root_pem().into())),
+                (
+                    ROOT_KEY_KEY.to_owned(),
+                    ByteString(ca.key_pem().into_bytes()),
+                ),
+            ])),
+            type_: Some("Opaque".to_owned()),
+            ..Secret::default()
+        };
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(%namespace, "created the mesh root in Secret {CA_SECRET}");
+                return Ok(ca);
+            }
+            // Another replica made one first: use that.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Publishes the root certificate (not the key) where node agents mount it from.
+pub async fn publish_root(client: &Client, namespace: &str, root_pem: &str) -> Result<(), Error> {
+    let config_map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ROOT_CONFIG_MAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_owned(),
+                "ambit".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            ROOT_CERT_KEY.to_owned(),
+            root_pem.to_owned(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        ROOT_CONFIG_MAP,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&config_map),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Node agents in Kubernetes: a token is accepted when the API server says it is the node
+/// agent's service account, issued for the `audience`, and bound to a pod on some node.
+pub struct KubeAuthorizer {
+    pub client: Client,
+    /// `system:serviceaccount:<namespace>:<name>` of the node DaemonSet.
+    pub node_account: String,
+    /// The audience the node's projected token is made for.
+    pub audience: String,
+    /// The Pods the configuration source watches: who runs where.
+    pub pods: Store<DynamicObject>,
+}
+
+impl KubeAuthorizer {
+    async fn review(&self, token: &str) -> Option<String> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer = match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::warn!(%error, "TokenReview failed; refusing the node");
+                return None;
+            }
+        };
+        let status = answer.status?;
+        if status.authenticated != Some(true) {
+            tracing::warn!(error = ?status.error, "token not authenticated by the API server");
+            return None;
+        }
+        if status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| !a.contains(&self.audience))
+        {
+            tracing::warn!(audiences = ?status.audiences, "token is not for the mesh's audience");
+            return None;
+        }
+        let user = status.user?;
+        if user.username.as_deref() != Some(&self.node_account) {
+            tracing::warn!(user = ?user.username, expected = %self.node_account,
+                "token of an account that is not the node agent's");
+            return None;
+        }
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|values| values.first().cloned());
+        if node.is_none() {
+            tracing::warn!(
+                "the node agent's token names no node: it must be a projected token bound to \
+                 its pod (Kubernetes 1.30 or later)"
+            );
+        }
+        node
+    }
+}
+
+impl NodeAuthorizer for KubeAuthorizer {
+    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(self.review(token))
+    }
+
+    fn may_issue(&self, node: &str, identity: &Identity) -> bool {
+        self.pods.state().iter().any(|pod| {
+            let spec = &pod.data["spec"];
+            let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+            spec["nodeName"].as_str() == Some(node)
+                && pod.metadata.namespace.as_deref() == Some(identity.namespace.as_str())
+                && account == identity.service_account
+        })
+    }
+}
+
+/// What the waypoint reconciler needs.
+struct WaypointContext {
+    client: Client,
+    image: String,
+}
+
+/// Runs the waypoint reconciler until the process ends: every Gateway (and every change to a
+/// Deployment one owns) is reconciled, and again every five minutes.
+pub async fn run_waypoints(client: Client, image: String) {
+    let gateways: Api<Gateway> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let context = Arc::new(WaypointContext { client, image });
+    Controller::new(gateways, watcher::Config::default())
+        .owns(deployments, watcher::Config::default())
+        .run(reconcile_waypoint, waypoint_error, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "waypoint reconcile");
+            }
+        })
+        .await;
+}
+
+#[tracing::instrument(skip_all, fields(gateway = %kube::ResourceExt::name_any(&*gateway)))]
+async fn reconcile_waypoint(
+    gateway: Arc<Gateway>,
+    context: Arc<WaypointContext>,
+) -> Result<Action, kube::Error> {
+    waypoint::reconcile(&context.client, &gateway, &context.image).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn waypoint_error(gateway: Arc<Gateway>, error: &kube::Error, _: Arc<WaypointContext>) -> Action {
+    tracing::warn!(gateway = %kube::ResourceExt::name_any(&*gateway), %error,
+        "waypoint not reconciled; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
