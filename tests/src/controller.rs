@@ -138,6 +138,12 @@ fn rand_u64() -> u64 {
     hasher.finish()
 }
 
+impl Controller {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -101,3 +101,14 @@ pub fn start_inside(command: &mut Command, netns: File, cgroup_procs: Option<Fil
         });
     }
 }
+
+/// A process's resident memory, in MB.
+pub fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .with_context(|| format!("no VmRSS for process {pid}"))?;
+    Ok(kb / 1024.0)
+}

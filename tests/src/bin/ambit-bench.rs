@@ -309,17 +309,11 @@ fn iperf3(client: &Pod, server: &Pod, streams: u32, secs: Duration) -> Result<f6
 
 /// Sum of both agents' resident memory, in MB.
 fn rss_mb(agents: &[mesh_tests::Agent; 2]) -> Result<f64> {
-    let mut kb = 0.0;
+    let mut mb = 0.0;
     for agent in agents {
-        let pid = agent.pid().context("agent not running")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        kb += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .context("no VmRSS")?;
+        mb += mesh_tests::sys::rss_mb(agent.pid().context("agent not running")?)?;
     }
-    Ok(kb / 1024.0 / agents.len() as f64)
+    Ok(mb / agents.len() as f64)
 }
 
 fn print_table(all: &[(&str, Results)]) {

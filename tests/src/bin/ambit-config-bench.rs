@@ -2,10 +2,12 @@
 //! compilation and the configuration stream. Measures the first push to a node, the time one
 //! change takes to reach 100 subscribers (p50/p99), and memory. Controller and subscribers run
 //! in this process over loopback gRPC (plaintext: TLS cost is per connection, not per change).
+//! Then the same cluster with real processes in the test bed (root): the controller in local
+//! mode and two node agents taking their pods from its stream over TLS, for their memory.
 
 use std::{sync::Arc, time::Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodSpec, PodStatus, Service, ServiceSpec};
 use kube::api::ObjectMeta;
 use mesh_controller::{
@@ -102,8 +104,90 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(in_process())?;
+    real_processes()
+}
+
+/// The cluster in the test bed's files: pods on 100 other nodes in the pods file, Services in
+/// the controller's directory; two real agents (`--config-source controller`) receive it.
+fn real_processes() -> Result<()> {
+    use mesh_tests::{AgentOptions, Testbed, Topology, sys::rss_mb};
+    let tb = Testbed::new(Topology::default())?;
+    tb.update_pods_file(|file| {
+        for n in 0..NAMESPACES {
+            file.namespaces.push(mesh_core::pods::Namespace {
+                name: format!("ns-{n}"),
+                labels: [("ambit.io/dataplane-mode".to_owned(), "ambient".to_owned())].into(),
+            });
+        }
+        for p in 0..PODS {
+            file.pods.push(mesh_core::pods::Pod {
+                name: format!("pod-{p}"),
+                namespace: format!("ns-{}", p % NAMESPACES),
+                node: format!("node-{}", p % NODES),
+                service_account: format!("sa-{}", p % SERVICES),
+                ip: std::net::Ipv4Addr::new(100, 64 + (p / 65536) as u8, (p / 256) as u8, p as u8),
+                netns: "/nonexistent".into(),
+                cgroup: None,
+                labels: [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
+                uid: None,
+                enrolled: None,
+            });
+        }
+    })?;
+    let mut services = String::new();
+    for s in 0..SERVICES {
+        services.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: app-{s}, namespace: ns-{}}}\n\
+             spec: {{clusterIP: 10.96.{}.{}, selector: {{app: app-{s}}}, ports: [{{port: 80}}]}}\n---\n",
+            s % NAMESPACES,
+            s / 256,
+            s % 256
+        ));
+    }
+    tb.write_policy("services", &services)?;
+    let started = Instant::now();
+    let (controller, agents) = tb.start_mesh(AgentOptions {
+        config_from_controller: true,
+        worker_threads: Some(1),
+        ..AgentOptions::default()
+    })?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let dump = agents[0].config_dump()?;
+        let pods = dump["pods"]["pods"].as_array().map_or(0, Vec::len);
+        if pods >= PODS {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent has {pods} pods after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ready_s = started.elapsed().as_secs_f64();
+    println!(
+        "real processes (test bed, TLS): controller (local mode) and 2 node agents (--config-source controller)"
+    );
+    println!("  controller start to agent holding {PODS} pods  {ready_s:>7.2} s");
+    println!(
+        "  controller RSS                          {:>10.1} MB",
+        rss_mb(controller.pid())?
+    );
+    let agent_pid = agents[0].pid().context("agent not running")?;
+    println!(
+        "  node agent RSS                          {:>10.1} MB",
+        rss_mb(agent_pid)?
+    );
+    Ok(())
+}
+
+async fn in_process() -> Result<()> {
     let rss_start = rss_mb();
     let started = Instant::now();
     let set = cluster(0);
