@@ -23,9 +23,12 @@ use mesh_core::Identity;
 
 const NODE_ACCOUNT: &str = "system:serviceaccount:ambit-system:ambit-node";
 
+/// (path, body) of each request the scripted API server received.
+type Requests = Arc<Mutex<Vec<(String, String)>>>;
+
 /// An API server that answers every TokenReview with `user`'s fields (or unauthenticated for
 /// the token "bad"), and records each request's path and body.
-fn token_reviewer(user: serde_json::Value) -> (Client, Arc<Mutex<Vec<(String, String)>>>) {
+fn token_reviewer(user: serde_json::Value) -> (Client, Requests) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {

@@ -2,6 +2,8 @@
 //! `ip:port`, sent over mutual TLS to the destination's port 15008. Server-side checks answer
 //! with the status codes Istio's ztunnel uses, so either side can talk to ztunnel.
 
+pub mod settings;
+
 use std::net::{IpAddr, SocketAddr};
 
 use http::{Method, Request, StatusCode, Uri};

@@ -14,6 +14,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// The label a waypoint's pods carry: the name of their Gateway.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
 /// The label that puts a namespace or a pod into the mesh.
 pub const DATAPLANE_MODE_LABEL: &str = "ambit.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
@@ -77,6 +80,10 @@ pub struct Pod {
     /// namespace's labels); `None` in the pods file, where the labels decide.
     #[serde(skip)]
     pub enrolled: Option<bool>,
+    /// The waypoint (`namespace/name` of its Gateway) traffic to this pod must pass, as the
+    /// controller bound it (`ambit.io/use-waypoint`).
+    #[serde(skip)]
+    pub waypoint: Option<String>,
 }
 
 fn default_service_account() -> String {
@@ -140,6 +147,15 @@ impl PodsFile {
         self.pods
             .iter()
             .filter(move |pod| pod.node == node && self.is_enrolled(pod))
+    }
+
+    /// The pods running the waypoint `namespace/name`.
+    pub fn waypoint_pods<'a>(&'a self, waypoint: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        let (namespace, name) = waypoint.split_once('/').unwrap_or(("", waypoint));
+        self.pods.iter().filter(move |pod| {
+            pod.namespace == namespace
+                && pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(name)
+        })
     }
 
     /// The pod with this address, on any node: names the peer of a connection in metrics.

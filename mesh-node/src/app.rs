@@ -24,6 +24,7 @@ use crate::{
     policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
     sandbox::Sandboxes,
+    services::Services,
 };
 use mesh_core::{
     Identity,
@@ -101,6 +102,8 @@ pub struct State {
     identities: RwLock<Vec<Identity>>,
     policies: RwLock<Arc<PolicySet>>,
     policy_errors: RwLock<Vec<String>>,
+    /// Services by address (from the controller's stream; none in local mode).
+    services: RwLock<Arc<Services>>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +120,17 @@ pub struct ConfigDump {
 impl State {
     pub fn pods(&self) -> Arc<PodsFile> {
         self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn services(&self) -> Arc<Services> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_services(&self, services: Services) {
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
     }
 
     pub fn set_enrolled(&self, view: Vec<EnrolledView>) {
@@ -263,6 +277,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         identities: RwLock::new(Vec::new()),
         policies: RwLock::new(Arc::new(PolicySet::default())),
         policy_errors: RwLock::new(Vec::new()),
+        services: RwLock::new(Arc::new(Services::default())),
     });
     let (mut policy_watch, mut pod_source) = match config.config_source {
         ConfigSource::File => {

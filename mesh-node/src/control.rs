@@ -21,6 +21,7 @@ use crate::{
     app::State,
     pods::{Pod, PodsFile},
     policy,
+    services::Services,
 };
 
 /// The workloads of the last applied update, as pods (network namespaces not filled in);
@@ -57,7 +58,11 @@ pub async fn follow_config(
                     },
                     |view, update| {
                         backoff = BACKOFF_MIN;
-                        if touches_workloads(update) || pods.borrow().is_none() {
+                        let first = pods.borrow().is_none();
+                        if first || touches(update, "Service") {
+                            state.set_services(Services::from_view(view));
+                        }
+                        if first || touches(update, "Workload") {
                             pods.send_replace(Some(Arc::new(pods_of(view))));
                         }
                         let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -107,14 +112,15 @@ fn policy_set(
     Ok((set, errors))
 }
 
-fn touches_workloads(update: &Update) -> bool {
+/// Whether `update` changes resources of `kind`.
+fn touches(update: &Update, kind: &str) -> bool {
     update.base_version == 0
         || update
             .upserts
             .iter()
             .filter_map(|r| r.key.as_ref())
             .chain(&update.removes)
-            .any(|key| key.kind == "Workload")
+            .any(|key| key.kind == kind)
 }
 
 /// Every workload of `view` with an IPv4 address, as a pod whose enrollment the controller
@@ -154,5 +160,6 @@ fn pod_of(workload: &Workload) -> Option<Pod> {
         labels: workload.labels.clone().into_iter().collect(),
         uid: (!workload.uid.is_empty()).then(|| workload.uid.clone()),
         enrolled: Some(workload.enrolled),
+        waypoint: (!workload.waypoint.is_empty()).then(|| workload.waypoint.clone()),
     })
 }

@@ -10,6 +10,7 @@
 //! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
 //! - `control`: policies and workloads from the controller's configuration stream;
 //! - `sandbox`: where this node's pods live (their network namespaces);
+//! - `services`: service addresses, their endpoints and waypoints;
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
 //! - `metrics`, `admin`: Prometheus metrics and the HTTP endpoints.
@@ -26,6 +27,7 @@ pub mod netns;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;
+pub mod services;
 
 /// Local mode's pods file (shared with the controller).
 pub use mesh_core::pods;

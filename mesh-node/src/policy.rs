@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::SystemTime};
 
 use mesh_core::{
     Identity,
-    pods::Pod,
+    pods::{Pod, PodsFile},
     policy::{Connection, Decision, LoadError, MtlsMode, PolicySet, Workload, load_dir},
 };
 
@@ -51,14 +51,30 @@ impl PolicyWatch {
     }
 }
 
-/// Whether an inbound connection to `pod` may proceed; the reason when it may not.
+/// Whether an inbound connection to `pod` may proceed; the reason when it may not. A pod
+/// bound to a waypoint takes connections only from the waypoint's identity: nobody skips
+/// the waypoint's L7 policy by dialing the pod directly.
 pub fn check_inbound(
     policies: &PolicySet,
+    pods: &PodsFile,
     pod: &Pod,
     client: Option<&Identity>,
     source: SocketAddr,
     port: u16,
 ) -> Result<(), String> {
+    if let Some(waypoint) = &pod.waypoint {
+        let from_waypoint = client.is_some_and(|client| {
+            pods.waypoint_pods(waypoint).any(|w| {
+                w.namespace == client.namespace && w.service_account == client.service_account
+            })
+        });
+        if !from_waypoint {
+            return Err(format!(
+                "{} is behind waypoint {waypoint}: only the waypoint may connect",
+                pod.key()
+            ));
+        }
+    }
     let workload = Workload {
         namespace: &pod.namespace,
         labels: &pod.labels,
@@ -93,6 +109,7 @@ pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
         };
         check_inbound(
             &policies,
+            &pods,
             pod,
             authorized.client.as_ref(),
             authorized.source,

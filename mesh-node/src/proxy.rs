@@ -7,7 +7,6 @@ mod connections;
 mod copy;
 mod hbone_client;
 mod hbone_server;
-mod hbone_settings;
 mod inbound;
 mod outbound;
 mod tunnel;

@@ -1,20 +1,22 @@
-//! Ambit's waypoint: the optional L7 proxy (routing, splits, retries, fault injection, L7
-//! authorization) that node agents send a service's traffic to over HBONE. The same binary
-//! serves as the ingress gateway.
-//!
-//! # Layout
-//! Not built yet: this binary only parses its flags. The L7 issue fills it (HBONE in,
-//! route table, resilience, telemetry, ingress mode).
-use clap::Parser;
-
-/// Ambit waypoint proxy (not implemented yet: exits with an error saying so).
-#[derive(Parser)]
-#[command(name = "mesh-waypoint", version)]
-struct Args {}
+use clap::Parser as _;
+use mesh_waypoint::{app, config::Config};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    Args::parse();
-    anyhow::bail!(
-        "mesh-waypoint is not implemented yet; the node agent (mesh-node) carries L4 traffic on its own"
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::parse();
+    let mut builder = match config.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()?.block_on(app::run(config))?;
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //! - `testbed`: building and tearing down the topology; `Pod` and `Node` handles;
 //! - `agent`: starting, stopping and querying `mesh-node` inside a node;
 //! - `controller`: the controller's CA in the fabric namespace;
+//! - `waypoint`: `mesh-waypoint` in a pod; `http`: a scripted HTTP/1.1 server and client;
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
 //! - `sys`: running commands and entering namespaces.
@@ -15,9 +16,11 @@ pub mod agent;
 pub mod bpf;
 pub mod capture;
 pub mod controller;
+pub mod http;
 pub mod sys;
 pub mod testbed;
 pub mod traffic;
+pub mod waypoint;
 
 pub use agent::{Agent, AgentOptions};
 pub use testbed::{Node, Pod, Testbed, Topology};

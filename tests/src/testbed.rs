@@ -204,6 +204,14 @@ impl Testbed {
             let node = self.build_node(n, topology)?;
             self.nodes.push(node);
         }
+        // The controller reaches pods (a waypoint pod asks it for its certificate) through
+        // their nodes.
+        for (k, node) in self.nodes.iter().enumerate() {
+            ip_in(
+                &self.fabric,
+                &format!("route add 198.19.{k}.0/24 via {}", node.ip),
+            )?;
+        }
         // Routes between nodes' pod subnets.
         for node in &self.nodes {
             for (k, other) in self.nodes.iter().enumerate() {
@@ -240,6 +248,7 @@ impl Testbed {
                 labels: Default::default(),
                 uid: Some(pod.uid.clone()),
                 enrolled: None,
+                waypoint: None,
             })
             .collect();
         self.update_pods_file(|file| {
@@ -409,6 +418,36 @@ impl Testbed {
         self.update_pods_file(|file| {
             for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
                 set_label(&mut spec.labels, mode);
+            }
+        })
+    }
+
+    /// Sets (or with `None` removes) a label on a pod.
+    pub fn label_pod(&self, pod: &str, key: &str, value: Option<&str>) -> Result<()> {
+        self.update_pods_file(|file| {
+            for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
+                match value {
+                    Some(value) => spec.labels.insert(key.to_owned(), value.to_owned()),
+                    None => spec.labels.remove(key),
+                };
+            }
+        })
+    }
+
+    /// Sets (or with `None` removes) a label on a namespace.
+    pub fn label_namespace(&self, namespace: &str, key: &str, value: Option<&str>) -> Result<()> {
+        self.update_pods_file(|file| {
+            if !file.namespaces.iter().any(|ns| ns.name == namespace) {
+                file.namespaces.push(pods::Namespace {
+                    name: namespace.to_owned(),
+                    labels: Default::default(),
+                });
+            }
+            for ns in file.namespaces.iter_mut().filter(|ns| ns.name == namespace) {
+                match value {
+                    Some(value) => ns.labels.insert(key.to_owned(), value.to_owned()),
+                    None => ns.labels.remove(key),
+                };
             }
         })
     }

@@ -34,10 +34,12 @@ impl Drop for Server {
     }
 }
 
-fn serve(
+/// Runs `handle` on a thread of its own for each accepted connection.
+pub fn serve(
     listener: TcpListener,
-    handle: fn(TcpStream, SocketAddr) -> io::Result<()>,
+    handle: impl Fn(TcpStream, SocketAddr) -> io::Result<()> + Send + Sync + 'static,
 ) -> Result<Server> {
+    let handle = Arc::new(handle);
     let addr = listener.local_addr()?;
     // accept() honours SO_RCVTIMEO: wake up now and then to notice the stop flag, without
     // the latency a non-blocking poll loop would add to every new connection.
@@ -50,6 +52,7 @@ fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_read_timeout(None);
                     let _ = stream.set_nodelay(true);
+                    let handle = handle.clone();
                     std::thread::spawn(move || handle(stream, peer));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -75,6 +75,8 @@ fn release_run(program: &str, args: &[&str]) -> Result<()> {
         "-p",
         "mesh-controller",
         "-p",
+        "mesh-waypoint",
+        "-p",
         "mesh-tests",
         "--bins",
     ])?;
@@ -105,13 +107,15 @@ fn test(extra: &[String]) -> Result<()> {
     cargo.run(&["fmt", "--all", "--", "--check"])?;
     step("linting (cargo clippy --all-targets -D warnings)");
     cargo.run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-    step("building the node agent the integration tests start");
+    step("building the agent, controller and waypoint the integration tests start");
     cargo.run(&[
         "build",
         "-p",
         "mesh-node",
         "-p",
         "mesh-controller",
+        "-p",
+        "mesh-waypoint",
         "--bins",
     ])?;
     step("running every test (eBPF and network-namespace tests need root)");

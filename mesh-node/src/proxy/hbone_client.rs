@@ -18,7 +18,7 @@ use h2::client::SendRequest;
 use mesh_core::{Identity, hbone, tls::identity_of};
 use rustls::pki_types::ServerName;
 
-use super::{PodContext, connect_from_pod, hbone_settings, tunnel::H2Stream};
+use super::{PodContext, connect_from_pod, tunnel::H2Stream};
 use crate::app::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,16 +72,18 @@ pub struct HbonePool {
 }
 
 impl HbonePool {
-    /// Opens a CONNECT stream to `target` for `pod`'s app; returns the tunnel as a byte stream.
+    /// Opens a CONNECT stream to `target` for `pod`'s app through `via` (the target's own
+    /// address, or its waypoint's); returns the tunnel as a byte stream.
     pub async fn connect(
         &self,
         state: &State,
         pod: &PodContext,
+        via: IpAddr,
         target: SocketAddr,
         expected: &Identity,
         client: SocketAddr,
     ) -> Result<H2Stream, Error> {
-        let (sender, active) = self.sender(state, pod, target.ip(), expected).await?;
+        let (sender, active) = self.sender(state, pod, via, expected).await?;
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
         let workload = super::workload_name(&pod.pod);
@@ -190,12 +192,12 @@ async fn open(
             });
         }
     }
-    let (sender, mut connection) = hbone_settings::client()
+    let (sender, mut connection) = mesh_core::hbone::settings::client()
         .handshake(tls)
         .await
         .map_err(|source| Error::Http { addr, source })?;
     let closed = Arc::new(AtomicBool::new(false));
-    let keep_alive = hbone_settings::keep_alive(connection.ping_pong());
+    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
     let ended = closed.clone();
     tokio::spawn(async move {
         tokio::select! {

@@ -15,8 +15,7 @@ use mesh_core::{Identity, hbone, tls::identity_of};
 use tokio::net::TcpListener;
 
 use super::{
-    Authorized, ConnectionInfo, PodContext, connect_from_pod, hbone_settings, labels,
-    record_failure,
+    Authorized, ConnectionInfo, PodContext, connect_from_pod, labels, record_failure,
     tunnel::{self, H2Stream},
 };
 use crate::{
@@ -80,11 +79,11 @@ async fn serve_connection(
         .local_addr()
         .map_err(|e| e.to_string())?
         .ip();
-    let mut connection = hbone_settings::server()
+    let mut connection = mesh_core::hbone::settings::server()
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(|e| format!("HTTP/2: {e}"))?;
-    let keep_alive = hbone_settings::keep_alive(connection.ping_pong());
+    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
     tokio::pin!(keep_alive);
     let client = Arc::new(client);
     loop {
@@ -121,6 +120,7 @@ async fn handle_connect(
     };
     if let Err(reason) = check_inbound(
         &state.policies(),
+        &state.pods(),
         &pod.pod,
         Some(client),
         peer,

@@ -21,7 +21,8 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
-        if let Err(reason) = check_inbound(&state.policies(), &pod.pod, None, peer, dst.port()) {
+        let (policies, pods) = (state.policies(), state.pods());
+        if let Err(reason) = check_inbound(&policies, &pods, &pod.pod, None, peer, dst.port()) {
             // Dropping the stream resets the client's connection.
             tracing::info!(pod = %pod.pod.key(), client = %peer, %dst, %reason, "plaintext inbound connection refused");
             record_failure(

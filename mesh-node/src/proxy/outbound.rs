@@ -1,7 +1,10 @@
 //! Outbound: connections the pod's apps opened, rewritten by `connect4/6` to the in-pod
 //! 15001 listener. The original destination comes from the `ORIG_DSTS` map.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use mesh_core::Identity;
 use tokio::net::{TcpListener, TcpStream};
@@ -11,6 +14,7 @@ use crate::{
     app::State,
     dataplane::OrigDsts,
     metrics::{Reporter, ResponseFlags},
+    pods::PodsFile,
 };
 
 pub async fn serve_outbound(
@@ -31,21 +35,89 @@ pub async fn serve_outbound(
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
             let source = SocketAddr::new(pod.pod.ip.into(), peer.port());
-            match hbone_peer(&state, dst) {
-                Some(expected) => carry_over_hbone(state, pod, stream, source, dst, expected).await,
-                None => carry_plain(state, pod, stream, source, dst).await,
+            match plan(&state, dst) {
+                Plan::Hbone {
+                    via,
+                    target,
+                    expected,
+                } => carry_over_hbone(state, pod, stream, source, via, target, expected).await,
+                Plan::Plain(target) => carry_plain(state, pod, stream, source, target).await,
+                Plan::Refuse(reason) => {
+                    // Fail closed: dropping the stream resets the app's connection.
+                    tracing::warn!(pod = %pod.pod.key(), %dst, %reason, "outbound connection refused");
+                    record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::NR);
+                }
             }
         });
     }
 }
 
-/// The identity the destination must prove, when it is an enrolled pod and this agent speaks
-/// HBONE; `None` for plain pass-through.
-fn hbone_peer(state: &State, dst: SocketAddr) -> Option<Identity> {
-    state.hbone.as_ref()?;
+/// Where a captured connection goes.
+enum Plan {
+    /// Over HBONE: to `via` (the destination pod, or the waypoint in front of it), as a
+    /// CONNECT to `target`; the server must prove `expected`.
+    Hbone {
+        via: IpAddr,
+        target: SocketAddr,
+        expected: Identity,
+    },
+    /// Passed through as plain TCP (the destination is not in the mesh).
+    Plain(SocketAddr),
+    Refuse(String),
+}
+
+/// A service address goes to the service's waypoint, else to one of its endpoints; a pod
+/// bound to a waypoint is reached through it; an enrolled pod over HBONE; anything else plain.
+fn plan(state: &State, dst: SocketAddr) -> Plan {
     let pods = state.pods();
-    let peer = pods.by_addr(dst.ip()).filter(|p| pods.is_enrolled(p))?;
-    peer.identity(&state.config.trust_domain).ok()
+    let mut target = dst;
+    if let Some(service) = state.services().by_addr(dst.ip()).cloned() {
+        if let Some(waypoint) = &service.waypoint {
+            return through_waypoint(state, &pods, waypoint, dst);
+        }
+        match service.pick_endpoint(&pods, dst.port()) {
+            Some(endpoint) => target = endpoint,
+            None => return Plan::Refuse(format!("service {} has no endpoints", service.key)),
+        }
+    }
+    let Some(peer) = pods.by_addr(target.ip()) else {
+        return Plan::Plain(target);
+    };
+    if let Some(waypoint) = &peer.waypoint {
+        return through_waypoint(state, &pods, waypoint, target);
+    }
+    if state.hbone.is_some()
+        && pods.is_enrolled(peer)
+        && let Ok(expected) = peer.identity(&state.config.trust_domain)
+    {
+        return Plan::Hbone {
+            via: target.ip(),
+            target,
+            expected,
+        };
+    }
+    Plan::Plain(target)
+}
+
+fn through_waypoint(state: &State, pods: &PodsFile, waypoint: &str, target: SocketAddr) -> Plan {
+    if state.hbone.is_none() {
+        return Plan::Refuse(format!(
+            "{target} is behind waypoint {waypoint}, which needs HBONE (no --ca-addr)"
+        ));
+    }
+    let candidates: Vec<_> = pods.waypoint_pods(waypoint).collect();
+    if candidates.is_empty() {
+        return Plan::Refuse(format!("waypoint {waypoint} has no running pod"));
+    }
+    let chosen = candidates[fastrand::usize(..candidates.len())];
+    match chosen.identity(&state.config.trust_domain) {
+        Ok(expected) => Plan::Hbone {
+            via: IpAddr::V4(chosen.ip),
+            target,
+            expected,
+        },
+        Err(error) => Plan::Refuse(format!("waypoint pod {}: {error}", chosen.key())),
+    }
 }
 
 async fn carry_over_hbone(
@@ -53,6 +125,7 @@ async fn carry_over_hbone(
     pod: Arc<PodContext>,
     stream: TcpStream,
     source: SocketAddr,
+    via: IpAddr,
     dst: SocketAddr,
     expected: Identity,
 ) {
@@ -61,7 +134,7 @@ async fn carry_over_hbone(
     };
     // Boxed: the handshake's state is large and needed only until the tunnel is up; inline it
     // would stay in the connection's task for as long as the connection lives.
-    let tunnel = match Box::pin(pool.connect(&state, &pod, dst, &expected, source)).await {
+    let tunnel = match Box::pin(pool.connect(&state, &pod, via, dst, &expected, source)).await {
         Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::warn!(%error, pod = %pod.pod.key(), %dst, "HBONE connection failed; refusing the app's connection");

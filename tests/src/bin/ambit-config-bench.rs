@@ -137,6 +137,7 @@ fn real_processes() -> Result<()> {
                 labels: [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
                 uid: None,
                 enrolled: None,
+                waypoint: None,
             });
         }
     })?;

@@ -1,0 +1,255 @@
+//! Wires the waypoint: its certificate, the configuration stream, the HBONE listener and the
+//! HTTP endpoints (metrics, readiness, admin), which run apart from the data path.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::{
+    Identity,
+    ca_client::{CaClient, Token},
+    config_client::{ConfigView, follow},
+    config_pb::Role,
+};
+
+use crate::{
+    config::Config,
+    identity::Certificates,
+    metrics::Metrics,
+    store::{Snapshot, Store},
+    upstream::{Upstreams, connect::Connector},
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the proxy and the endpoints share.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub certificates: Arc<Certificates>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Metrics,
+    /// A first configuration was applied.
+    configured: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot serve {what} on {addr}: {source}")]
+    Serve {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub async fn run(config: Config) -> Result<(), Error> {
+    let identity = Identity::new(
+        &config.trust_domain,
+        &config.namespace,
+        &config.service_account,
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    let ca = ca_client(&config)?;
+    let certificates = Certificates::new(identity.clone());
+    tokio::spawn(
+        certificates
+            .clone()
+            .keep_issued(ca.clone(), Duration::from_secs(config.cert_lifetime)),
+    );
+    let app = Arc::new(App {
+        upstreams: Upstreams::new(Connector::new(certificates.clone())),
+        certificates,
+        store: Store::default(),
+        metrics: Metrics::default(),
+        configured: AtomicBool::new(false),
+        config,
+    });
+    tokio::spawn(follow_config(app.clone(), ca));
+    for (addr, what) in [
+        (app.config.metrics_addr, "metrics"),
+        (app.config.readiness_addr, "readiness"),
+        (app.config.admin_addr, "admin"),
+    ] {
+        serve_endpoint(addr, what, app.clone()).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(app.config.hbone_addr)
+        .await
+        .map_err(|source| Error::Serve {
+            what: "HBONE",
+            addr: app.config.hbone_addr,
+            source,
+        })?;
+    tracing::info!(addr = %app.config.hbone_addr, %identity, waypoint = %app.config.waypoint, "waypoint listening");
+    tokio::select! {
+        _ = crate::inbound::serve(listener, app.clone()) => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+fn ca_client(config: &Config) -> Result<CaClient, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let pem = std::fs::read(&config.ca_root)
+        .map_err(|e| Error::Config(format!("reading {}: {e}", config.ca_root.display())))?;
+    let roots = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("CA root is not PEM: {e}")))?;
+    let token = Token::File(config.token_file.clone());
+    token
+        .current()
+        .map_err(|e| Error::Config(e.message().to_owned()))?;
+    let controller =
+        Identity::controller(&config.trust_domain).map_err(|e| Error::Config(e.to_string()))?;
+    CaClient::new(&config.ca_addr, roots, controller, token)
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Follows the configuration stream forever; each update rebuilds the snapshot. Resources
+/// the waypoint cannot use are left out and logged (the controller validated them already),
+/// so one of them never holds back the rest.
+async fn follow_config(app: Arc<App>, ca: CaClient) {
+    let mut view = ConfigView::default();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let (mut client, token) = ca.config_service();
+        let result = match token.current() {
+            Err(status) => Err(status),
+            Ok(token) => {
+                follow(
+                    &mut client,
+                    Role::Waypoint,
+                    Some(&token),
+                    &mut view,
+                    |_| Ok(()),
+                    |view, update| {
+                        backoff = BACKOFF_MIN;
+                        let snapshot = Snapshot::build(
+                            view,
+                            &app.config.cluster_domain,
+                            &app.config.trust_domain,
+                        );
+                        for error in &snapshot.errors {
+                            tracing::warn!(version = update.version, "not applied: {error}");
+                        }
+                        tracing::info!(
+                            version = update.version,
+                            services = snapshot.services_by_host.len(),
+                            "configuration from the controller"
+                        );
+                        app.store.set(snapshot);
+                        app.configured.store(true, Ordering::Release);
+                    },
+                )
+                .await
+            }
+        };
+        match result {
+            Ok(()) => tracing::warn!("the controller ended the configuration stream; reconnecting"),
+            Err(status) => tracing::warn!(%status, "configuration stream failed; reconnecting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn serve_endpoint(addr: SocketAddr, what: &'static str, app: Arc<App>) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Serve { what, addr, source })?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let app = app.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = endpoint(what, &app, &request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn endpoint<B>(what: &str, app: &App, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    match (what, request.uri().path()) {
+        ("metrics", "/metrics" | "/stats/prometheus") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.encode(),
+        ),
+        ("readiness", "/healthz/ready") => {
+            let ready =
+                app.certificates.current().is_some() && app.configured.load(Ordering::Acquire);
+            if ready {
+                reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for a certificate and a first configuration\n".to_owned(),
+                )
+            }
+        }
+        ("admin", "/config_dump") => {
+            let snapshot = app.store.get();
+            let mut services: Vec<&String> = snapshot.services_by_host.keys().collect();
+            services.sort();
+            let dump = serde_json::json!({
+                "config": &app.config,
+                "version": snapshot.version,
+                "services": services,
+                "workloads": snapshot.workloads_by_addr.len(),
+                "errors": snapshot.errors,
+                "certificate": app.certificates.current().is_some(),
+            });
+            reply(StatusCode::OK, "application/json", dump.to_string())
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,80 @@
+//! The waypoint's configuration: command-line flags, each also settable from the environment.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use serde::Serialize;
+
+/// Ambit waypoint: the L7 proxy node agents send a service's traffic to over HBONE.
+#[derive(Clone, Debug, Parser, Serialize)]
+#[command(name = "mesh-waypoint", version)]
+pub struct Config {
+    /// This waypoint, as `namespace/name` of its Gateway: it serves only services and
+    /// workloads bound to it (`ambit.io/use-waypoint`).
+    #[arg(long, env = "AMBIT_WAYPOINT")]
+    pub waypoint: String,
+
+    /// The namespace the waypoint runs in (its identity's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// The service account the waypoint runs as (its identity's).
+    #[arg(long, env = "AMBIT_SERVICE_ACCOUNT")]
+    pub service_account: String,
+
+    /// The mesh's trust domain.
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// The cluster's DNS domain (service hostnames).
+    #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// The controller's certificate and configuration services, `host:port`.
+    #[arg(long, env = "AMBIT_CA_ADDR")]
+    pub ca_addr: String,
+
+    /// PEM file with the mesh's root certificate(s).
+    #[arg(long, env = "AMBIT_CA_ROOT")]
+    pub ca_root: PathBuf,
+
+    /// The token that authenticates the waypoint to the controller (re-read per request).
+    #[arg(long, env = "AMBIT_TOKEN_FILE")]
+    pub token_file: PathBuf,
+
+    /// Lifetime asked for the waypoint's certificate, in seconds (renewed at half of it).
+    #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value_t = 24 * 3600)]
+    pub cert_lifetime: u64,
+
+    /// HBONE listener.
+    #[arg(long, env = "AMBIT_HBONE_ADDR", default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
+
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
+    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Readiness (`/healthz/ready`): a certificate and a first configuration.
+    #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// Admin endpoint (`/config_dump`). Keep it on loopback.
+    #[arg(long, env = "AMBIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// One access-log line per request: `text`, `json` or `off`.
+    #[arg(long, env = "AMBIT_ACCESS_LOG", value_enum, default_value_t = AccessLog::Text)]
+    pub access_log: AccessLog,
+
+    /// Runtime worker threads.
+    #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    Text,
+    Json,
+    Off,
+}

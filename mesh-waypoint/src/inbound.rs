@@ -1,0 +1,175 @@
+//! HBONE in: mutual TLS on port 15008 with the waypoint's certificate (the client must chain
+//! to the mesh root; its SPIFFE identity is the source workload's), HTTP/2 CONNECT streams
+//! whose `:authority` is the original destination, and HTTP/1.1 or HTTP/2 served inside each
+//! stream. A destination that is not bound to this waypoint is refused (403): a waypoint only
+//! carries the traffic it was made for.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use h2::{RecvStream, server::SendResponse};
+use http::{Method, Request, Response, StatusCode};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use mesh_core::{Identity, tls::identity_of};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    app::App,
+    h2io::H2Io,
+    proxy::{self, Downstream},
+    store::Snapshot,
+};
+
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
+
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_connection(tcp, peer, &app).await {
+                tracing::info!(%error, %peer, "HBONE connection refused");
+            }
+        });
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    // Fail closed: without a certificate there is no TLS server to offer.
+    let issued = app
+        .certificates
+        .wait(CERTIFICATE_WAIT)
+        .await
+        .ok_or("no certificate for the waypoint yet")?;
+    let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of)
+        .ok_or("no client certificate")?
+        .map_err(|e| e.to_string())?;
+    let mut connection = mesh_core::hbone::settings::server()
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    while let Some(stream) = connection.accept().await {
+        let (request, respond) = stream.map_err(|e| format!("HTTP/2: {e}"))?;
+        let (app, client) = (app.clone(), client.clone());
+        tokio::spawn(async move {
+            serve_stream(request, respond, client, peer, app).await;
+        });
+    }
+    Ok(())
+}
+
+/// The client's address as the node agent forwarded it (`forwarded: for="ip:port"`).
+fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
+    let value = request
+        .headers()
+        .get(http::header::FORWARDED)?
+        .to_str()
+        .ok()?;
+    value
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("for="))
+        .map(|v| v.trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn serve_stream(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    client: Identity,
+    peer: SocketAddr,
+    app: Arc<App>,
+) {
+    let refuse = |respond: &mut SendResponse<Bytes>, status: StatusCode| {
+        let response = Response::builder()
+            .status(status)
+            .body(())
+            .expect("a status");
+        let _ = respond.send_response(response, true);
+    };
+    if request.method() != Method::CONNECT {
+        return refuse(&mut respond, StatusCode::BAD_REQUEST);
+    }
+    let Some(target) = request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return refuse(&mut respond, StatusCode::BAD_REQUEST);
+    };
+    let snapshot = app.store.get();
+    let Some(destination) = destination(&snapshot, target, &app.config.waypoint) else {
+        tracing::warn!(%client, %target, waypoint = %app.config.waypoint,
+            "refused: the destination is not bound to this waypoint");
+        return refuse(&mut respond, StatusCode::FORBIDDEN);
+    };
+    let source = forwarded_for(&request).unwrap_or(peer);
+    let ok = Response::builder()
+        .status(StatusCode::OK)
+        .body(())
+        .expect("200");
+    let send = match respond.send_response(ok, false) {
+        Ok(send) => send,
+        Err(error) => {
+            tracing::debug!(%error, "CONNECT answer not sent");
+            return;
+        }
+    };
+    let io = H2Io::new(send, request.into_body());
+    let downstream = Arc::new(Downstream {
+        client: Some(client),
+        source,
+        target,
+        destination,
+        source_workload: snapshot.workloads_by_addr.get(&source.ip()).cloned(),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        proxy::handle(request, downstream.clone(), app.clone())
+    });
+    if let Err(error) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%error, %target, "HTTP inside HBONE ended");
+    }
+}
+
+/// What a CONNECT's target is to this waypoint: a service (by its address) or a workload
+/// bound to it; `None` when neither is.
+pub fn destination(
+    snapshot: &Snapshot,
+    target: SocketAddr,
+    waypoint: &str,
+) -> Option<proxy::Destination> {
+    let ip: IpAddr = target.ip().to_canonical();
+    if let Some(service) = snapshot.services_by_addr.get(&ip) {
+        return (service.waypoint.as_deref() == Some(waypoint))
+            .then(|| proxy::Destination::Service(service.clone()));
+    }
+    let workload = snapshot.workloads_by_addr.get(&ip)?;
+    (workload.waypoint.as_deref() == Some(waypoint))
+        .then(|| proxy::Destination::Workload(workload.clone()))
+}

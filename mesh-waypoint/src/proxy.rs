@@ -1,0 +1,256 @@
+//! One request through the waypoint, in named phases: match a route, inject faults, then
+//! answer locally (redirect, direct response) or forward (see `forward`), and record it
+//! (metrics, access log). Every answer made here carries Envoy's response flag in
+//! `x-ambit-response-flags` when something went wrong, and in the metrics.
+//!
+//! # Layout
+//! - `forward`: weighted choice, rewrites, retries, timeouts and mirroring;
+//! - `trace`: W3C `traceparent` and B3 propagation, request ids.
+
+mod forward;
+pub mod trace;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{Request, Response, StatusCode, header::HeaderValue};
+use hyper::body::Incoming;
+use mesh_core::Identity;
+
+use crate::{
+    app::App,
+    metrics::RequestRecord,
+    routes::{Abort, Action, Fault, Lookup, RequestView, Route},
+    store::{Service, Workload},
+    upstream::{Body, local_body},
+};
+
+/// The header Ambit answers its response flags in (also in metrics as `response_flags`).
+pub const FLAGS_HEADER: &str = "x-ambit-response-flags";
+
+/// What a CONNECT stream was for: a service (by its address) or one workload.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    Service(Arc<Service>),
+    Workload(Arc<Workload>),
+}
+
+/// The connection a request came on.
+pub struct Downstream {
+    /// The source workload's verified identity (`None` in ingress mode).
+    pub client: Option<Identity>,
+    /// The original client address.
+    pub source: SocketAddr,
+    /// The original destination (service address or workload address, and port).
+    pub target: SocketAddr,
+    pub destination: Destination,
+    pub source_workload: Option<Arc<Workload>>,
+}
+
+/// What the phases learn about a request, for the record.
+#[derive(Default)]
+pub struct Outcome {
+    pub flags: Vec<&'static str>,
+    pub route: Option<String>,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_workload: Option<Arc<Workload>>,
+    pub attempts: u32,
+}
+
+pub async fn handle(
+    request: Request<Incoming>,
+    downstream: Arc<Downstream>,
+    app: Arc<App>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let mut record = RequestRecord::start(&request, &downstream);
+    let mut outcome = Outcome::default();
+    let mut response = respond(request, &downstream, &app, &mut outcome).await;
+    if !outcome.flags.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&outcome.flags.join(","))
+    {
+        response.headers_mut().insert(FLAGS_HEADER, value);
+    }
+    record.finish(&app, &downstream, &outcome, &response, started);
+    Ok(response)
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    downstream: &Downstream,
+    app: &Arc<App>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let snapshot = app.store.get();
+    let host = match &downstream.destination {
+        Destination::Service(service) => Some(service.hostname.clone()),
+        Destination::Workload(_) => None,
+    };
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let authority = authority_of(&request);
+    let lookup = match &host {
+        Some(host) => {
+            let view = RequestView {
+                method: request.method().as_str(),
+                path: &path,
+                query: query.as_deref(),
+                authority: &authority,
+                scheme: "http",
+                headers: request.headers(),
+                port: downstream.target.port(),
+                source_labels: downstream.source_workload.as_ref().map(|w| &w.labels),
+                source_namespace: downstream
+                    .source_workload
+                    .as_ref()
+                    .map(|w| w.namespace.as_str()),
+            };
+            snapshot.routes.find(host, &view)
+        }
+        None => Lookup::Default,
+    };
+    let route = match lookup {
+        Lookup::NoRoute => {
+            outcome.flags.push("NR");
+            return local(StatusCode::NOT_FOUND, "no route matched the request\n");
+        }
+        Lookup::Default => None,
+        Lookup::Route(route) => Some(route),
+    };
+    if let Some(route) = route {
+        outcome.route = Some(route.origin.clone());
+        if let Some(answer) = inject_fault(route.fault.as_ref(), outcome).await {
+            return answer;
+        }
+    }
+    let mut response = match route.map(|r| &r.action) {
+        Some(Action::Redirect {
+            uri,
+            authority: to_authority,
+            port,
+            scheme,
+            status,
+        }) => {
+            let location = redirect_location(
+                scheme.as_deref().unwrap_or("http"),
+                to_authority.as_deref().unwrap_or(&authority),
+                *port,
+                uri.as_deref().unwrap_or(&path),
+            );
+            let mut response = local(*status, "");
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(http::header::LOCATION, value);
+            }
+            response
+        }
+        Some(Action::Respond { status, body }) => local(*status, body.clone()),
+        Some(Action::Forward(forward)) => {
+            forward::forward(
+                request,
+                forward::Plan::Route(route.expect("a route"), forward),
+                downstream,
+                app,
+                &snapshot,
+                outcome,
+            )
+            .await
+        }
+        None => {
+            forward::forward(
+                request,
+                forward::Plan::Default(host),
+                downstream,
+                app,
+                &snapshot,
+                outcome,
+            )
+            .await
+        }
+    };
+    if let Some(route) = route {
+        route.response_headers.apply(response.headers_mut());
+    }
+    response
+}
+
+/// The request's authority: `:authority` (HTTP/2) or `Host`.
+fn authority_of<B>(request: &Request<B>) -> String {
+    authority_of_parts(request.uri(), request.headers())
+}
+
+pub fn authority_of_parts(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    uri.authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+fn redirect_location(scheme: &str, authority: &str, port: Option<u16>, path: &str) -> String {
+    let host = match port {
+        Some(port) => format!(
+            "{}:{port}",
+            authority.split(':').next().unwrap_or(authority)
+        ),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+/// Rolls a percentage: `true` for `percent` of calls.
+pub fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+}
+
+/// The route's fault: a delay (then the request goes on), or an abort answered here.
+async fn inject_fault(fault: Option<&Fault>, outcome: &mut Outcome) -> Option<Response<Body>> {
+    let fault = fault?;
+    if let Some((delay, percent)) = fault.delay
+        && roll(percent)
+    {
+        outcome.flags.push("DI");
+        tokio::time::sleep(delay).await;
+    }
+    let (abort, percent) = fault.abort?;
+    if !roll(percent) {
+        return None;
+    }
+    outcome.flags.push("FI");
+    Some(match abort {
+        Abort::Http(status) => local(status, "fault filter abort"),
+        Abort::Grpc(code) => {
+            let mut response = local(StatusCode::OK, "");
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            response
+        }
+    })
+}
+
+/// A response made by the waypoint itself.
+pub fn local(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(local_body(body));
+    *response.status_mut() = status;
+    response
+}
+
+/// Whether this route's matches used a prefix (for `rewrite.uri`): the first prefix among
+/// the matches that fits the path.
+pub fn matched_prefix<'r>(route: &'r Route, path: &str) -> Option<&'r str> {
+    route
+        .matches
+        .iter()
+        .filter_map(|m| m.uri_prefix())
+        .find(|prefix| path.starts_with(prefix))
+}

@@ -1,0 +1,446 @@
+//! Forwarding: pick a weighted destination, rewrite the request for it, mirror it, and send
+//! it with the route's retries and timeouts. The request body is read first (up to
+//! [`MAX_BUFFERED_BODY`]) so that a retry or a mirror can send it again.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+
+use super::{Destination, Downstream, Outcome, local, matched_prefix, roll, trace};
+use crate::{
+    app::App,
+    routes::{Forward, HeaderOps, RetryPolicy, Route, Target},
+    store::{Endpoint, Snapshot},
+    upstream::{Body, Failure, Resolved, cluster::HashKey},
+};
+
+/// Requests with larger bodies are refused (413): they could not be retried or mirrored.
+pub const MAX_BUFFERED_BODY: usize = 8 << 20;
+
+/// Headers that describe one hop, not the request (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+pub enum Plan<'r> {
+    /// A VirtualService route.
+    Route(&'r Route, &'r Forward),
+    /// No VirtualService: the service itself (its hostname), or the one workload.
+    Default(Option<String>),
+}
+
+/// The request as it will be sent upstream, before per-destination edits.
+struct Prepared {
+    method: http::Method,
+    version: Version,
+    path_and_query: String,
+    authority: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+pub async fn forward(
+    request: Request<Incoming>,
+    plan: Plan<'_>,
+    downstream: &Downstream,
+    app: &Arc<App>,
+    snapshot: &Snapshot,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            tracing::debug!(%error, "request body not read");
+            return local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or broken\n",
+            );
+        }
+    };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    trace::propagate(&mut headers);
+    let mut prepared = Prepared {
+        method: parts.method,
+        version: parts.version,
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        authority: super::authority_of_parts(&parts.uri, &headers),
+        headers,
+        body,
+    };
+    let (target, forward, weighted_headers) = match plan {
+        Plan::Default(host) => {
+            let target = host.map(|host| Target {
+                host,
+                subset: None,
+                port: None,
+            });
+            (target, None, None)
+        }
+        Plan::Route(route, forward) => {
+            let chosen = choose(forward);
+            rewrite(&mut prepared, route, forward);
+            route.headers.apply(&mut prepared.headers);
+            chosen.headers.apply(&mut prepared.headers);
+            (
+                Some(chosen.target.clone()),
+                Some(forward),
+                Some(&chosen.response_headers),
+            )
+        }
+    };
+    let resolved = match &target {
+        Some(target) => app
+            .upstreams
+            .resolve(snapshot, target, downstream.target.port()),
+        None => match &downstream.destination {
+            Destination::Workload(workload) => {
+                Ok(app.upstreams.resolve_workload(workload, downstream.target))
+            }
+            Destination::Service(_) => unreachable!("services always have a target"),
+        },
+    };
+    let resolved = match resolved {
+        Ok(resolved) => resolved,
+        Err(failure) => return failed(failure, outcome),
+    };
+    if let Some(forward) = forward {
+        for mirror in &forward.mirrors {
+            if roll(mirror.percent) {
+                send_mirror(app, snapshot, &mirror.target, downstream, &prepared);
+            }
+        }
+    }
+    let retries = forward.map_or_else(RetryPolicy::istio_default, |f| f.retries.clone());
+    let attempts = tries(&resolved, &retries, &prepared, downstream, app, outcome);
+    let mut response = match forward.and_then(|f| f.timeout) {
+        Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
+            Ok(response) => response,
+            Err(_) => {
+                outcome.flags.push("UT");
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
+            }
+        },
+        None => attempts.await,
+    };
+    if let Some(ops) = weighted_headers {
+        ops.apply(response.headers_mut());
+    }
+    response
+}
+
+/// Sends with retries; the response of the last try, or an error answer.
+async fn tries(
+    resolved: &Resolved,
+    policy: &RetryPolicy,
+    prepared: &Prepared,
+    downstream: &Downstream,
+    app: &Arc<App>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let key = hash_key(resolved, prepared, downstream);
+    let limits = &resolved.policy.limits;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        outcome.attempts = attempt;
+        let Some(endpoint) =
+            resolved
+                .cluster
+                .pick(&resolved.endpoints, &resolved.policy, key.as_deref())
+        else {
+            return failed(
+                Failure::NoHealthyUpstream(format!("{} endpoints", resolved.endpoints.len())),
+                outcome,
+            );
+        };
+        outcome.upstream = Some(endpoint.addr);
+        outcome.upstream_workload = endpoint.workload.clone();
+        let request = build(prepared, endpoint);
+        let sent = app.upstreams.send(resolved, endpoint, request);
+        let result = match policy.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+            None => Ok(sent.await),
+        };
+        let more = attempt <= policy.attempts;
+        let retry_slot = || {
+            let retries = resolved
+                .cluster
+                .active_retries
+                .load(std::sync::atomic::Ordering::Acquire);
+            limits.max_retries.is_none_or(|max| retries < max)
+        };
+        let total = resolved.endpoints.len();
+        match result {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                resolved.cluster.record(
+                    endpoint.addr,
+                    &resolved.policy,
+                    status.is_server_error(),
+                    matches!(status.as_u16(), 502..=504),
+                    total,
+                );
+                if more && policy.on.status(status) && retry_slot() {
+                    tracing::debug!(%status, attempt, upstream = %endpoint.addr, "retrying");
+                    drop(response);
+                    backoff(attempt).await;
+                    continue;
+                }
+                if attempt > 1 && policy.on.status(status) {
+                    outcome.flags.push("URX");
+                }
+                return response;
+            }
+            Ok(Err(failure)) => {
+                let retriable = match &failure {
+                    Failure::Connect { .. } => policy.on.connect_failure,
+                    Failure::Reset { .. } => policy.on.reset || policy.on.refused_stream,
+                    _ => false,
+                };
+                if matches!(failure, Failure::Connect { .. } | Failure::Reset { .. }) {
+                    resolved
+                        .cluster
+                        .record(endpoint.addr, &resolved.policy, true, true, total);
+                }
+                tracing::debug!(%failure, attempt, "upstream try failed");
+                if more && retriable && retry_slot() {
+                    backoff(attempt).await;
+                    continue;
+                }
+                if attempt > 1 {
+                    outcome.flags.push("URX");
+                }
+                return failed(failure, outcome);
+            }
+            Err(limit) => {
+                tracing::debug!(?limit, attempt, upstream = %endpoint.addr, "try timed out");
+                resolved
+                    .cluster
+                    .record(endpoint.addr, &resolved.policy, true, true, total);
+                if more && retry_slot() {
+                    continue;
+                }
+                outcome.flags.push("UT");
+                return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+            }
+        }
+    }
+}
+
+/// Envoy's retry back-off: 25 ms base, doubling, with jitter.
+async fn backoff(attempt: u32) {
+    let base = 25u64 << (attempt - 1).min(4);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=base))).await;
+}
+
+fn failed(failure: Failure, outcome: &mut Outcome) -> Response<Body> {
+    outcome.flags.push(failure.flag());
+    let status = match failure {
+        Failure::NoRoute(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    tracing::debug!(%failure, "answered locally");
+    local(status, format!("{failure}\n"))
+}
+
+/// The weighted destination this request goes to.
+fn choose(forward: &Forward) -> &crate::routes::Weighted {
+    let total: u32 = forward.destinations.iter().map(|d| d.weight).sum();
+    if total == 0 {
+        return &forward.destinations[0];
+    }
+    let mut roll = fastrand::u32(0..total);
+    for destination in &forward.destinations {
+        if roll < destination.weight {
+            return destination;
+        }
+        roll -= destination.weight;
+    }
+    &forward.destinations[forward.destinations.len() - 1]
+}
+
+fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {
+    let Some(rewrite) = &forward.rewrite else {
+        return;
+    };
+    let (path, query) = match prepared.path_and_query.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (prepared.path_and_query.clone(), None),
+    };
+    let mut new_path = path.clone();
+    if let Some(uri) = &rewrite.uri {
+        new_path = match matched_prefix(route, &path) {
+            Some(prefix) => format!("{uri}{}", &path[prefix.len()..]),
+            None => uri.clone(),
+        };
+        // `/v1` + `/x` stays one slash; a prefix rewrite to `/` of `/v1/x` is `/x`.
+        if new_path.starts_with("//") {
+            new_path.remove(0);
+        }
+    }
+    if let Some((regex, replacement)) = &rewrite.uri_regex {
+        new_path = regex
+            .replace_all(&new_path, replacement.as_str())
+            .into_owned();
+    }
+    prepared.path_and_query = match query {
+        Some(query) => format!("{new_path}?{query}"),
+        None => new_path,
+    };
+    if let Some(authority) = &rewrite.authority {
+        prepared.authority = authority.clone();
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        // gRPC needs `te: trailers` end to end.
+        if name == "te"
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// The request for one try to `endpoint`.
+fn build(prepared: &Prepared, endpoint: &Endpoint) -> Request<Full<Bytes>> {
+    let uri = if prepared.version == Version::HTTP_2 {
+        format!("http://{}{}", prepared.authority, prepared.path_and_query)
+    } else {
+        prepared.path_and_query.clone()
+    };
+    let mut request = Request::new(Full::new(prepared.body.clone()));
+    *request.method_mut() = prepared.method.clone();
+    *request.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    *request.version_mut() = if prepared.version == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = prepared.headers.clone();
+    if prepared.version != Version::HTTP_2
+        && let Ok(host) = prepared.authority.parse()
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let _ = endpoint;
+    request
+}
+
+/// The consistent-hash key of a request, when its cluster balances by one.
+fn hash_key(resolved: &Resolved, prepared: &Prepared, downstream: &Downstream) -> Option<String> {
+    let crate::upstream::cluster::Balance::Hash(key) = &resolved.policy.balance else {
+        return None;
+    };
+    match key {
+        HashKey::Header(name) => prepared
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        HashKey::Cookie(name) => prepared
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            }),
+        HashKey::Query(name) => prepared
+            .path_and_query
+            .split_once('?')
+            .and_then(|(_, query)| {
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then(|| v.to_owned())
+                })
+            }),
+        HashKey::SourceIp => Some(downstream.source.ip().to_string()),
+    }
+}
+
+/// Sends a copy to `target` and forgets it: its response (or failure) is dropped, and it
+/// never delays the original. The copy's authority gets Envoy's `-shadow` suffix.
+fn send_mirror(
+    app: &Arc<App>,
+    snapshot: &Snapshot,
+    target: &Target,
+    downstream: &Downstream,
+    prepared: &Prepared,
+) {
+    let resolved = match app
+        .upstreams
+        .resolve(snapshot, target, downstream.target.port())
+    {
+        Ok(resolved) => resolved,
+        Err(failure) => {
+            tracing::debug!(%failure, "mirror target unknown");
+            return;
+        }
+    };
+    let Some(endpoint) = resolved
+        .cluster
+        .pick(&resolved.endpoints, &resolved.policy, None)
+        .cloned()
+    else {
+        return;
+    };
+    let mut copy = Prepared {
+        method: prepared.method.clone(),
+        version: prepared.version,
+        path_and_query: prepared.path_and_query.clone(),
+        authority: shadow(&prepared.authority),
+        headers: prepared.headers.clone(),
+        body: prepared.body.clone(),
+    };
+    HeaderOps::default().apply(&mut copy.headers);
+    let app = app.clone();
+    tokio::spawn(async move {
+        let request = build(&copy, &endpoint);
+        match app.upstreams.send(&resolved, &endpoint, request).await {
+            Ok(response) => {
+                // Read to the end so the connection can be reused.
+                let _ = response.into_body().collect().await;
+            }
+            Err(failure) => tracing::debug!(%failure, "mirrored request failed"),
+        }
+    });
+}
+
+fn shadow(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => format!("{host}-shadow:{port}"),
+        _ => format!("{authority}-shadow"),
+    }
+}

@@ -1,0 +1,515 @@
+//! The route table: VirtualServices compiled, per destination host, into an ordered list of
+//! routes; the first whose matches fit a request decides what happens to it. A host no
+//! VirtualService names gets the default route: straight to the service itself.
+//!
+//! # Layout
+//! - `matching`: string, header, query and source matches;
+//! - `tests`: compiled behaviour on Istio's tutorial examples.
+
+mod matching;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, time::Duration};
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use mesh_controller::{
+    config::duration,
+    resources::{
+        common::{Destination, Percent},
+        virtual_service::{HeaderOperations, HttpRoute, VirtualServiceSpec},
+    },
+};
+
+pub use self::matching::{Match, RequestView, StrMatch};
+
+/// Hostnames are fully qualified in the table: `reviews` in namespace `bookinfo` is
+/// `reviews.bookinfo.svc.<domain>`.
+pub fn qualify(host: &str, namespace: &str, domain: &str) -> String {
+    match host.split('.').count() {
+        1 => format!("{host}.{namespace}.svc.{domain}"),
+        2 => format!("{host}.svc.{domain}"),
+        _ => host.to_owned(),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Fully qualified host -> its routes, in the VirtualService's order.
+    hosts: HashMap<String, Vec<Route>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `namespace/name` of the VirtualService, and the route's own name: metrics and logs.
+    pub origin: String,
+    /// Any one of these fits (none: every request fits).
+    pub matches: Vec<Match>,
+    pub action: Action,
+    pub fault: Option<Fault>,
+    pub headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Forward(Box<Forward>),
+    Redirect {
+        uri: Option<String>,
+        authority: Option<String>,
+        port: Option<u16>,
+        scheme: Option<String>,
+        status: StatusCode,
+    },
+    Respond {
+        status: StatusCode,
+        body: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pub destinations: Vec<Weighted>,
+    pub rewrite: Option<Rewrite>,
+    /// The whole request, retries included.
+    pub timeout: Option<Duration>,
+    pub retries: RetryPolicy,
+    pub mirrors: Vec<Mirror>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Weighted {
+    pub target: Target,
+    /// Out of the route's total (validated to be 100 when there are several).
+    pub weight: u32,
+    pub headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// Where a request goes: a service host, optionally one of its DestinationRule subsets, on a
+/// port (`None`: the port the request came in on).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    /// Replaces the part of the path the route's prefix (or exact) match matched; the whole
+    /// path when the match was not a prefix.
+    pub uri: Option<String>,
+    pub uri_regex: Option<(regex::Regex, String)>,
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first try (Istio's `attempts`).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+}
+
+/// Which failures are retried (Envoy's `retry_on` conditions Istio exposes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub server_error: bool,
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub refused_stream: bool,
+    pub reset: bool,
+    pub retriable_4xx: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    fn parse(text: &str) -> Self {
+        let mut on = RetryOn::default();
+        for item in text.split(',').map(str::trim) {
+            match item {
+                "5xx" => on.server_error = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "refused-stream" => on.refused_stream = true,
+                "reset" => on.reset = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                // gRPC conditions are read from `grpc-status` as their HTTP equivalents.
+                "unavailable" | "cancelled" | "resource-exhausted" | "deadline-exceeded" => {
+                    on.gateway_error = true
+                }
+                other => on.statuses.extend(other.parse::<u16>().ok()),
+            }
+        }
+        on
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn status(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        (self.server_error && status.is_server_error())
+            || (self.gateway_error && matches!(code, 502..=504))
+            || (self.retriable_4xx && code == 409)
+            || self.statuses.contains(&code)
+    }
+}
+
+impl RetryPolicy {
+    /// Istio's default when a route says nothing: two retries of connection failures, refused
+    /// streams and 503s.
+    pub fn istio_default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                statuses: vec![503],
+                ..RetryOn::default()
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    pub target: Target,
+    /// Share of requests mirrored, 0.0 to 100.0.
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Fault {
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<(Abort, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    Http(StatusCode),
+    /// A gRPC status code, answered as HTTP 200 with `grpc-status`.
+    Grpc(u32),
+}
+
+/// Header edits: set replaces, add appends, remove deletes.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn compile(ops: Option<&HeaderOperations>) -> Result<Self, String> {
+        let Some(ops) = ops else {
+            return Ok(HeaderOps::default());
+        };
+        let pair = |(name, value): (&String, &String)| {
+            Ok::<_, String>((
+                HeaderName::try_from(name.as_str()).map_err(|e| format!("header {name}: {e}"))?,
+                HeaderValue::try_from(value.as_str())
+                    .map_err(|e| format!("header {name} value: {e}"))?,
+            ))
+        };
+        Ok(HeaderOps {
+            set: ops.set.iter().map(pair).collect::<Result<_, _>>()?,
+            add: ops.add.iter().map(pair).collect::<Result<_, _>>()?,
+            remove: ops
+                .remove
+                .iter()
+                .map(|n| HeaderName::try_from(n.as_str()).map_err(|e| format!("header {n}: {e}")))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+fn percent(p: Option<&Percent>) -> f64 {
+    p.map_or(100.0, |p| p.value.clamp(0.0, 100.0))
+}
+
+fn parse_duration(text: Option<&String>, what: &str) -> Result<Option<Duration>, String> {
+    text.map(|t| duration::parse(t).map_err(|e| format!("{what}: {e}")))
+        .transpose()
+}
+
+impl RouteTable {
+    /// Compiles `(namespace, name, spec)` VirtualServices (already validated by the
+    /// controller; anything still wrong leaves that VirtualService out, reported in the
+    /// returned errors). The first VirtualService for a host wins, as the controller decided.
+    pub fn compile<'a>(
+        virtual_services: impl IntoIterator<Item = (&'a str, &'a str, &'a VirtualServiceSpec)>,
+        domain: &str,
+    ) -> (Self, Vec<String>) {
+        let mut table = RouteTable::default();
+        let mut errors = Vec::new();
+        for (namespace, name, spec) in virtual_services {
+            if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+                // Only for ingress gateways.
+                continue;
+            }
+            let origin = format!("{namespace}/{name}");
+            let routes: Result<Vec<Route>, String> = spec
+                .http
+                .iter()
+                .map(|http| compile_route(http, namespace, domain, &origin))
+                .collect();
+            match routes {
+                Ok(routes) => {
+                    for host in &spec.hosts {
+                        let host = qualify(host, namespace, domain);
+                        table.hosts.entry(host).or_insert_with(|| routes.clone());
+                    }
+                }
+                Err(error) => errors.push(format!("VirtualService {origin}: {error}")),
+            }
+        }
+        (table, errors)
+    }
+
+    /// The routes for `host`, `None` when no VirtualService names it.
+    pub fn routes(&self, host: &str) -> Option<&[Route]> {
+        self.hosts.get(host).map(Vec::as_slice)
+    }
+
+    /// The first route for `host` that fits `request`. `None` when the host has routes but
+    /// none fits (answered 404, as Envoy does), or has no routes (`Some` of none: use the
+    /// default route).
+    pub fn find<'t>(&'t self, host: &str, request: &RequestView<'_>) -> Lookup<'t> {
+        match self.hosts.get(host) {
+            None => Lookup::Default,
+            Some(routes) => routes
+                .iter()
+                .find(|route| {
+                    route.matches.is_empty() || route.matches.iter().any(|m| m.fits(request))
+                })
+                .map_or(Lookup::NoRoute, Lookup::Route),
+        }
+    }
+}
+
+/// What the table says about a request.
+#[derive(Debug)]
+pub enum Lookup<'t> {
+    Route(&'t Route),
+    /// No VirtualService for the host: to the service itself.
+    Default,
+    /// The host's VirtualService has no route for this request.
+    NoRoute,
+}
+
+fn target(destination: &Destination, namespace: &str, domain: &str) -> Target {
+    Target {
+        host: qualify(&destination.host, namespace, domain),
+        subset: destination.subset.clone(),
+        port: destination
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| u16::try_from(n).ok()),
+    }
+}
+
+fn compile_route(
+    http: &HttpRoute,
+    namespace: &str,
+    domain: &str,
+    origin: &str,
+) -> Result<Route, String> {
+    let origin = match &http.name {
+        Some(name) => format!("{origin}#{name}"),
+        None => origin.to_owned(),
+    };
+    let matches = http
+        .matches
+        .iter()
+        .map(Match::compile)
+        .collect::<Result<Vec<_>, _>>()?;
+    let action = if let Some(redirect) = &http.redirect {
+        Action::Redirect {
+            uri: redirect.uri.clone(),
+            authority: redirect.authority.clone(),
+            port: redirect.port.and_then(|p| u16::try_from(p).ok()),
+            scheme: redirect.scheme.clone(),
+            status: redirect
+                .redirect_code
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        }
+    } else if let Some(direct) = &http.direct_response {
+        Action::Respond {
+            status: StatusCode::from_u16(direct.status as u16)
+                .map_err(|e| format!("directResponse status: {e}"))?,
+            body: direct
+                .body
+                .as_ref()
+                .and_then(|b| b.string.clone())
+                .unwrap_or_default(),
+        }
+    } else {
+        let destinations = http
+            .route
+            .iter()
+            .map(|d| {
+                Ok::<_, String>(Weighted {
+                    target: target(&d.destination, namespace, domain),
+                    // One destination without a weight takes everything.
+                    weight: d.weight.map_or(100, |w| w.max(0) as u32),
+                    headers: HeaderOps::compile(
+                        d.headers.as_ref().and_then(|h| h.request.as_ref()),
+                    )?,
+                    response_headers: HeaderOps::compile(
+                        d.headers.as_ref().and_then(|h| h.response.as_ref()),
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if destinations.is_empty() {
+            return Err("a route with no destination, redirect or direct response".to_owned());
+        }
+        let rewrite = http
+            .rewrite
+            .as_ref()
+            .map(|r| {
+                Ok::<_, String>(Rewrite {
+                    uri: r.uri.clone(),
+                    uri_regex: r
+                        .uri_regex_rewrite
+                        .as_ref()
+                        .map(|rr| {
+                            regex::Regex::new(&rr.pattern)
+                                .map(|re| (re, rr.rewrite.clone()))
+                                .map_err(|e| format!("uriRegexRewrite: {e}"))
+                        })
+                        .transpose()?,
+                    authority: r.authority.clone(),
+                })
+            })
+            .transpose()?;
+        let retries = match &http.retries {
+            None => RetryPolicy::istio_default(),
+            Some(r) => RetryPolicy {
+                attempts: r.attempts.max(0) as u32,
+                per_try_timeout: parse_duration(r.per_try_timeout.as_ref(), "perTryTimeout")?,
+                on: RetryOn::parse(
+                    r.retry_on
+                        .as_deref()
+                        .unwrap_or("connect-failure,refused-stream,503"),
+                ),
+            },
+        };
+        let mut mirrors: Vec<Mirror> = http
+            .mirrors
+            .iter()
+            .map(|m| Mirror {
+                target: target(&m.destination, namespace, domain),
+                percent: percent(m.percentage.as_ref()),
+            })
+            .collect();
+        if let Some(mirror) = &http.mirror {
+            mirrors.push(Mirror {
+                target: target(mirror, namespace, domain),
+                percent: percent(http.mirror_percentage.as_ref()),
+            });
+        }
+        Action::Forward(Box::new(Forward {
+            destinations,
+            rewrite,
+            timeout: parse_duration(http.timeout.as_ref(), "timeout")?,
+            retries,
+            mirrors,
+        }))
+    };
+    let fault = http
+        .fault
+        .as_ref()
+        .map(|f| {
+            let delay = f
+                .delay
+                .as_ref()
+                .map(|d| {
+                    let fixed = parse_duration(d.fixed_delay.as_ref(), "fault delay")?
+                        .ok_or("fault delay without fixedDelay")?;
+                    let share = match (&d.percentage, d.percent) {
+                        (Some(p), _) => p.value,
+                        (None, Some(p)) => f64::from(p),
+                        (None, None) => 100.0,
+                    };
+                    Ok::<_, String>((fixed, share.clamp(0.0, 100.0)))
+                })
+                .transpose()?;
+            let abort = f
+                .abort
+                .as_ref()
+                .map(|a| {
+                    let abort = match (a.http_status, &a.grpc_status) {
+                        (Some(status), _) => Abort::Http(
+                            StatusCode::from_u16(status as u16)
+                                .map_err(|e| format!("fault abort status: {e}"))?,
+                        ),
+                        (None, Some(grpc)) => Abort::Grpc(grpc_code(grpc)?),
+                        (None, None) => return Err("fault abort without a status".to_owned()),
+                    };
+                    Ok((abort, percent(a.percentage.as_ref())))
+                })
+                .transpose()?;
+            Ok::<_, String>(Fault { delay, abort })
+        })
+        .transpose()?;
+    let headers = http.headers.as_ref();
+    Ok(Route {
+        origin,
+        matches,
+        action,
+        fault,
+        headers: HeaderOps::compile(headers.and_then(|h| h.request.as_ref()))?,
+        response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref()))?,
+    })
+}
+
+/// gRPC status names (as Istio accepts them) or numbers.
+fn grpc_code(name: &str) -> Result<u32, String> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
+        .ok_or_else(|| format!("unknown gRPC status {name}"))
+}

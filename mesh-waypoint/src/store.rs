@@ -1,0 +1,286 @@
+//! What the waypoint knows of the mesh, rebuilt from each configuration update the controller
+//! streams: services (by address and by hostname), workloads (by address, and to select a
+//! service's endpoints), DestinationRules by host, and the route table. Proxy code reads an
+//! immutable [`Snapshot`]; one writer swaps it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock},
+};
+
+use mesh_controller::resources::{
+    networking::{DestinationRuleSpec, Subset},
+    virtual_service::VirtualServiceSpec,
+};
+use mesh_core::{
+    Identity,
+    config_client::ConfigView,
+    config_pb::{self as pb, resource::Body},
+};
+
+use crate::routes::{RouteTable, qualify};
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub addresses: Vec<IpAddr>,
+    /// Service port -> target port.
+    pub ports: Vec<(u16, u16)>,
+    pub selector: BTreeMap<String, String>,
+    /// Addresses from EndpointSlices (what a selector-less service has).
+    pub endpoints: Vec<IpAddr>,
+    /// `namespace/name` of its waypoint.
+    pub waypoint: Option<String>,
+}
+
+impl Service {
+    pub fn target_port(&self, port: u16) -> u16 {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(port, |(_, target)| *target)
+    }
+}
+
+#[derive(Debug)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub address: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub identity: Option<Identity>,
+    /// Captured by a node agent: reached over HBONE on its port 15008.
+    pub enrolled: bool,
+    pub waypoint: Option<String>,
+}
+
+impl Workload {
+    /// Istio's `destination_version` / `source_version`: the `version` label.
+    pub fn version(&self) -> &str {
+        self.labels.get("version").map_or("unknown", String::as_str)
+    }
+
+    /// Istio's workload name: the `app` label, else the pod's name.
+    pub fn workload_name(&self) -> &str {
+        self.labels.get("app").unwrap_or(&self.name)
+    }
+}
+
+/// An endpoint a request can be sent to.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub workload: Option<Arc<Workload>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub services_by_addr: HashMap<IpAddr, Arc<Service>>,
+    pub services_by_host: HashMap<String, Arc<Service>>,
+    pub workloads_by_addr: HashMap<IpAddr, Arc<Workload>>,
+    /// Workloads per namespace, to select endpoints.
+    workloads_by_namespace: HashMap<String, Vec<Arc<Workload>>>,
+    /// Fully qualified host -> its DestinationRule.
+    pub destination_rules: HashMap<String, Arc<DestinationRuleSpec>>,
+    pub routes: RouteTable,
+    /// AuthorizationPolicies, as the policy loader reads them (`kind`, namespace, name, spec).
+    pub policies: Vec<(String, String, String, serde_json::Value)>,
+    /// What in the last update could not be used.
+    pub errors: Vec<String>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a configuration view.
+    pub fn build(view: &ConfigView, domain: &str, trust_domain: &str) -> Snapshot {
+        let mut snapshot = Snapshot {
+            version: view.version,
+            ..Snapshot::default()
+        };
+        let mut virtual_services = Vec::new();
+        for ((kind, namespace, name), resource) in &view.resources {
+            match &resource.body {
+                Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
+                Some(Body::Service(s)) => snapshot.add_service(s),
+                Some(Body::IstioJson(json)) => {
+                    let parsed: Result<serde_json::Value, _> = serde_json::from_str(json);
+                    let Ok(spec) = parsed else {
+                        snapshot
+                            .errors
+                            .push(format!("{kind} {namespace}/{name}: body is not JSON"));
+                        continue;
+                    };
+                    match kind.as_str() {
+                        "VirtualService" => {
+                            match serde_json::from_value::<VirtualServiceSpec>(spec) {
+                                Ok(vs) => {
+                                    virtual_services.push((namespace.clone(), name.clone(), vs))
+                                }
+                                Err(e) => snapshot
+                                    .errors
+                                    .push(format!("VirtualService {namespace}/{name}: {e}")),
+                            }
+                        }
+                        "DestinationRule" => {
+                            match serde_json::from_value::<DestinationRuleSpec>(spec) {
+                                Ok(dr) => {
+                                    let host = qualify(&dr.host, namespace, domain);
+                                    snapshot
+                                        .destination_rules
+                                        .entry(host)
+                                        .or_insert_with(|| Arc::new(dr));
+                                }
+                                Err(e) => snapshot
+                                    .errors
+                                    .push(format!("DestinationRule {namespace}/{name}: {e}")),
+                            }
+                        }
+                        "AuthorizationPolicy" | "PeerAuthentication" => snapshot.policies.push((
+                            kind.clone(),
+                            namespace.clone(),
+                            name.clone(),
+                            spec,
+                        )),
+                        _ => {}
+                    }
+                }
+                None => {}
+            }
+        }
+        let (routes, errors) = RouteTable::compile(
+            virtual_services
+                .iter()
+                .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec)),
+            domain,
+        );
+        snapshot.routes = routes;
+        snapshot.errors.extend(errors);
+        snapshot
+    }
+
+    fn add_workload(&mut self, w: &pb::Workload, trust_domain: &str) {
+        let Some(address) = w.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok()) else {
+            return;
+        };
+        let workload = Arc::new(Workload {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            address,
+            labels: w.labels.clone().into_iter().collect(),
+            identity: Identity::new(trust_domain, &w.namespace, &w.service_account).ok(),
+            enrolled: w.enrolled,
+            waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
+        });
+        for a in w.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+            self.workloads_by_addr.insert(a, workload.clone());
+        }
+        self.workloads_by_namespace
+            .entry(w.namespace.clone())
+            .or_default()
+            .push(workload);
+    }
+
+    fn add_service(&mut self, s: &pb::Service) {
+        let parse = |list: &[String]| list.iter().filter_map(|a| a.parse().ok()).collect();
+        let service = Arc::new(Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            hostname: s.hostname.clone(),
+            addresses: parse(&s.addresses),
+            ports: s
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        u16::try_from(p.port).ok()?,
+                        u16::try_from(p.target_port).ok()?,
+                    ))
+                })
+                .collect(),
+            selector: s.selector.clone().into_iter().collect(),
+            endpoints: parse(&s.endpoints),
+            waypoint: (!s.waypoint.is_empty()).then(|| s.waypoint.clone()),
+        });
+        for a in &service.addresses {
+            self.services_by_addr.insert(*a, service.clone());
+        }
+        self.services_by_host
+            .insert(s.hostname.clone(), service.clone());
+    }
+
+    /// The subset of `host`'s DestinationRule called `name`.
+    pub fn subset(&self, host: &str, name: &str) -> Option<&Subset> {
+        self.destination_rules
+            .get(host)?
+            .subsets
+            .iter()
+            .find(|s| s.name == name)
+    }
+
+    /// The endpoints of `service` on `port` (a service port), narrowed to `subset_labels`:
+    /// the workloads its selector picks, or its EndpointSlices' addresses.
+    pub fn endpoints(
+        &self,
+        service: &Service,
+        port: u16,
+        subset_labels: Option<&BTreeMap<String, String>>,
+    ) -> Vec<Endpoint> {
+        let target_port = service.target_port(port);
+        let fits = |w: &Workload| {
+            subset_labels
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
+        };
+        if !service.selector.is_empty() {
+            return self
+                .workloads_by_namespace
+                .get(&service.namespace)
+                .into_iter()
+                .flatten()
+                .filter(|w| {
+                    service
+                        .selector
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                        && fits(w)
+                })
+                .map(|w| Endpoint {
+                    addr: SocketAddr::new(w.address, target_port),
+                    workload: Some(w.clone()),
+                })
+                .collect();
+        }
+        service
+            .endpoints
+            .iter()
+            .map(|ip| Endpoint {
+                addr: SocketAddr::new(*ip, target_port),
+                workload: self.workloads_by_addr.get(ip).cloned(),
+            })
+            .filter(|e| subset_labels.is_none() || e.workload.as_deref().is_some_and(fits))
+            .collect()
+    }
+}
+
+/// The current snapshot, shared by the proxy; replaced whole on each update.
+#[derive(Default)]
+pub struct Store {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Store {
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set(&self, snapshot: Snapshot) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+    }
+}

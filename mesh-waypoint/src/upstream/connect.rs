@@ -1,0 +1,262 @@
+//! Opening a byte stream to an endpoint: over HBONE (mutual TLS to the endpoint's port 15008,
+//! one CONNECT stream per connection, HTTP/2 connections pooled per endpoint address) when the
+//! endpoint is in the mesh, else plain TCP. The server must prove the endpoint's identity.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use mesh_core::{Identity, hbone, tls::identity_of};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::{h2io::H2Io, identity::Certificates};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// CONNECT streams on one HTTP/2 connection before another is opened.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no certificate for the waypoint yet")]
+    NoCertificate,
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} presented {got:?}, not {want}")]
+    WrongPeer {
+        addr: SocketAddr,
+        got: Option<String>,
+        want: Identity,
+    },
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http2 { addr: SocketAddr, source: h2::Error },
+    #[error("CONNECT {target} answered {status}")]
+    Refused {
+        target: SocketAddr,
+        status: http::StatusCode,
+    },
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+}
+
+/// A stream to an endpoint, whichever way it goes.
+pub enum Conn {
+    Plain(TcpStream),
+    Hbone(H2Io),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Hbone(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    streams: Arc<()>,
+    /// Set when the connection ended.
+    closed: Arc<AtomicBool>,
+    /// The waypoint's end of it.
+    local: SocketAddr,
+}
+
+/// HBONE connections to endpoints, by endpoint address.
+pub struct Connector {
+    certificates: Arc<Certificates>,
+    pool: Mutex<HashMap<IpAddr, Vec<Pooled>>>,
+}
+
+impl Connector {
+    pub fn new(certificates: Arc<Certificates>) -> Self {
+        Connector {
+            certificates,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A stream to `addr`: HBONE when `identity` (the endpoint's, it must prove it) is given.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&Identity>,
+    ) -> Result<Conn, ConnectError> {
+        match identity {
+            None => {
+                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| ConnectError::Timeout(addr))?
+                    .map_err(|source| ConnectError::Tcp { addr, source })?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Conn::Plain(tcp))
+            }
+            Some(identity) => tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, identity))
+                .await
+                .map_err(|_| ConnectError::Timeout(addr))?
+                .map(Conn::Hbone),
+        }
+    }
+
+    async fn tunnel(&self, target: SocketAddr, identity: &Identity) -> Result<H2Io, ConnectError> {
+        let (mut sender, streams, local) = match self.pooled(target.ip()) {
+            Some(pooled) => pooled,
+            None => self.dial(target, identity).await?,
+        };
+        // The connection is the waypoint's own: `forwarded` names the waypoint.
+        let request = hbone::connect_request(target, local, None);
+        sender = sender.ready().await.map_err(|source| ConnectError::Http2 {
+            addr: target,
+            source,
+        })?;
+        let (response, send) =
+            sender
+                .send_request(request, false)
+                .map_err(|source| ConnectError::Http2 {
+                    addr: target,
+                    source,
+                })?;
+        let response = response.await.map_err(|source| ConnectError::Http2 {
+            addr: target,
+            source,
+        })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(ConnectError::Refused {
+                target,
+                status: response.status(),
+            });
+        }
+        // The stream counts against its connection while it lives.
+        let io = H2Io::new(send, response.into_body()).holding(streams);
+        Ok(io)
+    }
+
+    /// A pooled connection to `ip` with room for another stream.
+    fn pooled(&self, ip: IpAddr) -> Option<(SendRequest<Bytes>, Arc<()>, SocketAddr)> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = pool.get_mut(&ip)?;
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        conns
+            .iter()
+            .find(|c| Arc::strong_count(&c.streams) <= STREAMS_PER_CONNECTION)
+            .map(|c| (c.sender.clone(), c.streams.clone(), c.local))
+    }
+
+    async fn dial(
+        &self,
+        target: SocketAddr,
+        identity: &Identity,
+    ) -> Result<(SendRequest<Bytes>, Arc<()>, SocketAddr), ConnectError> {
+        let addr = SocketAddr::new(target.ip(), hbone::PORT);
+        let cert = self
+            .certificates
+            .current()
+            .ok_or(ConnectError::NoCertificate)?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Tcp { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp
+            .local_addr()
+            .map_err(|source| ConnectError::Tcp { addr, source })?;
+        let tls = tokio_rustls::TlsConnector::from(cert.client.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|source| ConnectError::Tls { addr, source })?;
+        let got = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(identity_of);
+        if !matches!(&got, Some(Ok(id)) if id == identity) {
+            return Err(ConnectError::WrongPeer {
+                addr,
+                got: got.map(|g| g.map_or_else(|e| e.to_string(), |id| id.to_string())),
+                want: identity.clone(),
+            });
+        }
+        let (sender, mut connection) = mesh_core::hbone::settings::client()
+            .handshake(tls)
+            .await
+            .map_err(|source| ConnectError::Http2 { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
+        let ended = closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!(%error, %addr, "HBONE connection to an endpoint ended");
+                },
+                reason = keep_alive => tracing::info!(%addr, %reason, "HBONE connection closed"),
+            }
+            ended.store(true, Ordering::Release);
+        });
+        let streams = Arc::new(());
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target.ip())
+            .or_default()
+            .push(Pooled {
+                sender: sender.clone(),
+                streams: streams.clone(),
+                closed,
+                local,
+            });
+        Ok((sender, streams, local))
+    }
+}

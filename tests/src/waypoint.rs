@@ -1,0 +1,151 @@
+//! Running `mesh-waypoint` inside a test-bed pod, as a waypoint Deployment's pod would run:
+//! the pod carries the Gateway's name label and the waypoint's service account, and is not
+//! captured itself.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{controller::Controller, testbed::Testbed};
+
+/// The waypoint binary: `AMBIT_MESH_WAYPOINT`, else next to the test executable's target.
+pub fn mesh_waypoint_binary() -> Result<PathBuf> {
+    crate::controller::workspace_binary("mesh-waypoint", "AMBIT_MESH_WAYPOINT")
+}
+
+/// A running waypoint. Killed when dropped.
+pub struct Waypoint {
+    child: Child,
+    pub pod: String,
+    netns: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for Waypoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Testbed {
+    /// Makes `pod` the pod of waypoint `namespace/name` (label, service account, not
+    /// captured) in the pods file. Call before the mesh starts, or wait for the update.
+    pub fn make_waypoint_pod(&self, pod: &str, gateway: &str, service_account: &str) -> Result<()> {
+        self.label_pod(pod, mesh_node::pods::GATEWAY_NAME_LABEL, Some(gateway))?;
+        self.set_service_account(pod, service_account)?;
+        self.set_pod_mode(pod, Some("none"))
+    }
+
+    /// Starts `mesh-waypoint` for `namespace/gateway` in `pod` and waits until it is ready.
+    pub fn start_waypoint(
+        &self,
+        controller: &Controller,
+        pod: &str,
+        waypoint: &str,
+        service_account: &str,
+        extra: &[&str],
+    ) -> Result<Waypoint> {
+        let pod = self.pod(pod);
+        let log = self.work_dir.join(format!("waypoint-{}.log", pod.name));
+        let mut command = Command::new(mesh_waypoint_binary()?);
+        command
+            .args(["--waypoint", waypoint])
+            .args(["--namespace", &pod.namespace])
+            .args(["--service-account", service_account])
+            .args(["--ca-addr", crate::controller::CA_ADDR])
+            .args(["--ca-root", &controller.root.display().to_string()])
+            .args([
+                "--token-file",
+                &self.token_file(&pod.node).display().to_string(),
+            ])
+            .args(["--worker-threads", "1"])
+            .args(extra)
+            .env(
+                "AMBIT_LOG",
+                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?);
+        let child = pod.spawn(&mut command)?;
+        let waypoint = Waypoint {
+            child,
+            pod: pod.name.clone(),
+            netns: pod.netns_path(),
+            log,
+        };
+        waypoint.wait_ready(Duration::from_secs(20))?;
+        Ok(waypoint)
+    }
+}
+
+impl Waypoint {
+    /// GET on one of the waypoint's own endpoints, from inside its pod.
+    pub fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = crate::sys::in_netns(&self.netns, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("malformed HTTP response")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        Ok(self.get(15020, "/stats/prometheus")?.1)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = self.get(15021, "/healthz/ready") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("waypoint in {} not ready:\n{}", self.pod, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the waypoint has a configuration in which `check` holds.
+    pub fn wait_config(&self, check: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dump: serde_json::Value =
+                serde_json::from_str(&self.get(15000, "/config_dump")?.1)?;
+            if check(&dump) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("waypoint configuration never fit: {dump}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

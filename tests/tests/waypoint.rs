@@ -1,0 +1,383 @@
+//! L7 through a waypoint, on the test bed: client pod -> its node's agent -> HBONE -> the
+//! waypoint (routing, splits, faults, retries, timeouts, mirroring) -> HBONE -> the server
+//! pod's agent -> the server. Real HTTP/1.1 on real sockets; the controller streams the
+//! VirtualServices each step writes. Needs root; run with `cargo xtask test`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use mesh_tests::{
+    Agent, AgentOptions, Testbed, Topology,
+    controller::Controller,
+    http::{HttpClient, HttpRequest, HttpResponse, Received, http_server, named_server},
+    traffic::Server,
+    waypoint::Waypoint,
+};
+
+const PORT: u16 = 9080;
+const REVIEWS: &str = "10.96.0.10";
+const MIRROR: &str = "10.96.0.11";
+const FLAKY: &str = "10.96.0.12";
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec: {clusterIP: 10.96.0.10, selector: {app: reviews}, ports: [{port: 9080, targetPort: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mirror, namespace: default}
+spec: {clusterIP: 10.96.0.11, selector: {app: mirror}, ports: [{port: 9080, targetPort: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: flaky, namespace: default}
+spec: {clusterIP: 10.96.0.12, selector: {app: flaky}, ports: [{port: 9080, targetPort: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+/// n0-p0 the client, n0-p1 the waypoint `default/waypoint`, n0-p2 the mirror target,
+/// n1-p0 reviews v1, n1-p1 reviews v2, n1-p2 a scripted flaky backend. The namespace is in
+/// the mesh and uses the waypoint.
+struct L7 {
+    tb: Testbed,
+    _controller: Controller,
+    _agents: [Agent; 2],
+    waypoint: Waypoint,
+    _servers: Vec<Server>,
+    received: Vec<Received>,
+    flaky_calls: Arc<AtomicUsize>,
+}
+
+fn flaky_handler(calls: Arc<AtomicUsize>) -> mesh_tests::http::Handler {
+    Arc::new(move |request: &HttpRequest| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        match request.path.as_str() {
+            // Fails twice, then answers.
+            "/flaky" if n < 2 => HttpResponse::status(503, "not yet"),
+            "/flaky" => HttpResponse::ok("flaky ok"),
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(2));
+                HttpResponse::ok("slow")
+            }
+            // Slow on the first call only.
+            "/slow-once" if n == 0 => {
+                std::thread::sleep(Duration::from_millis(1500));
+                HttpResponse::ok("slow once")
+            }
+            _ => HttpResponse::ok(format!("flaky {}", request.path)),
+        }
+    })
+}
+
+fn setup() -> Result<L7> {
+    let tb = Testbed::new(Topology {
+        nodes: 2,
+        pods_per_node: 3,
+        namespaces: vec!["default".to_owned()],
+    })?;
+    tb.set_namespace_ambient("default", true)?;
+    tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
+    tb.set_service_account("n0-p0", "client")?;
+    tb.make_waypoint_pod("n0-p1", "waypoint", "waypoint")?;
+    for (pod, app, version) in [
+        ("n0-p2", "mirror", "v1"),
+        ("n1-p0", "reviews", "v1"),
+        ("n1-p1", "reviews", "v2"),
+        ("n1-p2", "flaky", "v1"),
+    ] {
+        tb.label_pod(pod, "app", Some(app))?;
+        tb.label_pod(pod, "version", Some(version))?;
+    }
+    tb.write_policy("services", SERVICES)?;
+    let (controller, agents) = tb.start_mesh(AgentOptions {
+        config_from_controller: true,
+        ..AgentOptions::default()
+    })?;
+    let waypoint = tb.start_waypoint(&controller, "n0-p1", "default/waypoint", "waypoint", &[])?;
+    waypoint.wait_config(|dump| {
+        dump["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "reviews.default.svc.cluster.local"))
+    })?;
+    let mut servers = Vec::new();
+    let mut received = Vec::new();
+    for (pod, name) in [("n1-p0", "v1"), ("n1-p1", "v2"), ("n0-p2", "mirror")] {
+        let (server, got) = named_server(tb.pod(pod), PORT, name)?;
+        servers.push(server);
+        received.push(got);
+    }
+    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    let (server, got) = http_server(
+        tb.pod("n1-p2").listen(PORT)?,
+        flaky_handler(flaky_calls.clone()),
+    )?;
+    servers.push(server);
+    received.push(got);
+    Ok(L7 {
+        tb,
+        _controller: controller,
+        _agents: agents,
+        waypoint,
+        _servers: servers,
+        received,
+        flaky_calls,
+    })
+}
+
+impl L7 {
+    fn client(&self, vip: &str, authority: &str) -> Result<HttpClient> {
+        HttpClient::connect(
+            self.tb.pod("n0-p0"),
+            format!("{vip}:{PORT}").parse()?,
+            authority,
+        )
+    }
+
+    /// Writes the VirtualService (replacing the last one) and waits until the waypoint has
+    /// a configuration newer than before.
+    fn route(&self, yaml: &str) -> Result<()> {
+        let before = self.version()?;
+        self.tb.write_policy("routes", yaml)?;
+        self.waypoint
+            .wait_config(|dump| dump["version"].as_u64().is_some_and(|v| v > before))
+    }
+
+    fn version(&self) -> Result<u64> {
+        let dump: serde_json::Value =
+            serde_json::from_str(&self.waypoint.get(15000, "/config_dump")?.1)?;
+        Ok(dump["version"].as_u64().unwrap_or(0))
+    }
+
+    /// How many of `n` GETs of `path` each backend answered (by the body's first word).
+    fn tally(&self, n: usize, path: &str, headers: &[(&str, &str)]) -> Result<(usize, usize)> {
+        let mut client = self.client(REVIEWS, "reviews")?;
+        let (mut v1, mut v2) = (0, 0);
+        for _ in 0..n {
+            let response = client.get(path, headers)?;
+            ensure!(
+                response.status == 200,
+                "status {}: {}",
+                response.status,
+                response.body
+            );
+            match response.body.split_whitespace().next() {
+                Some("v1") => v1 += 1,
+                Some("v2") => v2 += 1,
+                other => anyhow::bail!("unexpected backend {other:?}"),
+            }
+        }
+        Ok((v1, v2))
+    }
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
+}
+
+#[test]
+fn routing_splits_and_rewrites_through_the_waypoint() -> Result<()> {
+    let l7 = setup()?;
+
+    // No VirtualService: the default route reaches both versions.
+    let (v1, v2) = l7.tally(40, "/", &[])?;
+    assert!(
+        v1 > 0 && v2 > 0,
+        "default route reached v1 {v1} / v2 {v2} times"
+    );
+
+    // 90/10 over 2,000 requests: v2's share within 4.5 standard deviations (sd 13.4).
+    l7.route(&vs(
+        "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 90}\n    - {destination: {host: reviews, subset: v2}, weight: 10}\n",
+    ))?;
+    let (v1, v2) = l7.tally(2000, "/", &[])?;
+    assert_eq!(v1 + v2, 2000);
+    assert!(
+        (140..=260).contains(&v2),
+        "90/10 split gave v2 {v2} of 2000"
+    );
+
+    // Header A/B: Chrome to v2, everyone else to v1.
+    l7.route(&vs(
+        "  - match: [{headers: {user-agent: {regex: '.*Chrome.*'}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+    ))?;
+    let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+    assert_eq!(l7.tally(20, "/", &[("user-agent", chrome)])?, (0, 20));
+    assert_eq!(l7.tally(20, "/", &[("user-agent", "curl/8.5")])?, (20, 0));
+
+    // Prefix + rewrite, regex URI, and the default route of a VirtualService.
+    l7.route(&vs(
+        "  - match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/}\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{uri: {regex: '/api/v[0-9]+/items'}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+    ))?;
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    assert_eq!(client.get("/old/page?x=1", &[])?.body, "v2 /new/page?x=1");
+    assert_eq!(client.get("/api/v3/items", &[])?.body, "v2 /api/v3/items");
+    assert_eq!(
+        client.get("/api/v3/items/9", &[])?.body,
+        "v1 /api/v3/items/9"
+    );
+    assert_eq!(client.get("/anything", &[])?.body, "v1 /anything");
+
+    // Trace context reached the backend, with the waypoint's span.
+    let seen = l7.received[0].lock().unwrap().last().cloned().unwrap();
+    let traceparent = seen.header("traceparent").unwrap_or_default().to_owned();
+    assert_eq!(traceparent.len(), 55, "traceparent {traceparent:?}");
+    assert!(seen.header("x-request-id").is_some());
+
+    // Metrics with Istio's names and labels.
+    let metrics = l7.waypoint.metrics()?;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("destination_version=\"v2\"")
+                && l.contains("response_code=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no istio_requests_total for v2:\n{metrics}"));
+    assert!(line.contains("reporter=\"waypoint\""), "{line}");
+    assert!(
+        line.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/client\""),
+        "{line}"
+    );
+    assert!(metrics.contains("istio_request_duration_milliseconds_bucket"));
+    Ok(())
+}
+
+#[test]
+fn faults_retries_timeouts_and_mirrors() -> Result<()> {
+    let l7 = setup()?;
+
+    // A 7 s delay, scaled down to 300 ms, on every request.
+    l7.route(&vs(
+        "  - fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n",
+    ))?;
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    let started = Instant::now();
+    let response = client.get("/", &[])?;
+    assert_eq!(response.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.header("x-ambit-response-flags"), Some("DI"));
+
+    // Abort with 503 on half the requests.
+    l7.route(&vs(
+        "  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n",
+    ))?;
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    let mut aborted = 0;
+    for _ in 0..400 {
+        let response = client.get("/", &[])?;
+        if response.status == 503 {
+            assert_eq!(response.body, "fault filter abort");
+            aborted += 1;
+        }
+    }
+    // sd 10: within 5 of them.
+    assert!(
+        (150..=250).contains(&aborted),
+        "{aborted} of 400 aborted at 50 %"
+    );
+
+    // Retries: a backend that fails twice then answers is retried; three tries in all.
+    let flaky = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: flaky, namespace: default}\nspec:\n  hosts: [flaky]\n  http:\n  - timeout: 1s\n    retries: {attempts: 3, perTryTimeout: 700ms, retryOn: 5xx}\n    route: [{destination: {host: flaky}}]\n";
+    l7.route(flaky)?;
+    let mut client = l7.client(FLAKY, "flaky")?;
+    l7.flaky_calls.store(0, Ordering::SeqCst);
+    let response = client.get("/flaky", &[])?;
+    assert_eq!((response.status, response.body.as_str()), (200, "flaky ok"));
+    assert_eq!(l7.flaky_calls.load(Ordering::SeqCst), 3, "two retries");
+
+    // perTryTimeout: the first try is cut at 700 ms and the retry answers.
+    l7.flaky_calls.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    let response = client.get("/slow-once", &[])?;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The overall timeout: 1 s, whatever the retries.
+    let started = Instant::now();
+    let response = client.get("/slow", &[])?;
+    assert_eq!(response.status, 504);
+    assert_eq!(response.header("x-ambit-response-flags"), Some("UT"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Mirroring half the requests: the mirror gets its share, the client only primary answers.
+    l7.route(&vs(
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: mirror}\n    mirrorPercentage: {value: 50}\n",
+    ))?;
+    let before = l7.received[2].lock().unwrap().len();
+    let (v1, v2) = l7.tally(200, "/mirrored", &[])?;
+    assert_eq!(
+        (v1, v2),
+        (200, 0),
+        "the client sees only the primary's answers"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mirrored: Vec<HttpRequest> = l7.received[2].lock().unwrap()[before..].to_vec();
+    // sd 7: within 5 of them.
+    assert!(
+        (65..=135).contains(&mirrored.len()),
+        "{} of 200 mirrored at 50 %",
+        mirrored.len()
+    );
+    assert!(
+        mirrored[0]
+            .header("host")
+            .is_some_and(|h| h.contains("-shadow")),
+        "{:?}",
+        mirrored[0].header("host")
+    );
+    let _ = MIRROR;
+    Ok(())
+}
+
+#[test]
+fn a_pod_behind_the_waypoint_cannot_be_reached_around_it() -> Result<()> {
+    let l7 = setup()?;
+    let v1 = l7.tb.pod("n1-p0").addr(PORT);
+    // Through the mesh (the client is enrolled): its agent sends it through the waypoint.
+    let mut client = HttpClient::connect(l7.tb.pod("n0-p0"), v1, "reviews")?;
+    assert_eq!(client.get("/direct", &[])?.body, "v1 /direct");
+    // The mirror pod, taken out of the mesh, dials the pod itself: refused by its agent.
+    l7.tb.set_pod_mode("n0-p2", Some("none"))?;
+    l7._agents[0].wait_enrolled(&l7.tb.pod("n0-p2").key(), false)?;
+    let outside = HttpClient::connect(l7.tb.pod("n0-p2"), v1, "reviews")
+        .and_then(|mut c| c.get("/around", &[]));
+    assert!(
+        outside.is_err(),
+        "reached the pod around its waypoint: {outside:?}"
+    );
+    let seen = l7.received[0].lock().unwrap();
+    assert!(!seen.iter().any(|r| r.path == "/around"));
+    let log = l7._agents[1].log();
+    assert!(log.contains("only the waypoint may connect"), "{log}");
+    Ok(())
+}
