@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -40,7 +40,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: flaky, namespace: default}
 spec: {clusterIP: 10.96.0.12, selector: {app: flaky}, ports: [{port: 9080, targetPort: 9080}]}
----
+"#;
+
+const SUBSETS: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews, namespace: default}
@@ -62,6 +64,8 @@ struct L7 {
     _servers: Vec<Server>,
     received: Vec<Received>,
     flaky_calls: Arc<AtomicUsize>,
+    /// While set, reviews v1 answers 500.
+    v1_failing: Arc<AtomicBool>,
 }
 
 fn flaky_handler(calls: Arc<AtomicUsize>) -> mesh_tests::http::Handler {
@@ -74,6 +78,10 @@ fn flaky_handler(calls: Arc<AtomicUsize>) -> mesh_tests::http::Handler {
             "/slow" => {
                 std::thread::sleep(Duration::from_secs(2));
                 HttpResponse::ok("slow")
+            }
+            "/pause" => {
+                std::thread::sleep(Duration::from_millis(800));
+                HttpResponse::ok("paused")
             }
             // Slow on the first call only.
             "/slow-once" if n == 0 => {
@@ -105,6 +113,7 @@ fn setup() -> Result<L7> {
         tb.label_pod(pod, "version", Some(version))?;
     }
     tb.write_policy("services", SERVICES)?;
+    tb.write_policy("rules", SUBSETS)?;
     let (controller, agents) = tb.start_mesh(AgentOptions {
         config_from_controller: true,
         ..AgentOptions::default()
@@ -117,7 +126,21 @@ fn setup() -> Result<L7> {
     })?;
     let mut servers = Vec::new();
     let mut received = Vec::new();
-    for (pod, name) in [("n1-p0", "v1"), ("n1-p1", "v2"), ("n0-p2", "mirror")] {
+    let v1_failing = Arc::new(AtomicBool::new(false));
+    let failing = v1_failing.clone();
+    let (server, got) = http_server(
+        tb.pod("n1-p0").listen(PORT)?,
+        Arc::new(move |request: &HttpRequest| {
+            if failing.load(Ordering::SeqCst) {
+                HttpResponse::status(500, format!("v1 failing {}", request.path))
+            } else {
+                HttpResponse::ok(format!("v1 {}", request.path))
+            }
+        }),
+    )?;
+    servers.push(server);
+    received.push(got);
+    for (pod, name) in [("n1-p1", "v2"), ("n0-p2", "mirror")] {
         let (server, got) = named_server(tb.pod(pod), PORT, name)?;
         servers.push(server);
         received.push(got);
@@ -137,6 +160,7 @@ fn setup() -> Result<L7> {
         _servers: servers,
         received,
         flaky_calls,
+        v1_failing,
     })
 }
 
@@ -152,8 +176,17 @@ impl L7 {
     /// Writes the VirtualService (replacing the last one) and waits until the waypoint has
     /// a configuration newer than before.
     fn route(&self, yaml: &str) -> Result<()> {
+        self.write("routes", yaml)
+    }
+
+    /// Replaces the DestinationRules the same way.
+    fn rules(&self, yaml: &str) -> Result<()> {
+        self.write("rules", yaml)
+    }
+
+    fn write(&self, file: &str, yaml: &str) -> Result<()> {
         let before = self.version()?;
-        self.tb.write_policy("routes", yaml)?;
+        self.tb.write_policy(file, yaml)?;
         self.waypoint
             .wait_config(|dump| dump["version"].as_u64().is_some_and(|v| v > before))
     }
@@ -379,5 +412,94 @@ fn a_pod_behind_the_waypoint_cannot_be_reached_around_it() -> Result<()> {
     assert!(!seen.iter().any(|r| r.path == "/around"));
     let log = l7._agents[1].log();
     assert!(log.contains("only the waypoint may connect"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn circuit_breaking_outlier_detection_and_consistent_hashing() -> Result<()> {
+    let l7 = setup()?;
+
+    // One connection and one pending request to the flaky backend: of three concurrent slow
+    // requests, one is served, one waits, and the third overflows with 503 and UO.
+    l7.rules(&format!(
+        "{SUBSETS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: flaky, namespace: default}}\nspec:\n  host: flaky\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1}}\n"
+    ))?;
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let l7 = &l7;
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100 * i));
+                    let started = Instant::now();
+                    let mut client = l7.client(FLAKY, "flaky")?;
+                    let response = client.get("/pause", &[])?;
+                    Ok::<_, anyhow::Error>((response, started.elapsed()))
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().expect("no panic"))
+            .collect()
+    });
+    let answers: Vec<_> = answers.into_iter().collect::<Result<_>>()?;
+    let overflowed: Vec<_> = answers.iter().filter(|(r, _)| r.status == 503).collect();
+    assert_eq!(overflowed.len(), 1, "{answers:?}");
+    assert_eq!(overflowed[0].0.header("x-ambit-response-flags"), Some("UO"));
+    assert!(
+        overflowed[0].1 < Duration::from_millis(500),
+        "overflow is immediate"
+    );
+    assert_eq!(answers.iter().filter(|(r, _)| r.status == 200).count(), 2);
+
+    // Outlier detection: two consecutive 500s eject v1 for a second; then it returns.
+    l7.rules(&format!(
+        "{SUBSETS}  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}\n"
+    ))?;
+    l7.v1_failing.store(true, Ordering::SeqCst);
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    let mut failures = 0;
+    for _ in 0..6 {
+        if client.get("/", &[])?.status == 500 {
+            failures += 1;
+        }
+    }
+    assert!(
+        failures <= 2,
+        "v1 answered 500 {failures} times before ejection"
+    );
+    for _ in 0..20 {
+        let response = client.get("/", &[])?;
+        assert_eq!(
+            (response.status, &response.body[..2]),
+            (200, "v2"),
+            "v1 is ejected"
+        );
+    }
+    l7.v1_failing.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (v1, v2) = l7.tally(20, "/", &[])?;
+    assert!(
+        v1 > 0 && v2 > 0,
+        "v1 returned after its ejection: v1 {v1}, v2 {v2}"
+    );
+
+    // Consistent hash on a header: each user stays on one endpoint.
+    l7.rules(&format!(
+        "{SUBSETS}  trafficPolicy:\n    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}\n"
+    ))?;
+    let mut backends = std::collections::BTreeSet::new();
+    // Twelve users: all on one of two endpoints by chance once in 2,048 runs.
+    for user in [
+        "jason", "ana", "bob", "chen", "dev", "eve", "fay", "gus", "hal", "ivy", "jo", "kim",
+    ] {
+        let (v1, v2) = l7.tally(10, "/", &[("x-user", user)])?;
+        assert!(
+            v1 == 0 || v2 == 0,
+            "{user} moved between endpoints: v1 {v1}, v2 {v2}"
+        );
+        backends.insert(v1 > 0);
+    }
+    assert_eq!(backends.len(), 2, "twelve users all hashed to one endpoint");
     Ok(())
 }
