@@ -86,6 +86,7 @@ pub fn check_inbound(
         source: client,
         source_ip: source.ip(),
         destination_port: port,
+        request: None,
     };
     match policies.authorize(workload, connection) {
         Decision::Allow => Ok(()),

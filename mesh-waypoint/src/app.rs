@@ -141,6 +141,7 @@ async fn follow_config(app: Arc<App>, ca: CaClient) {
                             view,
                             &app.config.cluster_domain,
                             &app.config.trust_domain,
+                            &app.config.root_namespace,
                         );
                         for error in &snapshot.errors {
                             tracing::warn!(version = update.version, "not applied: {error}");

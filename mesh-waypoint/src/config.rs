@@ -26,6 +26,10 @@ pub struct Config {
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
+    /// The namespace whose policies apply mesh-wide (Istio's root namespace).
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+
     /// The cluster's DNS domain (service hostnames).
     #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,

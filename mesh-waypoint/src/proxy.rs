@@ -1,6 +1,6 @@
-//! One request through the waypoint, in named phases: match a route, inject faults, then
-//! answer locally (redirect, direct response) or forward (see `forward`), and record it
-//! (metrics, access log). Every answer made here carries Envoy's response flag in
+//! One request through the waypoint, in named phases: normalize its path, authorize it (L7
+//! AuthorizationPolicy), match a route, inject faults, then answer locally (redirect, direct
+//! response) or forward (see `forward`), and record it (metrics, access log). Every answer made here carries Envoy's response flag in
 //! `x-ambit-response-flags` when something went wrong, and in the metrics.
 //!
 //! # Layout
@@ -8,6 +8,7 @@
 //! - `trace`: W3C `traceparent` and B3 propagation, request ids.
 
 mod forward;
+pub mod normalize;
 pub mod trace;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
@@ -75,7 +76,7 @@ pub async fn handle(
 }
 
 async fn respond(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     downstream: &Downstream,
     app: &Arc<App>,
     outcome: &mut Outcome,
@@ -85,7 +86,15 @@ async fn respond(
         Destination::Service(service) => Some(service.hostname.clone()),
         Destination::Workload(_) => None,
     };
-    let path = request.uri().path().to_owned();
+    let Some(path) = normalize::normalize(request.uri().path()) else {
+        return local(StatusCode::BAD_REQUEST, "malformed path\n");
+    };
+    if path != request.uri().path() {
+        set_path(&mut request, &path);
+    }
+    if let Err(answer) = authorize(&request, &path, downstream, app, &snapshot) {
+        return answer;
+    }
     let query = request.uri().query().map(str::to_owned);
     let authority = authority_of(&request);
     let lookup = match &host {
@@ -170,6 +179,76 @@ async fn respond(
         route.response_headers.apply(response.headers_mut());
     }
     response
+}
+
+/// Replaces the request's path (keeping its query): what goes upstream is what was judged.
+fn set_path<B>(request: &mut Request<B>, path: &str) {
+    let uri = request.uri();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+}
+
+/// The L7 AuthorizationPolicies that name this waypoint (its Gateway) or the destination
+/// Service: a denied request is answered 403 here and never reaches the destination.
+fn authorize<B>(
+    request: &Request<B>,
+    path: &str,
+    downstream: &Downstream,
+    app: &App,
+    snapshot: &crate::store::Snapshot,
+) -> Result<(), Response<Body>> {
+    let gateway = app
+        .config
+        .waypoint
+        .split_once('/')
+        .map_or(app.config.waypoint.as_str(), |(_, name)| name);
+    let (namespace, service) = match &downstream.destination {
+        Destination::Service(s) => (s.namespace.as_str(), Some(s.name.as_str())),
+        Destination::Workload(w) => (w.namespace.as_str(), None),
+    };
+    let mut refs = vec![("Gateway", gateway)];
+    refs.extend(service.map(|name| ("Service", name)));
+    let authority = authority_of(request);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority.as_str(), |(h, p)| {
+            if p.parse::<u16>().is_ok() {
+                h
+            } else {
+                authority.as_str()
+            }
+        });
+    let attributes = mesh_core::policy::Request {
+        method: request.method().as_str(),
+        path,
+        host,
+        headers: request.headers(),
+    };
+    let connection = mesh_core::policy::Connection {
+        source: downstream.client.as_ref(),
+        source_ip: downstream.source.ip(),
+        destination_port: downstream.target.port(),
+        request: Some(&attributes),
+    };
+    let targets = mesh_core::policy::Targets {
+        namespace,
+        refs: &refs,
+    };
+    match snapshot.policies.authorize_request(&targets, connection) {
+        mesh_core::policy::Decision::Allow => Ok(()),
+        mesh_core::policy::Decision::Deny { policy, reason } => {
+            tracing::info!(client = ?downstream.client.as_ref().map(ToString::to_string),
+                method = %request.method(), %path, %policy, %reason, "request denied");
+            Err(local(StatusCode::FORBIDDEN, "RBAC: access denied\n"))
+        }
+    }
 }
 
 /// The request's authority: `:authority` (HTTP/2) or `Host`.

@@ -17,6 +17,7 @@ use mesh_core::{
     Identity,
     config_client::ConfigView,
     config_pb::{self as pb, resource::Body},
+    policy::{PolicySet, parse_documents, streamed_document},
 };
 
 use crate::routes::{RouteTable, qualify};
@@ -87,20 +88,26 @@ pub struct Snapshot {
     /// Fully qualified host -> its DestinationRule.
     pub destination_rules: HashMap<String, Arc<DestinationRuleSpec>>,
     pub routes: RouteTable,
-    /// AuthorizationPolicies, as the policy loader reads them (`kind`, namespace, name, spec).
-    pub policies: Vec<(String, String, String, serde_json::Value)>,
+    /// AuthorizationPolicies (those naming this waypoint or its services are enforced here).
+    pub policies: PolicySet,
     /// What in the last update could not be used.
     pub errors: Vec<String>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from a configuration view.
-    pub fn build(view: &ConfigView, domain: &str, trust_domain: &str) -> Snapshot {
+    pub fn build(
+        view: &ConfigView,
+        domain: &str,
+        trust_domain: &str,
+        root_namespace: &str,
+    ) -> Snapshot {
         let mut snapshot = Snapshot {
             version: view.version,
             ..Snapshot::default()
         };
         let mut virtual_services = Vec::new();
+        let mut policy_documents = String::new();
         for ((kind, namespace, name), resource) in &view.resources {
             match &resource.body {
                 Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
@@ -138,12 +145,14 @@ impl Snapshot {
                                     .push(format!("DestinationRule {namespace}/{name}: {e}")),
                             }
                         }
-                        "AuthorizationPolicy" | "PeerAuthentication" => snapshot.policies.push((
-                            kind.clone(),
-                            namespace.clone(),
-                            name.clone(),
-                            spec,
-                        )),
+                        "AuthorizationPolicy" => {
+                            match streamed_document(kind, namespace, name, &spec) {
+                                Ok(document) => policy_documents.push_str(&document),
+                                Err(e) => snapshot
+                                    .errors
+                                    .push(format!("AuthorizationPolicy {namespace}/{name}: {e}")),
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -158,6 +167,13 @@ impl Snapshot {
         );
         snapshot.routes = routes;
         snapshot.errors.extend(errors);
+        // A policy that does not validate is kept and enforced failing closed.
+        let mut policies = PolicySet::with_root_namespace(root_namespace);
+        let policy_errors = parse_documents("controller", &policy_documents, &mut policies);
+        snapshot
+            .errors
+            .extend(policy_errors.iter().map(ToString::to_string));
+        snapshot.policies = policies;
         snapshot
     }
 

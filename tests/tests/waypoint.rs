@@ -503,3 +503,77 @@ fn circuit_breaking_outlier_detection_and_consistent_hashing() -> Result<()> {
     assert_eq!(backends.len(), 2, "twelve users all hashed to one endpoint");
     Ok(())
 }
+
+#[test]
+fn l7_deny_holds_against_every_spelling_of_a_path() -> Result<()> {
+    let l7 = setup()?;
+    l7.write(
+        "authz",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: default}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
+  - when: [{key: "request.headers[x-role]", values: ["intruder"]}]
+"#,
+    )?;
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    for spelling in [
+        "/admin",
+        "//admin",
+        "/a/../admin",
+        "/./admin/",
+        "/%61dmin",
+        "/%2Fadmin",
+        "/%2fadmin",
+        "/x%2F..%2Fadmin",
+        "/x/%2e%2e/admin/users",
+    ] {
+        let response = client.get(spelling, &[])?;
+        assert_eq!(
+            response.status, 403,
+            "{spelling} got through: {}",
+            response.body
+        );
+    }
+    // A backslash is not a valid path character: refused one way or another.
+    let backslash = l7.client(REVIEWS, "reviews")?.get("/\\admin", &[]);
+    assert!(
+        backslash.is_err()
+            || backslash
+                .as_ref()
+                .is_ok_and(|r| r.status == 400 || r.status == 403),
+        "{backslash:?}"
+    );
+    let public = client.get("/public", &[])?;
+    assert_eq!(public.status, 200);
+    // Every value of a repeated header is checked.
+    let mixed = client.get("/public", &[("x-role", "user"), ("x-role", "intruder")])?;
+    assert_eq!(mixed.status, 403);
+    assert_eq!(client.get("/public", &[("x-role", "user")])?.status, 200);
+    for received in &l7.received[..2] {
+        let seen = received.lock().unwrap();
+        assert!(
+            !seen.iter().any(|r| r.path.contains("admin")),
+            "a backend was sent {:?}",
+            seen.iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+    }
+    // The denials are counted and logged.
+    let metrics = l7.waypoint.metrics()?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"403\"")),
+        "{metrics}"
+    );
+    let log = l7.waypoint.log();
+    assert!(
+        log.contains("request denied") && log.contains("default/no-admin"),
+        "{log}"
+    );
+    Ok(())
+}

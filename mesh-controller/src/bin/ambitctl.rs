@@ -373,6 +373,7 @@ fn check(dump: &Value, source: &str, destination: &str) -> Result<Table> {
             source: mtls.then_some(&identity),
             source_ip,
             destination_port: port,
+            request: None,
         };
         match policies.authorize(target, connection) {
             Decision::Allow => "ALLOW: no DENY matched, and any ALLOW policy admits it".to_owned(),

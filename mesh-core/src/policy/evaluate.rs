@@ -1,13 +1,18 @@
-//! Deciding a connection at the destination's node: Istio's semantics at L4.
+//! Deciding a connection (at the destination's node) or a request (at a waypoint) with
+//! Istio's semantics.
 //!
 //! - PeerAuthentication: the most specific setting wins (workload selector, then namespace,
 //!   then the root namespace); `UNSET` inherits; the default is PERMISSIVE.
-//! - AuthorizationPolicy: policies of the workload's namespace and the root namespace whose
-//!   selector matches apply. Any matching DENY denies. With no ALLOW policy, allow; otherwise
-//!   at least one ALLOW must match.
-//! - Fail closed: a rule naming L7 attributes (HTTP methods, paths, hosts, JWT principals,
-//!   `when` conditions) cannot be checked here, so it never matches in an ALLOW policy and
-//!   always matches in a DENY policy. So does a policy that failed validation, and a CUSTOM one.
+//! - AuthorizationPolicy: at a node, policies of the workload's namespace and the root
+//!   namespace whose selector matches apply (policies with `targetRefs` are a waypoint's); at
+//!   a waypoint, those whose `targetRef(s)` name the waypoint's Gateway or the destination
+//!   Service. Any matching DENY denies. With no ALLOW policy, allow; otherwise at least one
+//!   ALLOW must match.
+//! - Fail closed: what cannot be checked where the decision is made (L7 attributes at a
+//!   node; JWT principals and unknown `when` keys anywhere) never matches in an ALLOW policy
+//!   and always matches in a DENY policy. So does a policy that failed validation, and a
+//!   CUSTOM one. A header sent several times matches a DENY if any value does, and an ALLOW
+//!   only if every value does.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -21,13 +26,34 @@ pub struct Workload<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// What is known about a connection at L4.
+/// What is known about a connection (and, at a waypoint, its request).
 #[derive(Clone, Copy, Debug)]
 pub struct Connection<'a> {
     /// The client's verified identity; `None` for plaintext.
     pub source: Option<&'a Identity>,
     pub source_ip: IpAddr,
     pub destination_port: u16,
+    /// The HTTP request, where one is seen (a waypoint); `None` at L4.
+    pub request: Option<&'a Request<'a>>,
+}
+
+/// An HTTP request's attributes, as a waypoint sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Normalized (see the waypoint's path normalization), without the query.
+    pub path: &'a str,
+    /// Host without the port.
+    pub host: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// What a waypoint enforces for: the namespace of the destination, and the kinds and names
+/// `targetRefs` may name (its Gateway, the destination Service).
+#[derive(Clone, Debug)]
+pub struct Targets<'a> {
+    pub namespace: &'a str,
+    pub refs: &'a [(&'a str, &'a str)],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,13 +156,11 @@ impl PolicySet {
             .unwrap_or(MtlsMode::Permissive)
     }
 
-    /// Whether `connection` to `workload` is authorized.
+    /// Whether `connection` to `workload` is authorized (at its node).
     pub fn authorize(&self, workload: Workload<'_>, connection: Connection<'_>) -> Decision {
-        let scoped = |namespace: &str| self.authorizations.get(namespace).into_iter().flatten();
-        let root =
-            (workload.namespace != self.root_namespace).then(|| scoped(&self.root_namespace));
-        let applicable: Vec<&Enforced> = scoped(workload.namespace)
-            .chain(root.into_iter().flatten())
+        let applicable: Vec<&Enforced> = self
+            .scoped(workload.namespace)
+            .filter(|e| !targets_a_waypoint(&e.policy))
             .filter(|e| {
                 e.policy
                     .spec
@@ -145,52 +169,92 @@ impl PolicySet {
                     .is_none_or(|s| s.matches(workload.labels))
             })
             .collect();
-        for enforced in &applicable {
-            let policy = &enforced.policy;
-            let name = || format!("{}/{}", policy.metadata.namespace, policy.metadata.name);
-            match policy.spec.action {
-                Action::Custom => {
-                    return Decision::Deny {
-                        policy: name(),
-                        reason: "CUSTOM policies cannot be enforced at L4".into(),
-                    };
-                }
-                Action::Deny if enforced.broken => {
-                    return Decision::Deny {
-                        policy: name(),
-                        reason: "invalid DENY policy applies to everything".into(),
-                    };
-                }
-                Action::Deny if matches_any(&policy.spec.rules, connection, true) => {
-                    return Decision::Deny {
-                        policy: name(),
-                        reason: "matched a DENY rule".into(),
-                    };
-                }
-                _ => {}
+        decide(&applicable, connection)
+    }
+
+    /// Whether a request through a waypoint is authorized: by the policies that name one of
+    /// `targets`.
+    pub fn authorize_request(&self, targets: &Targets<'_>, connection: Connection<'_>) -> Decision {
+        let applicable: Vec<&Enforced> = self
+            .scoped(targets.namespace)
+            .filter(|e| {
+                target_refs(&e.policy)
+                    .any(|(kind, name)| targets.refs.iter().any(|(k, n)| *k == kind && *n == name))
+            })
+            .collect();
+        decide(&applicable, connection)
+    }
+
+    /// Policies of `namespace` and of the root namespace.
+    fn scoped<'s>(&'s self, namespace: &'s str) -> impl Iterator<Item = &'s Enforced> + 's {
+        let of = |ns: &str| self.authorizations.get(ns).into_iter().flatten();
+        let root = (namespace != self.root_namespace).then(|| of(&self.root_namespace));
+        of(namespace).chain(root.into_iter().flatten())
+    }
+}
+
+fn targets_a_waypoint(policy: &AuthorizationPolicy) -> bool {
+    target_refs(policy).next().is_some()
+}
+
+/// (kind, name) of each of a policy's `targetRef` and `targetRefs`.
+fn target_refs(policy: &AuthorizationPolicy) -> impl Iterator<Item = (&str, &str)> {
+    let one = policy.spec.target_ref.iter();
+    let many = policy
+        .spec
+        .target_refs
+        .iter()
+        .flat_map(|v| v.as_sequence().into_iter().flatten());
+    one.chain(many)
+        .filter_map(|r| Some((r.get("kind")?.as_str()?, r.get("name")?.as_str()?)))
+}
+
+fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
+    for enforced in applicable {
+        let policy = &enforced.policy;
+        let name = || format!("{}/{}", policy.metadata.namespace, policy.metadata.name);
+        match policy.spec.action {
+            Action::Custom => {
+                return Decision::Deny {
+                    policy: name(),
+                    reason: "CUSTOM policies are not enforced by Ambit".into(),
+                };
             }
+            Action::Deny if enforced.broken => {
+                return Decision::Deny {
+                    policy: name(),
+                    reason: "invalid DENY policy applies to everything".into(),
+                };
+            }
+            Action::Deny if matches_any(&policy.spec.rules, connection, true) => {
+                return Decision::Deny {
+                    policy: name(),
+                    reason: "matched a DENY rule".into(),
+                };
+            }
+            _ => {}
         }
-        let allows: Vec<&&Enforced> = applicable
-            .iter()
-            .filter(|e| e.policy.spec.action == Action::Allow)
-            .collect();
-        if allows.is_empty() {
-            return Decision::Allow;
-        }
-        if allows
-            .iter()
-            .any(|e| !e.broken && matches_any(&e.policy.spec.rules, connection, false))
-        {
-            return Decision::Allow;
-        }
-        let names: Vec<String> = allows
-            .iter()
-            .map(|e| format!("{}/{}", e.policy.metadata.namespace, e.policy.metadata.name))
-            .collect();
-        Decision::Deny {
-            policy: names.join(","),
-            reason: "no ALLOW rule matched".into(),
-        }
+    }
+    let allows: Vec<&&Enforced> = applicable
+        .iter()
+        .filter(|e| e.policy.spec.action == Action::Allow)
+        .collect();
+    if allows.is_empty() {
+        return Decision::Allow;
+    }
+    if allows
+        .iter()
+        .any(|e| !e.broken && matches_any(&e.policy.spec.rules, connection, false))
+    {
+        return Decision::Allow;
+    }
+    let names: Vec<String> = allows
+        .iter()
+        .map(|e| format!("{}/{}", e.policy.metadata.namespace, e.policy.metadata.name))
+        .collect();
+    Decision::Deny {
+        policy: names.join(","),
+        reason: "no ALLOW rule matched".into(),
     }
 }
 
@@ -202,9 +266,34 @@ fn matches_any(rules: &Option<Vec<Rule>>, c: Connection<'_>, deny: bool) -> bool
 }
 
 fn rule_matches(rule: &Rule, c: Connection<'_>, deny: bool) -> bool {
-    if has_l7(rule) {
+    let Some(request) = c.request else {
+        if has_l7(rule) {
+            return deny;
+        }
+        return l4_matches(rule, c);
+    };
+    // JWT principals are not checked by Ambit yet.
+    let jwt = rule.from.iter().flatten().any(|f| {
+        !f.source.request_principals.is_empty() || !f.source.not_request_principals.is_empty()
+    });
+    if jwt {
         return deny;
     }
+    let to_ok = rule.to.as_ref().is_none_or(|to| {
+        to.is_empty()
+            || to
+                .iter()
+                .any(|t| operation_matches(&t.operation, c, request))
+    });
+    let when_ok = rule
+        .when
+        .iter()
+        .flatten()
+        .all(|condition| condition_matches(condition, c, request, deny));
+    l4_matches(rule, c) && to_ok && when_ok
+}
+
+fn l4_matches(rule: &Rule, c: Connection<'_>) -> bool {
     let from_ok = rule
         .from
         .as_ref()
@@ -218,6 +307,99 @@ fn rule_matches(rule: &Rule, c: Connection<'_>, deny: bool) -> bool {
             })
     });
     from_ok && to_ok
+}
+
+fn operation_matches(op: &super::Operation, c: Connection<'_>, request: &Request<'_>) -> bool {
+    let port = c.destination_port.to_string();
+    let host = request.host.to_ascii_lowercase();
+    let any = |patterns: &[String], value: &str| patterns.iter().any(|p| glob(p, value));
+    let any_host = |patterns: &[String]| {
+        patterns
+            .iter()
+            .any(|p| glob(&p.to_ascii_lowercase(), &host))
+    };
+    (op.ports.is_empty() || op.ports.contains(&port))
+        && !op.not_ports.contains(&port)
+        && (op.methods.is_empty() || any(&op.methods, request.method))
+        && !any(&op.not_methods, request.method)
+        && (op.paths.is_empty() || any(&op.paths, request.path))
+        && !any(&op.not_paths, request.path)
+        && (op.hosts.is_empty() || any_host(&op.hosts))
+        && !any_host(&op.not_hosts)
+}
+
+/// A `when` condition. Keys Ambit does not know match in a DENY and not in an ALLOW.
+fn condition_matches(
+    condition: &serde_yaml::Value,
+    c: Connection<'_>,
+    request: &Request<'_>,
+    deny: bool,
+) -> bool {
+    let strings = |key: &str| -> Vec<String> {
+        condition
+            .get(key)
+            .and_then(|v| v.as_sequence())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let Some(key) = condition.get("key").and_then(|k| k.as_str()) else {
+        return deny;
+    };
+    let (values, not_values) = (strings("values"), strings("notValues"));
+    let principal = c
+        .source
+        .map(|id| id.to_string().trim_start_matches("spiffe://").to_owned());
+    let actual: Vec<String> = if let Some(name) = key
+        .strip_prefix("request.headers[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        request
+            .headers
+            .get_all(name.to_ascii_lowercase().as_str())
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    } else {
+        match key {
+            "source.ip" | "remote.ip" => vec![c.source_ip.to_string()],
+            "source.namespace" => c
+                .source
+                .map(|id| id.namespace.clone())
+                .into_iter()
+                .collect(),
+            "source.principal" => principal.into_iter().collect(),
+            "destination.port" => vec![c.destination_port.to_string()],
+            _ => return deny,
+        }
+    };
+    let is_ip = matches!(key, "source.ip" | "remote.ip");
+    let fits = |value: &str, patterns: &[String]| {
+        patterns.iter().any(|p| {
+            if is_ip {
+                value
+                    .parse::<IpAddr>()
+                    .ok()
+                    .and_then(|ip| cidr_contains(p, ip))
+                    .unwrap_or(false)
+            } else {
+                glob(p, value)
+            }
+        })
+    };
+    let value_ok =
+        |value: &String| (values.is_empty() || fits(value, &values)) && !fits(value, &not_values);
+    if actual.is_empty() {
+        // An absent attribute matches only a condition that merely excludes values.
+        return values.is_empty();
+    }
+    // Each value counts: a DENY fires on any, an ALLOW needs all.
+    if deny {
+        actual.iter().any(value_ok)
+    } else {
+        actual.iter().all(value_ok)
+    }
 }
 
 fn has_l7(rule: &Rule) -> bool {

@@ -204,6 +204,7 @@ fn authorization_check_us() -> Result<f64> {
             source: Some(&identities[i % 100]),
             source_ip: [10, 0, 0, 1].into(),
             destination_port: 8000 + (i % 100) as u16,
+            request: None,
         };
         if set.authorize(workload, connection) == mesh_core::policy::Decision::Allow {
             allowed += 1;

@@ -25,6 +25,7 @@ fn conn<'a>(source: Option<&'a Identity>, ip: &str, port: u16) -> Connection<'a>
         source,
         source_ip: ip.parse().unwrap(),
         destination_port: port,
+        request: None,
     }
 }
 
@@ -317,4 +318,117 @@ fn cidrs() {
         None
     );
     assert_eq!(cidr_contains("nonsense", "10.0.0.1".parse().unwrap()), None);
+}
+
+const WAYPOINT_POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-admin, namespace: shop }
+spec:
+  targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }]
+  action: DENY
+  rules:
+  - to: [{ operation: { paths: ["/admin*"] } }]
+  - when: [{ key: "request.headers[x-role]", values: ["intruder"] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: reads, namespace: shop }
+spec:
+  targetRefs: [{ kind: Service, name: cart }]
+  action: ALLOW
+  rules:
+  - from: [{ source: { namespaces: ["shop"] } }]
+    to: [{ operation: { methods: ["GET"], hosts: ["cart*"] } }]
+    when: [{ key: "request.headers[x-tier]", values: ["gold", "silver"] }]
+"#;
+
+fn request<'a>(method: &'a str, path: &'a str, headers: &'a http::HeaderMap) -> Request<'a> {
+    Request {
+        method,
+        path,
+        host: "cart.shop.svc.cluster.local",
+        headers,
+    }
+}
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(*k, v.parse().unwrap());
+    }
+    map
+}
+
+#[test]
+fn a_waypoint_enforces_l7_rules_of_the_policies_that_target_it() {
+    let policies = set(WAYPOINT_POLICIES);
+    let client = id("spiffe://cluster.local/ns/shop/sa/web");
+    let targets = Targets {
+        namespace: "shop",
+        refs: &[("Gateway", "waypoint"), ("Service", "cart")],
+    };
+    let decide = |method: &str, path: &str, h: &http::HeaderMap| {
+        let request = request(method, path, h);
+        let c = Connection {
+            request: Some(&request),
+            ..conn(Some(&client), "10.0.0.1", 80)
+        };
+        policies.authorize_request(&targets, c)
+    };
+    let gold = headers(&[("x-tier", "gold")]);
+    assert_eq!(decide("GET", "/items", &gold), Decision::Allow);
+    assert!(
+        matches!(decide("POST", "/items", &gold), Decision::Deny { .. }),
+        "method"
+    );
+    assert!(
+        matches!(decide("GET", "/admin/users", &gold), Decision::Deny { .. }),
+        "path"
+    );
+    assert!(
+        matches!(
+            decide("GET", "/items", &headers(&[])),
+            Decision::Deny { .. }
+        ),
+        "no tier"
+    );
+    // Every value of a repeated header is checked: one bad value denies, and an ALLOW needs
+    // all of them to fit.
+    let mixed = headers(&[
+        ("x-role", "user"),
+        ("x-role", "intruder"),
+        ("x-tier", "gold"),
+    ]);
+    assert!(matches!(
+        decide("GET", "/items", &mixed),
+        Decision::Deny { .. }
+    ));
+    let tiers = headers(&[("x-tier", "gold"), ("x-tier", "bronze")]);
+    assert!(matches!(
+        decide("GET", "/items", &tiers),
+        Decision::Deny { .. }
+    ));
+
+    // At a node the same policies do not apply: they are the waypoint's.
+    let workload = Workload {
+        namespace: "shop",
+        labels: &labels(&[("app", "cart")]),
+    };
+    assert_eq!(
+        policies.authorize(workload, conn(Some(&client), "10.0.0.1", 80)),
+        Decision::Allow
+    );
+    // Another waypoint's destination is not governed by them either.
+    let elsewhere = Targets {
+        namespace: "shop",
+        refs: &[("Gateway", "other"), ("Service", "orders")],
+    };
+    let none = headers(&[]);
+    let r = request("DELETE", "/admin", &none);
+    let c = Connection {
+        request: Some(&r),
+        ..conn(Some(&client), "10.0.0.1", 80)
+    };
+    assert_eq!(policies.authorize_request(&elsewhere, c), Decision::Allow);
 }
