@@ -92,8 +92,8 @@ async fn respond(
     if path != request.uri().path() {
         set_path(&mut request, &path);
     }
-    if let Err(answer) = authorize(&request, &path, downstream, app, &snapshot) {
-        return answer;
+    if let Some(denied) = authorize(&request, &path, downstream, app, &snapshot) {
+        return denied;
     }
     let query = request.uri().query().map(str::to_owned);
     let authority = authority_of(&request);
@@ -196,14 +196,14 @@ fn set_path<B>(request: &mut Request<B>, path: &str) {
 }
 
 /// The L7 AuthorizationPolicies that name this waypoint (its Gateway) or the destination
-/// Service: a denied request is answered 403 here and never reaches the destination.
+/// Service: a denied request gets its 403 answer here and never reaches the destination.
 fn authorize<B>(
     request: &Request<B>,
     path: &str,
     downstream: &Downstream,
     app: &App,
     snapshot: &crate::store::Snapshot,
-) -> Result<(), Response<Body>> {
+) -> Option<Response<Body>> {
     let gateway = app
         .config
         .waypoint
@@ -242,11 +242,11 @@ fn authorize<B>(
         refs: &refs,
     };
     match snapshot.policies.authorize_request(&targets, connection) {
-        mesh_core::policy::Decision::Allow => Ok(()),
+        mesh_core::policy::Decision::Allow => None,
         mesh_core::policy::Decision::Deny { policy, reason } => {
             tracing::info!(client = ?downstream.client.as_ref().map(ToString::to_string),
                 method = %request.method(), %path, %policy, %reason, "request denied");
-            Err(local(StatusCode::FORBIDDEN, "RBAC: access denied\n"))
+            Some(local(StatusCode::FORBIDDEN, "RBAC: access denied\n"))
         }
     }
 }
