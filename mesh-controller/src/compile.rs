@@ -18,6 +18,8 @@ pub const DATAPLANE_MODE: &str = "ambit.io/dataplane-mode";
 /// The label naming the waypoint (a Gateway in the same namespace) traffic must pass, on a
 /// namespace, a Service, a ServiceAccount (for the pods running as it) or a pod.
 pub const USE_WAYPOINT: &str = "ambit.io/use-waypoint";
+/// `ambit.io/use-waypoint: none` on a pod or service opts it out of its namespace's waypoint.
+const NO_WAYPOINT: &str = "none";
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
@@ -94,8 +96,9 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::Namespace(_)
             | Resource::EndpointSlice(_)
             | Resource::ServiceAccount(_)
-            | Resource::K8sGateway(_)
-            | Resource::Gateway(_) => continue,
+            | Resource::K8sGateway(_) => continue,
+            // Ingress gateways (the waypoint binary in ingress mode) listen by it.
+            Resource::Gateway(r) => Body::IstioJson(json(&r.spec)),
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
@@ -160,6 +163,7 @@ fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
     let waypoint = label(&labels, USE_WAYPOINT)
         .or(context.account_waypoints.get(&account).copied())
         .or(label(&ns_labels, USE_WAYPOINT))
+        .filter(|w| *w != NO_WAYPOINT)
         .map(|w| format!("{namespace}/{w}"))
         .unwrap_or_default();
     Some(pb::Workload {
@@ -190,6 +194,7 @@ fn service_of(service: &Service, context: &Context, domain: &str) -> pb::Service
         .unwrap_or_default();
     let waypoint = label(service.labels(), USE_WAYPOINT)
         .or(label(&ns_labels, USE_WAYPOINT))
+        .filter(|w| *w != NO_WAYPOINT)
         .map(|w| format!("{ns}/{w}"))
         .unwrap_or_default();
     let mut addresses = spec.cluster_ips.clone().unwrap_or_default();

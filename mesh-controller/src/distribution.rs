@@ -40,6 +40,7 @@ pub fn wanted(role: Role, kind: &str) -> bool {
                 | "ServiceEntry"
                 | "VirtualService"
                 | "DestinationRule"
+                | "Gateway"
                 | "AuthorizationPolicy"
         ),
         Role::Unspecified => false,

@@ -71,7 +71,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .keep_issued(ca.clone(), Duration::from_secs(config.cert_lifetime)),
     );
     let app = Arc::new(App {
-        upstreams: Upstreams::new(Connector::new(certificates.clone())),
+        upstreams: Upstreams::new(
+            Connector::new(certificates.clone()),
+            config.waypoint.clone(),
+        ),
         certificates,
         store: Store::default(),
         metrics: Metrics::default(),
@@ -93,7 +96,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             addr: app.config.hbone_addr,
             source,
         })?;
-    tracing::info!(addr = %app.config.hbone_addr, %identity, waypoint = %app.config.waypoint, "waypoint listening");
+    if app.config.ingress_gateway.is_some() {
+        tokio::spawn(follow_gateway(app.clone()));
+    }
+    tracing::info!(addr = %app.config.hbone_addr, %identity, waypoint = ?app.config.waypoint,
+        ingress = ?app.config.ingress_gateway, "listening");
     tokio::select! {
         _ = crate::inbound::serve(listener, app.clone()) => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -142,6 +149,7 @@ async fn follow_config(app: Arc<App>, ca: CaClient) {
                             &app.config.cluster_domain,
                             &app.config.trust_domain,
                             &app.config.root_namespace,
+                            app.config.ingress_gateway.as_deref(),
                         );
                         for error in &snapshot.errors {
                             tracing::warn!(version = update.version, "not applied: {error}");
@@ -164,6 +172,24 @@ async fn follow_config(app: Arc<App>, ca: CaClient) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Ingress mode: keeps the listeners equal to the Gateway's servers.
+async fn follow_gateway(app: Arc<App>) {
+    let mut listeners = crate::ingress::Listeners::default();
+    let mut changes = app.store.subscribe();
+    let name = app.config.ingress_gateway.clone().unwrap_or_default();
+    loop {
+        let snapshot = app.store.get();
+        let gateway = snapshot.gateways.get(&name).cloned();
+        if gateway.is_none() && snapshot.version > 0 {
+            tracing::warn!(gateway = %name, "no such Gateway in the configuration; nothing to listen for");
+        }
+        listeners.reconcile(gateway.as_deref(), &app).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 

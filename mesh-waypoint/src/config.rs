@@ -11,8 +11,18 @@ use serde::Serialize;
 pub struct Config {
     /// This waypoint, as `namespace/name` of its Gateway: it serves only services and
     /// workloads bound to it (`ambit.io/use-waypoint`).
-    #[arg(long, env = "AMBIT_WAYPOINT")]
-    pub waypoint: String,
+    #[arg(
+        long,
+        env = "AMBIT_WAYPOINT",
+        required_unless_present = "ingress_gateway"
+    )]
+    pub waypoint: Option<String>,
+
+    /// Ingress mode: the Istio `Gateway` (`namespace/name`) this proxy implements. It listens
+    /// on the Gateway's server ports (HTTP, and HTTPS with the certificate files its `tls`
+    /// names) and routes by the VirtualServices that list the Gateway in `gateways`.
+    #[arg(long, env = "AMBIT_INGRESS_GATEWAY")]
+    pub ingress_gateway: Option<String>,
 
     /// The namespace the waypoint runs in (its identity's).
     #[arg(long, env = "POD_NAMESPACE")]

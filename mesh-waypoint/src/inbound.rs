@@ -121,8 +121,9 @@ async fn serve_stream(
         return refuse(&mut respond, StatusCode::BAD_REQUEST);
     };
     let snapshot = app.store.get();
-    let Some(destination) = destination(&snapshot, target, &app.config.waypoint) else {
-        tracing::warn!(%client, %target, waypoint = %app.config.waypoint,
+    let own = app.config.waypoint.as_deref().unwrap_or_default();
+    let Some(destination) = destination(&snapshot, target, own) else {
+        tracing::warn!(%client, %target, waypoint = %own,
             "refused: the destination is not bound to this waypoint");
         return refuse(&mut respond, StatusCode::FORBIDDEN);
     };
@@ -138,7 +139,15 @@ async fn serve_stream(
             return;
         }
     };
-    let io = H2Io::new(send, request.into_body());
+    let mut io = H2Io::new(send, request.into_body());
+    let http = match io.peek(crate::passthrough::SNIFF_WAIT).await {
+        Ok(Some(first)) => crate::passthrough::looks_like_http(first),
+        Ok(None) => false,
+        Err(error) => {
+            tracing::debug!(%error, %target, "HBONE stream ended before any data");
+            return;
+        }
+    };
     let downstream = Arc::new(Downstream {
         client: Some(client),
         source,
@@ -146,6 +155,9 @@ async fn serve_stream(
         destination,
         source_workload: snapshot.workloads_by_addr.get(&source.ip()).cloned(),
     });
+    if !http {
+        return crate::passthrough::carry(io, downstream, app).await;
+    }
     let service = hyper::service::service_fn(move |request| {
         proxy::handle(request, downstream.clone(), app.clone())
     });
@@ -164,6 +176,10 @@ pub fn destination(
     target: SocketAddr,
     waypoint: &str,
 ) -> Option<proxy::Destination> {
+    if waypoint.is_empty() {
+        // An ingress gateway is no waypoint.
+        return None;
+    }
     let ip: IpAddr = target.ip().to_canonical();
     if let Some(service) = snapshot.services_by_addr.get(&ip) {
         return (service.waypoint.as_deref() == Some(waypoint))

@@ -10,7 +10,9 @@
 //! - `store`: services, workloads, DestinationRules and routes from the configuration stream;
 //! - `routes`: the route table compiled from VirtualServices, and request matching;
 //! - `inbound`: HBONE in, and the HTTP server inside each tunnel;
+//! - `ingress`: ingress mode's listeners for an Istio Gateway's servers;
 //! - `proxy`: one request through the waypoint, phase by phase;
+//! - `passthrough`: what is not HTTP, carried as TCP;
 //! - `upstream`: endpoints, load balancing, connection pools, circuit breaking, ejection;
 //! - `h2io`: an HBONE stream as a byte stream for hyper;
 //! - `metrics`: Istio's L7 metrics and the access log.
@@ -19,7 +21,9 @@ pub mod config;
 pub mod h2io;
 pub mod identity;
 pub mod inbound;
+pub mod ingress;
 pub mod metrics;
+pub mod passthrough;
 pub mod proxy;
 pub mod routes;
 pub mod store;

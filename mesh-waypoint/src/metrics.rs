@@ -168,11 +168,21 @@ impl RequestRecord {
             .as_deref()
             .or(match &downstream.destination {
                 Destination::Workload(w) => Some(w),
-                Destination::Service(_) => None,
+                Destination::Service(_) | Destination::Gateway(_) => None,
             });
         let (service, service_name, service_namespace) = match &downstream.destination {
             Destination::Service(s) => (s.hostname.clone(), s.name.clone(), s.namespace.clone()),
             Destination::Workload(w) => (w.address.to_string(), unknown(), w.namespace.clone()),
+            // `name.namespace.svc.<domain>` of the service a route sent it to.
+            Destination::Gateway(_) => match &outcome.service {
+                Some(host) => {
+                    let mut labels = host.split('.');
+                    let name = labels.next().unwrap_or("unknown").to_owned();
+                    let namespace = labels.next().unwrap_or("unknown").to_owned();
+                    (host.clone(), name, namespace)
+                }
+                None => (unknown(), unknown(), unknown()),
+            },
         };
         let flags = if outcome.flags.is_empty() {
             "-".to_owned()
@@ -184,8 +194,13 @@ impl RequestRecord {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .unwrap_or(0);
+        // An ingress gateway reports as the request's source, as Istio's does.
+        let reporter = match &downstream.destination {
+            Destination::Gateway(_) => "source",
+            _ => "waypoint",
+        };
         let labels = RequestLabels {
-            reporter: "waypoint",
+            reporter,
             source_workload: source.map_or_else(unknown, |w| w.workload_name().to_owned()),
             source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
             source_principal: downstream

@@ -28,11 +28,13 @@ use crate::{
 /// The header Ambit answers its response flags in (also in metrics as `response_flags`).
 pub const FLAGS_HEADER: &str = "x-ambit-response-flags";
 
-/// What a CONNECT stream was for: a service (by its address) or one workload.
+/// What a request is for: a service (by its address) or one workload, through the waypoint;
+/// or whatever the routes of the ingress Gateway (`namespace/name`) say.
 #[derive(Clone, Debug)]
 pub enum Destination {
     Service(Arc<Service>),
     Workload(Arc<Workload>),
+    Gateway(String),
 }
 
 /// The connection a request came on.
@@ -54,6 +56,8 @@ pub struct Outcome {
     pub route: Option<String>,
     pub upstream: Option<SocketAddr>,
     pub upstream_workload: Option<Arc<Workload>>,
+    /// The service the request was sent to (its hostname).
+    pub service: Option<String>,
     pub attempts: u32,
 }
 
@@ -84,7 +88,7 @@ async fn respond(
     let snapshot = app.store.get();
     let host = match &downstream.destination {
         Destination::Service(service) => Some(service.hostname.clone()),
-        Destination::Workload(_) => None,
+        Destination::Workload(_) | Destination::Gateway(_) => None,
     };
     let Some(path) = normalize::normalize(request.uri().path()) else {
         return local(StatusCode::BAD_REQUEST, "malformed path\n");
@@ -97,25 +101,29 @@ async fn respond(
     }
     let query = request.uri().query().map(str::to_owned);
     let authority = authority_of(&request);
-    let lookup = match &host {
-        Some(host) => {
-            let view = RequestView {
-                method: request.method().as_str(),
-                path: &path,
-                query: query.as_deref(),
-                authority: &authority,
-                scheme: "http",
-                headers: request.headers(),
-                port: downstream.target.port(),
-                source_labels: downstream.source_workload.as_ref().map(|w| &w.labels),
-                source_namespace: downstream
-                    .source_workload
-                    .as_ref()
-                    .map(|w| w.namespace.as_str()),
-            };
-            snapshot.routes.find(host, &view)
+    let view = RequestView {
+        method: request.method().as_str(),
+        path: &path,
+        query: query.as_deref(),
+        authority: &authority,
+        scheme: "http",
+        headers: request.headers(),
+        port: downstream.target.port(),
+        source_labels: downstream.source_workload.as_ref().map(|w| &w.labels),
+        source_namespace: downstream
+            .source_workload
+            .as_ref()
+            .map(|w| w.namespace.as_str()),
+    };
+    let lookup = match &downstream.destination {
+        Destination::Service(service) => snapshot.routes.find(&service.hostname, &view),
+        Destination::Workload(_) => Lookup::Default,
+        Destination::Gateway(_) => {
+            match snapshot.ingress_routes.gateway_host(bare_host(&authority)) {
+                Some(key) => snapshot.ingress_routes.find(&key, &view),
+                None => Lookup::NoRoute,
+            }
         }
-        None => Lookup::Default,
     };
     let route = match lookup {
         Lookup::NoRoute => {
@@ -204,27 +212,20 @@ fn authorize<B>(
     app: &App,
     snapshot: &crate::store::Snapshot,
 ) -> Option<Response<Body>> {
-    let gateway = app
-        .config
-        .waypoint
-        .split_once('/')
-        .map_or(app.config.waypoint.as_str(), |(_, name)| name);
+    let own = match &downstream.destination {
+        Destination::Gateway(gateway) => gateway.as_str(),
+        _ => app.config.waypoint.as_deref().unwrap_or_default(),
+    };
+    let (own_namespace, gateway) = own.split_once('/').unwrap_or(("", own));
     let (namespace, service) = match &downstream.destination {
         Destination::Service(s) => (s.namespace.as_str(), Some(s.name.as_str())),
         Destination::Workload(w) => (w.namespace.as_str(), None),
+        Destination::Gateway(_) => (own_namespace, None),
     };
     let mut refs = vec![("Gateway", gateway)];
     refs.extend(service.map(|name| ("Service", name)));
     let authority = authority_of(request);
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority.as_str(), |(h, p)| {
-            if p.parse::<u16>().is_ok() {
-                h
-            } else {
-                authority.as_str()
-            }
-        });
+    let host = bare_host(&authority);
     let attributes = mesh_core::policy::Request {
         method: request.method().as_str(),
         path,
@@ -248,6 +249,14 @@ fn authorize<B>(
                 method = %request.method(), %path, %policy, %reason, "request denied");
             Some(local(StatusCode::FORBIDDEN, "RBAC: access denied\n"))
         }
+    }
+}
+
+/// An authority without its port.
+fn bare_host(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => authority,
     }
 }
 

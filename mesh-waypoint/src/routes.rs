@@ -35,8 +35,32 @@ pub fn qualify(host: &str, namespace: &str, domain: &str) -> String {
 
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// Fully qualified host -> its routes, in the VirtualService's order.
+    /// Host -> its routes, in the VirtualService's order. Mesh hosts are fully qualified;
+    /// a gateway's are as written (lower case), wildcards included.
     hosts: HashMap<String, Vec<Route>>,
+}
+
+/// Which VirtualServices a table is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Traffic inside the mesh (`gateways` empty or naming `mesh`).
+    Mesh,
+    /// An ingress Gateway, `namespace` and `name`.
+    Gateway { namespace: &'a str, name: &'a str },
+}
+
+impl Scope<'_> {
+    fn includes(&self, vs_namespace: &str, gateways: &[String]) -> bool {
+        match self {
+            Scope::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
+            Scope::Gateway { namespace, name } => {
+                gateways.iter().any(|g| match g.split_once('/') {
+                    Some((ns, n)) => ns == *namespace && n == *name,
+                    None => g == name && vs_namespace == *namespace,
+                })
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -256,12 +280,12 @@ impl RouteTable {
     pub fn compile<'a>(
         virtual_services: impl IntoIterator<Item = (&'a str, &'a str, &'a VirtualServiceSpec)>,
         domain: &str,
+        scope: Scope<'_>,
     ) -> (Self, Vec<String>) {
         let mut table = RouteTable::default();
         let mut errors = Vec::new();
         for (namespace, name, spec) in virtual_services {
-            if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
-                // Only for ingress gateways.
+            if !scope.includes(namespace, &spec.gateways) {
                 continue;
             }
             let origin = format!("{namespace}/{name}");
@@ -273,7 +297,10 @@ impl RouteTable {
             match routes {
                 Ok(routes) => {
                     for host in &spec.hosts {
-                        let host = qualify(host, namespace, domain);
+                        let host = match scope {
+                            Scope::Mesh => qualify(host, namespace, domain),
+                            Scope::Gateway { .. } => host.to_ascii_lowercase(),
+                        };
                         table.hosts.entry(host).or_insert_with(|| routes.clone());
                     }
                 }
@@ -286,6 +313,24 @@ impl RouteTable {
     /// The routes for `host`, `None` when no VirtualService names it.
     pub fn routes(&self, host: &str) -> Option<&[Route]> {
         self.hosts.get(host).map(Vec::as_slice)
+    }
+
+    /// A gateway's host as a request names it (`Host` without its port): the exact host,
+    /// else the longest matching `*.suffix`, else `*`.
+    pub fn gateway_host(&self, host: &str) -> Option<String> {
+        let host = host.to_ascii_lowercase();
+        if self.hosts.contains_key(&host) {
+            return Some(host);
+        }
+        let mut labels = host.as_str();
+        while let Some((_, rest)) = labels.split_once('.') {
+            let wildcard = format!("*.{rest}");
+            if self.hosts.contains_key(&wildcard) {
+                return Some(wildcard);
+            }
+            labels = rest;
+        }
+        self.hosts.contains_key("*").then(|| "*".to_owned())
     }
 
     /// The first route for `host` that fits `request`. `None` when the host has routes but

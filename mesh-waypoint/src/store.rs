@@ -10,7 +10,7 @@ use std::{
 };
 
 use mesh_controller::resources::{
-    networking::{DestinationRuleSpec, Subset},
+    networking::{DestinationRuleSpec, GatewaySpec, Subset},
     virtual_service::VirtualServiceSpec,
 };
 use mesh_core::{
@@ -20,7 +20,7 @@ use mesh_core::{
     policy::{PolicySet, parse_documents, streamed_document},
 };
 
-use crate::routes::{RouteTable, qualify};
+use crate::routes::{RouteTable, Scope, qualify};
 
 #[derive(Debug)]
 pub struct Service {
@@ -75,6 +75,9 @@ impl Workload {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub workload: Option<Arc<Workload>>,
+    /// The waypoint in front of it (its address and identity), when the request must pass
+    /// one: `addr` is then the service address the waypoint is asked for.
+    pub via: Option<(IpAddr, Identity)>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +91,10 @@ pub struct Snapshot {
     /// Fully qualified host -> its DestinationRule.
     pub destination_rules: HashMap<String, Arc<DestinationRuleSpec>>,
     pub routes: RouteTable,
+    /// Ingress mode: the routes of the Gateway this proxy implements, by host as written.
+    pub ingress_routes: RouteTable,
+    /// Istio Gateways by `namespace/name`.
+    pub gateways: HashMap<String, Arc<GatewaySpec>>,
     /// AuthorizationPolicies (those naming this waypoint or its services are enforced here).
     pub policies: PolicySet,
     /// What in the last update could not be used.
@@ -95,12 +102,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a configuration view.
+    /// Builds a snapshot from a configuration view; `ingress` is the Gateway (`namespace/name`)
+    /// this proxy implements in ingress mode.
     pub fn build(
         view: &ConfigView,
         domain: &str,
         trust_domain: &str,
         root_namespace: &str,
+        ingress: Option<&str>,
     ) -> Snapshot {
         let mut snapshot = Snapshot {
             version: view.version,
@@ -145,6 +154,16 @@ impl Snapshot {
                                     .push(format!("DestinationRule {namespace}/{name}: {e}")),
                             }
                         }
+                        "Gateway" => match serde_json::from_value::<GatewaySpec>(spec) {
+                            Ok(gateway) => {
+                                snapshot
+                                    .gateways
+                                    .insert(format!("{namespace}/{name}"), Arc::new(gateway));
+                            }
+                            Err(e) => snapshot
+                                .errors
+                                .push(format!("Gateway {namespace}/{name}: {e}")),
+                        },
                         "AuthorizationPolicy" => {
                             match streamed_document(kind, namespace, name, &spec) {
                                 Ok(document) => policy_documents.push_str(&document),
@@ -159,14 +178,20 @@ impl Snapshot {
                 None => {}
             }
         }
-        let (routes, errors) = RouteTable::compile(
+        let specs = || {
             virtual_services
                 .iter()
-                .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec)),
-            domain,
-        );
+                .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec))
+        };
+        let (routes, errors) = RouteTable::compile(specs(), domain, Scope::Mesh);
         snapshot.routes = routes;
         snapshot.errors.extend(errors);
+        if let Some((namespace, name)) = ingress.and_then(|g| g.split_once('/')) {
+            let scope = Scope::Gateway { namespace, name };
+            let (routes, errors) = RouteTable::compile(specs(), domain, scope);
+            snapshot.ingress_routes = routes;
+            snapshot.errors.extend(errors);
+        }
         // A policy that does not validate is kept and enforced failing closed.
         let mut policies = PolicySet::with_root_namespace(root_namespace);
         let policy_errors = parse_documents("controller", &policy_documents, &mut policies);
@@ -227,6 +252,25 @@ impl Snapshot {
             .insert(s.hostname.clone(), service.clone());
     }
 
+    /// A pod of waypoint `namespace/name` (by its Gateway name label), with its identity.
+    pub fn waypoint_pod(&self, waypoint: &str) -> Option<(IpAddr, Identity)> {
+        let (namespace, name) = waypoint.split_once('/')?;
+        let pods: Vec<&Arc<Workload>> = self
+            .workloads_by_namespace
+            .get(namespace)?
+            .iter()
+            .filter(|w| {
+                w.labels
+                    .get(mesh_core::pods::GATEWAY_NAME_LABEL)
+                    .map(String::as_str)
+                    == Some(name)
+                    && w.identity.is_some()
+            })
+            .collect();
+        let pod = pods.get(fastrand::usize(..pods.len().max(1)))?;
+        Some((pod.address, pod.identity.clone()?))
+    }
+
     /// The subset of `host`'s DestinationRule called `name`.
     pub fn subset(&self, host: &str, name: &str) -> Option<&Subset> {
         self.destination_rules
@@ -267,6 +311,7 @@ impl Snapshot {
                 .map(|w| Endpoint {
                     addr: SocketAddr::new(w.address, target_port),
                     workload: Some(w.clone()),
+                    via: None,
                 })
                 .collect();
         }
@@ -276,6 +321,7 @@ impl Snapshot {
             .map(|ip| Endpoint {
                 addr: SocketAddr::new(*ip, target_port),
                 workload: self.workloads_by_addr.get(ip).cloned(),
+                via: None,
             })
             .filter(|e| subset_labels.is_none() || e.workload.as_deref().is_some_and(fits))
             .collect()
@@ -283,12 +329,27 @@ impl Snapshot {
 }
 
 /// The current snapshot, shared by the proxy; replaced whole on each update.
-#[derive(Default)]
 pub struct Store {
     current: RwLock<Arc<Snapshot>>,
+    /// The version of each snapshot set, for whoever follows changes (ingress listeners).
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            current: RwLock::default(),
+            version: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Store {
+    /// Tells of every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
     pub fn get(&self) -> Arc<Snapshot> {
         self.current
             .read()
@@ -297,6 +358,8 @@ impl Store {
     }
 
     pub fn set(&self, snapshot: Snapshot) {
+        let version = snapshot.version;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.version.send_replace(version);
     }
 }

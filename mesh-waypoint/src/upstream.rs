@@ -99,6 +99,9 @@ struct Idle {
 
 pub struct Upstreams {
     connector: Connector,
+    /// This proxy's own waypoint (`namespace/name`): services bound to another waypoint are
+    /// reached through that one.
+    own_waypoint: Option<String>,
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
@@ -107,9 +110,10 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(connector: Connector) -> Arc<Self> {
+    pub fn new(connector: Connector, own_waypoint: Option<String>) -> Arc<Self> {
         Arc::new(Upstreams {
             connector,
+            own_waypoint,
             clusters: Mutex::default(),
             idle: Mutex::default(),
             shared_h2: Mutex::default(),
@@ -128,7 +132,12 @@ impl Upstreams {
             .services_by_host
             .get(&target.host)
             .ok_or_else(|| Failure::NoRoute(target.host.clone()))?;
-        let port = target.port.unwrap_or(port);
+        // A gateway's route may leave the port out: a single-port service has only one.
+        let port = match (target.port, service.ports.as_slice()) {
+            (Some(port), _) => port,
+            (None, [(only, _)]) if !service.ports.iter().any(|(p, _)| *p == port) => *only,
+            (None, _) => port,
+        };
         let rule = snapshot.destination_rules.get(&target.host);
         let subset = match &target.subset {
             Some(name) => Some(
@@ -138,7 +147,29 @@ impl Upstreams {
             ),
             None => None,
         };
-        let endpoints = snapshot.endpoints(service, port, subset.map(|s| &s.labels));
+        let through = service
+            .waypoint
+            .as_ref()
+            .filter(|w| self.own_waypoint.as_ref() != Some(*w));
+        let endpoints = match through {
+            // Another waypoint owns this service: it gets the request, for the service address.
+            Some(waypoint) => {
+                let via = snapshot.waypoint_pod(waypoint).ok_or_else(|| {
+                    Failure::NoHealthyUpstream(format!("waypoint {waypoint} has no pod"))
+                })?;
+                service
+                    .addresses
+                    .first()
+                    .map(|vip| Endpoint {
+                        addr: SocketAddr::new(*vip, port),
+                        workload: None,
+                        via: Some(via),
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            None => snapshot.endpoints(service, port, subset.map(|s| &s.labels)),
+        };
         let policy = Policy::from_rule(
             rule.and_then(|r| r.traffic_policy.as_ref()),
             subset.and_then(|s| s.traffic_policy.as_ref()),
@@ -161,6 +192,16 @@ impl Upstreams {
             cluster,
             port,
         })
+    }
+
+    /// A byte stream to an endpoint (TCP carried through the waypoint).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
+    ) -> Result<connect::Conn, ConnectError> {
+        self.connector.connect(addr, identity, via).await
     }
 
     /// One workload addressed directly (traffic to a pod bound to this waypoint): a cluster
@@ -186,6 +227,7 @@ impl Upstreams {
             endpoints: vec![Endpoint {
                 addr: target,
                 workload: Some(workload.clone()),
+                via: None,
             }],
             policy: Policy::default(),
             cluster,
@@ -219,14 +261,15 @@ impl Upstreams {
             .filter(|w| w.enrolled)
             .and_then(|w| w.identity.as_ref());
         let addr = endpoint.addr;
+        let via = endpoint.via.as_ref();
         let response = if h2 {
-            let mut sender = self.h2_sender(addr, identity).await?;
+            let mut sender = self.h2_sender(addr, identity, via).await?;
             sender
                 .send_request(request)
                 .await
                 .map_err(|source| Failure::Reset { addr, source })?
         } else {
-            let mut idle = self.h1_sender(resolved, addr, identity).await?;
+            let mut idle = self.h1_sender(resolved, addr, identity, via).await?;
             let response = idle
                 .sender
                 .send_request(request)
@@ -253,6 +296,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
     ) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
         let existing = self
             .shared_h2
@@ -264,7 +308,7 @@ impl Upstreams {
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let Sender::H2(sender) = self.open(addr, identity, true, None).await? else {
+        let Sender::H2(sender) = self.open(addr, identity, via, true, None).await? else {
             unreachable!("asked for HTTP/2")
         };
         self.shared_h2
@@ -281,6 +325,7 @@ impl Upstreams {
         resolved: &Resolved,
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
     ) -> Result<Idle, Failure> {
         let cluster = &resolved.cluster;
         let limits = &resolved.policy.limits;
@@ -294,7 +339,8 @@ impl Upstreams {
             let connections = cluster.connections.load(Ordering::Acquire);
             if limits.max_connections.is_none_or(|max| connections < max) {
                 let slot = cluster.connections.clone();
-                let Sender::H1(sender) = self.open(addr, identity, false, Some(slot)).await? else {
+                let Sender::H1(sender) = self.open(addr, identity, via, false, Some(slot)).await?
+                else {
                     unreachable!("asked for HTTP/1.1")
                 };
                 return Ok(Idle { sender, served: 0 });
@@ -341,6 +387,7 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
         h2: bool,
         slot: Option<Arc<AtomicUsize>>,
     ) -> Result<Sender, Failure> {
@@ -352,7 +399,7 @@ impl Upstreams {
                 slot.fetch_sub(1, Ordering::AcqRel);
             }
         };
-        let conn = match self.connector.connect(addr, identity).await {
+        let conn = match self.connector.connect(addr, identity, via).await {
             Ok(conn) => conn,
             Err(source) => {
                 release();

@@ -9,6 +9,7 @@
 //! - `agent`: starting, stopping and querying `mesh-node` inside a node;
 //! - `controller`: the controller's CA in the fabric namespace;
 //! - `waypoint`: `mesh-waypoint` in a pod; `http`: a scripted HTTP/1.1 server and client;
+//! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
 //! - `sys`: running commands and entering namespaces.
@@ -17,6 +18,7 @@ pub mod bpf;
 pub mod capture;
 pub mod controller;
 pub mod http;
+pub mod l7;
 pub mod sys;
 pub mod testbed;
 pub mod traffic;

@@ -52,11 +52,39 @@ impl Testbed {
         service_account: &str,
         extra: &[&str],
     ) -> Result<Waypoint> {
+        let mut args = vec!["--waypoint", waypoint];
+        args.extend(extra);
+        self.start_proxy(controller, pod, service_account, &args)
+    }
+
+    /// Starts `mesh-waypoint` in ingress mode for the Istio Gateway `namespace/name`.
+    pub fn start_ingress(
+        &self,
+        controller: &Controller,
+        pod: &str,
+        gateway: &str,
+        service_account: &str,
+    ) -> Result<Waypoint> {
+        self.start_proxy(
+            controller,
+            pod,
+            service_account,
+            &["--ingress-gateway", gateway],
+        )
+    }
+
+    fn start_proxy(
+        &self,
+        controller: &Controller,
+        pod: &str,
+        service_account: &str,
+        mode: &[&str],
+    ) -> Result<Waypoint> {
         let pod = self.pod(pod);
         let log = self.work_dir.join(format!("waypoint-{}.log", pod.name));
         let mut command = Command::new(mesh_waypoint_binary()?);
         command
-            .args(["--waypoint", waypoint])
+            .args(mode)
             .args(["--namespace", &pod.namespace])
             .args(["--service-account", service_account])
             .args(["--ca-addr", crate::controller::CA_ADDR])
@@ -66,7 +94,6 @@ impl Testbed {
                 &self.token_file(&pod.node).display().to_string(),
             ])
             .args(["--worker-threads", "1"])
-            .args(extra)
             .env(
                 "AMBIT_LOG",
                 std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),

@@ -102,6 +102,7 @@ pub async fn forward(
             )
         }
     };
+    outcome.service = target.as_ref().map(|t| t.host.clone());
     let resolved = match &target {
         Some(target) => app
             .upstreams
@@ -110,7 +111,9 @@ pub async fn forward(
             Destination::Workload(workload) => {
                 Ok(app.upstreams.resolve_workload(workload, downstream.target))
             }
-            Destination::Service(_) => unreachable!("services always have a target"),
+            Destination::Service(_) | Destination::Gateway(_) => {
+                unreachable!("services and gateway routes always have a target")
+            }
         },
     };
     let resolved = match resolved {

@@ -10,7 +10,8 @@ const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
 
 fn table(spec: serde_json::Value) -> RouteTable {
     let spec: VirtualServiceSpec = serde_json::from_value(spec).unwrap();
-    let (table, errors) = RouteTable::compile([("bookinfo", "reviews", &spec)], DOMAIN);
+    let (table, errors) =
+        RouteTable::compile([("bookinfo", "reviews", &spec)], DOMAIN, Scope::Mesh);
     assert!(errors.is_empty(), "{errors:?}");
     table
 }
@@ -202,4 +203,63 @@ fn hosts_are_qualified_in_their_namespace() {
     assert_eq!(qualify("reviews", "bookinfo", DOMAIN), REVIEWS);
     assert_eq!(qualify("reviews.bookinfo", "other", DOMAIN), REVIEWS);
     assert_eq!(qualify(REVIEWS, "other", DOMAIN), REVIEWS);
+}
+
+#[test]
+fn a_gateway_table_holds_the_virtual_services_that_name_it() {
+    let spec = |gateways: serde_json::Value, host: &str| -> VirtualServiceSpec {
+        serde_json::from_value(serde_json::json!({
+            "hosts": [host], "gateways": gateways,
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]
+        }))
+        .unwrap()
+    };
+    let named = spec(
+        serde_json::json!(["bookinfo-gateway"]),
+        "Bookinfo.Example.com",
+    );
+    let qualified = spec(
+        serde_json::json!(["bookinfo/bookinfo-gateway"]),
+        "*.shop.example.com",
+    );
+    let mesh = spec(serde_json::json!([]), "reviews");
+    let elsewhere = spec(serde_json::json!(["other/gw"]), "*");
+    let scope = Scope::Gateway {
+        namespace: "bookinfo",
+        name: "bookinfo-gateway",
+    };
+    let (table, errors) = RouteTable::compile(
+        [
+            ("bookinfo", "a", &named),
+            ("frontend", "b", &qualified),
+            ("bookinfo", "c", &mesh),
+            ("bookinfo", "d", &elsewhere),
+        ],
+        DOMAIN,
+        scope,
+    );
+    assert!(errors.is_empty());
+    assert_eq!(
+        table.gateway_host("bookinfo.example.com").as_deref(),
+        Some("bookinfo.example.com")
+    );
+    assert_eq!(
+        table.gateway_host("a.b.shop.example.com").as_deref(),
+        Some("*.shop.example.com")
+    );
+    assert_eq!(
+        table.gateway_host("reviews"),
+        None,
+        "mesh-only routes are not the gateway's"
+    );
+    assert_eq!(table.gateway_host("anything.else"), None);
+    let routes = table.routes("bookinfo.example.com").unwrap();
+    let Action::Forward(forward) = &routes[0].action else {
+        panic!("not forwarded")
+    };
+    assert_eq!(
+        forward.destinations[0].target.host,
+        "productpage.bookinfo.svc.cluster.local"
+    );
+    assert_eq!(forward.destinations[0].target.port, Some(9080));
 }

@@ -341,6 +341,7 @@ mod tests {
             .map(|i| Endpoint {
                 addr: SocketAddr::from(([10, 0, 0, i + 1], 80)),
                 workload: None,
+                via: None,
             })
             .collect()
     }

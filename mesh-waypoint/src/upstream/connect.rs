@@ -129,12 +129,20 @@ impl Connector {
         }
     }
 
-    /// A stream to `addr`: HBONE when `identity` (the endpoint's, it must prove it) is given.
+    /// A stream to `addr`: over HBONE when `identity` (the endpoint's, it must prove it) is
+    /// given, through `via` (another address and identity, a waypoint's) when set.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         identity: Option<&Identity>,
+        via: Option<&(IpAddr, Identity)>,
     ) -> Result<Conn, ConnectError> {
+        if let Some((ip, identity)) = via {
+            return tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, *ip, identity))
+                .await
+                .map_err(|_| ConnectError::Timeout(addr))?
+                .map(Conn::Hbone);
+        }
         match identity {
             None => {
                 let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -144,17 +152,26 @@ impl Connector {
                 let _ = tcp.set_nodelay(true);
                 Ok(Conn::Plain(tcp))
             }
-            Some(identity) => tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, identity))
-                .await
-                .map_err(|_| ConnectError::Timeout(addr))?
-                .map(Conn::Hbone),
+            Some(identity) => {
+                tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, addr.ip(), identity))
+                    .await
+                    .map_err(|_| ConnectError::Timeout(addr))?
+                    .map(Conn::Hbone)
+            }
         }
     }
 
-    async fn tunnel(&self, target: SocketAddr, identity: &Identity) -> Result<H2Io, ConnectError> {
-        let (mut sender, streams, local) = match self.pooled(target.ip()) {
+    /// A CONNECT stream to `target` over a pooled connection to `to` (the target itself, or
+    /// the waypoint in front of it).
+    async fn tunnel(
+        &self,
+        target: SocketAddr,
+        to: IpAddr,
+        identity: &Identity,
+    ) -> Result<H2Io, ConnectError> {
+        let (mut sender, streams, local) = match self.pooled(to) {
             Some(pooled) => pooled,
-            None => self.dial(target, identity).await?,
+            None => self.dial(to, identity).await?,
         };
         // The connection is the waypoint's own: `forwarded` names the waypoint.
         let request = hbone::connect_request(target, local, None);
@@ -197,10 +214,10 @@ impl Connector {
 
     async fn dial(
         &self,
-        target: SocketAddr,
+        to: IpAddr,
         identity: &Identity,
     ) -> Result<(SendRequest<Bytes>, Arc<()>, SocketAddr), ConnectError> {
-        let addr = SocketAddr::new(target.ip(), hbone::PORT);
+        let addr = SocketAddr::new(to, hbone::PORT);
         let cert = self
             .certificates
             .current()
@@ -249,7 +266,7 @@ impl Connector {
         self.pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(target.ip())
+            .entry(to)
             .or_default()
             .push(Pooled {
                 sender: sender.clone(),

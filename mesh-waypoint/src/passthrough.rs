@@ -1,0 +1,139 @@
+//! What is not HTTP through a waypoint (TLS from the client, a database protocol, a protocol
+//! where the server speaks first): carried as TCP to an endpoint of the destination, after
+//! an L4 authorization check (rules that need HTTP attributes fail closed, as at a node).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    app::App,
+    h2io::H2Io,
+    proxy::{Destination, Downstream},
+    routes::Target,
+};
+
+/// How long the waypoint waits for a client's first bytes before deciding the protocol is
+/// one where the server speaks first.
+pub const SNIFF_WAIT: Duration = Duration::from_millis(300);
+
+/// Whether the first bytes of a stream are HTTP/1 (a method then a space) or the HTTP/2
+/// preface.
+pub fn looks_like_http(first: &[u8]) -> bool {
+    if first.starts_with(b"PRI * HTTP/2.0") {
+        return true;
+    }
+    let method_len = first
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    method_len > 0 && method_len < 16 && first.get(method_len) == Some(&b' ')
+}
+
+/// Carries `io` to an endpoint of the destination until either side ends.
+pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>) {
+    let snapshot = app.store.get();
+    let (namespace, service) = match &downstream.destination {
+        Destination::Service(s) => (s.namespace.clone(), Some(s.clone())),
+        Destination::Workload(w) => (w.namespace.clone(), None),
+        Destination::Gateway(_) => return,
+    };
+    let gateway = app
+        .config
+        .waypoint
+        .as_deref()
+        .and_then(|w| w.split_once('/'))
+        .map_or("", |(_, name)| name);
+    let mut refs = vec![("Gateway", gateway)];
+    if let Some(service) = &service {
+        refs.push(("Service", service.name.as_str()));
+    }
+    let connection = mesh_core::policy::Connection {
+        source: downstream.client.as_ref(),
+        source_ip: downstream.source.ip(),
+        destination_port: downstream.target.port(),
+        request: None,
+    };
+    let targets = mesh_core::policy::Targets {
+        namespace: &namespace,
+        refs: &refs,
+    };
+    if let mesh_core::policy::Decision::Deny { policy, reason } =
+        snapshot.policies.authorize_request(&targets, connection)
+    {
+        tracing::info!(target = %downstream.target, %policy, %reason, "TCP connection denied");
+        return;
+    }
+    let resolved = match (&downstream.destination, &service) {
+        (_, Some(service)) => {
+            let target = Target {
+                host: service.hostname.clone(),
+                subset: None,
+                port: None,
+            };
+            app.upstreams
+                .resolve(&snapshot, &target, downstream.target.port())
+        }
+        (Destination::Workload(w), None) => {
+            Ok(app.upstreams.resolve_workload(w, downstream.target))
+        }
+        _ => return,
+    };
+    let resolved = match resolved {
+        Ok(resolved) => resolved,
+        Err(failure) => {
+            tracing::info!(%failure, target = %downstream.target, "TCP connection not carried");
+            return;
+        }
+    };
+    let Some(endpoint) = resolved
+        .cluster
+        .pick(&resolved.endpoints, &resolved.policy, None)
+        .cloned()
+    else {
+        tracing::info!(target = %downstream.target, "TCP connection: no endpoint");
+        return;
+    };
+    let identity = endpoint
+        .workload
+        .as_ref()
+        .filter(|w| w.enrolled)
+        .and_then(|w| w.identity.clone());
+    match app
+        .upstreams
+        .connect(endpoint.addr, identity.as_ref(), endpoint.via.as_ref())
+        .await
+    {
+        Ok(mut upstream) => {
+            tracing::debug!(target = %downstream.target, upstream = %endpoint.addr, "TCP through the waypoint");
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+        }
+        Err(error) => {
+            tracing::info!(%error, upstream = %endpoint.addr, "TCP connection to the endpoint failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_http;
+
+    #[test]
+    fn http_is_told_from_tls_and_binary_protocols() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(
+            !looks_like_http(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            "a TLS ClientHello"
+        );
+        assert!(
+            !looks_like_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),
+            "postgres"
+        );
+        assert!(
+            !looks_like_http(b"get / HTTP/1.1"),
+            "methods are upper case"
+        );
+        assert!(!looks_like_http(b"GET"), "not yet known");
+    }
+}

@@ -1,0 +1,169 @@
+//! Ingress mode: the waypoint binary as an Istio ingress gateway. A Gateway with an HTTP and
+//! an HTTPS server (certificate files named in its `tls`) and a VirtualService bound to it;
+//! requests from outside the mesh reach the right service, through that service's waypoint.
+//! Needs root; run with `cargo xtask test`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use mesh_tests::{
+    Pod,
+    http::{HttpClient, HttpResponse},
+    l7::setup,
+};
+
+const INGRESS_POD: &str = "n0-p2";
+const HOST: &str = "bookinfo.example.com";
+
+fn gateway(cert: &str, key: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bookinfo-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: ["*"]
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [{HOST}]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo, namespace: default}}
+spec:
+  hosts: ["{HOST}"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{{uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: reviews, port: {{number: 9080}}}}}}]
+"#
+    )
+}
+
+/// A request through the ingress from `client`, retried while the listener is not open yet.
+fn get(client: &Pod, addr: SocketAddr, host: &str, path: &str) -> Result<HttpResponse> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match HttpClient::connect(client, addr, host).and_then(|mut c| c.get(path, &[])) {
+            Ok(response) => return Ok(response),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// One HTTPS GET with SNI `host`, trusting `root` only.
+fn get_https(client: &Pod, addr: SocketAddr, root: &[u8], path: &str) -> Result<String> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(root)?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(HOST)?.to_owned())?;
+    let tcp = client.connect(addr)?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // Some servers close without close_notify; what was read is what counts.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.into()),
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    if !text.starts_with("HTTP/1.1 200") {
+        bail!("HTTPS answer: {text}");
+    }
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .context("no body")
+}
+
+#[test]
+fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
+    let l7 = setup()?;
+    // The ingress pod: out of the mesh's capture, with an identity of its own.
+    l7.tb.set_service_account(INGRESS_POD, "ingress")?;
+    l7.tb.set_pod_mode(INGRESS_POD, Some("none"))?;
+    // Gateways take traffic from outside: not behind the namespace's waypoint.
+    l7.tb
+        .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
+    l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (l7.tb.work_dir.join("gw.crt"), l7.tb.work_dir.join("gw.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    l7.write(
+        "gateway",
+        &gateway(
+            &cert_path.display().to_string(),
+            &key_path.display().to_string(),
+        ),
+    )?;
+    let ingress = l7.tb.start_ingress(
+        &l7.controller,
+        INGRESS_POD,
+        "default/bookinfo-gateway",
+        "ingress",
+    )?;
+
+    // From a pod to the ingress's HTTP port: the route sends /reviews to the reviews
+    // service, through the reviews waypoint (default route: v1 or v2).
+    let client = l7.tb.pod("n1-p2");
+    let ingress_ip = l7.tb.pod(INGRESS_POD).ip;
+    let http = SocketAddr::from((ingress_ip, 8080));
+    let response = get(client, http, HOST, "/reviews/1")?;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.body == "v1 /reviews/1" || response.body == "v2 /reviews/1",
+        "{}",
+        response.body
+    );
+    assert_eq!(get(client, http, HOST, "/other")?.status, 404, "no route");
+    assert_eq!(
+        get(client, http, "unknown.example.com", "/reviews")?.status,
+        404,
+        "no VirtualService for that host"
+    );
+
+    // HTTPS on 8443 with the Gateway's certificate files.
+    let https = SocketAddr::from((ingress_ip, 8443));
+    let body = get_https(client, https, cert.pem().as_bytes(), "/reviews/tls")
+        .with_context(|| format!("HTTPS through the ingress; its log:\n{}", ingress.log()))?;
+    assert!(body.ends_with("/reviews/tls"), "{body}");
+
+    // The waypoint saw the requests (the ingress respects the service's waypoint), and the
+    // ingress reports them as their source.
+    let waypoint_metrics = l7.waypoint.metrics()?;
+    assert!(
+        waypoint_metrics
+            .contains("source_principal=\"spiffe://cluster.local/ns/default/sa/ingress\""),
+        "{waypoint_metrics}"
+    );
+    let metrics = ingress.metrics()?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"source\"")
+                && l.contains("destination_service=\"reviews.default.svc.cluster.local\"")),
+        "{metrics}"
+    );
+    Ok(())
+}
