@@ -24,7 +24,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body::Frame;
+use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -285,6 +285,11 @@ impl Upstreams {
             response
         };
         let (parts, body) = response.into_parts();
+        if body.is_end_stream() {
+            // No body to read (a 204, an empty 200): the connection is free now.
+            guard.finished();
+            return Ok(Response::from_parts(parts, local_body(Bytes::new())));
+        }
         let body = Tracked {
             inner: body,
             guard: Some(guard),
@@ -359,19 +364,20 @@ impl Upstreams {
         }
     }
 
+    /// A pooled connection to `addr` ready for a request. One whose last response was just
+    /// read may not be marked ready yet: it stays pooled for the next request.
     fn take_idle(&self, addr: SocketAddr) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
-        while let Some(candidate) = list.pop() {
-            if candidate.sender.is_ready() {
-                return Some(candidate);
-            }
-        }
-        None
+        list.retain(|candidate| !candidate.sender.is_closed());
+        let ready = list
+            .iter()
+            .position(|candidate| candidate.sender.is_ready())?;
+        Some(list.swap_remove(ready))
     }
 
     fn give_back(&self, addr: SocketAddr, idle: Idle) {
-        if idle.sender.is_ready() {
+        if !idle.sender.is_closed() {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -409,6 +415,7 @@ impl Upstreams {
                 });
             }
         };
+        tracing::debug!(%addr, h2, via = ?via.map(|v| v.0), "new upstream HTTP connection");
         let io = TokioIo::new(conn);
         let handshake = |e: hyper::Error| Failure::Reset { addr, source: e };
         if h2 {
@@ -484,9 +491,13 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(guard) = self.guard.take()
-        {
+        // hyper stops polling a body that says it ended, so the end is noticed both ways.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(guard) = self.guard.take() {
             guard.finished();
         }
         polled

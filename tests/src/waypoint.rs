@@ -139,6 +139,10 @@ impl Waypoint {
         Ok((status, body))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metrics(&self) -> Result<String> {
         Ok(self.get(15020, "/stats/prometheus")?.1)
     }

@@ -18,6 +18,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmarks"),
     ("procps", "sysctl inside namespaces"),
     ("protobuf-compiler", "gRPC code generation (protoc)"),
+    ("haproxy", "the L7 benchmark's baseline proxy"),
+    ("wrk", "HTTP load at saturation in the L7 benchmark"),
+    ("nginx-light", "fast HTTP backends in the L7 benchmark"),
 ];
 /// Offline Kubernetes schemas for validating deploy/ (the version pins the schemas).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
