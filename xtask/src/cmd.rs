@@ -64,6 +64,10 @@ impl Cargo {
             .args(args)
             .current_dir(&self.workspace)
             .env("AMBIT_MESH_NODE", self.target_dir().join("debug/mesh-node"))
+            .env(
+                "AMBIT_MESH_WAYPOINT",
+                self.target_dir().join("debug/mesh-waypoint"),
+            )
             .env("AMBIT_PYTHON_VENV", self.target_dir().join("tools/venv")))
     }
 
@@ -73,6 +77,7 @@ impl Cargo {
         run(Command::new(dir.join(name))
             .args(args)
             .current_dir(&self.workspace)
-            .env("AMBIT_MESH_NODE", dir.join("mesh-node")))
+            .env("AMBIT_MESH_NODE", dir.join("mesh-node"))
+            .env("AMBIT_MESH_WAYPOINT", dir.join("mesh-waypoint")))
     }
 }

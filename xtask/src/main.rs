@@ -57,7 +57,9 @@ fn main() -> Result<()> {
             all.extend(args.iter().map(String::as_str));
             release_run("ambit-bench", &all)?;
             step("control plane: 10,000 pods, 1,000 services, 100 subscribers");
-            Cargo::new()?.exec_binary("release", "ambit-config-bench", &[])
+            Cargo::new()?.exec_binary("release", "ambit-config-bench", &[])?;
+            step("L7: the waypoint beside HAProxy");
+            Cargo::new()?.exec_binary("release", "ambit-l7-bench", &["--seconds", &seconds])
         }
     }
 }
