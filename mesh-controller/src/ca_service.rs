@@ -20,27 +20,52 @@ use tonic::{Request, Response, Status};
 
 use crate::ca::{CertificateAuthority, DEFAULT_LIFETIME};
 
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A node agent: it may get the identities of the pods on its node.
+    Node(String),
+    /// A workload with a token of its own (a waypoint's pod): it may get only its own
+    /// identity, and subscribes as a waypoint.
+    Workload {
+        namespace: String,
+        service_account: String,
+    },
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Node(node) => write!(f, "node {node}"),
+            Caller::Workload {
+                namespace,
+                service_account,
+            } => write!(f, "service account {namespace}/{service_account}"),
+        }
+    }
+}
+
 /// Who may ask for what.
 pub trait NodeAuthorizer: Send + Sync + 'static {
-    /// The node a bearer token belongs to (asking the API server may take a round trip).
-    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// Who a bearer token belongs to (asking the API server may take a round trip).
+    fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>>;
     /// Whether `node` runs a pod that has `identity`.
     fn may_issue(&self, node: &str, identity: &Identity) -> bool;
 }
 
-/// The node a request's `authorization: Bearer <token>` belongs to; `what` names the request
-/// in the log when the token is unknown.
+/// Who a request's `authorization: Bearer <token>` belongs to; `what` names the request in
+/// the log when the token is unknown.
 pub async fn authenticate(
     authorizer: &dyn NodeAuthorizer,
     metadata: &tonic::metadata::MetadataMap,
     what: &str,
-) -> Result<String, Status> {
+) -> Result<Caller, Status> {
     let token = metadata
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-    authorizer.node_of(token).await.ok_or_else(|| {
+    authorizer.caller_of(token).await.ok_or_else(|| {
         tracing::warn!("{what} with an unknown token refused");
         Status::unauthenticated("unknown token")
     })
@@ -54,14 +79,14 @@ pub struct LocalAuthorizer {
 }
 
 impl NodeAuthorizer for LocalAuthorizer {
-    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+    fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>> {
         let node = (|| {
             let text = std::fs::read_to_string(&self.tokens_file).ok()?;
             let tokens: HashMap<String, String> = serde_yaml_tokens(&text)?;
             tokens
                 .into_iter()
                 .find(|(_, t)| constant_time_eq(t.as_bytes(), token.as_bytes()))
-                .map(|(node, _)| node)
+                .map(|(node, _)| Caller::Node(node))
         })();
         Box::pin(std::future::ready(node))
     }
@@ -112,18 +137,27 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node =
+        let caller =
             authenticate(&*self.authorizer, request.metadata(), "certificate request").await?;
         let request = request.into_inner();
         let csr = CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
             .map_err(|_| Status::invalid_argument("csr is not a PEM certificate request"))?;
         let identity =
             requested_identity(&csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !self.authorizer.may_issue(&node, &identity) {
-            tracing::warn!(%node, %identity, "certificate request refused: no such pod on that node");
-            return Err(Status::permission_denied(format!(
-                "node {node} runs no pod with identity {identity}"
-            )));
+        let allowed = match &caller {
+            Caller::Node(node) => self.authorizer.may_issue(node, &identity),
+            Caller::Workload {
+                namespace,
+                service_account,
+            } => identity.namespace == *namespace && identity.service_account == *service_account,
+        };
+        if !allowed {
+            let why = match &caller {
+                Caller::Node(_) => format!("{caller} runs no pod with identity {identity}"),
+                Caller::Workload { .. } => format!("{caller} may have only its own identity"),
+            };
+            tracing::warn!(%caller, %identity, "certificate request refused: {why}");
+            return Err(Status::permission_denied(why));
         }
         let asked = u64::try_from(request.validity_duration).unwrap_or(0);
         let lifetime = if asked == 0 {
@@ -136,7 +170,7 @@ impl IstioCertificateService for CaService {
             .ca
             .sign(csr.as_ref(), &identity, lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(%node, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
+        tracing::info!(%caller, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: chain.iter().map(pem).collect(),
         }))

@@ -28,7 +28,10 @@ use kube::{
 use mesh_core::Identity;
 
 use crate::{
-    ca::CertificateAuthority, ca_service::NodeAuthorizer, resources::gateway_api::Gateway, waypoint,
+    ca::CertificateAuthority,
+    ca_service::{Caller, NodeAuthorizer},
+    resources::gateway_api::Gateway,
+    waypoint,
 };
 
 /// The Secret holding the CA root's certificate and key.
@@ -138,8 +141,10 @@ pub async fn publish_root(client: &Client, namespace: &str, root_pem: &str) -> R
     Ok(())
 }
 
-/// Node agents in Kubernetes: a token is accepted when the API server says it is the node
-/// agent's service account, issued for the `audience`, and bound to a pod on some node.
+/// Kubernetes: a token is accepted when the API server says it was issued for the `audience`.
+/// The node agent's service account, bound to a pod, is that pod's node (certificates for the
+/// pods there); any other service account (a waypoint's) is a workload that may have only
+/// its own identity.
 pub struct KubeAuthorizer {
     pub client: Client,
     /// `system:serviceaccount:<namespace>:<name>` of the node DaemonSet.
@@ -151,7 +156,7 @@ pub struct KubeAuthorizer {
 }
 
 impl KubeAuthorizer {
-    async fn review(&self, token: &str) -> Option<String> {
+    async fn review(&self, token: &str) -> Option<Caller> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -181,10 +186,14 @@ impl KubeAuthorizer {
             return None;
         }
         let user = status.user?;
-        if user.username.as_deref() != Some(&self.node_account) {
-            tracing::warn!(user = ?user.username, expected = %self.node_account,
-                "token of an account that is not the node agent's");
-            return None;
+        let username = user.username.clone().unwrap_or_default();
+        if username != self.node_account {
+            let account = username.strip_prefix("system:serviceaccount:")?;
+            let (namespace, service_account) = account.split_once(':')?;
+            return Some(Caller::Workload {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+            });
         }
         let node = user
             .extra
@@ -197,12 +206,12 @@ impl KubeAuthorizer {
                  its pod (Kubernetes 1.30 or later)"
             );
         }
-        node
+        node.map(Caller::Node)
     }
 }
 
 impl NodeAuthorizer for KubeAuthorizer {
-    fn node_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+    fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>> {
         Box::pin(self.review(token))
     }
 
@@ -220,15 +229,15 @@ impl NodeAuthorizer for KubeAuthorizer {
 /// What the waypoint reconciler needs.
 struct WaypointContext {
     client: Client,
-    image: String,
+    settings: waypoint::WaypointSettings,
 }
 
 /// Runs the waypoint reconciler until the process ends: every Gateway (and every change to a
 /// Deployment one owns) is reconciled, and again every five minutes.
-pub async fn run_waypoints(client: Client, image: String) {
+pub async fn run_waypoints(client: Client, settings: waypoint::WaypointSettings) {
     let gateways: Api<Gateway> = Api::all(client.clone());
     let deployments: Api<Deployment> = Api::all(client.clone());
-    let context = Arc::new(WaypointContext { client, image });
+    let context = Arc::new(WaypointContext { client, settings });
     Controller::new(gateways, watcher::Config::default())
         .owns(deployments, watcher::Config::default())
         .run(reconcile_waypoint, waypoint_error, context)
@@ -245,7 +254,7 @@ async fn reconcile_waypoint(
     gateway: Arc<Gateway>,
     context: Arc<WaypointContext>,
 ) -> Result<Action, kube::Error> {
-    waypoint::reconcile(&context.client, &gateway, &context.image).await?;
+    waypoint::reconcile(&context.client, &gateway, &context.settings).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 

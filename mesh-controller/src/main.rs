@@ -93,6 +93,13 @@ struct Args {
         default_value = "ghcr.io/ambit-mesh/mesh-waypoint:0.1.0"
     )]
     waypoint_image: String,
+    /// Kubernetes mode: where waypoints reach the controller, `host:port`.
+    #[arg(
+        long,
+        env = "AMBIT_WAYPOINT_CA_ADDR",
+        default_value = "ambit-controller.ambit-system.svc:15012"
+    )]
+    waypoint_ca_addr: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,10 +228,12 @@ async fn kubernetes_mode(
         tracing::info!("every watched kind listed; publishing configuration");
         source::run(source, sink, &distributor, &domain).await;
     });
-    tokio::spawn(kubernetes::run_waypoints(
-        client,
-        args.waypoint_image.clone(),
-    ));
+    let settings = mesh_controller::waypoint::WaypointSettings {
+        image: args.waypoint_image.clone(),
+        ca_addr: args.waypoint_ca_addr.clone(),
+        root_pem: ca.root_pem().to_owned(),
+    };
+    tokio::spawn(kubernetes::run_waypoints(client, settings));
     Ok((ca, authorizer))
 }
 

@@ -9,8 +9,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-            SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext,
+            Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec,
+            Volume, VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -29,8 +31,20 @@ pub const FINALIZER: &str = "ambit.io/waypoint";
 const MANAGER: &str = "ambit-controller";
 /// Labels the waypoint's objects carry (and its pods are selected by).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-/// Annotation that scopes a waypoint to one service account instead of the whole namespace.
-pub const FOR_SERVICE_ACCOUNT: &str = "ambit.io/for-service-account";
+/// Where the waypoint's pods find the mesh root: a ConfigMap in their own namespace (a pod
+/// cannot mount one from another), published there by the reconciler.
+pub const ROOT_CONFIG_MAP: &str = "ambit-ca-root";
+
+/// What every waypoint Deployment runs with.
+#[derive(Clone, Debug)]
+pub struct WaypointSettings {
+    /// The `mesh-waypoint` image.
+    pub image: String,
+    /// The controller's certificate and configuration services, `host:port`.
+    pub ca_addr: String,
+    /// The mesh root certificate (PEM).
+    pub root_pem: String,
+}
 
 /// What reconciling did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,11 +57,12 @@ pub enum Outcome {
     Removed,
 }
 
-/// Brings the waypoint of `gateway` in line with it.
+/// Brings the waypoint of `gateway` in line with it. Per service account: label the
+/// ServiceAccount `ambit.io/use-waypoint: <gateway>` instead of the namespace.
 pub async fn reconcile(
     client: &Client,
     gateway: &Gateway,
-    image: &str,
+    settings: &WaypointSettings,
 ) -> Result<Outcome, kube::Error> {
     if gateway.spec.gateway_class_name != WAYPOINT_CLASS {
         return Ok(Outcome::Ignored);
@@ -82,7 +97,13 @@ pub async fn reconcile(
         .controller_owner_ref(&())
         .expect("a Gateway read from the API has a uid");
     let apply = PatchParams::apply(MANAGER).force();
-    let scope = gateway.annotations().get(FOR_SERVICE_ACCOUNT).cloned();
+    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .patch(
+            ROOT_CONFIG_MAP,
+            &apply,
+            &Patch::Apply(&root_config_map(&namespace, &settings.root_pem)),
+        )
+        .await?;
     Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
         .patch(
             &name,
@@ -94,13 +115,7 @@ pub async fn reconcile(
         .patch(
             &name,
             &apply,
-            &Patch::Apply(&deployment(
-                &name,
-                &namespace,
-                &owner,
-                image,
-                scope.as_deref(),
-            )),
+            &Patch::Apply(&deployment(&name, &namespace, &owner, settings)),
         )
         .await?;
     Api::<Service>::namespaced(client.clone(), &namespace)
@@ -170,15 +185,33 @@ fn service_account(name: &str, namespace: &str, owner: &OwnerReference) -> Servi
     }
 }
 
+/// The root certificate, shared by the namespace's waypoints (not owned by any one).
+fn root_config_map(namespace: &str, root_pem: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ROOT_CONFIG_MAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("root-cert.pem".to_owned(), root_pem.to_owned())].into()),
+        ..ConfigMap::default()
+    }
+}
+
 fn deployment(
     name: &str,
     namespace: &str,
     owner: &OwnerReference,
-    image: &str,
-    service_account_scope: Option<&str>,
+    settings: &WaypointSettings,
 ) -> Deployment {
-    let mut args = vec![format!("--name={name}"), format!("--namespace={namespace}")];
-    args.extend(service_account_scope.map(|sa| format!("--for-service-account={sa}")));
+    let args = vec![
+        format!("--waypoint={namespace}/{name}"),
+        format!("--namespace={namespace}"),
+        format!("--service-account={name}"),
+        format!("--ca-addr={}", settings.ca_addr),
+        "--ca-root=/var/run/ambit/root/root-cert.pem".to_owned(),
+        "--token-file=/var/run/secrets/ambit/token".to_owned(),
+    ];
     Deployment {
         metadata: meta(name, namespace, owner),
         spec: Some(DeploymentSpec {
@@ -196,8 +229,22 @@ fn deployment(
                     service_account_name: Some(name.to_owned()),
                     containers: vec![Container {
                         name: "waypoint".to_owned(),
-                        image: Some(image.to_owned()),
+                        image: Some(settings.image.clone()),
                         args: Some(args),
+                        volume_mounts: Some(vec![
+                            VolumeMount {
+                                name: "token".to_owned(),
+                                mount_path: "/var/run/secrets/ambit".to_owned(),
+                                read_only: Some(true),
+                                ..VolumeMount::default()
+                            },
+                            VolumeMount {
+                                name: "root".to_owned(),
+                                mount_path: "/var/run/ambit/root".to_owned(),
+                                read_only: Some(true),
+                                ..VolumeMount::default()
+                            },
+                        ]),
                         ports: Some(vec![ContainerPort {
                             name: Some("mesh".to_owned()),
                             container_port: i32::from(mesh_core::hbone::PORT),
@@ -223,6 +270,33 @@ fn deployment(
                         }),
                         ..Container::default()
                     }],
+                    volumes: Some(vec![
+                        // Its own token, for the mesh's audience: the controller gives it its
+                        // own identity only.
+                        Volume {
+                            name: "token".to_owned(),
+                            projected: Some(ProjectedVolumeSource {
+                                sources: Some(vec![VolumeProjection {
+                                    service_account_token: Some(ServiceAccountTokenProjection {
+                                        audience: Some("ambit".to_owned()),
+                                        expiration_seconds: Some(3600),
+                                        path: "token".to_owned(),
+                                    }),
+                                    ..VolumeProjection::default()
+                                }]),
+                                ..ProjectedVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "root".to_owned(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: ROOT_CONFIG_MAP.to_owned(),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
                     ..PodSpec::default()
                 }),
             },

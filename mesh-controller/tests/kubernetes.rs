@@ -13,7 +13,7 @@ use kube::{
     runtime::{reflector::store::Writer, watcher},
 };
 use mesh_controller::{
-    ca_service::NodeAuthorizer,
+    ca_service::{Caller, NodeAuthorizer},
     kubernetes::{
         CA_SECRET, KubeAuthorizer, NODE_NAME_EXTRA, ROOT_CERT_KEY, ROOT_CONFIG_MAP,
         certificate_authority, publish_root,
@@ -93,8 +93,8 @@ async fn a_node_is_who_its_bound_token_says_and_signs_only_for_its_pods() {
         ],
     );
     assert_eq!(
-        authorizer.node_of("token-of-worker-1").await.as_deref(),
-        Some("worker-1")
+        authorizer.caller_of("token-of-worker-1").await,
+        Some(Caller::Node("worker-1".to_owned()))
     );
     {
         let seen = seen.lock().unwrap();
@@ -104,7 +104,7 @@ async fn a_node_is_who_its_bound_token_says_and_signs_only_for_its_pods() {
         assert_eq!(review["spec"]["token"], "token-of-worker-1");
         assert_eq!(review["spec"]["audiences"], serde_json::json!(["ambit"]));
     }
-    assert_eq!(authorizer.node_of("bad").await, None, "unauthenticated");
+    assert_eq!(authorizer.caller_of("bad").await, None, "unauthenticated");
 
     let cart = Identity::new("cluster.local", "shop", "cart").unwrap();
     let pay = Identity::new("cluster.local", "shop", "pay").unwrap();
@@ -116,17 +116,27 @@ async fn a_node_is_who_its_bound_token_says_and_signs_only_for_its_pods() {
 }
 
 #[tokio::test]
-async fn other_accounts_and_unbound_tokens_are_refused() {
-    let someone = serde_json::json!({
-        "username": "system:serviceaccount:shop:cart",
+async fn other_accounts_are_workloads_and_unbound_node_tokens_are_refused() {
+    // A waypoint's pod, with its own token: a workload that may have only its own identity.
+    let waypoint = serde_json::json!({
+        "username": "system:serviceaccount:shop:waypoint",
         "extra": {NODE_NAME_EXTRA: ["worker-1"]}
     });
-    let (client, _) = token_reviewer(someone);
-    assert_eq!(authorizer(client, &[]).node_of("t").await, None);
+    let (client, _) = token_reviewer(waypoint);
+    assert_eq!(
+        authorizer(client, &[]).caller_of("t").await,
+        Some(Caller::Workload {
+            namespace: "shop".to_owned(),
+            service_account: "waypoint".to_owned()
+        })
+    );
+    let not_an_account = serde_json::json!({"username": "admin"});
+    let (client, _) = token_reviewer(not_an_account);
+    assert_eq!(authorizer(client, &[]).caller_of("t").await, None);
     let unbound = serde_json::json!({"username": NODE_ACCOUNT});
     let (client, _) = token_reviewer(unbound);
     assert_eq!(
-        authorizer(client, &[]).node_of("t").await,
+        authorizer(client, &[]).caller_of("t").await,
         None,
         "a token not bound to a pod names no node"
     );

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt as _};
 use mesh_controller::{
     resources::gateway_api::Gateway,
-    waypoint::{FINALIZER, Outcome, reconcile},
+    waypoint::{FINALIZER, Outcome, WaypointSettings, reconcile},
 };
 
 fn gateway(name: &str, class: &str, extra_metadata: serde_json::Value) -> serde_json::Value {
@@ -25,6 +25,14 @@ fn gateway(name: &str, class: &str, extra_metadata: serde_json::Value) -> serde_
         "metadata": metadata,
         "spec": {"gatewayClassName": class, "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
     })
+}
+
+fn settings() -> WaypointSettings {
+    WaypointSettings {
+        image: "mesh-waypoint:test".to_owned(),
+        ca_addr: "ambit-controller.ambit-system.svc:15012".to_owned(),
+        root_pem: "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_owned(),
+    }
 }
 
 async fn client(objects: Vec<serde_json::Value>) -> kube::Client {
@@ -46,7 +54,7 @@ async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), "bookinfo");
     let gw = gateways.get("waypoint").await.unwrap();
     assert_eq!(
-        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        reconcile(&client, &gw, &settings()).await.unwrap(),
         Outcome::Applied
     );
 
@@ -65,6 +73,21 @@ async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
         pod.containers[0].image.as_deref(),
         Some("mesh-waypoint:test")
     );
+    // It runs as the waypoint of its Gateway, with its own token and the mesh root.
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        args.contains(&"--waypoint=bookinfo/waypoint".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--service-account=waypoint".to_owned()),
+        "{args:?}"
+    );
+    let root = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "bookinfo")
+        .get("ambit-ca-root")
+        .await
+        .expect("the root published in the waypoint's namespace");
+    assert!(root.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"));
     let service = Api::<Service>::namespaced(client.clone(), "bookinfo")
         .get("waypoint")
         .await
@@ -79,15 +102,13 @@ async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
 
     // Reconciling again changes nothing and does not fail.
     assert_eq!(
-        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        reconcile(&client, &gw, &settings()).await.unwrap(),
         Outcome::Applied
     );
 
     let other = gateways.get("other").await.unwrap();
     assert_eq!(
-        reconcile(&client, &other, "mesh-waypoint:test")
-            .await
-            .unwrap(),
+        reconcile(&client, &other, &settings()).await.unwrap(),
         Outcome::Ignored
     );
     assert!(
@@ -121,7 +142,7 @@ async fn a_deleted_waypoint_gateway_has_its_objects_removed_then_goes() {
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), "bookinfo");
     let gw = gateways.get("waypoint").await.unwrap();
     assert_eq!(
-        reconcile(&client, &gw, "mesh-waypoint:test").await.unwrap(),
+        reconcile(&client, &gw, &settings()).await.unwrap(),
         Outcome::Removed
     );
     for present in [

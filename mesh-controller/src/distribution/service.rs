@@ -12,7 +12,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Distributor, Nack};
-use crate::ca_service::{NodeAuthorizer, authenticate};
+use crate::ca_service::{Caller, NodeAuthorizer, authenticate};
 
 pub struct ConfigStreamService {
     pub distributor: Arc<Distributor>,
@@ -30,12 +30,15 @@ impl ConfigService for ConfigStreamService {
         &self,
         request: Request<Streaming<SubscriberMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let node = match &self.authorizer {
-            None => "anonymous".to_owned(),
+        let caller = match &self.authorizer {
+            None => None,
             Some(authorizer) => {
-                authenticate(&**authorizer, request.metadata(), "config subscription").await?
+                Some(authenticate(&**authorizer, request.metadata(), "config subscription").await?)
             }
         };
+        let node = caller
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), ToString::to_string);
         let mut inbound = request.into_inner();
         let subscribe = match inbound.message().await? {
             Some(SubscriberMessage {
@@ -51,6 +54,12 @@ impl ConfigService for ConfigStreamService {
             .ok()
             .filter(|r| *r != Role::Unspecified)
             .ok_or_else(|| Status::invalid_argument("Subscribe.role must be NODE or WAYPOINT"))?;
+        // A workload's own token (a waypoint's pod) reads the waypoint's view, not a node's.
+        if matches!(caller, Some(Caller::Workload { .. })) && role != Role::Waypoint {
+            return Err(Status::permission_denied(format!(
+                "{node} may subscribe as a waypoint only"
+            )));
+        }
         let (tx, rx) = mpsc::channel(1);
         let distributor = self.distributor.clone();
         tokio::spawn(async move {
