@@ -40,6 +40,8 @@ pub struct App {
     pub certificates: Arc<Certificates>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Metrics,
+    /// Span export, when an OTLP endpoint is configured.
+    pub spans: Option<crate::spans::Exporter>,
     /// A first configuration was applied.
     configured: AtomicBool,
 }
@@ -78,6 +80,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         certificates,
         store: Store::default(),
         metrics: Metrics::default(),
+        spans: match &config.otlp_endpoint {
+            Some(endpoint) => Some(
+                crate::spans::Exporter::start(
+                    endpoint,
+                    format!("{}.{}", config.service_account, config.namespace),
+                )
+                .map_err(Error::Config)?,
+            ),
+            None => None,
+        },
         configured: AtomicBool::new(false),
         config,
     });

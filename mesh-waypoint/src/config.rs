@@ -80,6 +80,15 @@ pub struct Config {
     #[arg(long, env = "AMBIT_ACCESS_LOG", value_enum, default_value_t = AccessLog::Text)]
     pub access_log: AccessLog,
 
+    /// Where spans go: an OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`).
+    /// Without it no span is exported (trace headers are still propagated).
+    #[arg(long, env = "AMBIT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Percent of requests that start a trace here to sample (Istio's default is 1).
+    #[arg(long, env = "AMBIT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+
     /// Runtime worker threads.
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,

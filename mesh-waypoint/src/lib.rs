@@ -15,7 +15,7 @@
 //! - `passthrough`: what is not HTTP, carried as TCP;
 //! - `upstream`: endpoints, load balancing, connection pools, circuit breaking, ejection;
 //! - `h2io`: an HBONE stream as a byte stream for hyper;
-//! - `metrics`: Istio's L7 metrics and the access log.
+//! - `metrics`: Istio's L7 metrics and the access log; `spans`: OTLP span export.
 pub mod app;
 pub mod config;
 pub mod h2io;
@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod passthrough;
 pub mod proxy;
 pub mod routes;
+pub mod spans;
 pub mod store;
 pub mod upstream;

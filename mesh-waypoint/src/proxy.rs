@@ -58,6 +58,8 @@ pub struct Outcome {
     pub upstream_workload: Option<Arc<Workload>>,
     /// The service the request was sent to (its hostname).
     pub service: Option<String>,
+    /// The waypoint's span for the request.
+    pub span: Option<trace::Span>,
     pub attempts: u32,
 }
 
@@ -67,7 +69,10 @@ pub async fn handle(
     app: Arc<App>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let wall = std::time::SystemTime::now();
     let mut record = RequestRecord::start(&request, &downstream);
+    let name = format!("{} {}", request.method(), authority_of(&request));
+    let path = request.uri().path().to_owned();
     let mut outcome = Outcome::default();
     let mut response = respond(request, &downstream, &app, &mut outcome).await;
     if !outcome.flags.is_empty()
@@ -76,6 +81,33 @@ pub async fn handle(
         response.headers_mut().insert(FLAGS_HEADER, value);
     }
     record.finish(&app, &downstream, &outcome, &response, started);
+    if let (Some(exporter), Some(span)) = (&app.spans, outcome.span.take())
+        && span.sampled
+    {
+        let mut attributes = vec![
+            (
+                "http.request.method",
+                name.split(' ').next().unwrap_or("").to_owned(),
+            ),
+            ("url.path", path),
+            (
+                "http.response.status_code",
+                response.status().as_u16().to_string(),
+            ),
+            ("response_flags", outcome.flags.join(",")),
+        ];
+        if let Some(upstream) = outcome.upstream {
+            attributes.push(("upstream.address", upstream.to_string()));
+        }
+        exporter.record(crate::spans::Finished {
+            span,
+            name,
+            start: wall,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: response.status().is_server_error(),
+        });
+    }
     Ok(response)
 }
 
@@ -96,6 +128,10 @@ async fn respond(
     if path != request.uri().path() {
         set_path(&mut request, &path);
     }
+    outcome.span = Some(trace::propagate(
+        request.headers_mut(),
+        app.config.trace_sampling,
+    ));
     if let Some(denied) = authorize(&request, &path, downstream, app, &snapshot) {
         return denied;
     }

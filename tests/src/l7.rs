@@ -95,6 +95,11 @@ fn flaky_handler(calls: Arc<AtomicUsize>) -> crate::http::Handler {
 
 /// Builds the L7 test bed. Needs root.
 pub fn setup() -> Result<L7> {
+    setup_with(&[])
+}
+
+/// As [`setup`], with more flags for the waypoint.
+pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
     let tb = Testbed::new(Topology {
         nodes: 2,
         pods_per_node: 3,
@@ -119,7 +124,13 @@ pub fn setup() -> Result<L7> {
         config_from_controller: true,
         ..AgentOptions::default()
     })?;
-    let waypoint = tb.start_waypoint(&controller, "n0-p1", "default/waypoint", "waypoint", &[])?;
+    let waypoint = tb.start_waypoint(
+        &controller,
+        "n0-p1",
+        "default/waypoint",
+        "waypoint",
+        waypoint_args,
+    )?;
     waypoint.wait_config(|dump| {
         dump["services"]
             .as_array()

@@ -9,7 +9,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
-use super::{Destination, Downstream, Outcome, local, matched_prefix, roll, trace};
+use super::{Destination, Downstream, Outcome, local, matched_prefix, roll};
 use crate::{
     app::App,
     routes::{Forward, HeaderOps, RetryPolicy, Route, Target},
@@ -69,7 +69,6 @@ pub async fn forward(
     };
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    trace::propagate(&mut headers);
     let mut prepared = Prepared {
         method: parts.method,
         version: parts.version,

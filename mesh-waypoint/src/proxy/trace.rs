@@ -18,10 +18,13 @@ pub struct Span {
     pub trace_id: String,
     pub span_id: String,
     pub parent_id: Option<String>,
+    /// Recorded and exported (the caller's decision, or `sampling` for a new trace).
+    pub sampled: bool,
 }
 
 /// Rewrites the trace headers of a request going upstream; returns the waypoint's span.
-pub fn propagate(headers: &mut HeaderMap) -> Span {
+/// A trace that starts here is sampled with `sampling` percent.
+pub fn propagate(headers: &mut HeaderMap, sampling: f64) -> Span {
     let span_id = random_hex(8);
     let incoming = headers
         .get("traceparent")
@@ -34,18 +37,22 @@ pub fn propagate(headers: &mut HeaderMap) -> Span {
                 "traceparent",
                 format!("00-{trace_id}-{span_id}-{flags}"),
             );
+            let sampled = u8::from_str_radix(&flags, 16).is_ok_and(|f| f & 1 == 1);
             Span {
                 trace_id,
                 span_id: span_id.clone(),
                 parent_id: Some(parent),
+                sampled,
             }
         }
         None => {
             let trace_id = random_hex(16);
-            // Sampled (01) only if B3 says so; a new W3C trace starts unsampled.
-            let sampled = headers
-                .get("x-b3-sampled")
-                .is_some_and(|v| v.as_bytes() == b"1");
+            // B3's decision when there is one, else ours.
+            let sampled = match headers.get("x-b3-sampled").map(|v| v.as_bytes()) {
+                Some(b"1") => true,
+                Some(_) => false,
+                None => crate::proxy::roll(sampling),
+            };
             let flags = if sampled { "01" } else { "00" };
             set(
                 headers,
@@ -56,6 +63,7 @@ pub fn propagate(headers: &mut HeaderMap) -> Span {
                 trace_id,
                 span_id: span_id.clone(),
                 parent_id: None,
+                sampled,
             }
         }
     };
@@ -116,7 +124,8 @@ mod tests {
         );
         headers.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
         headers.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let span = propagate(&mut headers);
+        let span = propagate(&mut headers, 0.0);
+        assert!(span.sampled, "the caller sampled it");
         assert_eq!(span.trace_id, trace);
         assert_eq!(span.parent_id.as_deref(), Some("00f067aa0ba902b7"));
         let sent = headers["traceparent"].to_str().unwrap();
@@ -131,8 +140,8 @@ mod tests {
     fn a_request_without_context_starts_a_trace() {
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", HeaderValue::from_static("garbage"));
-        let span = propagate(&mut headers);
-        assert!(span.parent_id.is_none());
+        let span = propagate(&mut headers, 0.0);
+        assert!(span.parent_id.is_none() && !span.sampled);
         assert_eq!(span.trace_id.len(), 32);
         assert!(headers["traceparent"].to_str().unwrap().ends_with("-00"));
     }
