@@ -9,7 +9,8 @@
 //! - `hbone`: building and checking CONNECT requests, with the status codes ztunnel uses;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy at L4, from Istio's YAML;
 //! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes);
-//! - `config_client`: following the controller's configuration stream (ACK/NACK, resume).
+//! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
+//! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`.
 #![deny(unsafe_code)]
 
 pub mod ca_client;
@@ -18,6 +19,7 @@ pub mod hbone;
 pub mod identity;
 pub mod pods;
 pub mod policy;
+pub mod process;
 pub mod tls;
 
 pub use identity::Identity;

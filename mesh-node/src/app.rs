@@ -321,7 +321,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let mut enrollment = Enrollment::new(dataplane, orig, state.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(mesh_core::process::shutdown_signal());
     let mut last_attempt = std::time::Instant::now();
     loop {
         tokio::select! {
@@ -384,19 +384,4 @@ fn ca_client(config: &Config, addr: &str) -> Result<CaClient, Error> {
     let controller =
         Identity::controller(&config.trust_domain).map_err(|e| Error::Identity(e.to_string()))?;
     CaClient::new(addr, roots, controller, token).map_err(|e| Error::Identity(e.to_string()))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

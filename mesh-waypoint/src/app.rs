@@ -115,7 +115,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ingress = ?app.config.ingress_gateway, "listening");
     tokio::select! {
         _ = crate::inbound::serve(listener, app.clone()) => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = mesh_core::process::shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
 }
@@ -275,20 +275,5 @@ fn endpoint<B>(what: &str, app: &App, request: &Request<B>) -> Response<Full<Byt
             "text/plain",
             "not found\n".to_owned(),
         ),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

@@ -9,14 +9,6 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
-    let mut builder = match config.worker_threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(n);
-            builder
-        }
-    };
-    builder.enable_all().build()?.block_on(app::run(config))?;
+    mesh_core::process::runtime(config.worker_threads)?.block_on(app::run(config))?;
     Ok(())
 }

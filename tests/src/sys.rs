@@ -112,3 +112,30 @@ pub fn rss_mb(pid: u32) -> Result<f64> {
         .with_context(|| format!("no VmRSS for process {pid}"))?;
     Ok(kb / 1024.0)
 }
+
+/// `GET path` on 127.0.0.1:`port` inside the network namespace `netns` (an agent's or a
+/// waypoint's own endpoints); (status, body).
+pub fn loopback_get(netns: &Path, port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = in_netns(netns, || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+    })??;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -3,14 +3,12 @@
 //! captured itself.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{controller::Controller, testbed::Testbed};
 
@@ -116,27 +114,7 @@ impl Testbed {
 impl Waypoint {
     /// GET on one of the waypoint's own endpoints, from inside its pod.
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = crate::sys::in_netns(&self.netns, || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        })??;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("malformed HTTP response")?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        crate::sys::loopback_get(&self.netns, port, path)
     }
 
     pub fn pid(&self) -> u32 {
