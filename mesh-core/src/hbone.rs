@@ -2,6 +2,7 @@
 //! `ip:port`, sent over mutual TLS to the destination's port 15008. Server-side checks answer
 //! with the status codes Istio's ztunnel uses, so either side can talk to ztunnel.
 
+pub mod handshake;
 pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};

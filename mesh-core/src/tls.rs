@@ -52,6 +52,23 @@ impl WorkloadCertificate {
     }
 }
 
+/// A certificate with the TLS configs built from it once (what a proxy serves and dials with).
+pub struct Issued {
+    pub cert: WorkloadCertificate,
+    pub server: std::sync::Arc<ServerConfig>,
+    pub client: std::sync::Arc<ClientConfig>,
+}
+
+impl Issued {
+    pub fn new(cert: WorkloadCertificate) -> Result<Self, Error> {
+        Ok(Issued {
+            server: std::sync::Arc::new(server_config(&cert)?),
+            client: std::sync::Arc::new(client_config(&cert)?),
+            cert,
+        })
+    }
+}
+
 impl std::fmt::Debug for WorkloadCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.

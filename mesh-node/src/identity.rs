@@ -8,23 +8,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use mesh_core::{
-    Identity,
-    ca_client::CaClient,
-    tls::{self, WorkloadCertificate},
-};
+use mesh_core::{Identity, ca_client::CaClient};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// A certificate with the TLS configs built from it once.
-pub struct Issued {
-    pub cert: WorkloadCertificate,
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
-}
+pub use mesh_core::tls::Issued;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CertificateView {
@@ -167,13 +158,7 @@ impl CertificateStore {
             .issue(identity, self.lifetime)
             .await
             .map_err(|e| e.to_string())?;
-        let server = Arc::new(tls::server_config(&cert).map_err(|e| e.to_string())?);
-        let client = Arc::new(tls::client_config(&cert).map_err(|e| e.to_string())?);
-        Ok(Issued {
-            cert,
-            server,
-            client,
-        })
+        Issued::new(cert).map_err(|e| e.to_string())
     }
 }
 

@@ -17,12 +17,7 @@ use mesh_core::{
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// A certificate with the TLS configs built from it once.
-pub struct Issued {
-    pub cert: WorkloadCertificate,
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
-}
+pub use mesh_core::tls::Issued;
 
 pub struct Certificates {
     pub identity: Identity,
@@ -64,11 +59,7 @@ impl Certificates {
     }
 
     fn set(&self, cert: WorkloadCertificate) -> Result<(), tls::Error> {
-        let issued = Issued {
-            server: Arc::new(tls::server_config(&cert)?),
-            client: Arc::new(tls::client_config(&cert)?),
-            cert,
-        };
+        let issued = Issued::new(cert)?;
         *self.issued.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(issued));
         self.changed.notify_waiters();
         Ok(())

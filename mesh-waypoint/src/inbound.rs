@@ -17,7 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use mesh_core::{Identity, tls::identity_of};
+use mesh_core::Identity;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
@@ -56,18 +56,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
         .wait(CERTIFICATE_WAIT)
         .await
         .ok_or("no certificate for the waypoint yet")?;
-    let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
-        .accept(tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let client = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(identity_of)
-        .ok_or("no client certificate")?
-        .map_err(|e| e.to_string())?;
+    let (tls, client) = mesh_core::hbone::handshake::accept(issued.server.clone(), tcp).await?;
     let mut connection = mesh_core::hbone::settings::server()
         .handshake::<_, Bytes>(tls)
         .await

@@ -71,8 +71,15 @@ pub async fn handle(
     let started = Instant::now();
     let wall = std::time::SystemTime::now();
     let mut record = RequestRecord::start(&request, &downstream);
-    let name = format!("{} {}", request.method(), authority_of(&request));
-    let path = request.uri().path().to_owned();
+    // What a span needs of the request, kept only when spans are exported.
+    let traced = app.spans.is_some().then(|| {
+        let name = format!("{} {}", request.method(), authority_of(&request));
+        (
+            name,
+            request.method().to_string(),
+            request.uri().path().to_owned(),
+        )
+    });
     let mut outcome = Outcome::default();
     let mut response = respond(request, &downstream, &app, &mut outcome).await;
     if !outcome.flags.is_empty()
@@ -81,14 +88,12 @@ pub async fn handle(
         response.headers_mut().insert(FLAGS_HEADER, value);
     }
     record.finish(&app, &downstream, &outcome, &response, started);
-    if let (Some(exporter), Some(span)) = (&app.spans, outcome.span.take())
+    if let (Some(exporter), Some(span), Some((name, method, path))) =
+        (&app.spans, outcome.span.take(), traced)
         && span.sampled
     {
         let mut attributes = vec![
-            (
-                "http.request.method",
-                name.split(' ').next().unwrap_or("").to_owned(),
-            ),
+            ("http.request.method", method),
             ("url.path", path),
             (
                 "http.response.status_code",

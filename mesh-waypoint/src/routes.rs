@@ -3,25 +3,30 @@
 //! VirtualService names gets the default route: straight to the service itself.
 //!
 //! # Layout
+//! - `headers`: header edits (set, add, remove);
 //! - `matching`: string, header, query and source matches;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
+mod headers;
 mod matching;
 #[cfg(test)]
 mod tests;
 
 use std::{collections::HashMap, time::Duration};
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use mesh_controller::{
     config::duration,
     resources::{
         common::{Destination, Percent},
-        virtual_service::{HeaderOperations, HttpRoute, VirtualServiceSpec},
+        virtual_service::{GRPC_STATUSES, HttpRoute, VirtualServiceSpec},
     },
 };
 
-pub use self::matching::{Match, RequestView, StrMatch};
+pub use self::{
+    headers::HeaderOps,
+    matching::{Match, RequestView, StrMatch},
+};
 
 /// Hostnames are fully qualified in the table: `reviews` in namespace `bookinfo` is
 /// `reviews.bookinfo.svc.<domain>`.
@@ -214,54 +219,6 @@ pub enum Abort {
     Http(StatusCode),
     /// A gRPC status code, answered as HTTP 200 with `grpc-status`.
     Grpc(u32),
-}
-
-/// Header edits: set replaces, add appends, remove deletes.
-#[derive(Clone, Debug, Default)]
-pub struct HeaderOps {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub add: Vec<(HeaderName, HeaderValue)>,
-    pub remove: Vec<HeaderName>,
-}
-
-impl HeaderOps {
-    fn compile(ops: Option<&HeaderOperations>) -> Result<Self, String> {
-        let Some(ops) = ops else {
-            return Ok(HeaderOps::default());
-        };
-        let pair = |(name, value): (&String, &String)| {
-            Ok::<_, String>((
-                HeaderName::try_from(name.as_str()).map_err(|e| format!("header {name}: {e}"))?,
-                HeaderValue::try_from(value.as_str())
-                    .map_err(|e| format!("header {name} value: {e}"))?,
-            ))
-        };
-        Ok(HeaderOps {
-            set: ops.set.iter().map(pair).collect::<Result<_, _>>()?,
-            add: ops.add.iter().map(pair).collect::<Result<_, _>>()?,
-            remove: ops
-                .remove
-                .iter()
-                .map(|n| HeaderName::try_from(n.as_str()).map_err(|e| format!("header {n}: {e}")))
-                .collect::<Result<_, _>>()?,
-        })
-    }
-
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in &self.add {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
 }
 
 fn percent(p: Option<&Percent>) -> f64 {
@@ -528,31 +485,12 @@ fn compile_route(
     })
 }
 
-/// gRPC status names (as Istio accepts them) or numbers.
+/// A gRPC status by name (as Istio accepts them, any case) or number.
 fn grpc_code(name: &str) -> Result<u32, String> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
-    NAMES
+    GRPC_STATUSES
         .iter()
         .position(|n| n.eq_ignore_ascii_case(name))
         .map(|i| i as u32)

@@ -5,31 +5,34 @@
 //!
 //! # Layout
 //! - `connect`: byte streams to endpoints, HBONE or plain;
-//! - `cluster`: load balancing, limits and outlier detection per cluster.
+//! - `cluster`: load balancing, limits and outlier detection per cluster;
+//! - `body`: requests counted while in flight, and response bodies that give their
+//!   connection back when read to the end.
 
+mod body;
 pub mod cluster;
 pub mod connect;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body::{Body as _, Frame};
-use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use http_body::Body as _;
+use http_body_util::{Full, combinators::UnsyncBoxBody};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub use self::body::local_body;
 use self::{
+    body::{InFlight, PendingSlot, Tracked},
     cluster::{Cluster, Policy},
     connect::{ConnectError, Connector},
 };
@@ -84,11 +87,6 @@ pub struct Resolved {
     pub policy: Policy,
     pub cluster: Arc<Cluster>,
     pub port: u16,
-}
-
-enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 /// An idle HTTP/1.1 connection.
@@ -313,9 +311,7 @@ impl Upstreams {
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let Sender::H2(sender) = self.open(addr, identity, via, true, None).await? else {
-            unreachable!("asked for HTTP/2")
-        };
+        let sender = self.open_h2(addr, identity, via).await?;
         self.shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -344,10 +340,7 @@ impl Upstreams {
             let connections = cluster.connections.load(Ordering::Acquire);
             if limits.max_connections.is_none_or(|max| connections < max) {
                 let slot = cluster.connections.clone();
-                let Sender::H1(sender) = self.open(addr, identity, via, false, Some(slot)).await?
-                else {
-                    unreachable!("asked for HTTP/1.1")
-                };
+                let sender = self.open_h1(addr, identity, via, slot).await?;
                 return Ok(Idle { sender, served: 0 });
             }
             if pending.is_none() {
@@ -388,131 +381,77 @@ impl Upstreams {
         self.returned.notify_one();
     }
 
-    /// A new HTTP connection to `addr`; `slot` counts it against its cluster while it lives.
-    async fn open(
+    /// A byte stream to `addr`, counted against `slot` (its cluster's connections) until the
+    /// returned guard is dropped, whatever happens to the connection.
+    async fn dial(
         &self,
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
-        h2: bool,
         slot: Option<Arc<AtomicUsize>>,
-    ) -> Result<Sender, Failure> {
+    ) -> Result<(TokioIo<connect::Conn>, ConnectionSlot), Failure> {
+        let slot = ConnectionSlot::take(slot);
+        let conn = self
+            .connector
+            .connect(addr, identity, via)
+            .await
+            .map_err(|source| Failure::Connect {
+                addr,
+                source: Box::new(source),
+            })?;
+        tracing::debug!(%addr, via = ?via.map(|v| v.0), "new upstream HTTP connection");
+        Ok((TokioIo::new(conn), slot))
+    }
+
+    async fn open_h1(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
+        slot: Arc<AtomicUsize>,
+    ) -> Result<http1::SendRequest<Full<Bytes>>, Failure> {
+        let (io, slot) = self.dial(addr, identity, via, Some(slot)).await?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|source| Failure::Reset { addr, source })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+        Ok(sender)
+    }
+
+    async fn open_h2(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&mesh_core::Identity>,
+        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
+    ) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
+        let (io, _slot) = self.dial(addr, identity, via, None).await?;
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|source| Failure::Reset { addr, source })?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+}
+
+/// One connection counted in its cluster while this lives.
+struct ConnectionSlot(Option<Arc<AtomicUsize>>);
+
+impl ConnectionSlot {
+    fn take(slot: Option<Arc<AtomicUsize>>) -> Self {
         if let Some(slot) = &slot {
             slot.fetch_add(1, Ordering::AcqRel);
         }
-        let release = move || {
-            if let Some(slot) = &slot {
-                slot.fetch_sub(1, Ordering::AcqRel);
-            }
-        };
-        let conn = match self.connector.connect(addr, identity, via).await {
-            Ok(conn) => conn,
-            Err(source) => {
-                release();
-                return Err(Failure::Connect {
-                    addr,
-                    source: Box::new(source),
-                });
-            }
-        };
-        tracing::debug!(%addr, h2, via = ?via.map(|v| v.0), "new upstream HTTP connection");
-        let io = TokioIo::new(conn);
-        let handshake = |e: hyper::Error| Failure::Reset { addr, source: e };
-        if h2 {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(handshake)?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-                release();
-            });
-            Ok(Sender::H2(sender))
-        } else {
-            let (sender, connection) = http1::handshake(io).await.map_err(handshake)?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-                release();
-            });
-            Ok(Sender::H1(sender))
-        }
+        ConnectionSlot(slot)
     }
 }
 
-/// A request waiting for a connection, counted while it waits.
-struct PendingSlot(Arc<Cluster>);
-
-impl Drop for PendingSlot {
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A request in flight: counted in its cluster and endpoint until its response body ends,
-/// when its HTTP/1.1 connection (if reusable) goes back to the pool.
-struct InFlight {
-    cluster: Arc<Cluster>,
-    endpoint: Arc<cluster::EndpointStats>,
-    /// Where the connection goes back once the response is read to the end.
-    returns: Option<(Arc<Upstreams>, SocketAddr, Idle)>,
-}
-
-impl InFlight {
-    fn finished(mut self) {
-        if let Some((upstreams, addr, idle)) = self.returns.take() {
-            upstreams.give_back(addr, idle);
+        if let Some(slot) = &self.0 {
+            slot.fetch_sub(1, Ordering::AcqRel);
         }
     }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.cluster.active_requests.fetch_sub(1, Ordering::AcqRel);
-        self.endpoint.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some((upstreams, _, _)) = self.returns.take() {
-            // Not read to the end: the connection is dropped (closed); a waiter may open one.
-            upstreams.returned.notify_one();
-        }
-    }
-}
-
-/// A response body that gives its connection back once read to the end (a body dropped
-/// early leaves the connection unusable: it is closed instead).
-struct Tracked {
-    inner: hyper::body::Incoming,
-    guard: Option<InFlight>,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // hyper stops polling a body that says it ended, so the end is noticed both ways.
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            _ => false,
-        };
-        if ended && let Some(guard) = self.guard.take() {
-            guard.finished();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A body made here (an error page, a fault's answer).
-pub fn local_body(text: impl Into<Bytes>) -> Body {
-    UnsyncBoxBody::new(Full::new(text.into()).map_err(|never| match never {}))
 }

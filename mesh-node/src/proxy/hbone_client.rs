@@ -15,8 +15,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone, tls::identity_of};
-use rustls::pki_types::ServerName;
+use mesh_core::{Identity, hbone};
 
 use super::{PodContext, connect_from_pod, tunnel::H2Stream};
 use crate::app::State;
@@ -30,17 +29,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS with {addr}: {source}")]
-    Tls {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("peer at {addr} presented {got:?}, not the expected {want}")]
-    WrongPeer {
-        addr: SocketAddr,
-        got: Option<String>,
-        want: Identity,
-    },
+    #[error(transparent)]
+    Handshake(#[from] mesh_core::hbone::handshake::HandshakeError),
     #[error("HTTP/2 with {addr}: {source}")]
     Http { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} answered {status}")]
@@ -171,42 +161,5 @@ async fn open(
     let tcp = connect_from_pod(pod, addr, None)
         .await
         .map_err(|source| Error::Connect { addr, source })?;
-    let tls = tokio_rustls::TlsConnector::from(issued.client.clone())
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .map_err(|source| Error::Tls { addr, source })?;
-    let got = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(identity_of);
-    match got {
-        Some(Ok(identity)) if &identity == expected => {}
-        other => {
-            let got = other.map(|r| r.map(|i| i.to_string()).unwrap_or_else(|e| e.to_string()));
-            return Err(Error::WrongPeer {
-                addr,
-                got,
-                want: expected.clone(),
-            });
-        }
-    }
-    let (sender, mut connection) = mesh_core::hbone::settings::client()
-        .handshake(tls)
-        .await
-        .map_err(|source| Error::Http { addr, source })?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
-    let ended = closed.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            result = connection => if let Err(error) = result {
-                tracing::debug!(%error, %addr, "HBONE connection closed");
-            },
-            reason = keep_alive => tracing::info!(%reason, %addr, "HBONE connection closed"),
-        }
-        ended.store(true, Ordering::Relaxed);
-    });
-    Ok((sender, closed))
+    Ok(mesh_core::hbone::handshake::connect(issued.client.clone(), tcp, addr, expected).await?)
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
 use http::{Request, Response, StatusCode};
 use mesh_common::ports;
-use mesh_core::{Identity, hbone, tls::identity_of};
+use mesh_core::{Identity, hbone};
 use tokio::net::TcpListener;
 
 use super::{
@@ -61,18 +61,7 @@ async fn serve_connection(
         .wait_for(&pod.identity, super::CERTIFICATE_WAIT)
         .await
         .ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
-    let tls = tokio_rustls::TlsAcceptor::from(issued.server.clone())
-        .accept(tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let client = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(identity_of)
-        .ok_or("no client certificate")?
-        .map_err(|e| e.to_string())?;
+    let (tls, client) = mesh_core::hbone::handshake::accept(issued.server.clone(), tcp).await?;
     let local = tls
         .get_ref()
         .0

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use super::{Destination, Downstream, Outcome, local, matched_prefix, roll};
 use crate::{
     app::App,
-    routes::{Forward, HeaderOps, RetryPolicy, Route, Target},
+    routes::{Forward, RetryPolicy, Route, Target},
     store::{Endpoint, Snapshot},
     upstream::{Body, Failure, Resolved, cluster::HashKey},
 };
@@ -418,7 +418,7 @@ fn send_mirror(
     else {
         return;
     };
-    let mut copy = Prepared {
+    let copy = Prepared {
         method: prepared.method.clone(),
         version: prepared.version,
         path_and_query: prepared.path_and_query.clone(),
@@ -426,7 +426,6 @@ fn send_mirror(
         headers: prepared.headers.clone(),
         body: prepared.body.clone(),
     };
-    HeaderOps::default().apply(&mut copy.headers);
     let app = app.clone();
     tokio::spawn(async move {
         let request = build(&copy, &endpoint);

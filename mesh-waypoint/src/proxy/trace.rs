@@ -4,12 +4,12 @@
 
 use http::{HeaderMap, HeaderValue};
 
+/// `bytes` (8 or 16) random bytes in hex.
 fn random_hex(bytes: usize) -> String {
-    let mut out = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        out.push_str(&format!("{:02x}", fastrand::u8(..)));
+    match bytes {
+        8 => format!("{:016x}", fastrand::u64(..)),
+        _ => format!("{:032x}", fastrand::u128(..)),
     }
-    out
 }
 
 /// The span the waypoint opens for a request, and the ids it continues.

@@ -16,8 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone, tls::identity_of};
-use rustls::pki_types::ServerName;
+use mesh_core::{Identity, hbone};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -38,17 +37,8 @@ pub enum ConnectError {
     },
     #[error("no certificate for the waypoint yet")]
     NoCertificate,
-    #[error("TLS with {addr}: {source}")]
-    Tls {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{addr} presented {got:?}, not {want}")]
-    WrongPeer {
-        addr: SocketAddr,
-        got: Option<String>,
-        want: Identity,
-    },
+    #[error(transparent)]
+    Handshake(#[from] mesh_core::hbone::handshake::HandshakeError),
     #[error("HTTP/2 with {addr}: {source}")]
     Http2 { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} answered {status}")]
@@ -229,39 +219,8 @@ impl Connector {
         let local = tcp
             .local_addr()
             .map_err(|source| ConnectError::Tcp { addr, source })?;
-        let tls = tokio_rustls::TlsConnector::from(cert.client.clone())
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|source| ConnectError::Tls { addr, source })?;
-        let got = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(identity_of);
-        if !matches!(&got, Some(Ok(id)) if id == identity) {
-            return Err(ConnectError::WrongPeer {
-                addr,
-                got: got.map(|g| g.map_or_else(|e| e.to_string(), |id| id.to_string())),
-                want: identity.clone(),
-            });
-        }
-        let (sender, mut connection) = mesh_core::hbone::settings::client()
-            .handshake(tls)
-            .await
-            .map_err(|source| ConnectError::Http2 { addr, source })?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
-        let ended = closed.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(error) = result {
-                    tracing::debug!(%error, %addr, "HBONE connection to an endpoint ended");
-                },
-                reason = keep_alive => tracing::info!(%addr, %reason, "HBONE connection closed"),
-            }
-            ended.store(true, Ordering::Release);
-        });
+        let (sender, closed) =
+            mesh_core::hbone::handshake::connect(cert.client.clone(), tcp, addr, identity).await?;
         let streams = Arc::new(());
         self.pool
             .lock()

@@ -34,26 +34,6 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-const GRPC_STATUSES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Validation) {
     let subsets = defined_subsets(set, hosts);
     let ordered = by_age(set.virtual_services());
@@ -202,7 +182,9 @@ fn http_route(v: &mut Validation, key: &ObjectKey, at: &str, route: &HttpRoute) 
                     "InvalidFault",
                     format!("{at}.fault.abort.httpStatus {status} is not an HTTP status (200-599)"),
                 ),
-                (None, Some(status)) if GRPC_STATUSES.contains(&status.as_str()) => {}
+                (None, Some(status))
+                    if crate::resources::virtual_service::GRPC_STATUSES
+                        .contains(&status.as_str()) => {}
                 (None, Some(status)) => v.invalid(
                     key,
                     "InvalidFault",
