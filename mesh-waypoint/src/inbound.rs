@@ -143,6 +143,7 @@ async fn serve_stream(
         target,
         destination,
         source_workload: snapshot.workloads_by_addr.get(&source.ip()).cloned(),
+        series: Default::default(),
     });
     if !http {
         return crate::passthrough::carry(io, downstream, app).await;

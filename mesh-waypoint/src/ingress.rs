@@ -162,6 +162,7 @@ where
         target: local,
         destination: Destination::Gateway(gateway),
         source_workload: None,
+        series: Default::default(),
     });
     let service = hyper::service::service_fn(move |request| {
         proxy::handle(request, downstream.clone(), app.clone())

@@ -3,9 +3,14 @@
 //! request (text or JSON). Label values are bounded: names come from the configuration, not
 //! from requests; paths never become labels.
 
-use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -14,7 +19,9 @@ use prometheus_client::{
 
 use crate::{
     app::App,
+    config::AccessLog,
     proxy::{Destination, Downstream, Outcome},
+    store::Workload,
     upstream::Body,
 };
 
@@ -108,15 +115,81 @@ impl Metrics {
     }
 }
 
-/// What is known of a request when it arrives, completed when it is answered.
-pub struct RequestRecord {
+/// One label set's four series, cloned out of their families (each is a shared handle).
+#[derive(Clone)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// What decides a request's labels beyond its connection. Requests on one connection mostly
+/// share it, so a connection keeps the series of its last few keys and finds them by this
+/// without building, hashing and comparing seventeen labels per request.
+struct SeriesKey {
+    /// Held (not just its address) so a freed workload's address cannot be mistaken for it.
+    destination: Option<Arc<Workload>>,
+    service: Option<String>,
+    response_code: u16,
+    grpc_status: Option<HeaderValue>,
+    flags: Vec<&'static str>,
+    grpc: bool,
+}
+
+impl SeriesKey {
+    fn matches(&self, other: &SeriesKey) -> bool {
+        let same_destination = match (&self.destination, &other.destination) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_destination
+            && self.response_code == other.response_code
+            && self.grpc == other.grpc
+            && self.flags == other.flags
+            && self.grpc_status == other.grpc_status
+            && self.service == other.service
+    }
+}
+
+/// The series a connection used last, newest first.
+#[derive(Default)]
+pub struct SeriesCache(Mutex<Vec<(SeriesKey, Series)>>);
+
+/// Label sets a connection remembers (a few destinations and answers).
+const CACHED_SERIES: usize = 8;
+
+impl SeriesCache {
+    fn get_or_insert(&self, key: SeriesKey, make: impl FnOnce(&SeriesKey) -> Series) -> Series {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = cached.iter().position(|(k, _)| k.matches(&key)) {
+            if at != 0 {
+                cached[..=at].rotate_right(1);
+            }
+            return cached[0].1.clone();
+        }
+        let series = make(&key);
+        cached.truncate(CACHED_SERIES - 1);
+        cached.insert(0, (key, series.clone()));
+        series
+    }
+}
+
+/// What the access log says of a request, taken when it arrives (only when logging).
+struct Logged {
     method: String,
     path: String,
     authority: String,
-    grpc: bool,
-    request_bytes: u64,
     request_id: String,
     user_agent: String,
+}
+
+/// What is known of a request when it arrives, completed when it is answered.
+pub struct RequestRecord {
+    grpc: bool,
+    request_bytes: u64,
+    logged: Option<Logged>,
 }
 
 fn header<B>(request: &Request<B>, name: &str) -> String {
@@ -129,8 +202,8 @@ fn header<B>(request: &Request<B>, name: &str) -> String {
 }
 
 impl RequestRecord {
-    pub fn start<B>(request: &Request<B>, _downstream: &Downstream) -> Self {
-        RequestRecord {
+    pub fn start<B>(request: &Request<B>, app: &App) -> Self {
+        let logged = (app.config.access_log != AccessLog::Off).then(|| Logged {
             method: request.method().to_string(),
             path: request.uri().path().to_owned(),
             authority: request
@@ -138,6 +211,10 @@ impl RequestRecord {
                 .authority()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| header(request, "host")),
+            request_id: header(request, "x-request-id"),
+            user_agent: header(request, "user-agent"),
+        });
+        RequestRecord {
             grpc: request
                 .headers()
                 .get(http::header::CONTENT_TYPE)
@@ -147,8 +224,7 @@ impl RequestRecord {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0),
-            request_id: header(request, "x-request-id"),
-            user_agent: header(request, "user-agent"),
+            logged,
         }
     }
 
@@ -161,144 +237,176 @@ impl RequestRecord {
         started: Instant,
     ) {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        let unknown = || "unknown".to_owned();
-        let source = downstream.source_workload.as_deref();
-        let destination = outcome
-            .upstream_workload
-            .as_deref()
-            .or(match &downstream.destination {
-                Destination::Workload(w) => Some(w),
-                Destination::Service(_) | Destination::Gateway(_) => None,
-            });
-        let (service, service_name, service_namespace) = match &downstream.destination {
-            Destination::Service(s) => (s.hostname.clone(), s.name.clone(), s.namespace.clone()),
-            Destination::Workload(w) => (w.address.to_string(), unknown(), w.namespace.clone()),
-            // `name.namespace.svc.<domain>` of the service a route sent it to.
-            Destination::Gateway(_) => match &outcome.service {
-                Some(host) => {
-                    let mut labels = host.split('.');
-                    let name = labels.next().unwrap_or("unknown").to_owned();
-                    let namespace = labels.next().unwrap_or("unknown").to_owned();
-                    (host.clone(), name, namespace)
-                }
-                None => (unknown(), unknown(), unknown()),
+        let destination =
+            outcome
+                .upstream_workload
+                .clone()
+                .or_else(|| match &downstream.destination {
+                    Destination::Workload(w) => Some(w.clone()),
+                    Destination::Service(_) | Destination::Gateway(_) => None,
+                });
+        let key = SeriesKey {
+            destination,
+            service: match &downstream.destination {
+                Destination::Gateway(_) => outcome.service.clone(),
+                Destination::Service(_) | Destination::Workload(_) => None,
             },
+            response_code: response.status().as_u16(),
+            grpc_status: response.headers().get("grpc-status").cloned(),
+            flags: outcome.flags.clone(),
+            grpc: self.grpc,
         };
-        let flags = if outcome.flags.is_empty() {
-            "-".to_owned()
-        } else {
-            outcome.flags.join(",")
-        };
+        let series = downstream.series.get_or_insert(key, |key| {
+            let labels = labels(downstream, key);
+            let metrics = &app.metrics;
+            Series {
+                requests: metrics.requests.get_or_create(&labels).clone(),
+                duration: metrics.duration.get_or_create(&labels).clone(),
+                request_bytes: metrics.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: metrics.response_bytes.get_or_create(&labels).clone(),
+            }
+        });
         let response_bytes = response
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .unwrap_or(0);
+        series.requests.inc();
+        series.duration.observe(elapsed_ms);
+        series.request_bytes.observe(self.request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+        if let Some(logged) = &self.logged {
+            let destination = outcome.upstream_workload.as_deref();
+            log(
+                app,
+                downstream,
+                outcome,
+                logged,
+                response,
+                destination,
+                elapsed_ms,
+            );
+        }
+    }
+}
+
+/// Istio's labels of a request on `downstream` with what `key` says of its answer.
+fn labels(downstream: &Downstream, key: &SeriesKey) -> RequestLabels {
+    let unknown = || "unknown".to_owned();
+    let source = downstream.source_workload.as_deref();
+    let destination = key.destination.as_deref();
+    let (service, service_name, service_namespace) = match &downstream.destination {
+        Destination::Service(s) => (s.hostname.clone(), s.name.clone(), s.namespace.clone()),
+        Destination::Workload(w) => (w.address.to_string(), unknown(), w.namespace.clone()),
+        // `name.namespace.svc.<domain>` of the service a route sent it to.
+        Destination::Gateway(_) => match &key.service {
+            Some(host) => {
+                let mut labels = host.split('.');
+                let name = labels.next().unwrap_or("unknown").to_owned();
+                let namespace = labels.next().unwrap_or("unknown").to_owned();
+                (host.clone(), name, namespace)
+            }
+            None => (unknown(), unknown(), unknown()),
+        },
+    };
+    RequestLabels {
         // An ingress gateway reports as the request's source, as Istio's does.
-        let reporter = match &downstream.destination {
+        reporter: match &downstream.destination {
             Destination::Gateway(_) => "source",
             _ => "waypoint",
-        };
-        let labels = RequestLabels {
-            reporter,
-            source_workload: source.map_or_else(unknown, |w| w.workload_name().to_owned()),
-            source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
-            source_principal: downstream
-                .client
-                .as_ref()
-                .map_or_else(unknown, ToString::to_string),
-            source_version: source.map_or_else(unknown, |w| w.version().to_owned()),
-            destination_workload: destination
-                .map_or_else(unknown, |w| w.workload_name().to_owned()),
-            destination_workload_namespace: destination
-                .map_or_else(unknown, |w| w.namespace.clone()),
-            destination_principal: destination
-                .and_then(|w| w.identity.as_ref())
-                .map_or_else(unknown, ToString::to_string),
-            destination_version: destination.map_or_else(unknown, |w| w.version().to_owned()),
-            destination_service: service,
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
-            request_protocol: if self.grpc { "grpc" } else { "http" },
-            response_code: response.status().as_u16(),
-            grpc_response_status: response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map_or_else(String::new, str::to_owned),
-            response_flags: flags.clone(),
-            connection_security_policy: if downstream.client.is_some() {
-                "mutual_tls"
-            } else {
-                "none"
-            },
-        };
-        let metrics = &app.metrics;
-        metrics.requests.get_or_create(&labels).inc();
-        metrics.duration.get_or_create(&labels).observe(elapsed_ms);
-        metrics
-            .request_bytes
-            .get_or_create(&labels)
-            .observe(self.request_bytes as f64);
-        metrics
-            .response_bytes
-            .get_or_create(&labels)
-            .observe(response_bytes as f64);
-        self.log(app, downstream, outcome, &labels, elapsed_ms, &flags);
+        },
+        source_workload: source.map_or_else(unknown, |w| w.workload_name().to_owned()),
+        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
+        source_principal: downstream
+            .client
+            .as_ref()
+            .map_or_else(unknown, ToString::to_string),
+        source_version: source.map_or_else(unknown, |w| w.version().to_owned()),
+        destination_workload: destination.map_or_else(unknown, |w| w.workload_name().to_owned()),
+        destination_workload_namespace: destination.map_or_else(unknown, |w| w.namespace.clone()),
+        destination_principal: destination
+            .and_then(|w| w.identity.as_ref())
+            .map_or_else(unknown, ToString::to_string),
+        destination_version: destination.map_or_else(unknown, |w| w.version().to_owned()),
+        destination_service: service,
+        destination_service_name: service_name,
+        destination_service_namespace: service_namespace,
+        request_protocol: if key.grpc { "grpc" } else { "http" },
+        response_code: key.response_code,
+        grpc_response_status: key
+            .grpc_status
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(String::new, str::to_owned),
+        response_flags: flags_label(&key.flags),
+        connection_security_policy: if downstream.client.is_some() {
+            "mutual_tls"
+        } else {
+            "none"
+        },
     }
+}
 
-    fn log(
-        &self,
-        app: &App,
-        downstream: &Downstream,
-        outcome: &Outcome,
-        labels: &RequestLabels,
-        elapsed_ms: f64,
-        flags: &str,
-    ) {
-        let upstream = outcome
-            .upstream
-            .map_or_else(|| "-".to_owned(), |a: SocketAddr| a.to_string());
-        let route = outcome.route.as_deref().unwrap_or("-");
-        match app.config.access_log {
-            crate::config::AccessLog::Off => {}
-            crate::config::AccessLog::Text => {
-                let mut line = String::new();
-                let _ = write!(
-                    line,
-                    "{} {} {} {} {} {flags} {elapsed_ms:.1}ms attempts={} upstream={upstream} route={route} source={} id={} ua={:?}",
-                    self.method,
-                    self.authority,
-                    self.path,
-                    labels.response_code,
-                    labels.destination_service,
-                    outcome.attempts,
-                    downstream.source,
-                    self.request_id,
-                    self.user_agent,
-                );
-                tracing::info!(target: "access", "{line}");
-            }
-            crate::config::AccessLog::Json => {
-                let line = serde_json::json!({
-                    "method": self.method,
-                    "authority": self.authority,
-                    "path": self.path,
-                    "response_code": labels.response_code,
-                    "response_flags": flags,
-                    "duration_ms": elapsed_ms,
-                    "attempts": outcome.attempts,
-                    "upstream": upstream,
-                    "route": route,
-                    "source": downstream.source.to_string(),
-                    "source_principal": labels.source_principal,
-                    "destination_service": labels.destination_service,
-                    "destination_version": labels.destination_version,
-                    "request_id": self.request_id,
-                    "user_agent": self.user_agent,
-                });
-                tracing::info!(target: "access", "{line}");
-            }
+fn flags_label(flags: &[&str]) -> String {
+    if flags.is_empty() {
+        "-".to_owned()
+    } else {
+        flags.join(",")
+    }
+}
+
+fn log(
+    app: &App,
+    downstream: &Downstream,
+    outcome: &Outcome,
+    logged: &Logged,
+    response: &Response<Body>,
+    destination: Option<&Workload>,
+    elapsed_ms: f64,
+) {
+    let upstream = outcome
+        .upstream
+        .map_or_else(|| "-".to_owned(), |a: SocketAddr| a.to_string());
+    let route = outcome.route.as_deref().unwrap_or("-");
+    let flags = flags_label(&outcome.flags);
+    let code = response.status().as_u16();
+    let service = outcome.service.as_deref().unwrap_or("-");
+    match app.config.access_log {
+        AccessLog::Off => {}
+        AccessLog::Text => {
+            let mut line = String::new();
+            let _ = write!(
+                line,
+                "{} {} {} {code} {service} {flags} {elapsed_ms:.1}ms attempts={} upstream={upstream} route={route} source={} id={} ua={:?}",
+                logged.method,
+                logged.authority,
+                logged.path,
+                outcome.attempts,
+                downstream.source,
+                logged.request_id,
+                logged.user_agent,
+            );
+            tracing::info!(target: "access", "{line}");
+        }
+        AccessLog::Json => {
+            let line = serde_json::json!({
+                "method": logged.method,
+                "authority": logged.authority,
+                "path": logged.path,
+                "response_code": code,
+                "response_flags": flags,
+                "duration_ms": elapsed_ms,
+                "attempts": outcome.attempts,
+                "upstream": upstream,
+                "route": route,
+                "source": downstream.source.to_string(),
+                "source_principal": downstream.client.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
+                "destination_service": service,
+                "destination_version": destination.map_or("unknown", |w| w.version()),
+                "request_id": logged.request_id,
+                "user_agent": logged.user_agent,
+            });
+            tracing::info!(target: "access", "{line}");
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Downstream {
     pub target: SocketAddr,
     pub destination: Destination,
     pub source_workload: Option<Arc<Workload>>,
+    /// The metric series this connection's requests were counted in lately.
+    pub series: crate::metrics::SeriesCache,
 }
 
 /// What the phases learn about a request, for the record.
@@ -70,7 +72,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let wall = std::time::SystemTime::now();
-    let mut record = RequestRecord::start(&request, &downstream);
+    let mut record = RequestRecord::start(&request, &app);
     // What a span needs of the request, kept only when spans are exported.
     let traced = app.spans.is_some().then(|| {
         let name = format!("{} {}", request.method(), authority_of(&request));

@@ -132,8 +132,8 @@ pub fn encode(service_name: &str, spans: &[Finished]) -> String {
                 .map(|(k, v)| serde_json::json!({"key": k, "value": {"stringValue": v}}))
                 .collect();
             let mut span = serde_json::json!({
-                "traceId": f.span.trace_id,
-                "spanId": f.span.span_id,
+                "traceId": f.span.trace_hex(),
+                "spanId": f.span.span_hex(),
                 "name": f.name,
                 // SPAN_KIND_SERVER
                 "kind": 2,
@@ -143,8 +143,8 @@ pub fn encode(service_name: &str, spans: &[Finished]) -> String {
                 // STATUS_CODE_ERROR or UNSET
                 "status": {"code": if f.error { 2 } else { 0 }},
             });
-            if let Some(parent) = &f.span.parent_id {
-                span["parentSpanId"] = parent.clone().into();
+            if let Some(parent) = f.span.parent_hex() {
+                span["parentSpanId"] = parent.into();
             }
             span
         })
@@ -167,9 +167,9 @@ mod tests {
     #[test]
     fn spans_encode_as_otlp_json() {
         let span = Span {
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
-            span_id: "00f067aa0ba902b7".to_owned(),
-            parent_id: Some("a2fb4a1d1a96d312".to_owned()),
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: 0x00f067aa0ba902b7,
+            parent_id: Some(0xa2fb4a1d1a96d312),
             sampled: true,
         };
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -7,11 +7,13 @@
 //! - `connect`: byte streams to endpoints, HBONE or plain;
 //! - `cluster`: load balancing, limits and outlier detection per cluster;
 //! - `body`: requests counted while in flight, and response bodies that give their
-//!   connection back when read to the end.
+//!   connection back when read to the end;
+//! - `replay`: request bodies streamed upstream, kept while small enough to send again.
 
 mod body;
 pub mod cluster;
 pub mod connect;
+pub mod replay;
 
 use std::{
     collections::HashMap,
@@ -26,11 +28,11 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::Body as _;
-use http_body_util::{Full, combinators::UnsyncBoxBody};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-pub use self::body::local_body;
+pub use self::{body::local_body, replay::RequestBody};
 use self::{
     body::{InFlight, PendingSlot, Tracked},
     cluster::{Cluster, Policy},
@@ -91,7 +93,7 @@ pub struct Resolved {
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
-    sender: http1::SendRequest<Full<Bytes>>,
+    sender: http1::SendRequest<RequestBody>,
     served: usize,
 }
 
@@ -102,7 +104,7 @@ pub struct Upstreams {
     own_waypoint: Option<String>,
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
+    shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     /// Wakes requests waiting for a pooled connection.
     returned: tokio::sync::Notify,
 }
@@ -238,7 +240,7 @@ impl Upstreams {
         self: &Arc<Self>,
         resolved: &Resolved,
         endpoint: &Endpoint,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
     ) -> Result<Response<Body>, Failure> {
         let cluster = &resolved.cluster;
         let limits = &resolved.policy.limits;
@@ -300,7 +302,7 @@ impl Upstreams {
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
-    ) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
+    ) -> Result<http2::SendRequest<RequestBody>, Failure> {
         let existing = self
             .shared_h2
             .lock()
@@ -409,7 +411,7 @@ impl Upstreams {
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
         slot: Arc<AtomicUsize>,
-    ) -> Result<http1::SendRequest<Full<Bytes>>, Failure> {
+    ) -> Result<http1::SendRequest<RequestBody>, Failure> {
         let (io, slot) = self.dial(addr, identity, via, Some(slot)).await?;
         let (sender, connection) = http1::handshake(io)
             .await
@@ -426,7 +428,7 @@ impl Upstreams {
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
-    ) -> Result<http2::SendRequest<Full<Bytes>>, Failure> {
+    ) -> Result<http2::SendRequest<RequestBody>, Failure> {
         let (io, _slot) = self.dial(addr, identity, via, None).await?;
         let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
             .await

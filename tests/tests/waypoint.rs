@@ -64,6 +64,13 @@ fn routing_splits_and_rewrites_through_the_waypoint() -> Result<()> {
     assert_eq!(traceparent.len(), 55, "traceparent {traceparent:?}");
     assert!(seen.header("x-request-id").is_some());
 
+    // An upload larger than any buffer streams through whole.
+    let upload: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let response = client.request("POST", "/upload", &[], &upload)?;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let seen = l7.received[0].lock().unwrap().last().cloned().unwrap();
+    assert!(seen.body == upload, "the 4 MiB body arrived intact");
+
     // Metrics with Istio's names and labels.
     let metrics = l7.waypoint.metrics()?;
     let line = metrics
@@ -129,6 +136,24 @@ fn faults_retries_timeouts_and_mirrors() -> Result<()> {
     let response = client.get("/flaky", &[])?;
     assert_eq!((response.status, response.body.as_str()), (200, "flaky ok"));
     assert_eq!(l7.flaky_calls.load(Ordering::SeqCst), 3, "two retries");
+    // A request body is sent again on each try while it is small enough to keep...
+    l7.flaky_calls.store(0, Ordering::SeqCst);
+    let response = client.request("POST", "/flaky", &[], &[b'k'; 1024])?;
+    assert_eq!((response.status, response.body.as_str()), (200, "flaky ok"));
+    assert_eq!(
+        l7.flaky_calls.load(Ordering::SeqCst),
+        3,
+        "a small body is retried"
+    );
+    // ...and a larger one streams through once: its request is not retried.
+    l7.flaky_calls.store(0, Ordering::SeqCst);
+    let response = client.request("POST", "/flaky", &[], &vec![b's'; 256 << 10])?;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(
+        l7.flaky_calls.load(Ordering::SeqCst),
+        1,
+        "a streamed body is sent once"
+    );
 
     // perTryTimeout: the first try is cut at 700 ms and the retry answers.
     l7.flaky_calls.store(0, Ordering::SeqCst);

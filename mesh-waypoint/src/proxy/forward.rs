@@ -1,24 +1,21 @@
 //! Forwarding: pick a weighted destination, rewrite the request for it, mirror it, and send
-//! it with the route's retries and timeouts. The request body is read first (up to
-//! [`MAX_BUFFERED_BODY`]) so that a retry or a mirror can send it again.
+//! it with the route's retries and timeouts. The request body streams through (see
+//! `upstream::replay`): a retry sends it again only while it was small enough to keep.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use super::{Destination, Downstream, Outcome, local, matched_prefix, roll};
 use crate::{
     app::App,
     routes::{Forward, RetryPolicy, Route, Target},
-    store::{Endpoint, Snapshot},
-    upstream::{Body, Failure, Resolved, cluster::HashKey},
+    store::Snapshot,
+    upstream::{Body, Failure, RequestBody, Resolved, cluster::HashKey, replay::Source},
 };
-
-/// Requests with larger bodies are refused (413): they could not be retried or mirrored.
-pub const MAX_BUFFERED_BODY: usize = 8 << 20;
 
 /// Headers that describe one hop, not the request (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 7] = [
@@ -45,7 +42,7 @@ struct Prepared {
     path_and_query: String,
     authority: String,
     headers: HeaderMap,
-    body: Bytes,
+    body: Source,
 }
 
 pub async fn forward(
@@ -57,14 +54,11 @@ pub async fn forward(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let body = match Source::new(body).await {
+        Ok(body) => body,
         Err(error) => {
             tracing::debug!(%error, "request body not read");
-            return local(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or broken\n",
-            );
+            return local(StatusCode::BAD_REQUEST, "request body broken\n");
         }
     };
     let mut headers = parts.headers;
@@ -169,9 +163,16 @@ async fn tries(
                 outcome,
             );
         };
+        let Some(body) = prepared.body.for_try() else {
+            // Not reached: a try is only repeated while its body can be sent again.
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "request body cannot be sent again\n",
+            );
+        };
         outcome.upstream = Some(endpoint.addr);
         outcome.upstream_workload = endpoint.workload.clone();
-        let request = build(prepared, endpoint);
+        let request = build(prepared, body);
         let sent = app.upstreams.send(resolved, endpoint, request);
         let result = match policy.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
@@ -183,7 +184,7 @@ async fn tries(
                 .cluster
                 .active_retries
                 .load(std::sync::atomic::Ordering::Acquire);
-            limits.max_retries.is_none_or(|max| retries < max)
+            limits.max_retries.is_none_or(|max| retries < max) && prepared.body.replayable()
         };
         let total = resolved.endpoints.len();
         match result {
@@ -334,13 +335,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request for one try to `endpoint`.
-fn build(prepared: &Prepared, endpoint: &Endpoint) -> Request<Full<Bytes>> {
+fn build(prepared: &Prepared, body: RequestBody) -> Request<RequestBody> {
     let uri = if prepared.version == Version::HTTP_2 {
         format!("http://{}{}", prepared.authority, prepared.path_and_query)
     } else {
         prepared.path_and_query.clone()
     };
-    let mut request = Request::new(Full::new(prepared.body.clone()));
+    let mut request = Request::new(body);
     *request.method_mut() = prepared.method.clone();
     *request.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
     *request.version_mut() = if prepared.version == Version::HTTP_2 {
@@ -354,7 +355,6 @@ fn build(prepared: &Prepared, endpoint: &Endpoint) -> Request<Full<Bytes>> {
     {
         request.headers_mut().insert(header::HOST, host);
     }
-    let _ = endpoint;
     request
 }
 
@@ -418,17 +418,21 @@ fn send_mirror(
     else {
         return;
     };
+    let Some(body) = prepared.body.for_mirror() else {
+        tracing::debug!("request body already streaming: not mirrored");
+        return;
+    };
     let copy = Prepared {
         method: prepared.method.clone(),
         version: prepared.version,
         path_and_query: prepared.path_and_query.clone(),
         authority: shadow(&prepared.authority),
         headers: prepared.headers.clone(),
-        body: prepared.body.clone(),
+        body: Source::Whole(Bytes::new()),
     };
+    let request = build(&copy, body);
     let app = app.clone();
     tokio::spawn(async move {
-        let request = build(&copy, &endpoint);
         match app.upstreams.send(&resolved, &endpoint, request).await {
             Ok(response) => {
                 // Read to the end so the connection can be reused.
