@@ -25,6 +25,8 @@ use crate::{
     upstream::Body,
 };
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Istio's duration buckets, in milliseconds.
 const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -252,7 +254,7 @@ impl RequestRecord {
                 Destination::Service(_) | Destination::Workload(_) => None,
             },
             response_code: response.status().as_u16(),
-            grpc_status: response.headers().get("grpc-status").cloned(),
+            grpc_status: response.headers().get(GRPC_STATUS).cloned(),
             flags: outcome.flags.clone(),
             grpc: self.grpc,
         };

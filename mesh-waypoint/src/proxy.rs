@@ -71,7 +71,7 @@ pub async fn handle(
     app: Arc<App>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let wall = std::time::SystemTime::now();
+    let wall = app.spans.is_some().then(std::time::SystemTime::now);
     let mut record = RequestRecord::start(&request, &app);
     // What a span needs of the request, kept only when spans are exported.
     let traced = app.spans.is_some().then(|| {
@@ -90,8 +90,8 @@ pub async fn handle(
         response.headers_mut().insert(FLAGS_HEADER, value);
     }
     record.finish(&app, &downstream, &outcome, &response, started);
-    if let (Some(exporter), Some(span), Some((name, method, path))) =
-        (&app.spans, outcome.span.take(), traced)
+    if let (Some(exporter), Some(span), Some((name, method, path)), Some(wall)) =
+        (&app.spans, outcome.span.take(), traced, wall)
         && span.sampled
     {
         let mut attributes = vec![
@@ -139,11 +139,11 @@ async fn respond(
         request.headers_mut(),
         app.config.trace_sampling,
     ));
-    if let Some(denied) = authorize(&request, &path, downstream, app, &snapshot) {
+    let authority = authority_of(&request);
+    if let Some(denied) = authorize(&request, &path, &authority, downstream, app, &snapshot) {
         return denied;
     }
     let query = request.uri().query().map(str::to_owned);
-    let authority = authority_of(&request);
     let view = RequestView {
         method: request.method().as_str(),
         path: &path,
@@ -251,6 +251,7 @@ fn set_path<B>(request: &mut Request<B>, path: &str) {
 fn authorize<B>(
     request: &Request<B>,
     path: &str,
+    authority: &str,
     downstream: &Downstream,
     app: &App,
     snapshot: &crate::store::Snapshot,
@@ -267,8 +268,7 @@ fn authorize<B>(
     };
     let mut refs = vec![("Gateway", gateway)];
     refs.extend(service.map(|name| ("Service", name)));
-    let authority = authority_of(request);
-    let host = bare_host(&authority);
+    let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {
         method: request.method().as_str(),
         path,

@@ -103,6 +103,8 @@ pub struct Upstreams {
     /// reached through that one.
     own_waypoint: Option<String>,
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
+    /// Targets resolved against one snapshot: endpoints and policy change only with it.
+    resolved: Mutex<ResolvedCache>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     /// Wakes requests waiting for a pooled connection.
@@ -115,14 +117,50 @@ impl Upstreams {
             connector,
             own_waypoint,
             clusters: Mutex::default(),
+            resolved: Mutex::default(),
             idle: Mutex::default(),
             shared_h2: Mutex::default(),
             returned: tokio::sync::Notify::new(),
         })
     }
 
-    /// The endpoints and policy of `target` for a request that came in on `port`.
+    /// The endpoints and policy of `target` for a request that came in on `port`, worked
+    /// out once per configuration snapshot (selecting endpoints walks the namespace's
+    /// workloads).
     pub fn resolve(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        target: &Target,
+        port: u16,
+    ) -> Result<Arc<Resolved>, Failure> {
+        let key = (target.clone(), port);
+        {
+            let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            let current = cache
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, snapshot));
+            if !current {
+                cache.snapshot = Some(snapshot.clone());
+                cache.targets.clear();
+            }
+            if let Some(resolved) = cache.targets.get(&key) {
+                return Ok(resolved.clone());
+            }
+        }
+        let resolved = Arc::new(self.resolve_in(snapshot, target, port)?);
+        let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if cache
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, snapshot))
+        {
+            cache.targets.insert(key, resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    fn resolve_in(
         &self,
         snapshot: &Snapshot,
         target: &Target,
@@ -210,7 +248,7 @@ impl Upstreams {
         &self,
         workload: &Arc<crate::store::Workload>,
         target: SocketAddr,
-    ) -> Resolved {
+    ) -> Arc<Resolved> {
         let key = Target {
             host: target.ip().to_string(),
             subset: None,
@@ -223,7 +261,7 @@ impl Upstreams {
             .entry(key)
             .or_default()
             .clone();
-        Resolved {
+        Arc::new(Resolved {
             endpoints: vec![Endpoint {
                 addr: target,
                 workload: Some(workload.clone()),
@@ -232,7 +270,7 @@ impl Upstreams {
             policy: Policy::default(),
             cluster,
             port: target.port(),
-        }
+        })
     }
 
     /// Sends `request` to `endpoint` of `resolved`'s cluster, within its limits.
@@ -436,6 +474,13 @@ impl Upstreams {
         tokio::spawn(connection);
         Ok(sender)
     }
+}
+
+/// Resolutions against the snapshot they were made from.
+#[derive(Default)]
+struct ResolvedCache {
+    snapshot: Option<Arc<Snapshot>>,
+    targets: HashMap<(Target, u16), Arc<Resolved>>,
 }
 
 /// One connection counted in its cluster while this lives.

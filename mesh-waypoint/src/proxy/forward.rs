@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
@@ -17,15 +17,15 @@ use crate::{
     upstream::{Body, Failure, RequestBody, Resolved, cluster::HashKey, replay::Source},
 };
 
-/// Headers that describe one hop, not the request (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+/// Headers that describe one hop, not the request (RFC 9110 7.6.1), as names parsed once.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 
 pub enum Plan<'r> {
@@ -50,7 +50,7 @@ pub async fn forward(
     plan: Plan<'_>,
     downstream: &Downstream,
     app: &Arc<App>,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
@@ -310,20 +310,17 @@ fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
+    // Names the client listed in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_ascii_lowercase())
+        .filter_map(|v| HeaderName::from_bytes(v.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    for name in HOP_BY_HOP.iter().chain(&named) {
         // gRPC needs `te: trailers` end to end.
-        if name == "te"
+        if name == header::TE
             && headers
                 .get(header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
@@ -396,7 +393,7 @@ fn hash_key(resolved: &Resolved, prepared: &Prepared, downstream: &Downstream) -
 /// never delays the original. The copy's authority gets Envoy's `-shadow` suffix.
 fn send_mirror(
     app: &Arc<App>,
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     target: &Target,
     downstream: &Downstream,
     prepared: &Prepared,

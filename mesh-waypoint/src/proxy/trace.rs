@@ -2,7 +2,14 @@
 //! are carried on with the waypoint's own span as the parent, so a tracer sees the hop; a
 //! request without either gets a new W3C trace. `x-request-id` is kept or made.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+// Names parsed once: these are looked up on every request.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The span the waypoint opens for a request, and the ids it continues.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,13 +55,13 @@ fn ascii(bytes: &[u8]) -> HeaderValue {
 pub fn propagate(headers: &mut HeaderMap, sampling: f64) -> Span {
     let span_id = fastrand::u64(1..);
     let incoming = headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| parse_traceparent(v.as_bytes()));
     let (trace_id, parent_id, flags) = match incoming {
         Some((trace_id, parent, flags)) => (trace_id, Some(parent), flags),
         None => {
             // B3's decision when there is one, else ours.
-            let sampled = match headers.get("x-b3-sampled").map(|v| v.as_bytes()) {
+            let sampled = match headers.get(B3_SAMPLED).map(|v| v.as_bytes()) {
                 Some(b"1") => true,
                 Some(_) => false,
                 None => crate::proxy::roll(sampling),
@@ -67,14 +74,14 @@ pub fn propagate(headers: &mut HeaderMap, sampling: f64) -> Span {
     hex_into(&mut traceparent[3..35], trace_id);
     hex_into(&mut traceparent[36..52], span_id.into());
     hex_into(&mut traceparent[53..55], flags.into());
-    headers.insert("traceparent", ascii(&traceparent));
-    if let Some(b3_span) = headers.get("x-b3-spanid").cloned() {
+    headers.insert(TRACEPARENT, ascii(&traceparent));
+    if let Some(b3_span) = headers.get(B3_SPAN_ID).cloned() {
         let mut span = [0u8; 16];
         hex_into(&mut span, span_id.into());
-        headers.insert("x-b3-parentspanid", b3_span);
-        headers.insert("x-b3-spanid", ascii(&span));
+        headers.insert(B3_PARENT_SPAN_ID, b3_span);
+        headers.insert(B3_SPAN_ID, ascii(&span));
     }
-    if !headers.contains_key("x-request-id") {
+    if !headers.contains_key(REQUEST_ID) {
         // A version-4 UUID's layout: 8-4-4-4-12 hex digits.
         let id = fastrand::u128(..);
         let mut uuid = *b"00000000-0000-0000-0000-000000000000";
@@ -83,7 +90,7 @@ pub fn propagate(headers: &mut HeaderMap, sampling: f64) -> Span {
         hex_into(&mut uuid[14..18], (id >> 64) & 0xffff);
         hex_into(&mut uuid[19..23], (id >> 48) & 0xffff);
         hex_into(&mut uuid[24..36], id & 0xffff_ffff_ffff);
-        headers.insert("x-request-id", ascii(&uuid));
+        headers.insert(REQUEST_ID, ascii(&uuid));
     }
     Span {
         trace_id,
