@@ -220,12 +220,27 @@ fn service_of(service: &Service, context: &Context, domain: &str) -> pb::Service
                     _ => p.port as u32,
                 },
                 protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                app_protocol: app_protocol(p),
             })
             .collect(),
         selector: spec.selector.unwrap_or_default().into_iter().collect(),
         waypoint,
         endpoints,
     }
+}
+
+/// A port's application protocol as Istio selects it: `appProtocol` (its last path segment:
+/// `kubernetes.io/h2c` is `h2c`), else the name's prefix before `-`.
+fn app_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> String {
+    let declared = match &port.app_protocol {
+        Some(protocol) => protocol.rsplit('/').next().unwrap_or_default(),
+        None => port
+            .name
+            .as_deref()
+            .map(|name| name.split('-').next().unwrap_or(name))
+            .unwrap_or_default(),
+    };
+    declared.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -267,6 +282,25 @@ endpoints:
 - {addresses: [192.0.2.10]}
 - {addresses: [192.0.2.11], conditions: {ready: false}}
 "#;
+
+    #[test]
+    fn a_ports_protocol_is_its_app_protocol_else_its_name_prefix() {
+        use k8s_openapi::api::core::v1::ServicePort;
+        let port = |name: Option<&str>, app: Option<&str>| ServicePort {
+            name: name.map(str::to_owned),
+            app_protocol: app.map(str::to_owned),
+            port: 80,
+            ..ServicePort::default()
+        };
+        assert_eq!(app_protocol(&port(Some("http-web"), None)), "http");
+        assert_eq!(app_protocol(&port(Some("MySQL"), None)), "mysql");
+        assert_eq!(
+            app_protocol(&port(Some("http-web"), Some("kubernetes.io/h2c"))),
+            "h2c"
+        );
+        assert_eq!(app_protocol(&port(None, Some("GRPC"))), "grpc");
+        assert_eq!(app_protocol(&port(None, None)), "");
+    }
 
     #[test]
     fn service_accounts_bind_waypoints_and_slices_give_endpoints() {

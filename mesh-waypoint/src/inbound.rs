@@ -24,7 +24,7 @@ use crate::{
     app::App,
     h2io::H2Io,
     proxy::{self, Downstream},
-    store::Snapshot,
+    store::{PortProtocol, Snapshot},
 };
 
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
@@ -129,13 +129,21 @@ async fn serve_stream(
         }
     };
     let mut io = H2Io::new(send, request.into_body());
-    let http = match io.peek(crate::passthrough::SNIFF_WAIT).await {
-        Ok(Some(first)) => crate::passthrough::looks_like_http(first),
-        Ok(None) => false,
-        Err(error) => {
-            tracing::debug!(%error, %target, "HBONE stream ended before any data");
-            return;
-        }
+    let declared = match &destination {
+        proxy::Destination::Service(service) => service.protocol(target.port()),
+        _ => PortProtocol::Sniff,
+    };
+    let http = match declared {
+        PortProtocol::Http => true,
+        PortProtocol::Tcp => false,
+        PortProtocol::Sniff => match io.peek(crate::passthrough::SNIFF_WAIT).await {
+            Ok(Some(first)) => crate::passthrough::looks_like_http(first),
+            Ok(None) => false,
+            Err(error) => {
+                tracing::debug!(%error, %target, "HBONE stream ended before any data");
+                return;
+            }
+        },
     };
     let downstream = Arc::new(Downstream {
         client: Some(client),
@@ -146,7 +154,12 @@ async fn serve_stream(
         series: Default::default(),
     });
     if !http {
-        return crate::passthrough::carry(io, downstream, app).await;
+        let how = if declared == PortProtocol::Tcp {
+            "declared"
+        } else {
+            "sniffed"
+        };
+        return crate::passthrough::carry(io, downstream, app, how).await;
     }
     let service = hyper::service::service_fn(move |request| {
         proxy::handle(request, downstream.clone(), app.clone())

@@ -11,8 +11,9 @@ use crate::{
     routes::Target,
 };
 
-/// How long the waypoint waits for a client's first bytes before deciding the protocol is
-/// one where the server speaks first.
+/// How long the waypoint waits for a client's first bytes, on a port whose Service does not
+/// declare its protocol, before deciding the protocol is one where the server speaks first.
+/// A port declared TCP (`appProtocol: tcp`, `mysql-*`) is carried at once.
 pub const SNIFF_WAIT: Duration = Duration::from_millis(300);
 
 /// Whether the first bytes of a stream are HTTP/1 (a method then a space) or the HTTP/2
@@ -30,7 +31,8 @@ pub fn looks_like_http(first: &[u8]) -> bool {
 }
 
 /// Carries `io` to an endpoint of the destination until either side ends.
-pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>) {
+/// `how` says whether the port was declared TCP or sniffed as not HTTP.
+pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how: &'static str) {
     let snapshot = app.store.get();
     let (namespace, service) = match &downstream.destination {
         Destination::Service(s) => (s.namespace.clone(), Some(s.clone())),
@@ -104,7 +106,7 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>) {
         .await
     {
         Ok(mut upstream) => {
-            tracing::debug!(target = %downstream.target, upstream = %endpoint.addr, "TCP through the waypoint");
+            tracing::debug!(target = %downstream.target, upstream = %endpoint.addr, protocol = how, "TCP through the waypoint");
             let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
         }
         Err(error) => {

@@ -30,6 +30,8 @@ pub struct Service {
     pub addresses: Vec<IpAddr>,
     /// Service port -> target port.
     pub ports: Vec<(u16, u16)>,
+    /// What each port's declared application protocol says of how to serve it.
+    pub protocols: Vec<(u16, PortProtocol)>,
     pub selector: BTreeMap<String, String>,
     /// Addresses from EndpointSlices (what a selector-less service has).
     pub endpoints: Vec<IpAddr>,
@@ -37,7 +39,37 @@ pub struct Service {
     pub waypoint: Option<String>,
 }
 
+/// How the waypoint treats a service port: as its Service declares it (Istio's `appProtocol`
+/// or port name prefix), or by looking at the first bytes when it does not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortProtocol {
+    Http,
+    Tcp,
+    Sniff,
+}
+
+impl PortProtocol {
+    pub fn from_declared(declared: &str) -> Self {
+        match declared {
+            "http" | "http2" | "h2c" | "grpc" | "grpc-web" => PortProtocol::Http,
+            // Bytes the waypoint cannot read as HTTP: TLS from the client, databases, and
+            // protocols where the server speaks first.
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kafka" | "zookeeper" => {
+                PortProtocol::Tcp
+            }
+            _ => PortProtocol::Sniff,
+        }
+    }
+}
+
 impl Service {
+    pub fn protocol(&self, port: u16) -> PortProtocol {
+        self.protocols
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(PortProtocol::Sniff, |(_, protocol)| *protocol)
+    }
+
     pub fn target_port(&self, port: u16) -> u16 {
         self.ports
             .iter()
@@ -239,6 +271,14 @@ impl Snapshot {
                         u16::try_from(p.port).ok()?,
                         u16::try_from(p.target_port).ok()?,
                     ))
+                })
+                .collect(),
+            protocols: s
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let port = u16::try_from(p.port).ok()?;
+                    Some((port, PortProtocol::from_declared(&p.app_protocol)))
                 })
                 .collect(),
             selector: s.selector.clone().into_iter().collect(),

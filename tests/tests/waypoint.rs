@@ -241,9 +241,31 @@ fn tcp_passes_through_the_waypoint() -> Result<()> {
     read_greeting(&mut stream)?;
     echo_round_trip(&mut stream, b"not HTTP at all \x00\x01")?;
     let log = l7.waypoint.log();
-    assert!(log.contains("TCP through the waypoint"), "{log}");
+    assert!(
+        log.contains("TCP through the waypoint") && log.contains("\"sniffed\""),
+        "{log}"
+    );
+
+    // A service port declared TCP (Istio's `appProtocol` or a `tcp-` name) is carried at
+    // once: the server's greeting does not wait for the client's bytes to be sniffed.
+    l7.write(
+        "echo",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: default}}\nspec: {{clusterIP: {ECHO_VIP}, selector: {{app: flaky}}, ports: [{{name: tcp-echo, port: 7000}}]}}\n"
+        ),
+    )?;
+    let mut stream = l7
+        .tb
+        .pod("n0-p0")
+        .connect(std::net::SocketAddr::new(ECHO_VIP.parse()?, 7000))?;
+    read_greeting(&mut stream)?;
+    echo_round_trip(&mut stream, b"declared")?;
+    let log = l7.waypoint.log();
+    assert!(log.contains("\"declared\""), "{log}");
     Ok(())
 }
+
+const ECHO_VIP: &str = "10.96.0.14";
 
 #[test]
 fn circuit_breaking_outlier_detection_and_consistent_hashing() -> Result<()> {
