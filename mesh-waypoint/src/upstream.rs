@@ -133,7 +133,6 @@ impl Upstreams {
         target: &Target,
         port: u16,
     ) -> Result<Arc<Resolved>, Failure> {
-        let key = (target.clone(), port);
         {
             let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             let current = cache
@@ -144,7 +143,8 @@ impl Upstreams {
                 cache.snapshot = Some(snapshot.clone());
                 cache.targets.clear();
             }
-            if let Some(resolved) = cache.targets.get(&key) {
+            let mut cached = cache.targets.get(target).into_iter().flatten();
+            if let Some((_, resolved)) = cached.find(|(p, _)| *p == port) {
                 return Ok(resolved.clone());
             }
         }
@@ -155,7 +155,11 @@ impl Upstreams {
             .as_ref()
             .is_some_and(|s| Arc::ptr_eq(s, snapshot))
         {
-            cache.targets.insert(key, resolved.clone());
+            cache
+                .targets
+                .entry(target.clone())
+                .or_default()
+                .push((port, resolved.clone()));
         }
         Ok(resolved)
     }
@@ -480,7 +484,8 @@ impl Upstreams {
 #[derive(Default)]
 struct ResolvedCache {
     snapshot: Option<Arc<Snapshot>>,
-    targets: HashMap<(Target, u16), Arc<Resolved>>,
+    /// Per target, by the port requests came in on.
+    targets: HashMap<Target, Vec<(u16, Arc<Resolved>)>>,
 }
 
 /// One connection counted in its cluster while this lives.
