@@ -8,12 +8,14 @@
 //! - `cluster`: load balancing, limits and outlier detection per cluster;
 //! - `body`: requests counted while in flight, and response bodies that give their
 //!   connection back when read to the end;
-//! - `replay`: request bodies streamed upstream, kept while small enough to send again.
+//! - `replay`: request bodies streamed upstream, kept while small enough to send again;
+//! - `resolve`: targets to endpoints and policy, once per configuration snapshot.
 
 mod body;
 pub mod cluster;
 pub mod connect;
 pub mod replay;
+mod resolve;
 
 use std::{
     collections::HashMap,
@@ -38,10 +40,7 @@ use self::{
     cluster::{Cluster, Policy},
     connect::{ConnectError, Connector},
 };
-use crate::{
-    routes::Target,
-    store::{Endpoint, Snapshot},
-};
+use crate::{routes::Target, store::Endpoint};
 
 /// Response bodies the proxy hands downstream.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -104,7 +103,7 @@ pub struct Upstreams {
     own_waypoint: Option<String>,
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     /// Targets resolved against one snapshot: endpoints and policy change only with it.
-    resolved: Mutex<ResolvedCache>,
+    resolved: Mutex<resolve::ResolvedCache>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     /// Wakes requests waiting for a pooled connection.
@@ -124,118 +123,6 @@ impl Upstreams {
         })
     }
 
-    /// The endpoints and policy of `target` for a request that came in on `port`, worked
-    /// out once per configuration snapshot (selecting endpoints walks the namespace's
-    /// workloads).
-    pub fn resolve(
-        &self,
-        snapshot: &Arc<Snapshot>,
-        target: &Target,
-        port: u16,
-    ) -> Result<Arc<Resolved>, Failure> {
-        {
-            let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-            let current = cache
-                .snapshot
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, snapshot));
-            if !current {
-                cache.snapshot = Some(snapshot.clone());
-                cache.targets.clear();
-            }
-            let mut cached = cache.targets.get(target).into_iter().flatten();
-            if let Some((_, resolved)) = cached.find(|(p, _)| *p == port) {
-                return Ok(resolved.clone());
-            }
-        }
-        let resolved = Arc::new(self.resolve_in(snapshot, target, port)?);
-        let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-        if cache
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| Arc::ptr_eq(s, snapshot))
-        {
-            cache
-                .targets
-                .entry(target.clone())
-                .or_default()
-                .push((port, resolved.clone()));
-        }
-        Ok(resolved)
-    }
-
-    fn resolve_in(
-        &self,
-        snapshot: &Snapshot,
-        target: &Target,
-        port: u16,
-    ) -> Result<Resolved, Failure> {
-        let service = snapshot
-            .services_by_host
-            .get(&target.host)
-            .ok_or_else(|| Failure::NoRoute(target.host.clone()))?;
-        // A gateway's route may leave the port out: a single-port service has only one.
-        let port = match (target.port, service.ports.as_slice()) {
-            (Some(port), _) => port,
-            (None, [(only, _)]) if !service.ports.iter().any(|(p, _)| *p == port) => *only,
-            (None, _) => port,
-        };
-        let rule = snapshot.destination_rules.get(&target.host);
-        let subset = match &target.subset {
-            Some(name) => Some(
-                snapshot
-                    .subset(&target.host, name)
-                    .ok_or_else(|| Failure::NoRoute(format!("{} subset {name}", target.host)))?,
-            ),
-            None => None,
-        };
-        let through = service
-            .waypoint
-            .as_ref()
-            .filter(|w| self.own_waypoint.as_ref() != Some(*w));
-        let endpoints = match through {
-            // Another waypoint owns this service: it gets the request, for the service address.
-            Some(waypoint) => {
-                let via = snapshot.waypoint_pod(waypoint).ok_or_else(|| {
-                    Failure::NoHealthyUpstream(format!("waypoint {waypoint} has no pod"))
-                })?;
-                service
-                    .addresses
-                    .first()
-                    .map(|vip| Endpoint {
-                        addr: SocketAddr::new(*vip, port),
-                        workload: None,
-                        via: Some(via),
-                    })
-                    .into_iter()
-                    .collect()
-            }
-            None => snapshot.endpoints(service, port, subset.map(|s| &s.labels)),
-        };
-        let policy = Policy::from_rule(
-            rule.and_then(|r| r.traffic_policy.as_ref()),
-            subset.and_then(|s| s.traffic_policy.as_ref()),
-            port,
-        );
-        let key = Target {
-            port: Some(port),
-            ..target.clone()
-        };
-        let cluster = self
-            .clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        Ok(Resolved {
-            endpoints,
-            policy,
-            cluster,
-            port,
-        })
-    }
-
     /// A byte stream to an endpoint (TCP carried through the waypoint).
     pub async fn connect(
         &self,
@@ -244,37 +131,6 @@ impl Upstreams {
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
     ) -> Result<connect::Conn, ConnectError> {
         self.connector.connect(addr, identity, via).await
-    }
-
-    /// One workload addressed directly (traffic to a pod bound to this waypoint): a cluster
-    /// of that one endpoint, with the default policy.
-    pub fn resolve_workload(
-        &self,
-        workload: &Arc<crate::store::Workload>,
-        target: SocketAddr,
-    ) -> Arc<Resolved> {
-        let key = Target {
-            host: target.ip().to_string(),
-            subset: None,
-            port: Some(target.port()),
-        };
-        let cluster = self
-            .clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        Arc::new(Resolved {
-            endpoints: vec![Endpoint {
-                addr: target,
-                workload: Some(workload.clone()),
-                via: None,
-            }],
-            policy: Policy::default(),
-            cluster,
-            port: target.port(),
-        })
     }
 
     /// Sends `request` to `endpoint` of `resolved`'s cluster, within its limits.
@@ -478,14 +334,6 @@ impl Upstreams {
         tokio::spawn(connection);
         Ok(sender)
     }
-}
-
-/// Resolutions against the snapshot they were made from.
-#[derive(Default)]
-struct ResolvedCache {
-    snapshot: Option<Arc<Snapshot>>,
-    /// Per target, by the port requests came in on.
-    targets: HashMap<Target, Vec<(u16, Arc<Resolved>)>>,
 }
 
 /// One connection counted in its cluster while this lives.

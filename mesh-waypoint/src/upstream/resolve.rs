@@ -1,0 +1,163 @@
+//! Resolving a target (a service host, subset and port) to its endpoints, policy and
+//! cluster, once per configuration snapshot.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use super::{Failure, Resolved, Upstreams, cluster::Policy};
+use crate::{
+    routes::Target,
+    store::{Endpoint, Snapshot},
+};
+
+impl Upstreams {
+    /// The endpoints and policy of `target` for a request that came in on `port`, worked
+    /// out once per configuration snapshot (selecting endpoints walks the namespace's
+    /// workloads).
+    pub fn resolve(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        target: &Target,
+        port: u16,
+    ) -> Result<Arc<Resolved>, Failure> {
+        {
+            let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            let current = cache
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, snapshot));
+            if !current {
+                cache.snapshot = Some(snapshot.clone());
+                cache.targets.clear();
+            }
+            let mut cached = cache.targets.get(target).into_iter().flatten();
+            if let Some((_, resolved)) = cached.find(|(p, _)| *p == port) {
+                return Ok(resolved.clone());
+            }
+        }
+        let resolved = Arc::new(self.resolve_in(snapshot, target, port)?);
+        let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if cache
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, snapshot))
+        {
+            cache
+                .targets
+                .entry(target.clone())
+                .or_default()
+                .push((port, resolved.clone()));
+        }
+        Ok(resolved)
+    }
+
+    fn resolve_in(
+        &self,
+        snapshot: &Snapshot,
+        target: &Target,
+        port: u16,
+    ) -> Result<Resolved, Failure> {
+        let service = snapshot
+            .services_by_host
+            .get(&target.host)
+            .ok_or_else(|| Failure::NoRoute(target.host.clone()))?;
+        // A gateway's route may leave the port out: a single-port service has only one.
+        let port = match (target.port, service.ports.as_slice()) {
+            (Some(port), _) => port,
+            (None, [(only, _)]) if !service.ports.iter().any(|(p, _)| *p == port) => *only,
+            (None, _) => port,
+        };
+        let rule = snapshot.destination_rules.get(&target.host);
+        let subset = match &target.subset {
+            Some(name) => Some(
+                snapshot
+                    .subset(&target.host, name)
+                    .ok_or_else(|| Failure::NoRoute(format!("{} subset {name}", target.host)))?,
+            ),
+            None => None,
+        };
+        let through = service
+            .waypoint
+            .as_ref()
+            .filter(|w| self.own_waypoint.as_ref() != Some(*w));
+        let endpoints = match through {
+            // Another waypoint owns this service: it gets the request, for the service address.
+            Some(waypoint) => {
+                let via = snapshot.waypoint_pod(waypoint).ok_or_else(|| {
+                    Failure::NoHealthyUpstream(format!("waypoint {waypoint} has no pod"))
+                })?;
+                service
+                    .addresses
+                    .first()
+                    .map(|vip| Endpoint {
+                        addr: SocketAddr::new(*vip, port),
+                        workload: None,
+                        via: Some(via),
+                    })
+                    .into_iter()
+                    .collect()
+            }
+            None => snapshot.endpoints(service, port, subset.map(|s| &s.labels)),
+        };
+        let policy = Policy::from_rule(
+            rule.and_then(|r| r.traffic_policy.as_ref()),
+            subset.and_then(|s| s.traffic_policy.as_ref()),
+            port,
+        );
+        let key = Target {
+            port: Some(port),
+            ..target.clone()
+        };
+        let cluster = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        Ok(Resolved {
+            endpoints,
+            policy,
+            cluster,
+            port,
+        })
+    }
+
+    /// One workload addressed directly (traffic to a pod bound to this waypoint): a cluster
+    /// of that one endpoint, with the default policy.
+    pub fn resolve_workload(
+        &self,
+        workload: &Arc<crate::store::Workload>,
+        target: SocketAddr,
+    ) -> Arc<Resolved> {
+        let key = Target {
+            host: target.ip().to_string(),
+            subset: None,
+            port: Some(target.port()),
+        };
+        let cluster = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        Arc::new(Resolved {
+            endpoints: vec![Endpoint {
+                addr: target,
+                workload: Some(workload.clone()),
+                via: None,
+            }],
+            policy: Policy::default(),
+            cluster,
+            port: target.port(),
+        })
+    }
+}
+
+/// Resolutions against the snapshot they were made from.
+#[derive(Default)]
+pub(super) struct ResolvedCache {
+    snapshot: Option<Arc<Snapshot>>,
+    /// Per target, by the port requests came in on.
+    targets: HashMap<Target, Vec<(u16, Arc<Resolved>)>>,
+}
