@@ -107,19 +107,24 @@ impl Upstreams {
             port: Some(port),
             ..target.clone()
         };
-        let cluster = self
-            .clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let cluster = self.cluster(key);
         Ok(Resolved {
             endpoints,
             policy,
             cluster,
             port,
         })
+    }
+
+    /// The counters of `key`'s cluster, kept across snapshots (its outlier ejections and
+    /// connection counts outlive a configuration change).
+    fn cluster(&self, key: Target) -> Arc<super::cluster::Cluster> {
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
     }
 
     /// One workload addressed directly (traffic to a pod bound to this waypoint): a cluster
@@ -134,13 +139,7 @@ impl Upstreams {
             subset: None,
             port: Some(target.port()),
         };
-        let cluster = self
-            .clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let cluster = self.cluster(key);
         Arc::new(Resolved {
             endpoints: vec![Endpoint {
                 addr: target,
