@@ -11,7 +11,7 @@
 use std::{
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
@@ -62,6 +62,7 @@ impl Source {
         Ok(Source::Streamed(Arc::new(Mutex::new(State {
             source: Some(body.map_err(Into::into).boxed_unsync()),
             hint,
+            read: 0,
             kept: Vec::new(),
             kept_bytes: 0,
             trailers: None,
@@ -69,6 +70,7 @@ impl Source {
             spent: false,
             tried: false,
             mirrors: Vec::new(),
+            waiting: Vec::new(),
         }))))
     }
 
@@ -138,7 +140,9 @@ pub struct State {
     /// The client's body; `None` once it ended or failed.
     source: Option<RequestBody>,
     hint: SizeHint,
-    /// Data frames read so far, while they fit in [`KEEP_LIMIT`].
+    /// Data frames read from the client so far.
+    read: usize,
+    /// Those frames, while they fit in [`KEEP_LIMIT`].
     kept: Vec<Bytes>,
     kept_bytes: usize,
     trailers: Option<HeaderMap>,
@@ -150,6 +154,10 @@ pub struct State {
     tried: bool,
     /// Each mirror's queue, dropped (cutting the mirror off) when it is full.
     mirrors: Vec<mpsc::Sender<Result<Frame<Bytes>, ()>>>,
+    /// Tries waiting for the client. A try given up on (a per-try timeout) may still be
+    /// sending while the next one begins; whichever reads a frame wakes the others, which
+    /// find it kept.
+    waiting: Vec<Waker>,
 }
 
 impl State {
@@ -163,6 +171,7 @@ impl State {
             mirror.try_send(Ok(copy)).is_ok()
         });
         if let Some(data) = frame.data_ref() {
+            self.read += 1;
             if !self.spent && self.kept_bytes + data.len() <= KEEP_LIMIT {
                 self.kept_bytes += data.len();
                 self.kept.push(data.clone());
@@ -172,6 +181,18 @@ impl State {
             }
         } else if let Some(trailers) = frame.trailers_ref() {
             self.trailers = Some(trailers.clone());
+        }
+    }
+
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
+
+    fn wake_waiting(&mut self) {
+        for waker in self.waiting.drain(..) {
+            waker.wake();
         }
     }
 
@@ -188,7 +209,7 @@ impl State {
 /// One try's view of a streamed body: the kept frames, then the source.
 struct Replay {
     state: Arc<Mutex<State>>,
-    /// Kept frames this try has sent.
+    /// Data frames this try has sent.
     next: usize,
     trailers_sent: bool,
 }
@@ -203,7 +224,13 @@ impl Body for Replay {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let mut state = this.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !state.spent && this.next < state.kept.len() {
+        if this.next < state.read {
+            // Read by another try: kept, unless the body has outgrown the limit since.
+            if state.spent {
+                return Poll::Ready(Some(Err(
+                    "the request body outgrew what is kept for another try".into(),
+                )));
+            }
             this.next += 1;
             return Poll::Ready(Some(Ok(Frame::data(state.kept[this.next - 1].clone()))));
         }
@@ -219,29 +246,30 @@ impl Body for Replay {
         let Some(source) = state.source.as_mut() else {
             return Poll::Ready(Some(Err("the request body failed earlier".into())));
         };
-        match Pin::new(source).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+        let polled = Pin::new(source).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {
+                state.wait(cx.waker());
+                return Poll::Pending;
+            }
             Poll::Ready(Some(Ok(frame))) => {
-                state.passed(&frame);
-                if frame.is_data() && !state.spent {
+                state.passed(frame);
+                if frame.is_data() {
                     this.next += 1;
                 } else if frame.is_trailers() {
                     this.trailers_sent = true;
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(None) => {
-                state.finished();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(error))) => {
+            Poll::Ready(None) => state.finished(),
+            Poll::Ready(Some(Err(_))) => {
                 // A broken body is not sent again, and mirrors see it end without the marker.
                 state.spent = true;
                 state.source = None;
                 state.mirrors.clear();
-                Poll::Ready(Some(Err(error)))
             }
         }
+        state.wake_waiting();
+        polled
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -313,6 +341,49 @@ mod tests {
         drop(first);
         assert_eq!(read(source.for_try().unwrap()).await.unwrap(), b"abcdef");
         assert_eq!(read(source.for_try().unwrap()).await.unwrap(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_try_still_sending_and_the_next_one_both_get_every_frame() {
+        let source = Source::new(streamed(vec![b"ab", b"cd", b"ef"]))
+            .await
+            .unwrap();
+        let mut given_up = source.for_try().unwrap();
+        let mut next = source.for_try().unwrap();
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        // Interleaved: each reads some frames the other read first.
+        for _ in 0..3 {
+            first.extend_from_slice(
+                &given_up
+                    .frame()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .into_data()
+                    .unwrap(),
+            );
+            if second.len() < 2 {
+                second
+                    .extend_from_slice(&next.frame().await.unwrap().unwrap().into_data().unwrap());
+            }
+        }
+        second.extend(read(next).await.unwrap());
+        assert_eq!(
+            (first.as_slice(), second.as_slice()),
+            (&b"abcdef"[..], &b"abcdef"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_try_that_falls_behind_a_body_past_the_limit_fails_rather_than_skip() {
+        static BIG: [u8; KEEP_LIMIT] = [7; KEEP_LIMIT];
+        let source = Source::new(streamed(vec![b"x", &BIG, b"y"])).await.unwrap();
+        let mut given_up = source.for_try().unwrap();
+        let next = source.for_try().unwrap();
+        given_up.frame().await.unwrap().unwrap();
+        given_up.frame().await.unwrap().unwrap();
+        assert!(read(next).await.is_err(), "frame 1 is no longer kept");
     }
 
     #[tokio::test]
