@@ -2,9 +2,13 @@
 //! 90/10 split, on the same test bed, in one run. Three paths from a client pod to nginx
 //! backends on the other node:
 //!
-//! - `direct`: client -> v1 (no mesh, no proxy: the baseline for "added" latency);
+//! - `direct`: a client pod -> a backend pod, both in a namespace that never joins the mesh
+//!   (the baseline for "added" latency: it is measured again beside each path, in the
+//!   same run, so that the machine's stalls fall on both);
 //! - `haproxy`: client -> HAProxy in a pod -> v1/v2 90/10 (no mesh: HAProxy cannot speak
 //!   HBONE, so this path has no mutual TLS);
+//! - `hbone (L4)`: client -> agent -> HBONE -> agent -> v1, no waypoint: what the mesh adds
+//!   before any L7 proxy (so `waypoint` minus this is the waypoint's own share);
 //! - `waypoint`: client -> agent -> HBONE -> waypoint (90/10 VirtualService) -> HBONE ->
 //!   agent -> v1/v2: two mutual-TLS hops more than HAProxy's path.
 //!
@@ -12,18 +16,22 @@
 //! made of each core it used meanwhile (the "requests per second per core": the
 //! whole path shares two cores with the client, the backends and, on the waypoint path,
 //! two node agents), p50/p99 at a fixed rate (open loop, latency counted from when each
-//! request was due), the proxy's CPU per 1,000 requests per second and its RSS.
+//! request was due) and what the path adds to the direct one measured at the same time
+//! (medians of three runs), the proxy's CPU per 1,000 requests per second and its RSS.
+
+mod load;
 
 use std::{
     net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use mesh_tests::{AgentOptions, Pod, Testbed, Topology, http::HttpClient, sys::rss_mb};
+
+use crate::load::{Target, cpu_seconds, fixed_rate, median, wrk};
 
 #[derive(Parser)]
 struct Args {
@@ -47,16 +55,24 @@ struct Row {
     rps_per_core: Option<f64>,
     p50_us: f64,
     p99_us: f64,
+    /// Over the direct path measured at the same time.
+    added_p50_us: f64,
+    added_p99_us: f64,
     cpu_ms_per_1k_rps: Option<f64>,
     rss_mb: Option<f64>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Pods 0 and 1 of each node in `default` (the mesh), pod 2 in `baseline` (never in it).
     let tb = Testbed::new(Topology {
         nodes: 2,
-        pods_per_node: 2,
-        namespaces: vec!["default".to_owned()],
+        pods_per_node: 3,
+        namespaces: vec![
+            "default".to_owned(),
+            "default".to_owned(),
+            "baseline".to_owned(),
+        ],
     })?;
     tb.set_service_account("n0-p0", "client")?;
     for (pod, version) in [("n1-p0", "v1"), ("n1-p1", "v2")] {
@@ -74,6 +90,7 @@ fn main() -> Result<()> {
     let _backends = [
         nginx(&tb, tb.pod("n1-p0"), "v1")?,
         nginx(&tb, tb.pod("n1-p1"), "v2")?,
+        nginx(&tb, tb.pod("n1-p2"), "direct")?,
     ];
     let (controller, agents) = tb.start_mesh(AgentOptions {
         config_from_controller: true,
@@ -87,26 +104,44 @@ fn main() -> Result<()> {
         "L7: {} s per measurement, fixed rate {} req/s",
         args.seconds, args.rate
     );
-    let v1 = tb.pod("n1-p0").addr(PORT);
-    rows.push(measure("direct", &args, client, v1, None)?);
+    let direct = Target {
+        from: tb.pod("n0-p2"),
+        addr: tb.pod("n1-p2").addr(PORT),
+    };
+    rows.push(measure("direct", &args, direct, None, None)?);
 
     let haproxy = start_haproxy(&tb, tb.pod("n0-p1"))?;
     let proxy = SocketAddr::from((tb.pod("n0-p1").ip, 8080));
     rows.push(measure(
         "haproxy",
         &args,
-        client,
-        proxy,
+        Target {
+            from: client,
+            addr: proxy,
+        },
+        Some(direct),
         Some(haproxy.id()),
     )?);
     drop(haproxy);
 
-    // Into the mesh: the namespace joins and uses the waypoint in n0-p1.
+    // Into the mesh: first L4 only (HBONE between the two agents, no waypoint), which is
+    // the part of the waypoint path's latency that is not the waypoint's...
     tb.make_waypoint_pod("n0-p1", "waypoint", "waypoint")?;
-    tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
     tb.set_namespace_ambient("default", true)?;
     agents[0].wait_enrolled(&client.key(), true)?;
     agents[1].wait_enrolled(&tb.pod("n1-p0").key(), true)?;
+    rows.push(measure(
+        "hbone (L4)",
+        &args,
+        Target {
+            from: client,
+            addr: tb.pod("n1-p0").addr(PORT),
+        },
+        Some(direct),
+        None,
+    )?);
+    // ...then the namespace uses the waypoint in n0-p1.
+    tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
     let waypoint = tb.start_waypoint(
         &controller,
         "n0-p1",
@@ -120,12 +155,22 @@ fn main() -> Result<()> {
             .is_some_and(|s| s.iter().any(|s| s == "reviews.default.svc.cluster.local"))
     })?;
     let vip: SocketAddr = format!("{VIP}:{PORT}").parse()?;
-    check_split(client, vip)?;
+    // The agents learn of the binding from the controller: until then the split is theirs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(error) = check_split(client, vip) {
+        if Instant::now() > deadline {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     rows.push(measure(
         "waypoint",
         &args,
-        client,
-        vip,
+        Target {
+            from: client,
+            addr: vip,
+        },
+        Some(direct),
         Some(waypoint.pid()),
     )?);
     print_rows(&rows);
@@ -230,16 +275,17 @@ fn check_split(client: &Pod, addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Saturation and per-core rate, then the fixed-rate runs: `path` beside `baseline`.
 fn measure(
-    path: &'static str,
+    name: &'static str,
     args: &Args,
-    client: &Pod,
-    addr: SocketAddr,
+    path: Target<'_>,
+    baseline: Option<Target<'_>>,
     proxy: Option<u32>,
 ) -> Result<Row> {
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
     let wrk_started = Instant::now();
-    let saturation_rps = wrk(client, addr, args.seconds)?;
+    let saturation_rps = wrk(path.from, path.addr, args.seconds)?;
     let rps_per_core = match (proxy, cpu_before) {
         (Some(pid), Some(before)) => {
             let cores = (cpu_seconds(pid)? - before) / wrk_started.elapsed().as_secs_f64();
@@ -248,16 +294,18 @@ fn measure(
         _ => None,
     };
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
+    let targets: Vec<Target<'_>> = std::iter::once(path).chain(baseline).collect();
     // The median of a few runs: one stall of this shared machine moves a single run's p99
     // by milliseconds.
-    let mut runs = (0..FIXED_RATE_RUNS)
-        .map(|_| fixed_rate(client, addr, args.rate, args.seconds))
-        .collect::<Result<Vec<_>>>()?;
-    let median = |runs: &mut Vec<(f64, f64)>, by: fn(&(f64, f64)) -> f64| {
-        runs.sort_by(|a, b| by(a).total_cmp(&by(b)));
-        by(&runs[runs.len() / 2])
-    };
-    let (p50_us, p99_us) = (median(&mut runs, |r| r.0), median(&mut runs, |r| r.1));
+    let (mut p50, mut p99, mut added_p50, mut added_p99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..FIXED_RATE_RUNS {
+        let latencies = fixed_rate(&targets, args.rate, args.seconds)?;
+        let (own, base) = (latencies[0], latencies.get(1).copied());
+        p50.push(own.p50_us);
+        p99.push(own.p99_us);
+        added_p50.push(base.map_or(0.0, |b| own.p50_us - b.p50_us));
+        added_p99.push(base.map_or(0.0, |b| own.p99_us - b.p99_us));
+    }
     let cpu_ms_per_1k_rps = match (proxy, cpu_before) {
         (Some(pid), Some(before)) => {
             let used = cpu_seconds(pid)? - before;
@@ -266,112 +314,25 @@ fn measure(
         }
         _ => None,
     };
-    let rss_mb = proxy.map(rss_mb).transpose()?;
-    eprintln!("  {path}: {saturation_rps:.0} req/s, p50 {p50_us:.0} us, p99 {p99_us:.0} us");
-    Ok(Row {
-        path,
+    let row = Row {
+        path: name,
         saturation_rps,
         rps_per_core,
-        p50_us,
-        p99_us,
+        p50_us: median(&mut p50),
+        p99_us: median(&mut p99),
+        added_p50_us: median(&mut added_p50),
+        added_p99_us: median(&mut added_p99),
         cpu_ms_per_1k_rps,
-        rss_mb,
-    })
-}
-
-/// Requests per second wrk reaches with 16 connections on one thread.
-fn wrk(client: &Pod, addr: SocketAddr, seconds: u64) -> Result<f64> {
-    let out = client
-        .spawn(
-            Command::new("wrk")
-                .args([
-                    "-t1",
-                    "-c16",
-                    &format!("-d{seconds}s"),
-                    "-H",
-                    "Host: reviews",
-                ])
-                .arg(format!("http://{addr}/"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        )?
-        .wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("wrk printed no rate: {text}"))?;
-    if text.contains("Non-2xx") {
-        bail!("wrk saw errors through {addr}: {text}");
-    }
-    Ok(rps)
-}
-
-/// Open-loop load at `rate` over 8 connections; (p50, p99) in microseconds, each latency
-/// counted from when its request was due, so a stall is not hidden.
-fn fixed_rate(client: &Pod, addr: SocketAddr, rate: u64, seconds: u64) -> Result<(f64, f64)> {
-    const CONNECTIONS: u64 = 8;
-    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate as f64);
-    let per_connection = rate * seconds / CONNECTIONS;
-    let histogram = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(
-        3,
-    )?));
-    std::thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = (0..CONNECTIONS)
-            .map(|i| {
-                let histogram = histogram.clone();
-                scope.spawn(move || -> Result<()> {
-                    let mut http = HttpClient::connect(client, addr, "reviews")?;
-                    let start = Instant::now() + interval.mul_f64(i as f64 / CONNECTIONS as f64);
-                    let mut local = hdrhistogram::Histogram::<u64>::new(3)?;
-                    for n in 0..per_connection {
-                        let due = start + interval * n as u32;
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                        let response = http.get("/", &[])?;
-                        if response.status != 200 {
-                            bail!("status {} at fixed rate", response.status);
-                        }
-                        local.record(due.elapsed().as_micros() as u64)?;
-                    }
-                    histogram
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .add(&local)?;
-                    Ok(())
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let h = histogram.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((
-        h.value_at_quantile(0.5) as f64,
-        h.value_at_quantile(0.99) as f64,
-    ))
-}
-
-/// User plus system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
+        rss_mb: proxy.map(rss_mb).transpose()?,
+    };
+    eprintln!(
+        "  {name}: {saturation_rps:.0} req/s, p50 {:.0} us, p99 {:.0} us (added {:.0} / {:.0} us)",
+        row.p50_us, row.p99_us, row.added_p50_us, row.added_p99_us
+    );
+    Ok(row)
 }
 
 fn print_rows(rows: &[Row]) {
-    let direct = rows.iter().find(|r| r.path == "direct");
     println!(
         "{:<10} {:>12} {:>14} {:>10} {:>10} {:>13} {:>13} {:>16} {:>8}",
         "path",
@@ -385,7 +346,6 @@ fn print_rows(rows: &[Row]) {
         "RSS MB"
     );
     for row in rows {
-        let added = |f: fn(&Row) -> f64| direct.map_or(f64::NAN, |d| f(row) - f(d));
         let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         println!(
             "{:<10} {:>12.0} {:>14} {:>10.0} {:>10.0} {:>13.0} {:>13.0} {:>16} {:>8}",
@@ -395,8 +355,8 @@ fn print_rows(rows: &[Row]) {
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
             row.p50_us,
             row.p99_us,
-            added(|r| r.p50_us),
-            added(|r| r.p99_us),
+            row.added_p50_us,
+            row.added_p99_us,
             opt(row.cpu_ms_per_1k_rps),
             opt(row.rss_mb)
         );
@@ -406,12 +366,21 @@ fn print_rows(rows: &[Row]) {
         rows.iter().find(|r| r.path == "waypoint"),
     ) {
         println!(
-            "waypoint / haproxy: req/s per core {:.2}x, saturation {:.2}x, added p99 {:.2}x, CPU per 1k req/s {:.2}x (HAProxy has no mutual TLS on its path)",
+            "waypoint / haproxy: req/s per core {:.2}x, saturation {:.2}x, added p50 {:.0} vs {:.0} us, added p99 {:.0} vs {:.0} us, CPU per 1k req/s {:.2}x (HAProxy has no mutual TLS on its path)",
             w.rps_per_core.unwrap_or(f64::NAN) / h.rps_per_core.unwrap_or(f64::NAN),
             w.saturation_rps / h.saturation_rps,
-            (w.p99_us - direct.map_or(0.0, |d| d.p99_us))
-                / (h.p99_us - direct.map_or(0.0, |d| d.p99_us)),
+            w.added_p50_us,
+            h.added_p50_us,
+            w.added_p99_us,
+            h.added_p99_us,
             w.cpu_ms_per_1k_rps.unwrap_or(f64::NAN) / h.cpu_ms_per_1k_rps.unwrap_or(f64::NAN)
         );
+        if let Some(l4) = rows.iter().find(|r| r.path.starts_with("hbone")) {
+            println!(
+                "the waypoint's own share (waypoint minus hbone): added p50 {:.0} us, p99 {:.0} us",
+                w.added_p50_us - l4.added_p50_us,
+                w.added_p99_us - l4.added_p99_us
+            );
+        }
     }
 }
