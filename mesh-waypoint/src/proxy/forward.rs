@@ -164,7 +164,8 @@ async fn tries(
             );
         };
         let Some(body) = prepared.body.for_try() else {
-            // Not reached: a try is only repeated while its body can be sent again.
+            // A try given up on kept sending while this one waited, past the keep limit.
+            outcome.flags.push("URX");
             return local(
                 StatusCode::BAD_GATEWAY,
                 "request body cannot be sent again\n",
@@ -331,7 +332,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request for one try to `endpoint`.
+/// The request for one try, with that try's view of the body.
 fn build(prepared: &Prepared, body: RequestBody) -> Request<RequestBody> {
     let uri = if prepared.version == Version::HTTP_2 {
         format!("http://{}{}", prepared.authority, prepared.path_and_query)
