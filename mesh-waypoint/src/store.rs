@@ -28,15 +28,20 @@ pub struct Service {
     pub namespace: String,
     pub hostname: String,
     pub addresses: Vec<IpAddr>,
-    /// Service port -> target port.
-    pub ports: Vec<(u16, u16)>,
-    /// What each port's declared application protocol says of how to serve it.
-    pub protocols: Vec<(u16, PortProtocol)>,
+    pub ports: Vec<ServicePort>,
     pub selector: BTreeMap<String, String>,
     /// Addresses from EndpointSlices (what a selector-less service has).
     pub endpoints: Vec<IpAddr>,
     /// `namespace/name` of its waypoint.
     pub waypoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+    /// What its declared application protocol says of how to serve it.
+    pub protocol: PortProtocol,
 }
 
 /// How the waypoint treats a service port: as its Service declares it (Istio's `appProtocol`
@@ -63,18 +68,16 @@ impl PortProtocol {
 }
 
 impl Service {
+    fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
     pub fn protocol(&self, port: u16) -> PortProtocol {
-        self.protocols
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or(PortProtocol::Sniff, |(_, protocol)| *protocol)
+        self.port(port).map_or(PortProtocol::Sniff, |p| p.protocol)
     }
 
     pub fn target_port(&self, port: u16) -> u16 {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or(port, |(_, target)| *target)
+        self.port(port).map_or(port, |p| p.target_port)
     }
 }
 
@@ -267,18 +270,11 @@ impl Snapshot {
                 .ports
                 .iter()
                 .filter_map(|p| {
-                    Some((
-                        u16::try_from(p.port).ok()?,
-                        u16::try_from(p.target_port).ok()?,
-                    ))
-                })
-                .collect(),
-            protocols: s
-                .ports
-                .iter()
-                .filter_map(|p| {
-                    let port = u16::try_from(p.port).ok()?;
-                    Some((port, PortProtocol::from_declared(&p.app_protocol)))
+                    Some(ServicePort {
+                        port: u16::try_from(p.port).ok()?,
+                        target_port: u16::try_from(p.target_port).ok()?,
+                        protocol: PortProtocol::from_declared(&p.app_protocol),
+                    })
                 })
                 .collect(),
             selector: s.selector.clone().into_iter().collect(),

@@ -131,11 +131,7 @@ pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
         "waypoint",
         waypoint_args,
     )?;
-    waypoint.wait_config(|dump| {
-        dump["services"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s == "reviews.default.svc.cluster.local"))
-    })?;
+    waypoint.wait_service("reviews.default.svc.cluster.local")?;
     let mut servers = Vec::new();
     let mut received = Vec::new();
     let v1_failing = Arc::new(AtomicBool::new(false));

@@ -157,4 +157,13 @@ impl Waypoint {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits until the waypoint's configuration has the service `hostname`.
+    pub fn wait_service(&self, hostname: &str) -> Result<()> {
+        self.wait_config(|dump| {
+            dump["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s == hostname))
+        })
+    }
 }

@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,7 +68,6 @@ impl Source {
             trailers: None,
             ended: false,
             spent: false,
-            tried: false,
             mirrors: Vec::new(),
             waiting: Vec::new(),
         }))))
@@ -80,12 +79,9 @@ impl Source {
         match self {
             Source::Whole(bytes) => Some(whole(bytes.clone())),
             Source::Streamed(state) => {
-                let mut locked = state.lock().unwrap_or_else(|p| p.into_inner());
-                if locked.spent {
+                if state.lock().unwrap_or_else(|p| p.into_inner()).spent {
                     return None;
                 }
-                locked.tried = true;
-                drop(locked);
                 Some(UnsyncBoxBody::new(Replay {
                     state: state.clone(),
                     next: 0,
@@ -104,13 +100,14 @@ impl Source {
     }
 
     /// A copy of the body for a mirror. A streamed body's copy follows the original's
-    /// reading; one asked for after the first try began would miss frames, so it gets none.
+    /// reading; one asked for once the client's frames began to be read would miss some,
+    /// so it gets none.
     pub fn for_mirror(&self) -> Option<RequestBody> {
         match self {
             Source::Whole(bytes) => Some(whole(bytes.clone())),
             Source::Streamed(state) => {
                 let mut locked = state.lock().unwrap_or_else(|p| p.into_inner());
-                if locked.tried {
+                if locked.read > 0 || locked.trailers.is_some() || locked.ended {
                     return None;
                 }
                 let (sender, receiver) = mpsc::channel(MIRROR_QUEUE);
@@ -125,14 +122,11 @@ impl Source {
     }
 }
 
+/// All of a body at once (an empty one is at its end from the start).
 fn whole(bytes: Bytes) -> RequestBody {
-    if bytes.is_empty() {
-        Empty::new().map_err(|never| match never {}).boxed_unsync()
-    } else {
-        Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed_unsync()
-    }
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// What the tries of one streamed body share.
@@ -150,8 +144,6 @@ pub struct State {
     ended: bool,
     /// Frames were sent that are not kept (or the source failed): no other try.
     spent: bool,
-    /// A try began: mirrors asked for now would miss frames.
-    tried: bool,
     /// Each mirror's queue, dropped (cutting the mirror off) when it is full.
     mirrors: Vec<mpsc::Sender<Result<Frame<Bytes>, ()>>>,
     /// Tries waiting for the client. A try given up on (a per-try timeout) may still be

@@ -63,7 +63,7 @@ impl Upstreams {
         // A gateway's route may leave the port out: a single-port service has only one.
         let port = match (target.port, service.ports.as_slice()) {
             (Some(port), _) => port,
-            (None, [(only, _)]) if !service.ports.iter().any(|(p, _)| *p == port) => *only,
+            (None, [only]) if only.port != port => only.port,
             (None, _) => port,
         };
         let rule = snapshot.destination_rules.get(&target.host);

@@ -149,11 +149,7 @@ fn main() -> Result<()> {
         "waypoint",
         &["--access-log", "off"],
     )?;
-    waypoint.wait_config(|dump| {
-        dump["services"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s == "reviews.default.svc.cluster.local"))
-    })?;
+    waypoint.wait_service("reviews.default.svc.cluster.local")?;
     let vip: SocketAddr = format!("{VIP}:{PORT}").parse()?;
     // The agents learn of the binding from the controller: until then the split is theirs.
     let deadline = Instant::now() + Duration::from_secs(10);
