@@ -1,23 +1,28 @@
 //! `cargo xtask bench` (L7): HTTP through an Ambit waypoint beside HAProxy doing the same
-//! 90/10 split, on the same test bed, in one run. Three paths from a client pod to nginx
-//! backends on the other node:
+//! 90/10 split, on the same test bed, in one run. Paths from a client pod to nginx backends
+//! on the other node:
 //!
 //! - `direct`: a client pod -> a backend pod, both in a namespace that never joins the mesh
 //!   (the baseline for "added" latency: it is measured again beside each path, in the
 //!   same run, so that the machine's stalls fall on both);
-//! - `haproxy`: client -> HAProxy in a pod -> v1/v2 90/10 (no mesh: HAProxy cannot speak
-//!   HBONE, so this path has no mutual TLS);
+//! - `haproxy`: client -> HAProxy in a pod -> v1/v2 90/10, before the namespace joins the
+//!   mesh: plain TCP, no mutual TLS anywhere;
 //! - `hbone (L4)`: client -> agent -> HBONE -> agent -> v1, no waypoint: what the mesh adds
 //!   before any L7 proxy (so `waypoint` minus this is the waypoint's own share);
+//! - `haproxy (mesh)`: the same HAProxy pod once its namespace is in the mesh, which is
+//!   HAProxy on the waypoint's topology: client -> agent -> HBONE -> agent -> HAProxy ->
+//!   agent -> HBONE -> agent -> v1/v2, every hop mutual TLS as on the waypoint path;
 //! - `waypoint`: client -> agent -> HBONE -> waypoint (90/10 VirtualService) -> HBONE ->
-//!   agent -> v1/v2: two mutual-TLS hops more than HAProxy's path.
+//!   agent -> v1/v2.
 //!
-//! For each: requests per second at saturation (wrk, 16 connections) and what the proxy
-//! made of each core it used meanwhile (the issue's "requests per second per core": the
-//! whole path shares two cores with the client, the backends and, on the waypoint path,
-//! two node agents), p50/p99 at a fixed rate (open loop, latency counted from when each
-//! request was due) and what the path adds to the direct one measured at the same time
-//! (medians of three runs), the proxy's CPU per 1,000 requests per second and its RSS.
+//! For each: requests per second at saturation (wrk, 16 connections, median of three runs)
+//! and what the proxy made of each core it used meanwhile (the issue's "requests per second
+//! per core": the whole path shares two cores with the client, the backends and the node
+//! agents), the same over the cores the proxy and the agents used together ("path"),
+//! p50/p99 at a fixed rate (open loop, latency counted from when each request was due) and
+//! what the path adds to the direct one measured at the same time (medians of three runs),
+//! the CPU per 1,000 requests per second of the proxy and of the proxy with the agents, and
+//! the proxy's RSS.
 
 mod load;
 
@@ -46,6 +51,8 @@ struct Args {
 const PORT: u16 = 9080;
 /// Fixed-rate runs per path; their median p50 and p99 are reported.
 const FIXED_RATE_RUNS: usize = 3;
+/// Saturation runs per path; their median rates are reported.
+const SATURATION_RUNS: usize = 3;
 const VIP: &str = "10.96.0.10";
 
 struct Row {
@@ -53,28 +60,34 @@ struct Row {
     saturation_rps: f64,
     /// Saturation requests per second per core the proxy used.
     rps_per_core: Option<f64>,
+    /// The same per core the proxy and the node agents used together.
+    path_rps_per_core: Option<f64>,
     p50_us: f64,
     p99_us: f64,
     /// Over the direct path measured at the same time.
     added_p50_us: f64,
     added_p99_us: f64,
     cpu_ms_per_1k_rps: Option<f64>,
+    path_cpu_ms_per_1k_rps: Option<f64>,
     rss_mb: Option<f64>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // Pods 0 and 1 of each node in `default` (the mesh), pod 2 in `baseline` (never in it).
+    // Pods 0, 1 and 3 of each node in `default` (the mesh, once it joins), pod 2 in
+    // `baseline` (never in it). HAProxy runs in n0-p3, the waypoint in n0-p1.
     let tb = Testbed::new(Topology {
         nodes: 2,
-        pods_per_node: 3,
+        pods_per_node: 4,
         namespaces: vec![
             "default".to_owned(),
             "default".to_owned(),
             "baseline".to_owned(),
+            "default".to_owned(),
         ],
     })?;
     tb.set_service_account("n0-p0", "client")?;
+    tb.set_service_account("n0-p3", "haproxy")?;
     for (pod, version) in [("n1-p0", "v1"), ("n1-p1", "v2")] {
         tb.label_pod(pod, "app", Some("reviews"))?;
         tb.label_pod(pod, "version", Some(version))?;
@@ -97,7 +110,10 @@ fn main() -> Result<()> {
         worker_threads: Some(1),
         ..AgentOptions::default()
     })?;
+    let agent_pids: Vec<u32> = agents.iter().filter_map(|a| a.pid()).collect();
     let client = tb.pod("n0-p0");
+    let haproxy_pod = tb.pod("n0-p3");
+    let haproxy_addr = SocketAddr::from((haproxy_pod.ip, 8080));
     let mut rows = Vec::new();
 
     println!(
@@ -108,19 +124,19 @@ fn main() -> Result<()> {
         from: tb.pod("n0-p2"),
         addr: tb.pod("n1-p2").addr(PORT),
     };
-    rows.push(measure("direct", &args, direct, None, None)?);
+    rows.push(measure("direct", &args, direct, None, None, &[])?);
 
-    let haproxy = start_haproxy(&tb, tb.pod("n0-p1"))?;
-    let proxy = SocketAddr::from((tb.pod("n0-p1").ip, 8080));
+    let haproxy = start_haproxy(&tb, haproxy_pod)?;
     rows.push(measure(
         "haproxy",
         &args,
         Target {
             from: client,
-            addr: proxy,
+            addr: haproxy_addr,
         },
         Some(direct),
         Some(haproxy.id()),
+        &[],
     )?);
     drop(haproxy);
 
@@ -128,8 +144,12 @@ fn main() -> Result<()> {
     // the part of the waypoint path's latency that is not the waypoint's...
     tb.make_waypoint_pod("n0-p1", "waypoint", "waypoint")?;
     tb.set_namespace_ambient("default", true)?;
-    agents[0].wait_enrolled(&client.key(), true)?;
-    agents[1].wait_enrolled(&tb.pod("n1-p0").key(), true)?;
+    for pod in [client, haproxy_pod] {
+        agents[0].wait_enrolled(&pod.key(), true)?;
+    }
+    for pod in ["n1-p0", "n1-p1"] {
+        agents[1].wait_enrolled(&tb.pod(pod).key(), true)?;
+    }
     rows.push(measure(
         "hbone (L4)",
         &args,
@@ -139,7 +159,23 @@ fn main() -> Result<()> {
         },
         Some(direct),
         None,
+        &agent_pids,
     )?);
+    // ...then HAProxy where the waypoint will be: in a pod of the mesh, so that the agents
+    // capture both its sides (started anew, as the capture applies to new connections)...
+    let haproxy = start_haproxy(&tb, haproxy_pod)?;
+    rows.push(measure(
+        "haproxy (mesh)",
+        &args,
+        Target {
+            from: client,
+            addr: haproxy_addr,
+        },
+        Some(direct),
+        Some(haproxy.id()),
+        &agent_pids,
+    )?);
+    drop(haproxy);
     // ...then the namespace uses the waypoint in n0-p1.
     tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
     let waypoint = tb.start_waypoint(
@@ -168,6 +204,7 @@ fn main() -> Result<()> {
         },
         Some(direct),
         Some(waypoint.pid()),
+        &agent_pids,
     )?);
     print_rows(&rows);
     Ok(())
@@ -271,25 +308,34 @@ fn check_split(client: &Pod, addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Saturation and per-core rate, then the fixed-rate runs: `path` beside `baseline`.
+/// Saturation and per-core rates, then the fixed-rate runs: `path` beside `baseline`.
+/// `proxy` is the L7 proxy's process, `agents` the node agents' on the path.
 fn measure(
     name: &'static str,
     args: &Args,
     path: Target<'_>,
     baseline: Option<Target<'_>>,
     proxy: Option<u32>,
+    agents: &[u32],
 ) -> Result<Row> {
-    let cpu_before = proxy.map(cpu_seconds).transpose()?;
-    let wrk_started = Instant::now();
-    let saturation_rps = wrk(path.from, path.addr, args.seconds)?;
-    let rps_per_core = match (proxy, cpu_before) {
-        (Some(pid), Some(before)) => {
-            let cores = (cpu_seconds(pid)? - before) / wrk_started.elapsed().as_secs_f64();
-            Some(saturation_rps / cores)
+    let on_path: Vec<u32> = proxy.into_iter().chain(agents.iter().copied()).collect();
+    let (mut saturation, mut per_core, mut path_per_core) = (vec![], vec![], vec![]);
+    for _ in 0..SATURATION_RUNS {
+        let proxy_before = proxy.map(cpu_seconds).transpose()?;
+        let path_before = cpu_seconds_of(&on_path)?;
+        let started = Instant::now();
+        let rps = wrk(path.from, path.addr, args.seconds)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        saturation.push(rps);
+        if let (Some(pid), Some(before)) = (proxy, proxy_before) {
+            per_core.push(rps / ((cpu_seconds(pid)? - before) / elapsed));
         }
-        _ => None,
-    };
-    let cpu_before = proxy.map(cpu_seconds).transpose()?;
+        if !on_path.is_empty() {
+            path_per_core.push(rps / ((cpu_seconds_of(&on_path)? - path_before) / elapsed));
+        }
+    }
+    let proxy_before = proxy.map(cpu_seconds).transpose()?;
+    let path_before = cpu_seconds_of(&on_path)?;
     let targets: Vec<Target<'_>> = std::iter::once(path).chain(baseline).collect();
     // The median of a few runs: one stall of this shared machine moves a single run's p99
     // by milliseconds.
@@ -302,81 +348,112 @@ fn measure(
         added_p50.push(base.map_or(0.0, |b| own.p50_us - b.p50_us));
         added_p99.push(base.map_or(0.0, |b| own.p99_us - b.p99_us));
     }
-    let cpu_ms_per_1k_rps = match (proxy, cpu_before) {
-        (Some(pid), Some(before)) => {
-            let used = cpu_seconds(pid)? - before;
-            let seconds = (args.seconds * FIXED_RATE_RUNS as u64) as f64;
-            Some(used * 1e3 / seconds / (args.rate as f64 / 1e3))
-        }
+    let per_1k_rps = |used: f64| {
+        let seconds = (args.seconds * FIXED_RATE_RUNS as u64) as f64;
+        used * 1e3 / seconds / (args.rate as f64 / 1e3)
+    };
+    let cpu_ms_per_1k_rps = match (proxy, proxy_before) {
+        (Some(pid), Some(before)) => Some(per_1k_rps(cpu_seconds(pid)? - before)),
         _ => None,
     };
+    let path_cpu_ms_per_1k_rps = if on_path.is_empty() {
+        None
+    } else {
+        Some(per_1k_rps(cpu_seconds_of(&on_path)? - path_before))
+    };
+    let median_of = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let row = Row {
         path: name,
-        saturation_rps,
-        rps_per_core,
+        saturation_rps: median(&mut saturation),
+        rps_per_core: median_of(&mut per_core),
+        path_rps_per_core: median_of(&mut path_per_core),
         p50_us: median(&mut p50),
         p99_us: median(&mut p99),
         added_p50_us: median(&mut added_p50),
         added_p99_us: median(&mut added_p99),
         cpu_ms_per_1k_rps,
+        path_cpu_ms_per_1k_rps,
         rss_mb: proxy.map(rss_mb).transpose()?,
     };
     eprintln!(
-        "  {name}: {saturation_rps:.0} req/s, p50 {:.0} us, p99 {:.0} us (added {:.0} / {:.0} us)",
-        row.p50_us, row.p99_us, row.added_p50_us, row.added_p99_us
+        "  {name}: {:.0} req/s, p50 {:.0} us, p99 {:.0} us (added {:.0} / {:.0} us)",
+        row.saturation_rps, row.p50_us, row.p99_us, row.added_p50_us, row.added_p99_us
     );
     Ok(row)
 }
 
+/// CPU seconds of several processes together.
+fn cpu_seconds_of(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}
+
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:<10} {:>12} {:>14} {:>10} {:>10} {:>13} {:>13} {:>16} {:>8}",
+        "{:<15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "path",
-        "sat. req/s",
-        "req/s per core",
+        "sat. rps",
+        "rps/core",
+        "path rps/",
         "p50 us",
         "p99 us",
-        "added p50 us",
-        "added p99 us",
-        "CPU ms/1k rps",
+        "added p50",
+        "added p99",
+        "CPU ms/",
+        "path CPU",
         "RSS MB"
     );
+    println!(
+        "{:<15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "", "", "", "core", "", "", "us", "us", "1k rps", "ms/1k rps", ""
+    );
+    let opt = |v: Option<f64>, places: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.places$}"))
+    };
     for row in rows {
-        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         println!(
-            "{:<10} {:>12.0} {:>14} {:>10.0} {:>10.0} {:>13.0} {:>13.0} {:>16} {:>8}",
+            "{:<15} {:>10.0} {:>10} {:>10} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>7}",
             row.path,
             row.saturation_rps,
-            row.rps_per_core
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+            opt(row.rps_per_core, 0),
+            opt(row.path_rps_per_core, 0),
             row.p50_us,
             row.p99_us,
             row.added_p50_us,
             row.added_p99_us,
-            opt(row.cpu_ms_per_1k_rps),
-            opt(row.rss_mb)
+            opt(row.cpu_ms_per_1k_rps, 1),
+            opt(row.path_cpu_ms_per_1k_rps, 1),
+            opt(row.rss_mb, 1)
         );
     }
-    if let (Some(h), Some(w)) = (
-        rows.iter().find(|r| r.path == "haproxy"),
-        rows.iter().find(|r| r.path == "waypoint"),
-    ) {
+    let find = |path: &str| rows.iter().find(|r| r.path == path);
+    let Some(waypoint) = find("waypoint") else {
+        return;
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| a.unwrap_or(f64::NAN) / b.unwrap_or(f64::NAN);
+    for (haproxy, how) in [
+        (find("haproxy (mesh)"), "on the same topology, in the mesh"),
+        (find("haproxy"), "plain, outside the mesh, no TLS"),
+    ] {
+        let Some(h) = haproxy else { continue };
         println!(
-            "waypoint / haproxy: req/s per core {:.2}x, saturation {:.2}x, added p50 {:.0} vs {:.0} us, added p99 {:.0} vs {:.0} us, CPU per 1k req/s {:.2}x (HAProxy has no mutual TLS on its path)",
-            w.rps_per_core.unwrap_or(f64::NAN) / h.rps_per_core.unwrap_or(f64::NAN),
-            w.saturation_rps / h.saturation_rps,
-            w.added_p50_us,
+            "waypoint / {} ({how}): req/s per core {:.2}x (path {:.2}x), saturation {:.2}x, added p50 {:.0} vs {:.0} us, added p99 {:.0} vs {:.0} us, CPU per 1k req/s {:.2}x (path {:.2}x)",
+            h.path,
+            ratio(waypoint.rps_per_core, h.rps_per_core),
+            ratio(waypoint.path_rps_per_core, h.path_rps_per_core),
+            waypoint.saturation_rps / h.saturation_rps,
+            waypoint.added_p50_us,
             h.added_p50_us,
-            w.added_p99_us,
+            waypoint.added_p99_us,
             h.added_p99_us,
-            w.cpu_ms_per_1k_rps.unwrap_or(f64::NAN) / h.cpu_ms_per_1k_rps.unwrap_or(f64::NAN)
+            ratio(waypoint.cpu_ms_per_1k_rps, h.cpu_ms_per_1k_rps),
+            ratio(waypoint.path_cpu_ms_per_1k_rps, h.path_cpu_ms_per_1k_rps),
         );
-        if let Some(l4) = rows.iter().find(|r| r.path.starts_with("hbone")) {
-            println!(
-                "the waypoint's own share (waypoint minus hbone): added p50 {:.0} us, p99 {:.0} us",
-                w.added_p50_us - l4.added_p50_us,
-                w.added_p99_us - l4.added_p99_us
-            );
-        }
+    }
+    if let Some(l4) = find("hbone (L4)") {
+        println!(
+            "the waypoint's own share (waypoint minus hbone): added p50 {:.0} us, p99 {:.0} us",
+            waypoint.added_p50_us - l4.added_p50_us,
+            waypoint.added_p99_us - l4.added_p99_us
+        );
     }
 }
