@@ -46,6 +46,17 @@ struct Args {
     /// Requests per second of the fixed-rate run.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Paths to measure besides `direct` (the baseline, always measured).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Path::Haproxy, Path::Hbone, Path::HaproxyMesh, Path::Waypoint])]
+    paths: Vec<Path>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Path {
+    Haproxy,
+    Hbone,
+    HaproxyMesh,
+    Waypoint,
 }
 
 const PORT: u16 = 9080;
@@ -126,19 +137,21 @@ fn main() -> Result<()> {
     };
     rows.push(measure("direct", &args, direct, None, None, &[])?);
 
-    let haproxy = start_haproxy(&tb, haproxy_pod)?;
-    rows.push(measure(
-        "haproxy",
-        &args,
-        Target {
-            from: client,
-            addr: haproxy_addr,
-        },
-        Some(direct),
-        Some(haproxy.id()),
-        &[],
-    )?);
-    drop(haproxy);
+    let wants = |path| args.paths.contains(&path);
+    if wants(Path::Haproxy) {
+        let haproxy = start_haproxy(&tb, haproxy_pod)?;
+        rows.push(measure(
+            "haproxy",
+            &args,
+            Target {
+                from: client,
+                addr: haproxy_addr,
+            },
+            Some(direct),
+            Some(haproxy.id()),
+            &[],
+        )?);
+    }
 
     // Into the mesh: first L4 only (HBONE between the two agents, no waypoint), which is
     // the part of the waypoint path's latency that is not the waypoint's...
@@ -150,32 +163,39 @@ fn main() -> Result<()> {
     for pod in ["n1-p0", "n1-p1"] {
         agents[1].wait_enrolled(&tb.pod(pod).key(), true)?;
     }
-    rows.push(measure(
-        "hbone (L4)",
-        &args,
-        Target {
-            from: client,
-            addr: tb.pod("n1-p0").addr(PORT),
-        },
-        Some(direct),
-        None,
-        &agent_pids,
-    )?);
+    if wants(Path::Hbone) {
+        rows.push(measure(
+            "hbone (L4)",
+            &args,
+            Target {
+                from: client,
+                addr: tb.pod("n1-p0").addr(PORT),
+            },
+            Some(direct),
+            None,
+            &agent_pids,
+        )?);
+    }
     // ...then HAProxy where the waypoint will be: in a pod of the mesh, so that the agents
     // capture both its sides (started anew, as the capture applies to new connections)...
-    let haproxy = start_haproxy(&tb, haproxy_pod)?;
-    rows.push(measure(
-        "haproxy (mesh)",
-        &args,
-        Target {
-            from: client,
-            addr: haproxy_addr,
-        },
-        Some(direct),
-        Some(haproxy.id()),
-        &agent_pids,
-    )?);
-    drop(haproxy);
+    if wants(Path::HaproxyMesh) {
+        let haproxy = start_haproxy(&tb, haproxy_pod)?;
+        rows.push(measure(
+            "haproxy (mesh)",
+            &args,
+            Target {
+                from: client,
+                addr: haproxy_addr,
+            },
+            Some(direct),
+            Some(haproxy.id()),
+            &agent_pids,
+        )?);
+    }
+    if !wants(Path::Waypoint) {
+        print_rows(&rows);
+        return Ok(());
+    }
     // ...then the namespace uses the waypoint in n0-p1.
     tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
     let waypoint = tb.start_waypoint(
