@@ -125,14 +125,12 @@ async fn respond(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let snapshot = app.store.get();
-    let host = match &downstream.destination {
-        Destination::Service(service) => Some(service.hostname.clone()),
-        Destination::Workload(_) | Destination::Gateway(_) => None,
-    };
-    let Some(path) = normalize::normalize(request.uri().path()) else {
+    // The request as it came (a cheap clone), which the path and query below borrow from.
+    let uri = request.uri().clone();
+    let Some(path) = normalize::normalize(uri.path()) else {
         return local(StatusCode::BAD_REQUEST, "malformed path\n");
     };
-    if path != request.uri().path() {
+    if path != uri.path() {
         set_path(&mut request, &path);
     }
     outcome.span = Some(trace::propagate(
@@ -143,11 +141,10 @@ async fn respond(
     if let Some(denied) = authorize(&request, &path, &authority, downstream, app, &snapshot) {
         return denied;
     }
-    let query = request.uri().query().map(str::to_owned);
     let view = RequestView {
         method: request.method().as_str(),
         path: &path,
-        query: query.as_deref(),
+        query: uri.query(),
         authority: &authority,
         scheme: "http",
         headers: request.headers(),
@@ -215,6 +212,10 @@ async fn respond(
             .await
         }
         None => {
+            let host = match &downstream.destination {
+                Destination::Service(service) => Some(service.hostname.clone()),
+                Destination::Workload(_) | Destination::Gateway(_) => None,
+            };
             forward::forward(
                 request,
                 forward::Plan::Default(host),
@@ -266,8 +267,15 @@ fn authorize<B>(
         Destination::Workload(w) => (w.namespace.as_str(), None),
         Destination::Gateway(_) => (own_namespace, None),
     };
-    let mut refs = vec![("Gateway", gateway)];
-    refs.extend(service.map(|name| ("Service", name)));
+    let both = [
+        ("Gateway", gateway),
+        ("Service", service.unwrap_or_default()),
+    ];
+    let refs = if service.is_some() {
+        &both[..]
+    } else {
+        &both[..1]
+    };
     let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {
         method: request.method().as_str(),
@@ -281,10 +289,7 @@ fn authorize<B>(
         destination_port: downstream.target.port(),
         request: Some(&attributes),
     };
-    let targets = mesh_core::policy::Targets {
-        namespace,
-        refs: &refs,
-    };
+    let targets = mesh_core::policy::Targets { namespace, refs };
     match snapshot.policies.authorize_request(&targets, connection) {
         mesh_core::policy::Decision::Allow => None,
         mesh_core::policy::Decision::Deny { policy, reason } => {

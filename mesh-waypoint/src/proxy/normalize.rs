@@ -5,10 +5,15 @@
 //! the remaining escapes upper-cased. The normalized path is also what goes upstream, so the
 //! backend sees the path the policy judged.
 
+use std::borrow::Cow;
+
 /// The normalized form of `path` (without its query), or `None` when it cannot be made sense
 /// of (not starting with `/`, or an escape that decodes to a control character): such a
-/// request is refused.
-pub fn normalize(path: &str) -> Option<String> {
+/// request is refused. Most paths are normal already and are returned as they are.
+pub fn normalize(path: &str) -> Option<Cow<'_, str>> {
+    if is_normal(path) {
+        return Some(Cow::Borrowed(path));
+    }
     let decoded = decode(path)?;
     if !decoded.starts_with('/') {
         return None;
@@ -33,7 +38,26 @@ pub fn normalize(path: &str) -> Option<String> {
     if out.is_empty() || (trailing && !segments.is_empty()) {
         out.push('/');
     }
-    Some(out)
+    Some(Cow::Owned(out))
+}
+
+/// Whether `normalize` would return `path` unchanged: absolute, nothing to decode (no `%`,
+/// no `\`), no empty segment but a trailing one, no dot segment.
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if path.bytes().any(|b| b == b'%' || b == b'\\') {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+            return false;
+        }
+    }
+    true
 }
 
 /// Decodes escapes of unreserved characters and of `/` and `\`; upper-cases the others.
@@ -78,6 +102,8 @@ fn decode(path: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::normalize;
 
     #[test]
@@ -117,5 +143,35 @@ mod tests {
         assert_eq!(normalize("admin"), None, "not absolute");
         assert_eq!(normalize("/a%0Ab"), None, "control character");
         assert_eq!(normalize("/a%4"), None, "cut escape");
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed_and_others_rewritten() {
+        for normal in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c",
+            "/a/..b",
+            "/a/.b/",
+            "/reviews/1?",
+        ] {
+            assert!(
+                matches!(normalize(normal), Some(Cow::Borrowed(p)) if p == normal),
+                "{normal}"
+            );
+        }
+        for other in [
+            "//a", "/a//b", "/a/./b", "/a/..", "/.", "/%61", "/a\\b", "/a/b/.",
+        ] {
+            let normalized = normalize(other);
+            assert!(
+                matches!(normalized, Some(Cow::Owned(_))),
+                "{other} is not normal"
+            );
+            // What comes out is normal: the shortcut and the full pass agree on it.
+            let normalized = normalized.unwrap();
+            assert_eq!(normalize(&normalized).as_deref(), Some(&*normalized));
+        }
     }
 }
