@@ -191,6 +191,22 @@ fn main() -> Result<()> {
             Some(haproxy.id()),
             &agent_pids,
         )?);
+        // The row means something only if the agents carried both of HAProxy's sides: the
+        // client's connections to it, and its own to the backends.
+        let haproxy_id = "\"spiffe://cluster.local/ns/default/sa/haproxy\"";
+        for (agent, side) in [(&agents[0], "destination"), (&agents[1], "source")] {
+            let principal = format!("{side}_principal={haproxy_id}");
+            let carried = agent.metric_sum(
+                "istio_tcp_connections_opened_total",
+                &[&principal, "connection_security_policy=\"mutual_tls\""],
+            )?;
+            if carried == 0.0 {
+                bail!(
+                    "{} carried no mutual-TLS connection with HAProxy as {side}",
+                    agent.node
+                );
+            }
+        }
     }
     if !wants(Path::Waypoint) {
         print_rows(&rows);
