@@ -124,7 +124,6 @@ fn main() -> Result<()> {
     let agent_pids: Vec<u32> = agents.iter().filter_map(|a| a.pid()).collect();
     let client = tb.pod("n0-p0");
     let haproxy_pod = tb.pod("n0-p3");
-    let haproxy_addr = SocketAddr::from((haproxy_pod.ip, 8080));
     let mut rows = Vec::new();
 
     println!(
@@ -138,19 +137,24 @@ fn main() -> Result<()> {
     rows.push(measure("direct", &args, direct, None, None, &[])?);
 
     let wants = |path| args.paths.contains(&path);
-    if wants(Path::Haproxy) {
+    // HAProxy in its pod, started anew for each row (the capture applies to new connections).
+    let measure_haproxy = |name, agents: &[u32]| -> Result<Row> {
         let haproxy = start_haproxy(&tb, haproxy_pod)?;
-        rows.push(measure(
-            "haproxy",
+        let to_haproxy = Target {
+            from: client,
+            addr: SocketAddr::from((haproxy_pod.ip, 8080)),
+        };
+        measure(
+            name,
             &args,
-            Target {
-                from: client,
-                addr: haproxy_addr,
-            },
+            to_haproxy,
             Some(direct),
             Some(haproxy.id()),
-            &[],
-        )?);
+            agents,
+        )
+    };
+    if wants(Path::Haproxy) {
+        rows.push(measure_haproxy("haproxy", &[])?);
     }
 
     // Into the mesh: first L4 only (HBONE between the two agents, no waypoint), which is
@@ -177,20 +181,9 @@ fn main() -> Result<()> {
         )?);
     }
     // ...then HAProxy where the waypoint will be: in a pod of the mesh, so that the agents
-    // capture both its sides (started anew, as the capture applies to new connections)...
+    // carry both its sides...
     if wants(Path::HaproxyMesh) {
-        let haproxy = start_haproxy(&tb, haproxy_pod)?;
-        rows.push(measure(
-            "haproxy (mesh)",
-            &args,
-            Target {
-                from: client,
-                addr: haproxy_addr,
-            },
-            Some(direct),
-            Some(haproxy.id()),
-            &agent_pids,
-        )?);
+        rows.push(measure_haproxy("haproxy (mesh)", &agent_pids)?);
         // The row means something only if the agents carried both of HAProxy's sides: the
         // client's connections to it, and its own to the backends.
         let haproxy_id = "\"spiffe://cluster.local/ns/default/sa/haproxy\"";
