@@ -267,14 +267,9 @@ fn authorize<B>(
         Destination::Workload(w) => (w.namespace.as_str(), None),
         Destination::Gateway(_) => (own_namespace, None),
     };
-    let both = [
-        ("Gateway", gateway),
-        ("Service", service.unwrap_or_default()),
-    ];
-    let refs = if service.is_some() {
-        &both[..]
-    } else {
-        &both[..1]
+    let refs: &[(&str, &str)] = match service {
+        Some(name) => &[("Gateway", gateway), ("Service", name)],
+        None => &[("Gateway", gateway)],
     };
     let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {

@@ -71,7 +71,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut iperf_servers = Vec::new();
     for pod in ["n1-p0", "n1-p1", "n1-p2", "n1-p3"] {
-        iperf_servers.push(KillOnDrop(
+        iperf_servers.push(mesh_tests::sys::KillOnDrop(
             tb.pod(pod).spawn(
                 Command::new("iperf3")
                     .args(["-s", "-p", &IPERF_PORT.to_string()])
@@ -390,7 +390,7 @@ fn hold_connections(
     count: usize,
 ) -> Result<Results> {
     let exe = std::env::current_exe()?;
-    let _holder = KillOnDrop(
+    let _holder = mesh_tests::sys::KillOnDrop(
         server.spawn(Command::new(exe).args(["--hold-server", &HOLD_PORT.to_string()]))?,
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -435,13 +435,4 @@ fn hold_server(port: u16) -> Result<()> {
         }
     }
     Ok(())
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -121,18 +121,6 @@ pub fn fixed_rate(targets: &[Target<'_>], rate: u64, seconds: u64) -> Result<Vec
         .collect())
 }
 
-/// User plus system CPU seconds of a process.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 /// The median of `values` (which it sorts).
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

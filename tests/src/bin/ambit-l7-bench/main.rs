@@ -28,15 +28,19 @@ mod load;
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use mesh_tests::{AgentOptions, Pod, Testbed, Topology, http::HttpClient, sys::rss_mb};
+use mesh_tests::{
+    AgentOptions, Pod, Testbed, Topology,
+    http::HttpClient,
+    sys::{KillOnDrop, cpu_seconds, rss_mb},
+};
 
-use crate::load::{Target, cpu_seconds, fixed_rate, median, wrk};
+use crate::load::{Target, fixed_rate, median, wrk};
 
 #[derive(Parser)]
 struct Args {
@@ -240,7 +244,7 @@ fn main() -> Result<()> {
 }
 
 /// nginx answering `200 <name>` on 9080 in `pod`; stopped when dropped.
-fn nginx(tb: &Testbed, pod: &Pod, name: &str) -> Result<Proc> {
+fn nginx(tb: &Testbed, pod: &Pod, name: &str) -> Result<KillOnDrop> {
     let dir = tb.work_dir.join(format!("nginx-{}", pod.name));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nginx.conf");
@@ -266,10 +270,10 @@ fn nginx(tb: &Testbed, pod: &Pod, name: &str) -> Result<Proc> {
             .stderr(Stdio::null()),
     )?;
     wait_http(pod, pod.addr(PORT))?;
-    Ok(Proc(child))
+    Ok(KillOnDrop(child))
 }
 
-fn start_haproxy(tb: &Testbed, pod: &Pod) -> Result<Proc> {
+fn start_haproxy(tb: &Testbed, pod: &Pod) -> Result<KillOnDrop> {
     let conf = tb.work_dir.join("haproxy.cfg");
     let (v1, v2) = (tb.pod("n1-p0").addr(PORT), tb.pod("n1-p1").addr(PORT));
     std::fs::write(
@@ -287,23 +291,7 @@ fn start_haproxy(tb: &Testbed, pod: &Pod) -> Result<Proc> {
             .stderr(Stdio::null()),
     )?;
     wait_http(tb.pod("n0-p0"), SocketAddr::from((pod.ip, 8080)))?;
-    Ok(Proc(child))
-}
-
-/// A process killed when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    Ok(KillOnDrop(child))
 }
 
 fn wait_http(from: &Pod, addr: SocketAddr) -> Result<()> {
@@ -348,23 +336,19 @@ fn measure(
     agents: &[u32],
 ) -> Result<Row> {
     let on_path: Vec<u32> = proxy.into_iter().chain(agents.iter().copied()).collect();
+    let cpu = || Cpu::read(proxy, &on_path);
     let (mut saturation, mut per_core, mut path_per_core) = (vec![], vec![], vec![]);
     for _ in 0..SATURATION_RUNS {
-        let proxy_before = proxy.map(cpu_seconds).transpose()?;
-        let path_before = cpu_seconds_of(&on_path)?;
+        let before = cpu()?;
         let started = Instant::now();
         let rps = wrk(path.from, path.addr, args.seconds)?;
         let elapsed = started.elapsed().as_secs_f64();
+        let used = cpu()?.since(&before);
         saturation.push(rps);
-        if let (Some(pid), Some(before)) = (proxy, proxy_before) {
-            per_core.push(rps / ((cpu_seconds(pid)? - before) / elapsed));
-        }
-        if !on_path.is_empty() {
-            path_per_core.push(rps / ((cpu_seconds_of(&on_path)? - path_before) / elapsed));
-        }
+        per_core.extend(used.proxy.map(|s| rps / (s / elapsed)));
+        path_per_core.extend(used.path.map(|s| rps / (s / elapsed)));
     }
-    let proxy_before = proxy.map(cpu_seconds).transpose()?;
-    let path_before = cpu_seconds_of(&on_path)?;
+    let before = cpu()?;
     let targets: Vec<Target<'_>> = std::iter::once(path).chain(baseline).collect();
     // The median of a few runs: one stall of this shared machine moves a single run's p99
     // by milliseconds.
@@ -377,18 +361,10 @@ fn measure(
         added_p50.push(base.map_or(0.0, |b| own.p50_us - b.p50_us));
         added_p99.push(base.map_or(0.0, |b| own.p99_us - b.p99_us));
     }
+    let used = cpu()?.since(&before);
     let per_1k_rps = |used: f64| {
         let seconds = (args.seconds * FIXED_RATE_RUNS as u64) as f64;
         used * 1e3 / seconds / (args.rate as f64 / 1e3)
-    };
-    let cpu_ms_per_1k_rps = match (proxy, proxy_before) {
-        (Some(pid), Some(before)) => Some(per_1k_rps(cpu_seconds(pid)? - before)),
-        _ => None,
-    };
-    let path_cpu_ms_per_1k_rps = if on_path.is_empty() {
-        None
-    } else {
-        Some(per_1k_rps(cpu_seconds_of(&on_path)? - path_before))
     };
     let median_of = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
     let row = Row {
@@ -400,8 +376,8 @@ fn measure(
         p99_us: median(&mut p99),
         added_p50_us: median(&mut added_p50),
         added_p99_us: median(&mut added_p99),
-        cpu_ms_per_1k_rps,
-        path_cpu_ms_per_1k_rps,
+        cpu_ms_per_1k_rps: used.proxy.map(per_1k_rps),
+        path_cpu_ms_per_1k_rps: used.path.map(per_1k_rps),
         rss_mb: proxy.map(rss_mb).transpose()?,
     };
     eprintln!(
@@ -411,9 +387,36 @@ fn measure(
     Ok(row)
 }
 
-/// CPU seconds of several processes together.
-fn cpu_seconds_of(pids: &[u32]) -> Result<f64> {
-    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+/// CPU seconds of the proxy, and of the proxy and the agents together ("path"), each `None`
+/// when the path has no such process.
+struct Cpu {
+    proxy: Option<f64>,
+    path: Option<f64>,
+}
+
+impl Cpu {
+    fn read(proxy: Option<u32>, on_path: &[u32]) -> Result<Cpu> {
+        Ok(Cpu {
+            proxy: proxy.map(cpu_seconds).transpose()?,
+            path: match on_path {
+                [] => None,
+                pids => Some(
+                    pids.iter()
+                        .map(|&pid| cpu_seconds(pid))
+                        .sum::<Result<f64>>()?,
+                ),
+            },
+        })
+    }
+
+    /// What was used between `before` and this reading.
+    fn since(&self, before: &Cpu) -> Cpu {
+        let minus = |now: Option<f64>, then: Option<f64>| Some(now? - then?);
+        Cpu {
+            proxy: minus(self.proxy, before.proxy),
+            path: minus(self.path, before.path),
+        }
+    }
 }
 
 fn print_rows(rows: &[Row]) {
