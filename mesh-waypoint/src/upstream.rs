@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - `connect`: byte streams to endpoints, HBONE or plain;
+//! - `h1`: HTTP/1.1 spoken on a pooled connection by the request's own task;
 //! - `cluster`: load balancing, limits and outlier detection per cluster;
 //! - `body`: requests counted while in flight, and response bodies that give their
 //!   connection back when read to the end;
@@ -14,6 +15,7 @@
 mod body;
 pub mod cluster;
 pub mod connect;
+mod h1;
 pub mod replay;
 mod resolve;
 
@@ -29,12 +31,14 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-pub use self::{body::local_body, replay::RequestBody};
+pub use self::{
+    body::local_body,
+    replay::{BoxError, RequestBody},
+};
 use self::{
     body::{InFlight, PendingSlot, Tracked},
     cluster::{Cluster, Policy},
@@ -43,7 +47,7 @@ use self::{
 use crate::{routes::Target, store::Endpoint};
 
 /// Response bodies the proxy hands downstream.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long a request waits for a pooled connection when the pool is at its limit.
 const PENDING_WAIT: Duration = Duration::from_secs(10);
@@ -63,10 +67,7 @@ pub enum Failure {
         source: Box<ConnectError>,
     },
     #[error("upstream {addr} reset the request: {source}")]
-    Reset {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Reset { addr: SocketAddr, source: BoxError },
 }
 
 impl Failure {
@@ -90,12 +91,6 @@ pub struct Resolved {
     pub port: u16,
 }
 
-/// An idle HTTP/1.1 connection.
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
-    served: usize,
-}
-
 pub struct Upstreams {
     connector: Connector,
     /// This proxy's own waypoint (`namespace/name`): services bound to another waypoint are
@@ -104,7 +99,7 @@ pub struct Upstreams {
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     /// Targets resolved against one snapshot: endpoints and policy change only with it.
     resolved: Mutex<resolve::ResolvedCache>,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<h1::Connection>>>,
     shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
     /// Wakes requests waiting for a pooled connection.
     returned: tokio::sync::Notify,
@@ -160,39 +155,35 @@ impl Upstreams {
             .and_then(|w| w.identity.as_ref());
         let addr = endpoint.addr;
         let via = endpoint.via.as_ref();
-        let response = if h2 {
+        if h2 {
             let mut sender = self.h2_sender(addr, identity, via).await?;
-            sender
+            let response = sender
                 .send_request(request)
                 .await
-                .map_err(|source| Failure::Reset { addr, source })?
-        } else {
-            let mut idle = self.h1_sender(resolved, addr, identity, via).await?;
-            let response = idle
-                .sender
-                .send_request(request)
-                .await
-                .map_err(|source| Failure::Reset { addr, source })?;
-            idle.served += 1;
-            let reusable = limits
-                .max_requests_per_connection
-                .is_none_or(|max| idle.served < max);
-            if reusable {
-                guard.returns = Some((self.clone(), addr, idle));
-            }
-            response
-        };
-        let (parts, body) = response.into_parts();
-        if body.is_end_stream() {
-            // No body to read (a 204, an empty 200): the connection is free now.
-            guard.finished();
-            return Ok(Response::from_parts(parts, local_body(Bytes::new())));
+                .map_err(|source| Failure::Reset {
+                    addr,
+                    source: source.into(),
+                })?;
+            let (parts, body) = response.into_parts();
+            return Ok(Response::from_parts(parts, Tracked::body(body, guard)));
         }
-        let body = Tracked {
-            inner: body,
-            guard: Some(guard),
-        };
-        Ok(Response::from_parts(parts, UnsyncBoxBody::new(body)))
+        let mut connection = self.h1_connection(resolved, addr, identity, via).await?;
+        let head = connection
+            .send(request)
+            .await
+            .map_err(|source| Failure::Reset {
+                addr,
+                source: source.into(),
+            })?;
+        connection.served += 1;
+        let reusable = limits
+            .max_requests_per_connection
+            .is_none_or(|max| connection.served < max);
+        if reusable {
+            guard.returns = Some((self.clone(), addr));
+        }
+        let (parts, body) = head.body(connection);
+        Ok(Response::from_parts(parts, Tracked::body(body, guard)))
     }
 
     async fn h2_sender(
@@ -221,13 +212,13 @@ impl Upstreams {
 
     /// An idle HTTP/1.1 connection to `addr`, a new one, or (at the connection limit) the
     /// next one returned, waiting as a pending request.
-    async fn h1_sender(
+    async fn h1_connection(
         &self,
         resolved: &Resolved,
         addr: SocketAddr,
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
-    ) -> Result<Idle, Failure> {
+    ) -> Result<h1::Connection, Failure> {
         let cluster = &resolved.cluster;
         let limits = &resolved.policy.limits;
         let mut pending: Option<PendingSlot> = None;
@@ -239,9 +230,9 @@ impl Upstreams {
             }
             let connections = cluster.connections.load(Ordering::Acquire);
             if limits.max_connections.is_none_or(|max| connections < max) {
-                let slot = cluster.connections.clone();
-                let sender = self.open_h1(addr, identity, via, slot).await?;
-                return Ok(Idle { sender, served: 0 });
+                let slot = Some(cluster.connections.clone());
+                let (io, slot) = self.dial(addr, identity, via, slot).await?;
+                return Ok(h1::Connection::new(io, slot));
             }
             if pending.is_none() {
                 let waiting = cluster.pending.fetch_add(1, Ordering::AcqRel) + 1;
@@ -257,27 +248,26 @@ impl Upstreams {
         }
     }
 
-    /// A pooled connection to `addr` ready for a request. One whose last response was just
-    /// read may not be marked ready yet: it stays pooled for the next request.
-    fn take_idle(&self, addr: SocketAddr) -> Option<Idle> {
+    /// A pooled connection to `addr` that is still open; closed ones found on the way are
+    /// dropped.
+    fn take_idle(&self, addr: SocketAddr) -> Option<h1::Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
-        list.retain(|candidate| !candidate.sender.is_closed());
-        let ready = list
-            .iter()
-            .position(|candidate| candidate.sender.is_ready())?;
-        Some(list.swap_remove(ready))
+        while let Some(mut connection) = list.pop() {
+            if connection.is_open() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
-    fn give_back(&self, addr: SocketAddr, idle: Idle) {
-        if !idle.sender.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(addr)
-                .or_default()
-                .push(idle);
-        }
+    fn give_back(&self, addr: SocketAddr, connection: h1::Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .push(connection);
         self.returned.notify_one();
     }
 
@@ -289,7 +279,7 @@ impl Upstreams {
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
         slot: Option<Arc<AtomicUsize>>,
-    ) -> Result<(TokioIo<connect::Conn>, ConnectionSlot), Failure> {
+    ) -> Result<(connect::Conn, ConnectionSlot), Failure> {
         let slot = ConnectionSlot::take(slot);
         let conn = self
             .connector
@@ -300,25 +290,7 @@ impl Upstreams {
                 source: Box::new(source),
             })?;
         tracing::debug!(%addr, via = ?via.map(|v| v.0), "new upstream HTTP connection");
-        Ok((TokioIo::new(conn), slot))
-    }
-
-    async fn open_h1(
-        &self,
-        addr: SocketAddr,
-        identity: Option<&mesh_core::Identity>,
-        via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
-        slot: Arc<AtomicUsize>,
-    ) -> Result<http1::SendRequest<RequestBody>, Failure> {
-        let (io, slot) = self.dial(addr, identity, via, Some(slot)).await?;
-        let (sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|source| Failure::Reset { addr, source })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(slot);
-        });
-        Ok(sender)
+        Ok((conn, slot))
     }
 
     async fn open_h2(
@@ -328,16 +300,19 @@ impl Upstreams {
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
     ) -> Result<http2::SendRequest<RequestBody>, Failure> {
         let (io, _slot) = self.dial(addr, identity, via, None).await?;
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
-            .map_err(|source| Failure::Reset { addr, source })?;
+            .map_err(|source| Failure::Reset {
+                addr,
+                source: source.into(),
+            })?;
         tokio::spawn(connection);
         Ok(sender)
     }
 }
 
 /// One connection counted in its cluster while this lives.
-struct ConnectionSlot(Option<Arc<AtomicUsize>>);
+pub struct ConnectionSlot(Option<Arc<AtomicUsize>>);
 
 impl ConnectionSlot {
     fn take(slot: Option<Arc<AtomicUsize>>) -> Self {
