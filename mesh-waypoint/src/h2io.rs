@@ -103,6 +103,37 @@ impl AsyncRead for H2Io {
     }
 }
 
+impl H2Io {
+    /// How much of `want` bytes the peer's window takes now.
+    fn poll_granted(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.send.reserve_capacity(want);
+        match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(granted)) => Poll::Ready(Ok(granted.min(want))),
+            Some(Err(error)) => Poll::Ready(Err(h2_to_io(error))),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the HBONE stream was closed by the peer",
+            ))),
+        }
+    }
+
+    /// Sends as much of `bytes` as the window takes, as it is (no copy), and advances it.
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if bytes.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_granted(cx, bytes.len()))?;
+        self.send
+            .send_data(bytes.split_to(n), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl AsyncWrite for H2Io {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -112,18 +143,7 @@ impl AsyncWrite for H2Io {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(buf.len());
-        let granted = match ready!(self.send.poll_capacity(cx)) {
-            Some(Ok(granted)) => granted,
-            Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
-            None => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the HBONE stream was closed by the peer",
-                )));
-            }
-        };
-        let n = granted.min(buf.len());
+        let n = ready!(self.poll_granted(cx, buf.len()))?;
         self.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_to_io)?;

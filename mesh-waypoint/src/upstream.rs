@@ -202,7 +202,7 @@ impl Upstreams {
         if let Some(sender) = existing {
             return Ok(sender);
         }
-        let sender = self.open_h2(addr, identity, via).await?;
+        let sender = Box::pin(self.open_h2(addr, identity, via)).await?;
         self.shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -231,7 +231,9 @@ impl Upstreams {
             let connections = cluster.connections.load(Ordering::Acquire);
             if limits.max_connections.is_none_or(|max| connections < max) {
                 let slot = Some(cluster.connections.clone());
-                let (io, slot) = self.dial(addr, identity, via, slot).await?;
+                // Boxed: the TLS and HTTP/2 handshakes of a new connection would otherwise make
+                // every request's future as large as theirs, copied on each request.
+                let (io, slot) = Box::pin(self.dial(addr, identity, via, slot)).await?;
                 return Ok(h1::Connection::new(io, slot));
             }
             if pending.is_none() {

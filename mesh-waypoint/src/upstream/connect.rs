@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use h2::client::SendRequest;
 use mesh_core::{Identity, hbone};
 use tokio::{
@@ -54,6 +54,23 @@ pub enum ConnectError {
 pub enum Conn {
     Plain(TcpStream),
     Hbone(H2Io),
+}
+
+impl Conn {
+    /// Writes from `bytes` and advances it; over HBONE the bytes go out as they are, with
+    /// no copy.
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &mut Bytes,
+    ) -> Poll<std::io::Result<usize>> {
+        let n = match self {
+            Conn::Plain(s) => std::task::ready!(Pin::new(s).poll_write(cx, bytes))?,
+            Conn::Hbone(s) => return s.poll_send(cx, bytes),
+        };
+        bytes.advance(n);
+        Poll::Ready(Ok(n))
+    }
 }
 
 impl AsyncRead for Conn {
