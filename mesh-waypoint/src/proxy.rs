@@ -138,14 +138,14 @@ async fn respond(
         app.config.trace_sampling,
     ));
     let authority = authority_of(&request);
-    if let Some(denied) = authorize(&request, &path, &authority, downstream, app, &snapshot) {
+    if let Some(denied) = authorize(&request, &path, authority, downstream, app, &snapshot) {
         return denied;
     }
     let view = RequestView {
         method: request.method().as_str(),
         path: &path,
         query: uri.query(),
-        authority: &authority,
+        authority,
         scheme: "http",
         headers: request.headers(),
         port: downstream.target.port(),
@@ -159,7 +159,7 @@ async fn respond(
         Destination::Service(service) => snapshot.routes.find(&service.hostname, &view),
         Destination::Workload(_) => Lookup::Default,
         Destination::Gateway(_) => {
-            match snapshot.ingress_routes.gateway_host(bare_host(&authority)) {
+            match snapshot.ingress_routes.gateway_host(bare_host(authority)) {
                 Some(key) => snapshot.ingress_routes.find(&key, &view),
                 None => Lookup::NoRoute,
             }
@@ -189,7 +189,7 @@ async fn respond(
         }) => {
             let location = redirect_location(
                 scheme.as_deref().unwrap_or("http"),
-                to_authority.as_deref().unwrap_or(&authority),
+                to_authority.as_deref().unwrap_or(authority),
                 *port,
                 uri.as_deref().unwrap_or(&path),
             );
@@ -304,18 +304,18 @@ fn bare_host(authority: &str) -> &str {
 }
 
 /// The request's authority: `:authority` (HTTP/2) or `Host`.
-fn authority_of<B>(request: &Request<B>) -> String {
+fn authority_of<B>(request: &Request<B>) -> &str {
     authority_of_parts(request.uri(), request.headers())
 }
 
-pub fn authority_of_parts(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+/// The request's authority: the URI's (HTTP/2, absolute form), else its `host` header.
+pub fn authority_of_parts<'r>(uri: &'r http::Uri, headers: &'r http::HeaderMap) -> &'r str {
     uri.authority()
-        .map(|a| a.as_str().to_owned())
+        .map(|a| a.as_str())
         .or_else(|| {
             headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
         })
         .unwrap_or_default()
 }

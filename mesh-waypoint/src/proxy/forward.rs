@@ -2,10 +2,13 @@
 //! it with the route's retries and timeouts. The request body streams through (see
 //! `upstream::replay`): a retry sends it again only while it was small enough to keep.
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+    uri::PathAndQuery,
+};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
@@ -39,10 +42,30 @@ pub enum Plan<'r> {
 struct Prepared {
     method: http::Method,
     version: Version,
-    path_and_query: String,
+    /// Origin form (`/path?query`), as an HTTP/1.1 upstream gets it.
+    target: Uri,
     authority: String,
     headers: HeaderMap,
     body: Source,
+}
+
+impl Prepared {
+    fn path_and_query(&self) -> &str {
+        self.target
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str)
+    }
+}
+
+/// `uri` in origin form: as it is when it already is (HTTP/1.1), else its path and query
+/// (HTTP/2's absolute form), without copying either.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    uri.path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
 
 pub async fn forward(
@@ -66,20 +89,19 @@ pub async fn forward(
     let mut prepared = Prepared {
         method: parts.method,
         version: parts.version,
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
-        authority: super::authority_of_parts(&parts.uri, &headers),
+        target: origin_form(&parts.uri),
+        authority: super::authority_of_parts(&parts.uri, &headers).to_owned(),
         headers,
         body,
     };
     let (target, forward, weighted_headers) = match plan {
         Plan::Default(host) => {
-            let target = host.map(|host| Target {
-                host,
-                subset: None,
-                port: None,
+            let target = host.map(|host| {
+                Cow::Owned(Target {
+                    host,
+                    subset: None,
+                    port: None,
+                })
             });
             (target, None, None)
         }
@@ -89,7 +111,7 @@ pub async fn forward(
             route.headers.apply(&mut prepared.headers);
             chosen.headers.apply(&mut prepared.headers);
             (
-                Some(chosen.target.clone()),
+                Some(Cow::Borrowed(&chosen.target)),
                 Some(forward),
                 Some(&chosen.response_headers),
             )
@@ -281,9 +303,9 @@ fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {
     let Some(rewrite) = &forward.rewrite else {
         return;
     };
-    let (path, query) = match prepared.path_and_query.split_once('?') {
+    let (path, query) = match prepared.path_and_query().split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (prepared.path_and_query.clone(), None),
+        None => (prepared.path_and_query().to_owned(), None),
     };
     let mut new_path = path.clone();
     if let Some(uri) = &rewrite.uri {
@@ -301,10 +323,11 @@ fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {
             .replace_all(&new_path, replacement.as_str())
             .into_owned();
     }
-    prepared.path_and_query = match query {
+    let rewritten = match query {
         Some(query) => format!("{new_path}?{query}"),
         None => new_path,
     };
+    prepared.target = rewritten.parse().unwrap_or_else(|_| Uri::from_static("/"));
     if let Some(authority) = &rewrite.authority {
         prepared.authority = authority.clone();
     }
@@ -334,21 +357,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The request for one try, with that try's view of the body.
 fn build(prepared: &Prepared, body: RequestBody) -> Request<RequestBody> {
-    let uri = if prepared.version == Version::HTTP_2 {
-        format!("http://{}{}", prepared.authority, prepared.path_and_query)
-    } else {
-        prepared.path_and_query.clone()
-    };
+    let h2 = prepared.version == Version::HTTP_2;
     let mut request = Request::new(body);
     *request.method_mut() = prepared.method.clone();
-    *request.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
-    *request.version_mut() = if prepared.version == Version::HTTP_2 {
+    *request.uri_mut() = if h2 {
+        format!("http://{}{}", prepared.authority, prepared.path_and_query())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    } else {
+        prepared.target.clone()
+    };
+    *request.version_mut() = if h2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
     *request.headers_mut() = prepared.headers.clone();
-    if prepared.version != Version::HTTP_2
+    // HTTP/1.1 names the authority in `host`; it is rewritten only when it differs.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes);
+    if !h2
+        && host != Some(prepared.authority.as_bytes())
         && let Ok(host) = prepared.authority.parse()
     {
         request.headers_mut().insert(header::HOST, host);
@@ -378,7 +409,7 @@ fn hash_key(resolved: &Resolved, prepared: &Prepared, downstream: &Downstream) -
                 (k == name).then(|| v.to_owned())
             }),
         HashKey::Query(name) => prepared
-            .path_and_query
+            .path_and_query()
             .split_once('?')
             .and_then(|(_, query)| {
                 query.split('&').find_map(|pair| {
@@ -423,7 +454,7 @@ fn send_mirror(
     let copy = Prepared {
         method: prepared.method.clone(),
         version: prepared.version,
-        path_and_query: prepared.path_and_query.clone(),
+        target: prepared.target.clone(),
         authority: shadow(&prepared.authority),
         headers: prepared.headers.clone(),
         body: Source::Whole(Bytes::new()),
