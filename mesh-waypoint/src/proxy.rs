@@ -20,7 +20,7 @@ use mesh_core::Identity;
 use crate::{
     app::App,
     metrics::RequestRecord,
-    routes::{Abort, Action, Fault, Lookup, RequestView, Route},
+    routes::{Abort, Action, Fault, Lookup, RequestView, Route, Verdict},
     store::{Service, Workload},
     upstream::{Body, local_body},
 };
@@ -173,9 +173,28 @@ async fn respond(
         Lookup::Default => None,
         Lookup::Route(route) => Some(route),
     };
+    // An allowed CORS origin, whose responses get the policy's headers.
+    let mut cors_origin = None;
+    let mark_cors = |response: &mut Response<Body>, origin: &Option<HeaderValue>| {
+        if let (Some(cors), Some(origin)) = (route.and_then(|r| r.cors.as_ref()), origin) {
+            cors.response_headers(origin.clone(), response.headers_mut());
+        }
+    };
     if let Some(route) = route {
         outcome.route = Some(route.origin.clone());
-        if let Some(answer) = inject_fault(route.fault.as_ref(), outcome).await {
+        if let Some(cors) = &route.cors {
+            match cors.judge(request.method(), request.headers()) {
+                Verdict::Pass => {}
+                Verdict::Preflight(headers) => {
+                    let mut answer = local(StatusCode::OK, "");
+                    answer.headers_mut().extend(headers);
+                    return answer;
+                }
+                Verdict::Allowed(origin) => cors_origin = Some(origin),
+            }
+        }
+        if let Some(mut answer) = inject_fault(route.fault.as_ref(), outcome).await {
+            mark_cors(&mut answer, &cors_origin);
             return answer;
         }
     }
@@ -230,6 +249,7 @@ async fn respond(
     if let Some(route) = route {
         route.response_headers.apply(response.headers_mut());
     }
+    mark_cors(&mut response, &cors_origin);
     response
 }
 

@@ -3,10 +3,12 @@
 //! VirtualService names gets the default route: straight to the service itself.
 //!
 //! # Layout
+//! - `cors`: a route's CORS policy (preflights answered here, responses marked);
 //! - `headers`: header edits (set, add, remove);
 //! - `matching`: string, header, query and source matches;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
+mod cors;
 mod headers;
 mod matching;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use mesh_controller::{
 };
 
 pub use self::{
+    cors::{Cors, Verdict},
     headers::HeaderOps,
     matching::{Match, RequestView, StrMatch},
 };
@@ -78,6 +81,7 @@ pub struct Route {
     pub fault: Option<Fault>,
     pub headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub cors: Option<Cors>,
 }
 
 #[derive(Clone, Debug)]
@@ -482,6 +486,7 @@ fn compile_route(
         fault,
         headers: HeaderOps::compile(headers.and_then(|h| h.request.as_ref()))?,
         response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref()))?,
+        cors: http.cors_policy.as_ref().map(Cors::compile).transpose()?,
     })
 }
 

@@ -58,6 +58,48 @@ fn routing_splits_and_rewrites_through_the_waypoint() -> Result<()> {
     );
     assert_eq!(client.get("/anything", &[])?.body, "v1 /anything");
 
+    // CORS: a preflight from an allowed origin is answered by the waypoint (the backend never
+    // sees it); responses to requests from allowed origins are marked, others are not.
+    l7.route(&vs(
+        "  - corsPolicy: {allowOrigins: [{exact: 'https://shop.example'}], allowMethods: [GET, PUT], maxAge: 1h}\n    route: [{destination: {host: reviews, subset: v1}}]\n",
+    ))?;
+    let mut browser = l7.client(REVIEWS, "reviews")?;
+    let seen_before = l7.received[0].lock().unwrap().len();
+    let preflight = browser.request(
+        "OPTIONS",
+        "/cart",
+        &[
+            ("origin", "https://shop.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+        b"",
+    )?;
+    assert_eq!(preflight.status, 200);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-methods"),
+        Some("GET,PUT")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("3600"));
+    let allowed = browser.get("/cart", &[("origin", "https://shop.example")])?;
+    assert_eq!(allowed.body, "v1 /cart");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    let other = browser.get("/cart", &[("origin", "https://evil.example")])?;
+    assert_eq!(other.body, "v1 /cart");
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(
+        l7.received[0].lock().unwrap().len(),
+        seen_before + 2,
+        "the backend saw both GETs and not the preflight"
+    );
+    drop(browser);
+
     // Trace context reached the backend, with the waypoint's span.
     let seen = l7.received[0].lock().unwrap().last().cloned().unwrap();
     let traceparent = seen.header("traceparent").unwrap_or_default().to_owned();

@@ -13,6 +13,7 @@ use crate::{
     resources::{
         common::{Destination, StringMatch},
         networking::HttpRoute,
+        virtual_service::CorsPolicy,
     },
 };
 
@@ -221,6 +222,9 @@ fn http_route(v: &mut Validation, key: &ObjectKey, at: &str, route: &HttpRoute) 
             );
         }
     }
+    if let Some(cors) = &route.cors_policy {
+        cors_policy(v, key, &format!("{at}.corsPolicy"), cors);
+    }
     if let Some(code) = route.redirect.as_ref().and_then(|r| r.redirect_code)
         && ![301, 302, 303, 307, 308].contains(&code)
     {
@@ -228,6 +232,46 @@ fn http_route(v: &mut Validation, key: &ObjectKey, at: &str, route: &HttpRoute) 
             key,
             "InvalidRedirect",
             format!("{at}.redirect.redirectCode {code} is not 301, 302, 303, 307 or 308"),
+        );
+    }
+}
+
+fn cors_policy(v: &mut Validation, key: &ObjectKey, at: &str, cors: &CorsPolicy) {
+    for (i, origin) in cors.allow_origins.iter().enumerate() {
+        string_match(v, key, &format!("{at}.allowOrigins[{i}]"), origin);
+    }
+    for method in &cors.allow_methods {
+        if http::Method::from_bytes(method.as_bytes()).is_err() {
+            v.invalid(
+                key,
+                "InvalidCorsPolicy",
+                format!("{at}.allowMethods: {method:?} is not an HTTP method"),
+            );
+        }
+    }
+    let names = [
+        ("allowHeaders", &cors.allow_headers),
+        ("exposeHeaders", &cors.expose_headers),
+    ];
+    for (field, names) in names {
+        for name in names {
+            if name != "*" && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                v.invalid(
+                    key,
+                    "InvalidCorsPolicy",
+                    format!("{at}.{field}: {name:?} is not a header name"),
+                );
+            }
+        }
+    }
+    check_duration(v, key, &format!("{at}.maxAge"), cors.max_age.as_ref());
+    if let Some(unmatched) = &cors.unmatched_preflights
+        && !["FORWARD", "IGNORE", "UNSPECIFIED"].contains(&unmatched.as_str())
+    {
+        v.invalid(
+            key,
+            "InvalidCorsPolicy",
+            format!("{at}.unmatchedPreflights: {unmatched:?} is not FORWARD or IGNORE"),
         );
     }
 }

@@ -184,6 +184,48 @@ fn values_out_of_range_are_named() {
 }
 
 #[test]
+fn cors_policies_are_checked() {
+    let http = r#"  - route:
+    - destination: {host: reviews}
+    corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}, {regex: "https://(.*"}]
+      allowMethods: [GET, "NOT A METHOD"]
+      allowHeaders: [x-token, "bad header"]
+      maxAge: a day
+      unmatchedPreflights: DROP
+"#;
+    let (_, v) = validated(&vs("bad-cors", http));
+    let found = findings(&v, &key(Kind::VirtualService, "bad-cors"));
+    let fields: Vec<&str> = found
+        .iter()
+        .map(|f| f.2.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.http[0].corsPolicy.allowOrigins[1].regex",
+            "spec.http[0].corsPolicy.allowMethods",
+            "spec.http[0].corsPolicy.allowHeaders",
+            "spec.http[0].corsPolicy.maxAge",
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+        ],
+        "{found:?}"
+    );
+    let good = r#"  - route:
+    - destination: {host: reviews}
+    corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}, {prefix: "https://app."}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+"#;
+    let (_, v) = validated(&vs("good-cors", good));
+    assert!(v.accepted(&key(Kind::VirtualService, "good-cors")));
+}
+
+#[test]
 fn security_policies_are_checked() {
     let yaml = r#"
 apiVersion: security.istio.io/v1
