@@ -83,6 +83,14 @@ impl Failure {
     }
 }
 
+/// `map_err` for an endpoint that failed the request once it was under way.
+fn reset<E: Into<BoxError>>(addr: SocketAddr) -> impl FnOnce(E) -> Failure {
+    move |source| Failure::Reset {
+        addr,
+        source: source.into(),
+    }
+}
+
 /// A resolved target: the endpoints, their policy and the cluster's counters.
 pub struct Resolved {
     pub endpoints: Vec<Endpoint>,
@@ -157,24 +165,12 @@ impl Upstreams {
         let via = endpoint.via.as_ref();
         if h2 {
             let mut sender = self.h2_sender(addr, identity, via).await?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|source| Failure::Reset {
-                    addr,
-                    source: source.into(),
-                })?;
+            let response = sender.send_request(request).await.map_err(reset(addr))?;
             let (parts, body) = response.into_parts();
             return Ok(Response::from_parts(parts, Tracked::body(body, guard)));
         }
         let mut connection = self.h1_connection(resolved, addr, identity, via).await?;
-        let head = connection
-            .send(request)
-            .await
-            .map_err(|source| Failure::Reset {
-                addr,
-                source: source.into(),
-            })?;
+        let head = connection.send(request).await.map_err(reset(addr))?;
         connection.served += 1;
         let reusable = limits
             .max_requests_per_connection
@@ -304,10 +300,7 @@ impl Upstreams {
         let (io, _slot) = self.dial(addr, identity, via, None).await?;
         let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
-            .map_err(|source| Failure::Reset {
-                addr,
-                source: source.into(),
-            })?;
+            .map_err(reset(addr))?;
         tokio::spawn(connection);
         Ok(sender)
     }

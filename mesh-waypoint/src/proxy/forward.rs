@@ -21,7 +21,10 @@ use crate::{
 };
 
 /// Headers that describe one hop, not the request (RFC 9110 7.6.1), as names parsed once.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `expect: 100-continue` is answered on the client's hop (hyper's server sends the 100 when
+/// the body is first read) and not asked of the endpoint, as Envoy does by default.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::EXPECT,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

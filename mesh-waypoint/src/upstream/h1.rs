@@ -169,14 +169,39 @@ impl Connection {
         .await
     }
 
-    /// While the request body waits: `Ready(true)` once response bytes arrived.
+    /// While the request body waits: `Ready(true)` once a final response has begun. Interim
+    /// answers (`103 Early Hints`) are read past: the endpoint still wants the body.
     fn poll_early_response(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
-        match self.poll_fill(cx) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(Error::Closed)),
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if self.final_response_begun()? {
+                return Poll::Ready(Ok(true));
+            }
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(Error::Closed)),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(error.into())),
+            }
         }
+    }
+
+    /// Whether `read` holds the start of a final response, after consuming any complete
+    /// interim ones before it.
+    fn final_response_begun(&mut self) -> Result<bool, Error> {
+        while !self.read.is_empty() {
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut response, &self.read, &mut fields)
+                .map_err(|_| Error::Malformed("not an HTTP/1.x response head"))?;
+            match (parsed, response.code) {
+                (_, Some(code)) if !(100..200).contains(&code) || code == 101 => return Ok(true),
+                (httparse::Status::Complete(length), Some(_)) => {
+                    let _ = self.read.split_to(length);
+                }
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
     }
 
     /// Reads one more chunk into `read`: its length, 0 at the end of the stream.

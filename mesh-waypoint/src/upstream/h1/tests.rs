@@ -272,3 +272,59 @@ async fn an_endpoint_that_closes_without_answering_is_an_error() {
     );
     assert!(body.take_reusable().is_none());
 }
+
+#[tokio::test]
+async fn an_interim_answer_does_not_stop_the_request_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut hinted = false;
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the body was cut short");
+            seen.extend_from_slice(&chunk[..n]);
+            if !hinted && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                tcp.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n")
+                    .await
+                    .unwrap();
+                hinted = true;
+            }
+        }
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
+        String::from_utf8(seen).unwrap()
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut connection = Connection::new(Conn::Plain(tcp), ConnectionSlot::take(None));
+    // The second half of the body comes after the endpoint's 103.
+    let frames = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(
+        b"first ",
+    )))])
+    .chain(stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok(Frame::data(Bytes::from_static(b"second")))
+    }));
+    let mut request = get("/upload");
+    *request.method_mut() = http::Method::POST;
+    *request.body_mut() = StreamBody::new(frames).boxed_unsync();
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), connection.send(request))
+        .await
+        .expect("the whole body went and the final answer came")
+        .unwrap();
+    assert_eq!(head.parts.status, StatusCode::OK);
+    let (_, mut body) = head.body(connection);
+    assert_eq!((&mut body).collect().await.unwrap().to_bytes(), "done");
+    assert!(
+        body.take_reusable().is_some(),
+        "the whole exchange completed"
+    );
+    let seen = server.await.unwrap();
+    assert!(
+        seen.ends_with("6\r\nfirst \r\n6\r\nsecond\r\n0\r\n\r\n"),
+        "{seen:?}"
+    );
+}
