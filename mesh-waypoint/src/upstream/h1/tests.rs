@@ -181,6 +181,21 @@ fn get(path: &str) -> http::Request<RequestBody> {
     request
 }
 
+/// A request to `/upload` carrying `body`.
+fn upload(method: http::Method, body: RequestBody) -> http::Request<RequestBody> {
+    let mut request = get("/upload");
+    *request.method_mut() = method;
+    *request.body_mut() = body;
+    request
+}
+
+async fn within_5s<T>(sent: impl Future<Output = Result<T, Error>>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(5), sent)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_connection_carries_requests_one_after_another() {
     let (mut connection, server) = endpoint(vec![
@@ -237,17 +252,12 @@ async fn interim_answers_are_skipped_and_close_is_honoured() {
 async fn a_streamed_body_goes_chunked_and_an_early_answer_stops_it() {
     let frames = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"part")))])
         .chain(stream::pending());
-    let mut request = get("/upload");
-    *request.method_mut() = http::Method::PUT;
-    *request.body_mut() = StreamBody::new(frames).boxed_unsync();
+    let request = upload(http::Method::PUT, StreamBody::new(frames).boxed_unsync());
     let (mut connection, server) = endpoint(vec![
         "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
     ])
     .await;
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), connection.send(request))
-        .await
-        .expect("the answer ends the send, though the body never does")
-        .unwrap();
+    let answer = within_5s(connection.send(request), "the answer ends the send").await;
     assert_eq!(answer.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
     let (_, mut body) = answer.body(connection);
     assert!(body.take_reusable().is_none(), "the body was cut short");
@@ -308,13 +318,12 @@ async fn an_interim_answer_does_not_stop_the_request_body() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         Ok(Frame::data(Bytes::from_static(b"second")))
     }));
-    let mut request = get("/upload");
-    *request.method_mut() = http::Method::POST;
-    *request.body_mut() = StreamBody::new(frames).boxed_unsync();
-    let head = tokio::time::timeout(std::time::Duration::from_secs(5), connection.send(request))
-        .await
-        .expect("the whole body went and the final answer came")
-        .unwrap();
+    let request = upload(http::Method::POST, StreamBody::new(frames).boxed_unsync());
+    let head = within_5s(
+        connection.send(request),
+        "the whole body went, then the answer",
+    )
+    .await;
     assert_eq!(head.parts.status, StatusCode::OK);
     let (_, mut body) = head.body(connection);
     assert_eq!((&mut body).collect().await.unwrap().to_bytes(), "done");
