@@ -4,11 +4,13 @@
 //!
 //! # Layout
 //! - `cors`: a route's CORS policy (preflights answered here, responses marked);
+//! - `fault`: fault injection (delay, abort);
 //! - `headers`: header edits (set, add, remove);
 //! - `matching`: string, header, query and source matches;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
 mod cors;
+mod fault;
 mod headers;
 mod matching;
 #[cfg(test)]
@@ -442,42 +444,7 @@ fn compile_route(
             mirrors,
         }))
     };
-    let fault = http
-        .fault
-        .as_ref()
-        .map(|f| {
-            let delay = f
-                .delay
-                .as_ref()
-                .map(|d| {
-                    let fixed = parse_duration(d.fixed_delay.as_ref(), "fault delay")?
-                        .ok_or("fault delay without fixedDelay")?;
-                    let share = match (&d.percentage, d.percent) {
-                        (Some(p), _) => p.value,
-                        (None, Some(p)) => f64::from(p),
-                        (None, None) => 100.0,
-                    };
-                    Ok::<_, String>((fixed, share.clamp(0.0, 100.0)))
-                })
-                .transpose()?;
-            let abort = f
-                .abort
-                .as_ref()
-                .map(|a| {
-                    let abort = match (a.http_status, &a.grpc_status) {
-                        (Some(status), _) => Abort::Http(
-                            StatusCode::from_u16(status as u16)
-                                .map_err(|e| format!("fault abort status: {e}"))?,
-                        ),
-                        (None, Some(grpc)) => Abort::Grpc(grpc_code(grpc)?),
-                        (None, None) => return Err("fault abort without a status".to_owned()),
-                    };
-                    Ok((abort, percent(a.percentage.as_ref())))
-                })
-                .transpose()?;
-            Ok::<_, String>(Fault { delay, abort })
-        })
-        .transpose()?;
+    let fault = http.fault.as_ref().map(fault::compile).transpose()?;
     let headers = http.headers.as_ref();
     Ok(Route {
         origin,
