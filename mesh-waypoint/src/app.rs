@@ -40,6 +40,8 @@ pub struct App {
     pub certificates: Arc<Certificates>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Metrics,
+    /// The threads downstream connections are served on.
+    pub workers: crate::workers::Workers,
     /// Span export, when an OTLP endpoint is configured.
     pub spans: Option<crate::spans::Exporter>,
     /// A first configuration was applied.
@@ -91,6 +93,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
             None => None,
         },
         configured: AtomicBool::new(false),
+        workers: crate::workers::Workers::start(config.worker_threads).map_err(|source| {
+            Error::Serve {
+                what: "worker threads",
+                addr: config.hbone_addr,
+                source,
+            }
+        })?,
         config,
     });
     tokio::spawn(follow_config(app.clone(), ca));

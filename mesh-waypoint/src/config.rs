@@ -89,7 +89,7 @@ pub struct Config {
     #[arg(long, env = "AMBIT_TRACE_SAMPLING", default_value_t = 1.0)]
     pub trace_sampling: f64,
 
-    /// Runtime worker threads.
+    /// Threads that serve connections (each with a runtime of its own).
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 }

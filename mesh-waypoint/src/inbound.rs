@@ -39,9 +39,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
                 continue;
             }
         };
-        let app = app.clone();
-        tokio::spawn(async move {
-            if let Err(error) = serve_connection(tcp, peer, &app).await {
+        let served = app.clone();
+        app.workers.assign(tcp, move |tcp| async move {
+            if let Err(error) = serve_connection(tcp, peer, &served).await {
                 tracing::info!(%error, %peer, "HBONE connection refused");
             }
         });

@@ -129,14 +129,14 @@ async fn open(listen: &Listen, app: Arc<App>) -> Result<JoinHandle<()>, String> 
             };
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().unwrap_or(addr);
-            let (app, acceptor) = (app.clone(), acceptor.clone());
-            tokio::spawn(async move {
+            let (served, acceptor) = (app.clone(), acceptor.clone());
+            app.workers.assign(tcp, move |tcp| async move {
                 let result = match acceptor {
                     Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(tls) => serve(TokioIo::new(tls), peer, local, app).await,
+                        Ok(tls) => serve(TokioIo::new(tls), peer, local, served).await,
                         Err(error) => Err(format!("TLS handshake: {error}")),
                     },
-                    None => serve(TokioIo::new(tcp), peer, local, app).await,
+                    None => serve(TokioIo::new(tcp), peer, local, served).await,
                 };
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "ingress connection ended");

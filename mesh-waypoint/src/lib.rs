@@ -15,6 +15,7 @@
 //! - `passthrough`: what is not HTTP, carried as TCP;
 //! - `upstream`: endpoints, load balancing, connection pools, circuit breaking, ejection;
 //! - `h2io`: an HBONE stream as a byte stream for hyper;
+//! - `workers`: the data path's threads, one runtime each;
 //! - `metrics`: Istio's L7 metrics and the access log; `spans`: OTLP span export.
 pub mod app;
 pub mod config;
@@ -29,3 +30,4 @@ pub mod routes;
 pub mod spans;
 pub mod store;
 pub mod upstream;
+pub mod workers;

@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::parse();
-    mesh_core::process::runtime(config.worker_threads)?.block_on(app::run(config))?;
+    // The main thread's runtime runs the control plane; requests run on `workers`.
+    mesh_core::process::runtime(1)?.block_on(app::run(config))?;
     Ok(())
 }

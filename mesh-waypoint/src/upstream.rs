@@ -99,6 +99,9 @@ pub struct Resolved {
     pub port: u16,
 }
 
+/// An endpoint's address, as seen by one worker (`workers::current()`).
+type WorkerEndpoint = (Option<usize>, SocketAddr);
+
 pub struct Upstreams {
     connector: Connector,
     /// This proxy's own waypoint (`namespace/name`): services bound to another waypoint are
@@ -108,7 +111,8 @@ pub struct Upstreams {
     /// Targets resolved against one snapshot: endpoints and policy change only with it.
     resolved: Mutex<resolve::ResolvedCache>,
     idle: Mutex<HashMap<SocketAddr, Vec<h1::Connection>>>,
-    shared_h2: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
+    /// One HTTP/2 connection per endpoint and worker, each driven on its worker.
+    shared_h2: Mutex<HashMap<WorkerEndpoint, http2::SendRequest<RequestBody>>>,
     /// Wakes requests waiting for a pooled connection.
     returned: tokio::sync::Notify,
 }
@@ -192,7 +196,7 @@ impl Upstreams {
             .shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
+            .get(&(crate::workers::current(), addr))
             .filter(|s| !s.is_closed())
             .cloned();
         if let Some(sender) = existing {
@@ -202,7 +206,7 @@ impl Upstreams {
         self.shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, sender.clone());
+            .insert((crate::workers::current(), addr), sender.clone());
         Ok(sender)
     }
 
@@ -221,11 +225,14 @@ impl Upstreams {
         let deadline = tokio::time::Instant::now() + PENDING_WAIT;
         loop {
             let returned = self.returned.notified();
-            if let Some(idle) = self.take_idle(addr) {
+            let connections = cluster.connections.load(Ordering::Acquire);
+            let may_open = limits.max_connections.is_none_or(|max| connections < max);
+            // Another worker's idle connection only when no new one may be opened: its
+            // HBONE connection's task runs on that worker, so each frame would cross threads.
+            if let Some(idle) = self.take_idle(addr, !may_open) {
                 return Ok(idle);
             }
-            let connections = cluster.connections.load(Ordering::Acquire);
-            if limits.max_connections.is_none_or(|max| connections < max) {
+            if may_open {
                 let slot = Some(cluster.connections.clone());
                 // Boxed: the TLS and HTTP/2 handshakes of a new connection would otherwise make
                 // every request's future as large as theirs, copied on each request.
@@ -246,12 +253,14 @@ impl Upstreams {
         }
     }
 
-    /// A pooled connection to `addr` that is still open; closed ones found on the way are
-    /// dropped.
-    fn take_idle(&self, addr: SocketAddr) -> Option<h1::Connection> {
+    /// A pooled connection to `addr` that is still open, opened on this worker unless
+    /// `any_worker`; closed ones found on the way are dropped.
+    fn take_idle(&self, addr: SocketAddr, any_worker: bool) -> Option<h1::Connection> {
+        let worker = crate::workers::current();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
-        while let Some(mut connection) = list.pop() {
+        while let Some(at) = list.iter().rposition(|c| any_worker || c.worker == worker) {
+            let mut connection = list.swap_remove(at);
             if connection.is_open() {
                 return Some(connection);
             }
@@ -325,3 +334,6 @@ impl Drop for ConnectionSlot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -91,7 +91,6 @@ impl Testbed {
                 "--token-file",
                 &self.token_file(&pod.node).display().to_string(),
             ])
-            .args(["--worker-threads", "1"])
             .env(
                 "AMBIT_LOG",
                 std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),

@@ -120,6 +120,8 @@ struct Pooled {
     closed: Arc<AtomicBool>,
     /// The waypoint's end of it.
     local: SocketAddr,
+    /// The worker whose runtime drives it.
+    worker: Option<usize>,
 }
 
 /// HBONE connections to endpoints, by endpoint address.
@@ -213,9 +215,12 @@ impl Connector {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let conns = pool.get_mut(&ip)?;
         conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        // Only this worker's: a stream on another worker's connection would wake that
+        // worker for each frame.
+        let worker = crate::workers::current();
         conns
             .iter()
-            .find(|c| Arc::strong_count(&c.streams) <= STREAMS_PER_CONNECTION)
+            .find(|c| c.worker == worker && Arc::strong_count(&c.streams) <= STREAMS_PER_CONNECTION)
             .map(|c| (c.sender.clone(), c.streams.clone(), c.local))
     }
 
@@ -249,6 +254,7 @@ impl Connector {
                 streams: streams.clone(),
                 closed,
                 local,
+                worker: crate::workers::current(),
             });
         Ok((sender, streams, local))
     }

@@ -57,6 +57,8 @@ pub struct Connection {
     read: BytesMut,
     /// Responses received on it.
     pub served: usize,
+    /// The worker it was opened on, whose runtime drives its HBONE connection.
+    pub worker: Option<usize>,
     /// Counts it in its cluster's connections while it lives.
     _slot: ConnectionSlot,
 }
@@ -75,6 +77,7 @@ impl Connection {
             io,
             read: BytesMut::new(),
             served: 0,
+            worker: crate::workers::current(),
             _slot: slot,
         }
     }

@@ -22,7 +22,8 @@
 //! p50/p99 at a fixed rate (open loop, latency counted from when each request was due) and
 //! what the path adds to the direct one measured at the same time (medians of three runs),
 //! the CPU per 1,000 requests per second of the proxy and of the proxy with the agents, and
-//! the proxy's RSS.
+//! the proxy's RSS. Each proxy runs as many threads as the other (one unless
+//! `--proxy-threads` says otherwise).
 
 mod load;
 
@@ -50,6 +51,11 @@ struct Args {
     /// Requests per second of the fixed-rate run.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Threads each proxy runs (HAProxy's `nbthread`, the waypoint's `--worker-threads`):
+    /// the same for both, so that "per core" compares the proxies and not their threading
+    /// on a host whose two cores the client and the backends share.
+    #[arg(long, default_value_t = 1)]
+    proxy_threads: usize,
     /// Paths to measure besides `direct` (the baseline, always measured).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Path::Haproxy, Path::Hbone, Path::HaproxyMesh, Path::Waypoint])]
     paths: Vec<Path>,
@@ -131,8 +137,8 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
 
     println!(
-        "L7: {} s per measurement, fixed rate {} req/s",
-        args.seconds, args.rate
+        "L7: {} s per measurement, fixed rate {} req/s, {} thread(s) per proxy",
+        args.seconds, args.rate, args.proxy_threads
     );
     let direct = Target {
         from: tb.pod("n0-p2"),
@@ -143,7 +149,7 @@ fn main() -> Result<()> {
     let wants = |path| args.paths.contains(&path);
     // HAProxy in its pod, started anew for each row (the capture applies to new connections).
     let measure_haproxy = |name, agents: &[u32]| -> Result<Row> {
-        let haproxy = start_haproxy(&tb, haproxy_pod)?;
+        let haproxy = start_haproxy(&tb, haproxy_pod, args.proxy_threads)?;
         let to_haproxy = Target {
             from: client,
             addr: SocketAddr::from((haproxy_pod.ip, 8080)),
@@ -216,7 +222,12 @@ fn main() -> Result<()> {
         "n0-p1",
         "default/waypoint",
         "waypoint",
-        &["--access-log", "off"],
+        &[
+            "--access-log",
+            "off",
+            "--worker-threads",
+            &args.proxy_threads.to_string(),
+        ],
     )?;
     waypoint.wait_service("reviews.default.svc.cluster.local")?;
     let vip: SocketAddr = format!("{VIP}:{PORT}").parse()?;
@@ -273,13 +284,13 @@ fn nginx(tb: &Testbed, pod: &Pod, name: &str) -> Result<KillOnDrop> {
     Ok(KillOnDrop(child))
 }
 
-fn start_haproxy(tb: &Testbed, pod: &Pod) -> Result<KillOnDrop> {
+fn start_haproxy(tb: &Testbed, pod: &Pod, threads: usize) -> Result<KillOnDrop> {
     let conf = tb.work_dir.join("haproxy.cfg");
     let (v1, v2) = (tb.pod("n1-p0").addr(PORT), tb.pod("n1-p1").addr(PORT));
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
+            "global\n  nbthread {threads}\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
              frontend web\n  bind :8080\n  default_backend reviews\n\
              backend reviews\n  balance roundrobin\n  http-reuse always\n  server v1 {v1} weight 90\n  server v2 {v2} weight 10\n"
         ),

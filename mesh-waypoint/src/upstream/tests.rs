@@ -1,0 +1,39 @@
+use std::net::SocketAddr;
+
+use mesh_core::Identity;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::identity::Certificates;
+
+async fn idle_connection(to: SocketAddr, worker: Option<usize>) -> h1::Connection {
+    let tcp = TcpStream::connect(to).await.expect("connect");
+    let mut connection = h1::Connection::new(connect::Conn::Plain(tcp), ConnectionSlot::take(None));
+    connection.worker = worker;
+    connection
+}
+
+/// An idle connection is reused by the worker it was opened on; another worker takes it
+/// only when it may not open one of its own.
+#[tokio::test]
+async fn idle_connections_stay_with_their_worker() {
+    let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
+    let upstreams = Upstreams::new(Connector::new(Certificates::new(identity)), None);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // This test's thread is no worker (`None`); the connection is worker 1's.
+    upstreams.give_back(addr, idle_connection(addr, Some(1)).await);
+    let _accepted = listener.accept().await.expect("accept");
+    assert!(upstreams.take_idle(addr, false).is_none());
+    let taken = upstreams
+        .take_idle(addr, true)
+        .expect("worker 1's, at the limit");
+    assert_eq!(taken.worker, Some(1));
+
+    upstreams.give_back(addr, idle_connection(addr, Some(1)).await);
+    upstreams.give_back(addr, idle_connection(addr, None).await);
+    let _accepted = (listener.accept().await, listener.accept().await);
+    let own = upstreams.take_idle(addr, false).expect("its own");
+    assert_eq!(own.worker, None);
+    assert!(upstreams.take_idle(addr, false).is_none());
+}
