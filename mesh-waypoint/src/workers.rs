@@ -4,10 +4,11 @@
 //! other then never cross threads, as with Envoy's and HAProxy's workers; the control plane
 //! (configuration, certificates, metrics and admin endpoints) runs on the main thread.
 //!
-//! Why not tokio's work-stealing runtime: in `ambit-l7-bench` on two shared cores, the
-//! waypoint served 17k requests per second per core with a two-worker work-stealing runtime
-//! and 45-50k with one thread. Stealing moved an HTTP/2 connection's task and its streams'
-//! tasks apart, so every frame crossed threads and woke a parked one.
+//! Why not tokio's work-stealing runtime: in `ambit-l7-bench --proxy-threads 2` on two shared
+//! cores, the waypoint served 21-24k requests per second per core with a two-worker
+//! work-stealing runtime, and 43-46k with these two workers (as many as with one thread).
+//! Stealing moved an HTTP/2 connection's task and its streams' tasks apart, so frames
+//! crossed threads and woke parked ones.
 
 use std::{
     cell::Cell,
