@@ -67,10 +67,20 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
     }
     let resolved = match (&downstream.destination, &service) {
         (_, Some(service)) => {
-            let target = Target {
-                host: service.hostname.clone(),
-                subset: None,
-                port: None,
+            let connection = crate::routes::TcpConnection {
+                port: downstream.target.port(),
+                source: downstream.source_workload.as_deref(),
+            };
+            let target = match snapshot.routes.tcp_route(&service.hostname, &connection) {
+                Some(route) => {
+                    tracing::debug!(route = %route.origin, "TCP route");
+                    route.choose().clone()
+                }
+                None => Target {
+                    host: service.hostname.clone(),
+                    subset: None,
+                    port: None,
+                },
             };
             app.upstreams
                 .resolve(&snapshot, &target, downstream.target.port())

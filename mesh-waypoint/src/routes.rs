@@ -7,12 +7,16 @@
 //! - `fault`: fault injection (delay, abort);
 //! - `headers`: header edits (set, add, remove);
 //! - `matching`: string, header, query and source matches;
+//! - `retry`: retry policies and the failures they retry;
+//! - `tcp`: `tcp` routes, for connections carried as TCP;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
 mod cors;
 mod fault;
 mod headers;
 mod matching;
+mod retry;
+mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +35,8 @@ pub use self::{
     cors::{Cors, Verdict},
     headers::HeaderOps,
     matching::{Match, RequestView, StrMatch},
+    retry::{RetryOn, RetryPolicy},
+    tcp::{Connection as TcpConnection, TcpRoute},
 };
 
 /// Hostnames are fully qualified in the table: `reviews` in namespace `bookinfo` is
@@ -48,6 +54,8 @@ pub struct RouteTable {
     /// Host -> its routes, in the VirtualService's order. Mesh hosts are fully qualified;
     /// a gateway's are as written (lower case), wildcards included.
     hosts: HashMap<String, Vec<Route>>,
+    /// Host -> its `tcp` routes (inside the mesh only), in the VirtualService's order.
+    tcp: HashMap<String, Vec<TcpRoute>>,
 }
 
 /// Which VirtualServices a table is for.
@@ -140,74 +148,6 @@ pub struct Rewrite {
 }
 
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// Retries after the first try (Istio's `attempts`).
-    pub attempts: u32,
-    pub per_try_timeout: Option<Duration>,
-    pub on: RetryOn,
-}
-
-/// Which failures are retried (Envoy's `retry_on` conditions Istio exposes).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RetryOn {
-    pub server_error: bool,
-    pub gateway_error: bool,
-    pub connect_failure: bool,
-    pub refused_stream: bool,
-    pub reset: bool,
-    pub retriable_4xx: bool,
-    pub statuses: Vec<u16>,
-}
-
-impl RetryOn {
-    fn parse(text: &str) -> Self {
-        let mut on = RetryOn::default();
-        for item in text.split(',').map(str::trim) {
-            match item {
-                "5xx" => on.server_error = true,
-                "gateway-error" => on.gateway_error = true,
-                "connect-failure" => on.connect_failure = true,
-                "refused-stream" => on.refused_stream = true,
-                "reset" => on.reset = true,
-                "retriable-4xx" => on.retriable_4xx = true,
-                // gRPC conditions are read from `grpc-status` as their HTTP equivalents.
-                "unavailable" | "cancelled" | "resource-exhausted" | "deadline-exceeded" => {
-                    on.gateway_error = true
-                }
-                other => on.statuses.extend(other.parse::<u16>().ok()),
-            }
-        }
-        on
-    }
-
-    /// Whether a response with `status` is retried.
-    pub fn status(&self, status: StatusCode) -> bool {
-        let code = status.as_u16();
-        (self.server_error && status.is_server_error())
-            || (self.gateway_error && matches!(code, 502..=504))
-            || (self.retriable_4xx && code == 409)
-            || self.statuses.contains(&code)
-    }
-}
-
-impl RetryPolicy {
-    /// Istio's default when a route says nothing: two retries of connection failures, refused
-    /// streams and 503s.
-    pub fn istio_default() -> Self {
-        RetryPolicy {
-            attempts: 2,
-            per_try_timeout: None,
-            on: RetryOn {
-                connect_failure: true,
-                refused_stream: true,
-                statuses: vec![503],
-                ..RetryOn::default()
-            },
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
 pub struct Mirror {
     pub target: Target,
     /// Share of requests mirrored, 0.0 to 100.0.
@@ -257,14 +197,32 @@ impl RouteTable {
                 .iter()
                 .map(|http| compile_route(http, namespace, domain, &origin))
                 .collect();
-            match routes {
-                Ok(routes) => {
+            let tcp: Result<Vec<TcpRoute>, String> = match scope {
+                Scope::Mesh => spec
+                    .tcp
+                    .iter()
+                    .map(|tcp| TcpRoute::compile(tcp, namespace, domain, &origin))
+                    .collect(),
+                Scope::Gateway { .. } => Ok(Vec::new()),
+            };
+            match routes.and_then(|routes| Ok((routes, tcp?))) {
+                Ok((routes, tcp)) => {
                     for host in &spec.hosts {
                         let host = match scope {
                             Scope::Mesh => qualify(host, namespace, domain),
                             Scope::Gateway { .. } => host.to_ascii_lowercase(),
                         };
-                        table.hosts.entry(host).or_insert_with(|| routes.clone());
+                        // A VirtualService with only `tcp` routes leaves the host's HTTP
+                        // on the default route.
+                        if !routes.is_empty() || spec.tcp.is_empty() {
+                            table
+                                .hosts
+                                .entry(host.clone())
+                                .or_insert_with(|| routes.clone());
+                        }
+                        if !tcp.is_empty() {
+                            table.tcp.entry(host).or_insert_with(|| tcp.clone());
+                        }
                     }
                 }
                 Err(error) => errors.push(format!("VirtualService {origin}: {error}")),
@@ -276,6 +234,12 @@ impl RouteTable {
     /// The routes for `host`, `None` when no VirtualService names it.
     pub fn routes(&self, host: &str) -> Option<&[Route]> {
         self.hosts.get(host).map(Vec::as_slice)
+    }
+
+    /// The first `tcp` route for `host` that fits `connection`; `None` sends it to the
+    /// service itself.
+    pub fn tcp_route(&self, host: &str, connection: &TcpConnection<'_>) -> Option<&TcpRoute> {
+        self.tcp.get(host)?.iter().find(|r| r.fits(connection))
     }
 
     /// A gateway's host as a request names it (`Host` without its port): the exact host,
@@ -320,6 +284,23 @@ pub enum Lookup<'t> {
     Default,
     /// The host's VirtualService has no route for this request.
     NoRoute,
+}
+
+/// One of `items` chosen at random in proportion to `weight`; the first when all weigh
+/// nothing. `items` must not be empty.
+pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> &T {
+    let total: u32 = items.iter().map(&weight).sum();
+    if total == 0 {
+        return &items[0];
+    }
+    let mut roll = fastrand::u32(0..total);
+    for item in items {
+        if roll < weight(item) {
+            return item;
+        }
+        roll -= weight(item);
+    }
+    &items[items.len() - 1]
 }
 
 fn target(destination: &Destination, namespace: &str, domain: &str) -> Target {

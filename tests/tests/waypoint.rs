@@ -12,7 +12,6 @@ use anyhow::Result;
 use mesh_tests::{
     http::{HttpClient, HttpRequest},
     l7::{FLAKY, PORT, REVIEWS, SUBSETS, setup, vs},
-    traffic::{echo_round_trip, echo_server, read_greeting},
 };
 
 #[test]
@@ -270,44 +269,6 @@ fn a_pod_behind_the_waypoint_cannot_be_reached_around_it() -> Result<()> {
     assert!(log.contains("only the waypoint may connect"), "{log}");
     Ok(())
 }
-
-/// What is not HTTP is carried as TCP through the waypoint: here a protocol where the server
-/// speaks first (the echo server greets), which the waypoint recognises by the client's
-/// silence.
-#[test]
-fn tcp_passes_through_the_waypoint() -> Result<()> {
-    let l7 = setup()?;
-    let server = l7.tb.pod("n1-p2");
-    let _echo = echo_server(server.listen(7000)?)?;
-    let mut stream = l7.tb.pod("n0-p0").connect(server.addr(7000))?;
-    read_greeting(&mut stream)?;
-    echo_round_trip(&mut stream, b"not HTTP at all \x00\x01")?;
-    let log = l7.waypoint.log();
-    assert!(
-        log.contains("TCP through the waypoint") && log.contains("\"sniffed\""),
-        "{log}"
-    );
-
-    // A service port declared TCP (Istio's `appProtocol` or a `tcp-` name) is carried at
-    // once: the server's greeting does not wait for the client's bytes to be sniffed.
-    l7.write(
-        "echo",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: default}}\nspec: {{clusterIP: {ECHO_VIP}, selector: {{app: flaky}}, ports: [{{name: tcp-echo, port: 7000}}]}}\n"
-        ),
-    )?;
-    let mut stream = l7
-        .tb
-        .pod("n0-p0")
-        .connect(std::net::SocketAddr::new(ECHO_VIP.parse()?, 7000))?;
-    read_greeting(&mut stream)?;
-    echo_round_trip(&mut stream, b"declared")?;
-    let log = l7.waypoint.log();
-    assert!(log.contains("\"declared\""), "{log}");
-    Ok(())
-}
-
-const ECHO_VIP: &str = "10.96.0.14";
 
 #[test]
 fn circuit_breaking_outlier_detection_and_consistent_hashing() -> Result<()> {

@@ -288,18 +288,7 @@ fn failed(failure: Failure, outcome: &mut Outcome) -> Response<Body> {
 
 /// The weighted destination this request goes to.
 fn choose(forward: &Forward) -> &crate::routes::Weighted {
-    let total: u32 = forward.destinations.iter().map(|d| d.weight).sum();
-    if total == 0 {
-        return &forward.destinations[0];
-    }
-    let mut roll = fastrand::u32(0..total);
-    for destination in &forward.destinations {
-        if roll < destination.weight {
-            return destination;
-        }
-        roll -= destination.weight;
-    }
-    &forward.destinations[forward.destinations.len() - 1]
+    crate::routes::pick_weighted(&forward.destinations, |d| d.weight)
 }
 
 fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {

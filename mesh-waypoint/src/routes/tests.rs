@@ -263,3 +263,55 @@ fn a_gateway_table_holds_the_virtual_services_that_name_it() {
     );
     assert_eq!(forward.destinations[0].target.port, Some(9080));
 }
+
+/// Istio's TCP traffic shifting: a port's connections split 80/20 between subsets; other
+/// ports and sources that do not match stay on the service; HTTP is not routed by them.
+#[test]
+fn tcp_routes_split_connections_by_port_and_source() {
+    let table = table(serde_json::json!({
+        "hosts": ["reviews"],
+        "tcp": [
+            {"match": [{"port": 9000, "sourceLabels": {"app": "canary-client"}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"match": [{"port": 9000}],
+             "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
+                       {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20}]},
+        ],
+    }));
+    let on = |port, labels: &[(&str, &str)]| {
+        let source = crate::store::Workload {
+            name: "client".to_owned(),
+            namespace: "bookinfo".to_owned(),
+            address: [10, 0, 0, 9].into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            identity: None,
+            enrolled: true,
+            waypoint: None,
+        };
+        let connection = TcpConnection {
+            port,
+            source: Some(&source),
+        };
+        table
+            .tcp_route(REVIEWS, &connection)
+            .map(|route| route.choose().subset.clone().unwrap_or_default())
+    };
+    let mut v1 = 0;
+    for _ in 0..2000 {
+        match on(9000, &[]).as_deref() {
+            Some("v1") => v1 += 1,
+            Some("v2") => {}
+            other => panic!("port 9000 went to {other:?}"),
+        }
+    }
+    assert!((1500..=1700).contains(&v1), "80 % of 2,000 is 1,600: {v1}");
+    assert_eq!(on(9000, &[("app", "canary-client")]).as_deref(), Some("v3"));
+    assert_eq!(on(9001, &[]), None, "another port stays on the service");
+    assert!(
+        matches!(table.find(REVIEWS, &get("/").view()), Lookup::Default),
+        "HTTP to the host is not routed by tcp routes"
+    );
+}

@@ -64,6 +64,19 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
         for (i, route) in spec.tcp.iter().enumerate() {
             let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();
             check_weights(v, key, &format!("spec.tcp[{i}]"), &weights);
+            // Refused rather than ignored: a route that silently matched more than written
+            // would send traffic where the author did not mean it to go.
+            for (j, m) in route.matches.iter().enumerate() {
+                if !m.destination_subnets.is_empty() {
+                    v.invalid(
+                        key,
+                        "UnsupportedField",
+                        format!(
+                            "spec.tcp[{i}].match[{j}].destinationSubnets is not supported by Ambit yet"
+                        ),
+                    );
+                }
+            }
             for (j, d) in route.route.iter().enumerate() {
                 let at = format!("spec.tcp[{i}].route[{j}]");
                 references(v, key, hosts, &subsets, &d.destination, &at);

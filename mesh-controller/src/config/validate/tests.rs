@@ -226,6 +226,22 @@ fn cors_policies_are_checked() {
 }
 
 #[test]
+fn tcp_routes_are_checked() {
+    let tcp = |name: &str, matches: &str, weights: (u32, u32)| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  hosts: [reviews]\n  tcp:\n  - match: [{matches}]\n    route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: {}}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: {}}}\n",
+            weights.0, weights.1
+        )
+    };
+    let (_, v) = validated(&tcp("shift", "{port: 9080}", (80, 20)));
+    assert!(v.accepted(&key(Kind::VirtualService, "shift")));
+    let (_, v) = validated(&tcp("bad", "{destinationSubnets: [10.0.0.0/8]}", (80, 30)));
+    let found = findings(&v, &key(Kind::VirtualService, "bad"));
+    let reasons: Vec<&str> = found.iter().map(|f| f.1).collect();
+    assert_eq!(reasons, ["InvalidWeights", "UnsupportedField"], "{found:?}");
+}
+
+#[test]
 fn security_policies_are_checked() {
     let yaml = r#"
 apiVersion: security.istio.io/v1
