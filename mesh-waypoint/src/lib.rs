@@ -6,6 +6,7 @@
 //! # Layout
 //! - `app`: wiring: certificate, configuration stream, listeners, HTTP endpoints;
 //! - `config`: flags and environment;
+//! - `counted`: a unit of a shared count (connections per cluster, per worker);
 //! - `identity`: the waypoint's own certificate from the controller's CA;
 //! - `store`: services, workloads, DestinationRules and routes from the configuration stream;
 //! - `routes`: the route table compiled from VirtualServices, and request matching;
@@ -19,6 +20,7 @@
 //! - `metrics`: Istio's L7 metrics and the access log; `spans`: OTLP span export.
 pub mod app;
 pub mod config;
+pub mod counted;
 pub mod h2io;
 pub mod identity;
 pub mod inbound;

@@ -44,7 +44,7 @@ use self::{
     cluster::{Cluster, Policy},
     connect::{ConnectError, Connector},
 };
-use crate::{routes::Target, store::Endpoint};
+use crate::{counted::Counted, routes::Target, store::Endpoint};
 
 /// Response bodies the proxy hands downstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -225,19 +225,21 @@ impl Upstreams {
         let deadline = tokio::time::Instant::now() + PENDING_WAIT;
         loop {
             let returned = self.returned.notified();
-            let connections = cluster.connections.load(Ordering::Acquire);
-            let may_open = limits.max_connections.is_none_or(|max| connections < max);
-            // Another worker's idle connection only when no new one may be opened: its
-            // HBONE connection's task runs on that worker, so each frame would cross threads.
-            if let Some(idle) = self.take_idle(addr, !may_open) {
+            if let Some(idle) = self.take_idle(addr, false) {
                 return Ok(idle);
             }
-            if may_open {
+            let connections = cluster.connections.load(Ordering::Acquire);
+            if limits.max_connections.is_none_or(|max| connections < max) {
                 let slot = Some(cluster.connections.clone());
                 // Boxed: the TLS and HTTP/2 handshakes of a new connection would otherwise make
                 // every request's future as large as theirs, copied on each request.
                 let (io, slot) = Box::pin(self.dial(addr, identity, via, slot)).await?;
                 return Ok(h1::Connection::new(io, slot));
+            }
+            // Another worker's idle connection only now that no new one may be opened: its
+            // HBONE connection's task runs on that worker, so each frame would cross threads.
+            if let Some(idle) = self.take_idle(addr, true) {
+                return Ok(idle);
             }
             if pending.is_none() {
                 let waiting = cluster.pending.fetch_add(1, Ordering::AcqRel) + 1;
@@ -286,8 +288,8 @@ impl Upstreams {
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
         slot: Option<Arc<AtomicUsize>>,
-    ) -> Result<(connect::Conn, ConnectionSlot), Failure> {
-        let slot = ConnectionSlot::take(slot);
+    ) -> Result<(connect::Conn, Counted), Failure> {
+        let slot = Counted::take(slot);
         let conn = self
             .connector
             .connect(addr, identity, via)
@@ -312,26 +314,6 @@ impl Upstreams {
             .map_err(reset(addr))?;
         tokio::spawn(connection);
         Ok(sender)
-    }
-}
-
-/// One connection counted in its cluster while this lives.
-pub struct ConnectionSlot(Option<Arc<AtomicUsize>>);
-
-impl ConnectionSlot {
-    fn take(slot: Option<Arc<AtomicUsize>>) -> Self {
-        if let Some(slot) = &slot {
-            slot.fetch_add(1, Ordering::AcqRel);
-        }
-        ConnectionSlot(slot)
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Some(slot) = &self.0 {
-            slot.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 

@@ -21,6 +21,8 @@ use std::{
 
 use tokio::{net::TcpStream, runtime::Handle};
 
+use crate::counted::Counted;
+
 thread_local! {
     /// The worker this thread is, if it is one.
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -83,9 +85,9 @@ impl Workers {
         let worker = self
             .workers
             .iter()
-            .min_by_key(|w| w.connections.load(Ordering::Relaxed))
+            .min_by_key(|w| w.connections.load(Ordering::Acquire))
             .expect("at least one worker");
-        let serving = Serving::count(&worker.connections);
+        let serving = Counted::take(Some(worker.connections.clone()));
         worker.runtime.spawn(async move {
             let _serving = serving;
             match TcpStream::from_std(tcp) {
@@ -93,22 +95,6 @@ impl Workers {
                 Err(error) => tracing::warn!(%error, "worker could not take a connection"),
             }
         });
-    }
-}
-
-/// One connection counted on its worker while this lives.
-struct Serving(Arc<AtomicUsize>);
-
-impl Serving {
-    fn count(connections: &Arc<AtomicUsize>) -> Self {
-        connections.fetch_add(1, Ordering::Relaxed);
-        Serving(connections.clone())
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -139,7 +125,7 @@ mod tests {
                     // The first client leaves: its worker is the least loaded again.
                     drop(clients.remove(0));
                     let deadline = Instant::now() + Duration::from_secs(5);
-                    while workers.workers[0].connections.load(Ordering::Relaxed) > 0 {
+                    while workers.workers[0].connections.load(Ordering::Acquire) > 0 {
                         assert!(Instant::now() < deadline, "worker 0 still counts it");
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }

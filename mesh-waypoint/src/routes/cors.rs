@@ -13,6 +13,8 @@ use super::StrMatch;
 #[derive(Clone, Debug)]
 pub struct Cors {
     origins: Vec<StrMatch>,
+    /// `*` is among the allowed origins: every origin is allowed.
+    any_origin: bool,
     methods: Option<HeaderValue>,
     headers: Option<HeaderValue>,
     expose: Option<HeaderValue>,
@@ -55,6 +57,9 @@ impl Cors {
             .transpose()?
             .map(|age| HeaderValue::from(age.as_secs()));
         Ok(Cors {
+            any_origin: origins
+                .iter()
+                .any(|m| matches!(m, StrMatch::Exact(any) if any == "*")),
             origins,
             methods: list(&policy.allow_methods, "allowMethods")?,
             headers: list(&policy.allow_headers, "allowHeaders")?,
@@ -69,16 +74,15 @@ impl Cors {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Verdict::Pass;
         };
-        let allowed = origin.to_str().is_ok_and(|origin| {
-            self.origins
-                .iter()
-                .any(|m| matches!(m, StrMatch::Exact(any) if any == "*") || m.fits(origin))
-        });
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| self.any_origin || self.origins.iter().any(|m| m.fits(origin)));
         let preflight = method == Method::OPTIONS
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         match (preflight, allowed) {
             (true, true) => {
-                let mut answer = self.common(origin.clone());
+                let mut answer = HeaderMap::new();
+                self.common(origin.clone(), &mut answer);
                 let fields = [
                     (header::ACCESS_CONTROL_ALLOW_METHODS, &self.methods),
                     (header::ACCESS_CONTROL_ALLOW_HEADERS, &self.headers),
@@ -101,18 +105,14 @@ impl Cors {
 
     /// The headers an allowed actual request's response gets.
     pub fn response_headers(&self, origin: HeaderValue, response: &mut HeaderMap) {
-        for (name, value) in self.common(origin) {
-            if let Some(name) = name {
-                response.insert(name, value);
-            }
-        }
+        self.common(origin, response);
         if let Some(expose) = &self.expose {
             response.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
     }
 
-    fn common(&self, origin: HeaderValue) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    /// What every answer to an allowed origin carries.
+    fn common(&self, origin: HeaderValue, headers: &mut HeaderMap) {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         if self.credentials {
             headers.insert(
@@ -120,7 +120,6 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
-        headers
     }
 }
 

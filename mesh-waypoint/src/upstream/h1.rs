@@ -29,7 +29,8 @@ use http_body::Body as _;
 
 use self::decode::Framing;
 pub use self::decode::ResponseBody;
-use super::{ConnectionSlot, connect::Conn, replay::RequestBody};
+use super::{connect::Conn, replay::RequestBody};
+use crate::counted::Counted;
 
 /// The most bytes a response head may have.
 const MAX_HEAD: usize = 64 << 10;
@@ -60,7 +61,7 @@ pub struct Connection {
     /// The worker it was opened on, whose runtime drives its HBONE connection.
     pub worker: Option<usize>,
     /// Counts it in its cluster's connections while it lives.
-    _slot: ConnectionSlot,
+    _slot: Counted,
 }
 
 /// A response head and how its body is framed.
@@ -72,7 +73,7 @@ pub struct Head {
 }
 
 impl Connection {
-    pub fn new(io: Conn, slot: ConnectionSlot) -> Self {
+    pub fn new(io: Conn, slot: Counted) -> Self {
         Connection {
             io,
             read: BytesMut::new(),

@@ -8,7 +8,7 @@ use crate::identity::Certificates;
 
 async fn idle_connection(to: SocketAddr, worker: Option<usize>) -> h1::Connection {
     let tcp = TcpStream::connect(to).await.expect("connect");
-    let mut connection = h1::Connection::new(connect::Conn::Plain(tcp), ConnectionSlot::take(None));
+    let mut connection = h1::Connection::new(connect::Conn::Plain(tcp), Counted::take(None));
     connection.worker = worker;
     connection
 }

@@ -13,8 +13,8 @@ use super::{
     decode::{Chunk, Framing, Step, step},
     parse_head,
 };
+use crate::counted::Counted;
 use crate::upstream::{
-    ConnectionSlot,
     connect::Conn,
     replay::{BoxError, RequestBody},
 };
@@ -166,7 +166,7 @@ async fn endpoint(
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     (
-        Connection::new(Conn::Plain(tcp), ConnectionSlot::take(None)),
+        Connection::new(Conn::Plain(tcp), Counted::take(None)),
         server,
     )
 }
@@ -309,7 +309,7 @@ async fn an_interim_answer_does_not_stop_the_request_body() {
         String::from_utf8(seen).unwrap()
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut connection = Connection::new(Conn::Plain(tcp), ConnectionSlot::take(None));
+    let mut connection = Connection::new(Conn::Plain(tcp), Counted::take(None));
     // The second half of the body comes after the endpoint's 103.
     let frames = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(
         b"first ",
