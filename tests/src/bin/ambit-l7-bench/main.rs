@@ -13,19 +13,23 @@
 //!   HAProxy on the waypoint's topology: client -> agent -> HBONE -> agent -> HAProxy ->
 //!   agent -> HBONE -> agent -> v1/v2, every hop mutual TLS as on the waypoint path;
 //! - `waypoint`: client -> agent -> HBONE -> waypoint (90/10 VirtualService) -> HBONE ->
-//!   agent -> v1/v2.
+//!   agent -> v1/v2. The waypoint serves the `reviews` Service only (the Service's label
+//!   binds it), so HAProxy's path stays as it was while both run.
 //!
 //! For each: requests per second at saturation (wrk, 16 connections, median of three runs)
 //! and what the proxy made of each core it used meanwhile (the issue's "requests per second
 //! per core": the whole path shares two cores with the client, the backends and the node
 //! agents), the same over the cores the proxy and the agents used together ("path"),
 //! p50/p99 at a fixed rate (open loop, latency counted from when each request was due) and
-//! what the path adds to the direct one measured at the same time (medians of three runs),
+//! what the path adds to the direct one measured at the same time (medians of three runs;
+//! for HAProxy in the mesh and the waypoint, of `--rounds` runs each, taking turns),
 //! the CPU per 1,000 requests per second of the proxy and of the proxy with the agents, and
 //! the proxy's RSS. Each proxy runs as many threads as the other (one unless
 //! `--proxy-threads` says otherwise).
 
 mod load;
+mod measure;
+mod report;
 mod servers;
 
 use std::{
@@ -35,14 +39,12 @@ use std::{
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use mesh_tests::{
-    AgentOptions, Pod, Testbed, Topology,
-    http::HttpClient,
-    sys::{cpu_seconds, rss_mb},
-};
+use mesh_tests::{AgentOptions, Pod, Testbed, Topology, http::HttpClient, sys::rss_mb};
 
 use crate::{
-    load::{Target, fixed_rate, median, wrk},
+    load::Target,
+    measure::{Subject, fixed_rate_rounds, saturate},
+    report::{Row, print_rows},
     servers::{nginx, start_haproxy},
 };
 
@@ -59,6 +61,9 @@ struct Args {
     /// on a host whose two cores the client and the backends share.
     #[arg(long, default_value_t = 1)]
     proxy_threads: usize,
+    /// Fixed-rate runs of HAProxy in the mesh and of the waypoint, taking turns.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Paths to measure besides `direct` (the baseline, always measured).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Path::Haproxy, Path::Hbone, Path::HaproxyMesh, Path::Waypoint])]
     paths: Vec<Path>,
@@ -73,28 +78,10 @@ enum Path {
 }
 
 const PORT: u16 = 9080;
-/// Fixed-rate runs per path; their median p50 and p99 are reported.
+/// Fixed-rate runs of a path measured on its own; their median p50 and p99 are reported.
 const FIXED_RATE_RUNS: usize = 3;
-/// Saturation runs per path; their median rates are reported.
-const SATURATION_RUNS: usize = 3;
 const VIP: &str = "10.96.0.10";
-
-struct Row {
-    path: &'static str,
-    saturation_rps: f64,
-    /// Saturation requests per second per core the proxy used.
-    rps_per_core: Option<f64>,
-    /// The same per core the proxy and the node agents used together.
-    path_rps_per_core: Option<f64>,
-    p50_us: f64,
-    p99_us: f64,
-    /// Over the direct path measured at the same time.
-    added_p50_us: f64,
-    added_p99_us: f64,
-    cpu_ms_per_1k_rps: Option<f64>,
-    path_cpu_ms_per_1k_rps: Option<f64>,
-    rss_mb: Option<f64>,
-}
+const HAPROXY_PORT: u16 = 8080;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -116,14 +103,7 @@ fn main() -> Result<()> {
         tb.label_pod(pod, "app", Some("reviews"))?;
         tb.label_pod(pod, "version", Some(version))?;
     }
-    tb.write_policy(
-        "reviews",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default}}\nspec: {{clusterIP: {VIP}, selector: {{app: reviews}}, ports: [{{port: {PORT}}}]}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 10}}\n"
-        ),
-    )?;
+    tb.write_policy("reviews", &reviews_policy(None))?;
     let _backends = [
         nginx(&tb, tb.pod("n1-p0"), "v1")?,
         nginx(&tb, tb.pod("n1-p1"), "v2")?,
@@ -137,6 +117,10 @@ fn main() -> Result<()> {
     let agent_pids: Vec<u32> = agents.iter().filter_map(|a| a.pid()).collect();
     let client = tb.pod("n0-p0");
     let haproxy_pod = tb.pod("n0-p3");
+    let to_haproxy = Target {
+        from: client,
+        addr: SocketAddr::from((haproxy_pod.ip, HAPROXY_PORT)),
+    };
     let mut rows = Vec::new();
 
     println!(
@@ -147,27 +131,46 @@ fn main() -> Result<()> {
         from: tb.pod("n0-p2"),
         addr: tb.pod("n1-p2").addr(PORT),
     };
-    rows.push(measure("direct", &args, direct, None, None, &[])?);
+    let alone = |subject: &Subject<'_>, baseline: Option<Target<'_>>| -> Result<Row> {
+        let saturation = saturate(subject, args.seconds)?;
+        let fixed = fixed_rate_rounds(
+            &[subject],
+            baseline,
+            args.rate,
+            args.seconds,
+            FIXED_RATE_RUNS,
+        )?;
+        let rss = subject.proxy.map(rss_mb).transpose()?;
+        Ok(Row::new(
+            subject.name,
+            saturation,
+            fixed.into_iter().next().unwrap_or_default(),
+            rss,
+        ))
+    };
+    rows.push(alone(
+        &Subject {
+            name: "direct",
+            target: direct,
+            proxy: None,
+            agents: &[],
+        },
+        None,
+    )?);
 
     let wants = |path| args.paths.contains(&path);
-    // HAProxy in its pod, started anew for each row (the capture applies to new connections).
-    let measure_haproxy = |name, agents: &[u32]| -> Result<Row> {
-        let haproxy = start_haproxy(&tb, haproxy_pod, args.proxy_threads)?;
-        let to_haproxy = Target {
-            from: client,
-            addr: SocketAddr::from((haproxy_pod.ip, 8080)),
-        };
-        measure(
-            name,
-            &args,
-            to_haproxy,
-            Some(direct),
-            Some(haproxy.id()),
-            agents,
-        )
-    };
     if wants(Path::Haproxy) {
-        rows.push(measure_haproxy("haproxy", &[])?);
+        // Started anew for each row: the capture applies to new connections.
+        let haproxy = start_haproxy(&tb, haproxy_pod, args.proxy_threads)?;
+        rows.push(alone(
+            &Subject {
+                name: "haproxy",
+                target: to_haproxy,
+                proxy: Some(haproxy.id()),
+                agents: &[],
+            },
+            Some(direct),
+        )?);
     }
 
     // Into the mesh: first L4 only (HBONE between the two agents, no waypoint), which is
@@ -181,45 +184,62 @@ fn main() -> Result<()> {
         agents[1].wait_enrolled(&tb.pod(pod).key(), true)?;
     }
     if wants(Path::Hbone) {
-        rows.push(measure(
-            "hbone (L4)",
-            &args,
-            Target {
-                from: client,
-                addr: tb.pod("n1-p0").addr(PORT),
+        rows.push(alone(
+            &Subject {
+                name: "hbone (L4)",
+                target: Target {
+                    from: client,
+                    addr: tb.pod("n1-p0").addr(PORT),
+                },
+                proxy: None,
+                agents: &agent_pids,
             },
             Some(direct),
-            None,
-            &agent_pids,
         )?);
     }
     // ...then HAProxy where the waypoint will be: in a pod of the mesh, so that the agents
-    // carry both its sides...
-    if wants(Path::HaproxyMesh) {
-        rows.push(measure_haproxy("haproxy (mesh)", &agent_pids)?);
-        // The row means something only if the agents carried both of HAProxy's sides: the
-        // client's connections to it, and its own to the backends.
-        let haproxy_id = "\"spiffe://cluster.local/ns/default/sa/haproxy\"";
-        for (agent, side) in [(&agents[0], "destination"), (&agents[1], "source")] {
-            let principal = format!("{side}_principal={haproxy_id}");
-            let carried = agent.metric_sum(
-                "istio_tcp_connections_opened_total",
-                &[&principal, "connection_security_policy=\"mutual_tls\""],
-            )?;
-            if carried == 0.0 {
-                bail!(
-                    "{} carried no mutual-TLS connection with HAProxy as {side}",
-                    agent.node
-                );
-            }
+    // carry both its sides. It keeps running beside the waypoint, which serves only the
+    // `reviews` Service, so that the two take turns at the fixed rate.
+    let haproxy_mesh = match wants(Path::HaproxyMesh) {
+        true => Some(start_haproxy(&tb, haproxy_pod, args.proxy_threads)?),
+        false => None,
+    };
+    let haproxy_mesh = haproxy_mesh.as_ref().map(|haproxy| Subject {
+        name: "haproxy (mesh)",
+        target: to_haproxy,
+        proxy: Some(haproxy.id()),
+        agents: &agent_pids,
+    });
+    let haproxy_mesh_saturation = match &haproxy_mesh {
+        Some(subject) => {
+            let saturation = saturate(subject, args.seconds)?;
+            check_haproxy_in_mesh(&agents)?;
+            Some(saturation)
         }
-    }
+        None => None,
+    };
     if !wants(Path::Waypoint) {
+        if let (Some(subject), Some(saturation)) = (&haproxy_mesh, haproxy_mesh_saturation) {
+            let fixed = fixed_rate_rounds(
+                &[subject],
+                Some(direct),
+                args.rate,
+                args.seconds,
+                FIXED_RATE_RUNS,
+            )?;
+            let rss = subject.proxy.map(rss_mb).transpose()?;
+            rows.push(Row::new(
+                subject.name,
+                saturation,
+                fixed.into_iter().next().unwrap_or_default(),
+                rss,
+            ));
+        }
         print_rows(&rows);
         return Ok(());
     }
-    // ...then the namespace uses the waypoint in n0-p1.
-    tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
+    // ...then the `reviews` Service uses the waypoint in n0-p1.
+    tb.write_policy("reviews", &reviews_policy(Some("waypoint")))?;
     let waypoint = tb.start_waypoint(
         &controller,
         "n0-p1",
@@ -242,18 +262,77 @@ fn main() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    rows.push(measure(
-        "waypoint",
-        &args,
-        Target {
+    let through_waypoint = Subject {
+        name: "waypoint",
+        target: Target {
             from: client,
             addr: vip,
         },
+        proxy: Some(waypoint.pid()),
+        agents: &agent_pids,
+    };
+    let waypoint_saturation = saturate(&through_waypoint, args.seconds)?;
+    // The two L7 proxies take turns at the fixed rate, so that the host's noisy spells fall
+    // on both: their p99s are compared to a few hundred microseconds.
+    let subjects: Vec<&Subject<'_>> = haproxy_mesh.iter().chain([&through_waypoint]).collect();
+    let mut fixed = fixed_rate_rounds(
+        &subjects,
         Some(direct),
-        Some(waypoint.pid()),
-        &agent_pids,
-    )?);
+        args.rate,
+        args.seconds,
+        args.rounds,
+    )?;
+    let waypoint_fixed = fixed.pop().unwrap_or_default();
+    if let (Some(subject), Some(saturation), Some(result)) =
+        (&haproxy_mesh, haproxy_mesh_saturation, fixed.pop())
+    {
+        rows.push(Row::new(
+            subject.name,
+            saturation,
+            result,
+            subject.proxy.map(rss_mb).transpose()?,
+        ));
+    }
+    rows.push(Row::new(
+        "waypoint",
+        waypoint_saturation,
+        waypoint_fixed,
+        Some(rss_mb(waypoint.pid())?),
+    ));
     print_rows(&rows);
+    Ok(())
+}
+
+/// The bench's Service, DestinationRule (v1, v2) and 90/10 VirtualService, the Service
+/// bound to `waypoint` if given.
+fn reviews_policy(waypoint: Option<&str>) -> String {
+    let labels = waypoint.map_or(String::new(), |w| {
+        format!(", labels: {{ambit.io/use-waypoint: {w}}}")
+    });
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default{labels}}}\nspec: {{clusterIP: {VIP}, selector: {{app: reviews}}, ports: [{{port: {PORT}}}]}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: reviews\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: 10}}\n"
+    )
+}
+
+/// HAProxy's row means something only if the agents carried both its sides: the client's
+/// connections to it, and its own to the backends.
+fn check_haproxy_in_mesh(agents: &[mesh_tests::Agent]) -> Result<()> {
+    let haproxy_id = "\"spiffe://cluster.local/ns/default/sa/haproxy\"";
+    for (agent, side) in [(&agents[0], "destination"), (&agents[1], "source")] {
+        let principal = format!("{side}_principal={haproxy_id}");
+        let carried = agent.metric_sum(
+            "istio_tcp_connections_opened_total",
+            &[&principal, "connection_security_policy=\"mutual_tls\""],
+        )?;
+        if carried == 0.0 {
+            bail!(
+                "{} carried no mutual-TLS connection with HAProxy as {side}",
+                agent.node
+            );
+        }
+    }
     Ok(())
 }
 
@@ -270,169 +349,4 @@ fn check_split(client: &Pod, addr: SocketAddr) -> Result<()> {
         bail!("the waypoint's split sent {v2} of 500 requests to v2, not about 50");
     }
     Ok(())
-}
-
-/// Saturation and per-core rates, then the fixed-rate runs: `path` beside `baseline`.
-/// `proxy` is the L7 proxy's process, `agents` the node agents' on the path.
-fn measure(
-    name: &'static str,
-    args: &Args,
-    path: Target<'_>,
-    baseline: Option<Target<'_>>,
-    proxy: Option<u32>,
-    agents: &[u32],
-) -> Result<Row> {
-    let on_path: Vec<u32> = proxy.into_iter().chain(agents.iter().copied()).collect();
-    let cpu = || Cpu::read(proxy, &on_path);
-    let (mut saturation, mut per_core, mut path_per_core) = (vec![], vec![], vec![]);
-    for _ in 0..SATURATION_RUNS {
-        let before = cpu()?;
-        let started = Instant::now();
-        let rps = wrk(path.from, path.addr, args.seconds)?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let used = cpu()?.since(&before);
-        saturation.push(rps);
-        per_core.extend(used.proxy.map(|s| rps / (s / elapsed)));
-        path_per_core.extend(used.path.map(|s| rps / (s / elapsed)));
-    }
-    let before = cpu()?;
-    let targets: Vec<Target<'_>> = std::iter::once(path).chain(baseline).collect();
-    // The median of a few runs: one stall of this shared machine moves a single run's p99
-    // by milliseconds.
-    let (mut p50, mut p99, mut added_p50, mut added_p99) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..FIXED_RATE_RUNS {
-        let latencies = fixed_rate(&targets, args.rate, args.seconds)?;
-        let (own, base) = (latencies[0], latencies.get(1).copied());
-        p50.push(own.p50_us);
-        p99.push(own.p99_us);
-        added_p50.push(base.map_or(0.0, |b| own.p50_us - b.p50_us));
-        added_p99.push(base.map_or(0.0, |b| own.p99_us - b.p99_us));
-    }
-    let used = cpu()?.since(&before);
-    let per_1k_rps = |used: f64| {
-        let seconds = (args.seconds * FIXED_RATE_RUNS as u64) as f64;
-        used * 1e3 / seconds / (args.rate as f64 / 1e3)
-    };
-    let median_of = |values: &mut Vec<f64>| (!values.is_empty()).then(|| median(values));
-    let row = Row {
-        path: name,
-        saturation_rps: median(&mut saturation),
-        rps_per_core: median_of(&mut per_core),
-        path_rps_per_core: median_of(&mut path_per_core),
-        p50_us: median(&mut p50),
-        p99_us: median(&mut p99),
-        added_p50_us: median(&mut added_p50),
-        added_p99_us: median(&mut added_p99),
-        cpu_ms_per_1k_rps: used.proxy.map(per_1k_rps),
-        path_cpu_ms_per_1k_rps: used.path.map(per_1k_rps),
-        rss_mb: proxy.map(rss_mb).transpose()?,
-    };
-    eprintln!(
-        "  {name}: {:.0} req/s, p50 {:.0} us, p99 {:.0} us (added {:.0} / {:.0} us)",
-        row.saturation_rps, row.p50_us, row.p99_us, row.added_p50_us, row.added_p99_us
-    );
-    Ok(row)
-}
-
-/// CPU seconds of the proxy, and of the proxy and the agents together ("path"), each `None`
-/// when the path has no such process.
-struct Cpu {
-    proxy: Option<f64>,
-    path: Option<f64>,
-}
-
-impl Cpu {
-    fn read(proxy: Option<u32>, on_path: &[u32]) -> Result<Cpu> {
-        Ok(Cpu {
-            proxy: proxy.map(cpu_seconds).transpose()?,
-            path: match on_path {
-                [] => None,
-                pids => Some(
-                    pids.iter()
-                        .map(|&pid| cpu_seconds(pid))
-                        .sum::<Result<f64>>()?,
-                ),
-            },
-        })
-    }
-
-    /// What was used between `before` and this reading.
-    fn since(&self, before: &Cpu) -> Cpu {
-        let minus = |now: Option<f64>, then: Option<f64>| Some(now? - then?);
-        Cpu {
-            proxy: minus(self.proxy, before.proxy),
-            path: minus(self.path, before.path),
-        }
-    }
-}
-
-fn print_rows(rows: &[Row]) {
-    println!(
-        "{:<15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "path",
-        "sat. rps",
-        "rps/core",
-        "path rps/",
-        "p50 us",
-        "p99 us",
-        "added p50",
-        "added p99",
-        "CPU ms/",
-        "path CPU",
-        "RSS MB"
-    );
-    println!(
-        "{:<15} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "", "", "", "core", "", "", "us", "us", "1k rps", "ms/1k rps", ""
-    );
-    let opt = |v: Option<f64>, places: usize| {
-        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.places$}"))
-    };
-    for row in rows {
-        println!(
-            "{:<15} {:>10.0} {:>10} {:>10} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>9} {:>9} {:>7}",
-            row.path,
-            row.saturation_rps,
-            opt(row.rps_per_core, 0),
-            opt(row.path_rps_per_core, 0),
-            row.p50_us,
-            row.p99_us,
-            row.added_p50_us,
-            row.added_p99_us,
-            opt(row.cpu_ms_per_1k_rps, 1),
-            opt(row.path_cpu_ms_per_1k_rps, 1),
-            opt(row.rss_mb, 1)
-        );
-    }
-    let find = |path: &str| rows.iter().find(|r| r.path == path);
-    let Some(waypoint) = find("waypoint") else {
-        return;
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| a.unwrap_or(f64::NAN) / b.unwrap_or(f64::NAN);
-    for (haproxy, how) in [
-        (find("haproxy (mesh)"), "on the same topology, in the mesh"),
-        (find("haproxy"), "plain, outside the mesh, no TLS"),
-    ] {
-        let Some(h) = haproxy else { continue };
-        println!(
-            "waypoint / {} ({how}): req/s per core {:.2}x (path {:.2}x), saturation {:.2}x, added p50 {:.0} vs {:.0} us, added p99 {:.0} vs {:.0} us, CPU per 1k req/s {:.2}x (path {:.2}x)",
-            h.path,
-            ratio(waypoint.rps_per_core, h.rps_per_core),
-            ratio(waypoint.path_rps_per_core, h.path_rps_per_core),
-            waypoint.saturation_rps / h.saturation_rps,
-            waypoint.added_p50_us,
-            h.added_p50_us,
-            waypoint.added_p99_us,
-            h.added_p99_us,
-            ratio(waypoint.cpu_ms_per_1k_rps, h.cpu_ms_per_1k_rps),
-            ratio(waypoint.path_cpu_ms_per_1k_rps, h.path_cpu_ms_per_1k_rps),
-        );
-    }
-    if let Some(l4) = find("hbone (L4)") {
-        println!(
-            "the waypoint's own share (waypoint minus hbone): added p50 {:.0} us, p99 {:.0} us",
-            waypoint.added_p50_us - l4.added_p50_us,
-            waypoint.added_p99_us - l4.added_p99_us
-        );
-    }
 }
