@@ -1,7 +1,9 @@
 //! Ingress mode: the listeners of an Istio `Gateway`. Each server port of the Gateway gets a
-//! listener, plain HTTP or HTTPS (TLS `SIMPLE` with the `serverCertificate` and `privateKey`
-//! files its `tls` names), opened and closed as the Gateway changes. Requests are routed by
-//! the VirtualServices that list the Gateway, by their `Host`.
+//! listener, plain HTTP (or only a redirect to HTTPS, with `tls.httpsRedirect`) or HTTPS
+//! (`tls.rs`), opened and closed as the Gateway changes. Requests are routed by the
+//! VirtualServices that list the Gateway, by their `Host`.
+
+mod tls;
 
 use std::{
     collections::HashMap,
@@ -16,6 +18,7 @@ use hyper_util::{
 use mesh_controller::resources::networking::{GatewaySpec, Server};
 use tokio::{net::TcpListener, task::JoinHandle};
 
+use self::tls::ServerTls;
 use crate::{
     app::App,
     proxy::{self, Destination, Downstream},
@@ -25,8 +28,9 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Listen {
     port: u16,
-    /// (certificate file, key file) for HTTPS.
-    tls: Option<(String, String)>,
+    tls: Option<ServerTls>,
+    /// Plain HTTP answering every request with a redirect to HTTPS.
+    redirect_https: bool,
 }
 
 /// The open listeners, kept equal to the Gateway's servers.
@@ -53,23 +57,22 @@ fn wanted(server: &Server) -> Result<Listen, String> {
         .unwrap_or("HTTP")
         .to_ascii_uppercase();
     match protocol.as_str() {
-        "HTTP" | "HTTP2" | "GRPC" => Ok(Listen { port, tls: None }),
+        "HTTP" | "HTTP2" | "GRPC" => Ok(Listen {
+            port,
+            tls: None,
+            redirect_https: server
+                .tls
+                .as_ref()
+                .and_then(|t| t.https_redirect)
+                .unwrap_or(false),
+        }),
         "HTTPS" => {
             let tls = server.tls.as_ref().ok_or("HTTPS without tls settings")?;
-            if tls.credential_name.is_some() {
-                return Err(
-                    "tls.credentialName needs Kubernetes Secrets, not read yet: give \
-                     serverCertificate and privateKey files"
-                        .to_owned(),
-                );
-            }
-            match (&tls.server_certificate, &tls.private_key) {
-                (Some(cert), Some(key)) => Ok(Listen {
-                    port,
-                    tls: Some((cert.clone(), key.clone())),
-                }),
-                _ => Err("HTTPS needs serverCertificate and privateKey".to_owned()),
-            }
+            Ok(Listen {
+                port,
+                tls: Some(ServerTls::of(tls)?),
+                redirect_https: false,
+            })
         }
         other => Err(format!("protocol {other} is not served by the ingress yet")),
     }
@@ -114,10 +117,8 @@ impl Listeners {
 }
 
 async fn open(listen: &Listen, app: Arc<App>) -> Result<JoinHandle<()>, String> {
-    let acceptor = match &listen.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
-    };
+    let acceptor = listen.tls.as_ref().map(ServerTls::acceptor).transpose()?;
+    let redirect_https = listen.redirect_https;
     let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), listen.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -136,6 +137,7 @@ async fn open(listen: &Listen, app: Arc<App>) -> Result<JoinHandle<()>, String> 
                         Ok(tls) => serve(TokioIo::new(tls), peer, local, served).await,
                         Err(error) => Err(format!("TLS handshake: {error}")),
                     },
+                    None if redirect_https => redirect(TokioIo::new(tcp)).await,
                     None => serve(TokioIo::new(tcp), peer, local, served).await,
                 };
                 if let Err(error) = result {
@@ -173,19 +175,34 @@ where
         .map_err(|e| e.to_string())
 }
 
-fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{cert}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{cert}: {e}"))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(mesh_core::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{cert}: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+/// Answers every request on the connection with `301` to the same host and path over
+/// HTTPS (the host's port dropped: HTTPS is not served on the HTTP port).
+async fn redirect<IO>(io: TokioIo<IO>) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| {
+        let host = request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(request.uri().host())
+            .unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
+            match port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') {
+                true => name,
+                false => host,
+            }
+        });
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let response = hyper::Response::builder()
+            .status(hyper::StatusCode::MOVED_PERMANENTLY)
+            .header(hyper::header::LOCATION, format!("https://{host}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new());
+        std::future::ready(response)
+    });
+    auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -1,6 +1,7 @@
-//! Ingress mode: the waypoint binary as an Istio ingress gateway. A Gateway with an HTTP and
-//! an HTTPS server (certificate files named in its `tls`) and a VirtualService bound to it;
-//! requests from outside the mesh reach the right service, through that service's waypoint.
+//! Ingress mode: the waypoint binary as an Istio ingress gateway. A Gateway with an HTTP
+//! server, an HTTPS server (certificate files named in its `tls`), a mutual-TLS one and an
+//! HTTP one that only redirects to HTTPS, and a VirtualService bound to it; requests from
+//! outside the mesh reach the right service, through that service's waypoint.
 //! Needs root; run with `cargo xtask test`.
 
 use std::{
@@ -20,7 +21,10 @@ use mesh_tests::{
 const INGRESS_POD: &str = "n0-p2";
 const HOST: &str = "bookinfo.example.com";
 
-fn gateway(cert: &str, key: &str) -> String {
+/// The name the mutual-TLS server wants in client certificates.
+const CLIENT: &str = "client.example.com";
+
+fn gateway(cert: &str, key: &str, ca: &str) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -33,6 +37,17 @@ spec:
   - port: {{number: 8443, name: https, protocol: HTTPS}}
     hosts: [{HOST}]
     tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: 8444, name: https-mutual, protocol: HTTPS}}
+    hosts: [{HOST}]
+    tls:
+      mode: MUTUAL
+      serverCertificate: {cert}
+      privateKey: {key}
+      caCertificates: {ca}
+      subjectAltNames: [{CLIENT}]
+  - port: {{number: 8081, name: http-redirect, protocol: HTTP}}
+    hosts: ["*"]
+    tls: {{httpsRedirect: true}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -59,17 +74,35 @@ fn get(client: &Pod, addr: SocketAddr, host: &str, path: &str) -> Result<HttpRes
     }
 }
 
-/// One HTTPS GET with SNI `host`, trusting `root` only.
-fn get_https(client: &Pod, addr: SocketAddr, root: &[u8], path: &str) -> Result<String> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+/// A client certificate and its key, PEM.
+struct ClientIdentity {
+    cert: String,
+    key: String,
+}
+
+/// One HTTPS GET with SNI `host`, trusting `root` only, presenting `identity` if given.
+fn get_https(
+    client: &Pod,
+    addr: SocketAddr,
+    root: &[u8],
+    path: &str,
+    identity: Option<&ClientIdentity>,
+) -> Result<String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(root)?)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder.with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(identity.cert.as_bytes())?],
+            PrivateKeyDer::from_pem_slice(identity.key.as_bytes())?,
+        )?,
+    };
     let connection =
         rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(HOST)?.to_owned())?;
     let tcp = client.connect(addr)?;
@@ -106,16 +139,13 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
     l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
     let key = rcgen::KeyPair::generate()?;
     let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])?.self_signed(&key)?;
-    let (cert_path, key_path) = (l7.tb.work_dir.join("gw.crt"), l7.tb.work_dir.join("gw.key"));
+    let client_ca = ClientCa::new()?;
+    let path = |name: &str| l7.tb.work_dir.join(name).display().to_string();
+    let (cert_path, key_path, ca_path) = (path("gw.crt"), path("gw.key"), path("clients.crt"));
     std::fs::write(&cert_path, cert.pem())?;
     std::fs::write(&key_path, key.serialize_pem())?;
-    l7.write(
-        "gateway",
-        &gateway(
-            &cert_path.display().to_string(),
-            &key_path.display().to_string(),
-        ),
-    )?;
+    std::fs::write(&ca_path, &client_ca.pem)?;
+    l7.write("gateway", &gateway(&cert_path, &key_path, &ca_path))?;
     let ingress = l7.tb.start_ingress(
         &l7.controller,
         INGRESS_POD,
@@ -144,9 +174,54 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
 
     // HTTPS on 8443 with the Gateway's certificate files.
     let https = SocketAddr::from((ingress_ip, 8443));
-    let body = get_https(client, https, cert.pem().as_bytes(), "/reviews/tls")
+    let body = get_https(client, https, cert.pem().as_bytes(), "/reviews/tls", None)
         .with_context(|| format!("HTTPS through the ingress; its log:\n{}", ingress.log()))?;
     assert!(body.ends_with("/reviews/tls"), "{body}");
+
+    // Mutual TLS on 8444: only a client certificate from the Gateway's CA naming the
+    // subjectAltName it lists gets through.
+    let mutual = SocketAddr::from((ingress_ip, 8444));
+    let root = cert.pem();
+    let named = client_ca.issue(CLIENT)?;
+    let body = get_https(client, mutual, root.as_bytes(), "/reviews/m", Some(&named))
+        .with_context(|| {
+            format!(
+                "mutual TLS through the ingress; its log:\n{}",
+                ingress.log()
+            )
+        })?;
+    assert!(body.ends_with("/reviews/m"), "{body}");
+    let refused = [
+        ("no client certificate", None),
+        (
+            "another name",
+            Some(client_ca.issue("intruder.example.com")?),
+        ),
+        ("another CA", Some(ClientCa::new()?.issue(CLIENT)?)),
+    ];
+    for (what, identity) in refused {
+        let answer = get_https(
+            client,
+            mutual,
+            root.as_bytes(),
+            "/reviews/m",
+            identity.as_ref(),
+        );
+        assert!(answer.is_err(), "{what}: {answer:?}");
+    }
+
+    // 8081 only redirects to HTTPS, the host's port dropped.
+    let redirect = get(
+        client,
+        SocketAddr::from((ingress_ip, 8081)),
+        HOST,
+        "/reviews/1?x=1",
+    )?;
+    assert_eq!(redirect.status, 301, "{}", redirect.body);
+    assert_eq!(
+        redirect.header("location"),
+        Some(format!("https://{HOST}/reviews/1?x=1").as_str())
+    );
 
     // The waypoint saw the requests (the ingress respects the service's waypoint), and the
     // ingress reports them as their source.
@@ -166,4 +241,38 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
         "{metrics}"
     );
     Ok(())
+}
+
+/// A CA for client certificates, as the mutual-TLS server's `caCertificates`.
+struct ClientCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    fn new() -> Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ingress test client CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key)?.pem();
+        Ok(ClientCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// A client certificate for `name` (its DNS subjectAltName).
+    fn issue(&self, name: &str) -> Result<ClientIdentity> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ClientIdentity {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
 }

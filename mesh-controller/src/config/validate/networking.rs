@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::{KnownHosts, Validation, check_duration, check_percent, conflicts};
 use crate::{
     config::{ConfigSet, ObjectKey},
-    resources::networking::{LoadBalancerSettings, TrafficPolicy},
+    resources::networking::{LoadBalancerSettings, ServerTlsSettings, TrafficPolicy},
 };
 
 /// Oldest first: creation time (empty in local mode), then namespace/name.
@@ -214,7 +214,50 @@ pub(super) fn gateways(set: &ConfigSet, v: &mut Validation) {
                     format!("{at}: an HTTPS server needs tls"),
                 );
             }
+            if let Some(tls) = &server.tls {
+                server_tls(v, key, &format!("{at}.tls"), tls);
+            }
         }
+    }
+}
+
+/// A server's TLS mode and protocol version: modes the ingress cannot serve are refused here
+/// rather than served with less than their author asked for (a client certificate not
+/// asked for, say).
+fn server_tls(v: &mut Validation, key: &ObjectKey, at: &str, tls: &ServerTlsSettings) {
+    let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
+    match mode.as_str() {
+        "SIMPLE" => {}
+        "MUTUAL" | "OPTIONAL_MUTUAL" => {
+            if tls.ca_certificates.is_none() && tls.credential_name.is_none() {
+                v.invalid(
+                    key,
+                    "InvalidGateway",
+                    format!("{at}: mode {mode} needs caCertificates to check clients against"),
+                );
+            }
+        }
+        "PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => v.invalid(
+            key,
+            "UnsupportedField",
+            format!("{at}.mode {mode} is not supported by Ambit's ingress yet"),
+        ),
+        other => v.invalid(
+            key,
+            "InvalidGateway",
+            format!(
+                "{at}.mode {other:?} is not one of SIMPLE, MUTUAL, OPTIONAL_MUTUAL, PASSTHROUGH, AUTO_PASSTHROUGH, ISTIO_MUTUAL"
+            ),
+        ),
+    }
+    if let Some(version) = tls.min_protocol_version.as_deref()
+        && !["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"].contains(&version)
+    {
+        v.invalid(
+            key,
+            "InvalidGateway",
+            format!("{at}.minProtocolVersion {version:?} is not a TLS version"),
+        );
     }
 }
 

@@ -340,3 +340,42 @@ spec:
     assert!(v.accepted(&key(Kind::K8sGateway, "someone-elses")));
     assert!(!v.accepted(&key(Kind::K8sGateway, "broken-waypoint")));
 }
+
+#[test]
+fn gateway_tls_modes_the_ingress_cannot_serve_are_refused() {
+    let gateway = |name: &str, tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [\"*\"]\n    tls: {tls}\n"
+        )
+    };
+    let yaml = [
+        gateway("simple", "{mode: SIMPLE, serverCertificate: c, privateKey: k}"),
+        gateway(
+            "mutual",
+            "{mode: MUTUAL, serverCertificate: c, privateKey: k, caCertificates: ca, minProtocolVersion: TLSV1_3}",
+        ),
+        gateway("mutual-no-ca", "{mode: MUTUAL, serverCertificate: c, privateKey: k}"),
+        gateway("passthrough", "{mode: PASSTHROUGH}"),
+        gateway("typo", "{mode: SIMPLEST, serverCertificate: c, privateKey: k}"),
+        gateway(
+            "ancient",
+            "{serverCertificate: c, privateKey: k, minProtocolVersion: SSLV3}",
+        ),
+    ]
+    .join("---\n");
+    let (_, v) = validated(&yaml);
+    assert!(v.accepted(&key(Kind::Gateway, "simple")));
+    assert!(v.accepted(&key(Kind::Gateway, "mutual")));
+    for (name, reason, says) in [
+        ("mutual-no-ca", "InvalidGateway", "caCertificates"),
+        ("passthrough", "UnsupportedField", "PASSTHROUGH"),
+        ("typo", "InvalidGateway", "SIMPLEST"),
+        ("ancient", "InvalidGateway", "SSLV3"),
+    ] {
+        let found = findings(&v, &key(Kind::Gateway, name));
+        assert!(
+            found.iter().any(|f| f.1 == reason && f.2.contains(says)),
+            "{name}: {found:?}"
+        );
+    }
+}
