@@ -104,6 +104,12 @@ pub fn to_json(resource: &pb::Resource) -> Value {
             "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "protocol": p.protocol})).collect::<Vec<_>>(),
         }),
         Some(Body::IstioJson(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
+        // What it holds, never the key itself.
+        Some(Body::Credential(c)) => json!({
+            "certificateChain": !c.certificate_chain.is_empty(),
+            "privateKey": !c.private_key.is_empty(),
+            "caCertificates": !c.ca_certificates.is_empty(),
+        }),
         None => Value::Null,
     };
     json!({"kind": key.kind, "namespace": key.namespace, "name": key.name, "spec": body})

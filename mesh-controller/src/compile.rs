@@ -1,6 +1,9 @@
 //! From a validated configuration to what subscribers receive: workloads (pods with their
-//! enrollment and waypoint), services, and the accepted Istio resources. Rejected resources
-//! are left out, except AuthorizationPolicies, which nodes enforce failing closed.
+//! enrollment and waypoint), services, the accepted Istio resources, and the Secrets ingress
+//! Gateways take certificates from (`credentials`). Rejected resources are left out, except
+//! AuthorizationPolicies, which nodes enforce failing closed.
+
+mod credentials;
 
 use std::collections::BTreeMap;
 
@@ -79,6 +82,7 @@ fn ready_addresses(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
 /// Every resource the subscribers may need, in key order.
 pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb::Resource> {
     let context = Context::new(set);
+    let credentials = credentials::referenced(set, validation);
     let mut out = Vec::new();
     for (key, resource) in &set.resources {
         // A rejected AuthorizationPolicy still goes out: node agents enforce a policy they
@@ -104,6 +108,12 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
             Resource::PeerAuthentication(r) => Body::IstioJson(json(&r.spec)),
             Resource::AuthorizationPolicy(r) => Body::IstioJson(json(&r.spec)),
+            Resource::Secret(secret) => {
+                match credentials.contains(&(key.namespace.clone(), key.name.clone())) {
+                    true => Body::Credential(credentials::of(secret)),
+                    false => continue,
+                }
+            }
         };
         let kind = match key.kind {
             Kind::Pod => "Workload",

@@ -17,7 +17,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 
@@ -41,6 +41,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// A Gateway API `Gateway` (of class `ambit-waypoint` when it asks for a waypoint).
     K8sGateway,
+    /// A certificate an Istio Gateway's `credentialName` names.
+    Secret,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway | Kind::K8sGateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::Secret => "Secret",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
@@ -93,6 +96,7 @@ pub enum Resource {
     PeerAuthentication(Box<security::PeerAuthentication>),
     AuthorizationPolicy(Box<security::AuthorizationPolicy>),
     K8sGateway(Box<gateway_api::Gateway>),
+    Secret(Box<Secret>),
 }
 
 /// Every resource of a configuration, in key order.
@@ -137,6 +141,7 @@ impl ConfigSet {
         security::AuthorizationPolicy
     );
     typed!(k8s_gateways, K8sGateway, gateway_api::Gateway);
+    typed!(secrets, Secret, Secret);
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, resource: Resource) -> ObjectKey {
@@ -162,6 +167,7 @@ impl Resource {
             Resource::PeerAuthentication(r) => r.meta(),
             Resource::AuthorizationPolicy(r) => r.meta(),
             Resource::K8sGateway(r) => r.meta(),
+            Resource::Secret(r) => r.meta(),
         }
     }
 
@@ -179,6 +185,7 @@ impl Resource {
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::K8sGateway(_) => Kind::K8sGateway,
+            Resource::Secret(_) => Kind::Secret,
         }
     }
 

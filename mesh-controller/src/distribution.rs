@@ -26,7 +26,42 @@ pub fn key_of(resource: &Resource) -> Key {
     (k.kind, k.namespace, k.name)
 }
 
-/// Which kinds a role receives.
+/// Who a stream's updates are for: its role, and whose Secrets (Gateway certificates) it
+/// may read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audience {
+    pub role: Role,
+    pub secrets: SecretAccess,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretAccess {
+    None,
+    /// A gateway's own token: the Secrets of its namespace, as an Istio gateway reads.
+    Namespace(String),
+    /// Local mode, where every proxy subscribes with its node's token on one machine.
+    All,
+}
+
+impl Audience {
+    fn wants(&self, key: &Key) -> bool {
+        let (kind, namespace, _) = key;
+        match kind.as_str() {
+            // Node agents never: they hold no Gateway, and a key is not theirs to carry.
+            "Secret" => {
+                self.role == Role::Waypoint
+                    && match &self.secrets {
+                        SecretAccess::None => false,
+                        SecretAccess::Namespace(own) => own == namespace,
+                        SecretAccess::All => true,
+                    }
+            }
+            kind => wanted(self.role, kind),
+        }
+    }
+}
+
+/// Which kinds a role receives (Secrets: see [`Audience`]).
 pub fn wanted(role: Role, kind: &str) -> bool {
     match role {
         Role::Node => matches!(
@@ -155,9 +190,9 @@ impl Distributor {
         self.version.subscribe()
     }
 
-    /// The update that brings a `role` subscriber at version `have` (0: nothing) to the
-    /// current version; `None` when it is current.
-    pub fn update_for(&self, role: Role, have: u64) -> Option<Update> {
+    /// The update that brings a subscriber at version `have` (0: nothing) to the current
+    /// version; `None` when it is current.
+    pub fn update_for(&self, audience: &Audience, have: u64) -> Option<Update> {
         let state = self.state();
         if state.version == 0 || have == state.version {
             return None;
@@ -169,7 +204,7 @@ impl Distributor {
             let upserts = state
                 .resources
                 .iter()
-                .filter(|(k, _)| wanted(role, &k.0))
+                .filter(|(k, _)| audience.wants(k))
                 .map(|(_, r)| (**r).clone())
                 .collect();
             return Some(Update {
@@ -183,7 +218,7 @@ impl Distributor {
             .changes
             .range(have + 1..)
             .flat_map(|(_, keys)| keys)
-            .filter(|k| wanted(role, &k.0))
+            .filter(|k| audience.wants(k))
             .collect();
         if keys.is_empty() {
             // Changes since `have` concern other roles only: move the subscriber forward
@@ -242,5 +277,33 @@ impl Distributor {
     /// Connected subscribers and what they have acknowledged or refused.
     pub fn subscribers(&self) -> Vec<SubscriberStatus> {
         self.state().subscribers.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_go_only_to_waypoints_allowed_their_namespace() {
+        let key = |kind: &str, ns: &str| (kind.to_owned(), ns.to_owned(), "x".to_owned());
+        let secret = key("Secret", "istio-system");
+        let audience = |role, secrets| Audience { role, secrets };
+        let gateway = audience(
+            Role::Waypoint,
+            SecretAccess::Namespace("istio-system".to_owned()),
+        );
+        assert!(gateway.wants(&secret));
+        assert!(
+            !gateway.wants(&key("Secret", "shop")),
+            "another namespace's"
+        );
+        assert!(gateway.wants(&key("Gateway", "shop")));
+        assert!(!audience(Role::Waypoint, SecretAccess::None).wants(&secret));
+        assert!(audience(Role::Waypoint, SecretAccess::All).wants(&secret));
+        assert!(
+            !audience(Role::Node, SecretAccess::All).wants(&secret),
+            "never a node agent"
+        );
     }
 }

@@ -144,6 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config_service = ConfigStreamService {
         distributor: distributor.clone(),
         authorizer: Some(authorizer),
+        nodes_read_secrets: !args.kubernetes,
     };
     tracing::info!(addr = %args.ca_addr, %identity, "certificate and configuration services ready");
     tonic::transport::Server::builder()

@@ -148,7 +148,12 @@ fn has_status(key: &ObjectKey) -> bool {
     use crate::config::Kind;
     !matches!(
         key.kind,
-        Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice | Kind::ServiceAccount
+        Kind::Namespace
+            | Kind::Pod
+            | Kind::Service
+            | Kind::EndpointSlice
+            | Kind::ServiceAccount
+            | Kind::Secret
     )
 }
 

@@ -50,6 +50,7 @@ async fn serve(distributor: Arc<Distributor>) -> ConfigServiceClient<tonic::tran
     let service = ConfigStreamService {
         distributor,
         authorizer: None,
+        nodes_read_secrets: false,
     };
     tokio::spawn(
         tonic::transport::Server::builder()

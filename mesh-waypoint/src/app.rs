@@ -207,7 +207,13 @@ async fn follow_gateway(app: Arc<App>) {
         if gateway.is_none() && snapshot.version > 0 {
             tracing::warn!(gateway = %name, "no such Gateway in the configuration; nothing to listen for");
         }
-        listeners.reconcile(gateway.as_deref(), &app).await;
+        let credentials = crate::ingress::Credentials {
+            namespace: name.split_once('/').map_or("", |(namespace, _)| namespace),
+            secrets: &snapshot.credentials,
+        };
+        listeners
+            .reconcile(gateway.as_deref(), &credentials, &app)
+            .await;
         if changes.changed().await.is_err() {
             return;
         }

@@ -16,15 +16,16 @@ use hyper_util::{
     server::conn::auto,
 };
 use mesh_controller::resources::networking::{GatewaySpec, Server};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+pub use self::tls::Credentials;
 use self::tls::ServerTls;
 use crate::{
     app::App,
     proxy::{self, Destination, Downstream},
 };
 
-/// What a listener serves, to notice when it must be replaced.
+/// What a listener serves, to notice when it must change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Listen {
     port: u16,
@@ -33,21 +34,43 @@ struct Listen {
     redirect_https: bool,
 }
 
+/// How an open listener serves the connections it accepts; swapped in place when the
+/// Gateway or its Secret changes, so the port never closes for a renewed certificate.
+struct Serving {
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    redirect_https: bool,
+}
+
+impl Serving {
+    fn of(listen: &Listen) -> Result<Self, String> {
+        Ok(Serving {
+            acceptor: listen.tls.as_ref().map(ServerTls::acceptor).transpose()?,
+            redirect_https: listen.redirect_https,
+        })
+    }
+}
+
+struct Open {
+    listen: Listen,
+    serving: watch::Sender<Arc<Serving>>,
+    task: JoinHandle<()>,
+}
+
 /// The open listeners, kept equal to the Gateway's servers.
 #[derive(Default)]
 pub struct Listeners {
-    open: HashMap<u16, (Listen, JoinHandle<()>)>,
+    open: HashMap<u16, Open>,
 }
 
 impl Drop for Listeners {
     fn drop(&mut self) {
-        for (_, task) in self.open.values() {
-            task.abort();
+        for open in self.open.values() {
+            open.task.abort();
         }
     }
 }
 
-fn wanted(server: &Server) -> Result<Listen, String> {
+fn wanted(server: &Server, credentials: &Credentials<'_>) -> Result<Listen, String> {
     let port = server.port.target_port.unwrap_or(server.port.number);
     let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
     let protocol = server
@@ -70,7 +93,7 @@ fn wanted(server: &Server) -> Result<Listen, String> {
             let tls = server.tls.as_ref().ok_or("HTTPS without tls settings")?;
             Ok(Listen {
                 port,
-                tls: Some(ServerTls::of(tls)?),
+                tls: Some(ServerTls::of(tls, credentials)?),
                 redirect_https: false,
             })
         }
@@ -79,11 +102,17 @@ fn wanted(server: &Server) -> Result<Listen, String> {
 }
 
 impl Listeners {
-    /// Opens, replaces and closes listeners so they match `gateway` (`None`: close all).
-    pub async fn reconcile(&mut self, gateway: Option<&GatewaySpec>, app: &Arc<App>) {
+    /// Opens, replaces and closes listeners so they match `gateway` (`None`: close all),
+    /// with certificates from `credentials` where the Gateway names a Secret.
+    pub async fn reconcile(
+        &mut self,
+        gateway: Option<&GatewaySpec>,
+        credentials: &Credentials<'_>,
+        app: &Arc<App>,
+    ) {
         let mut desired: HashMap<u16, Listen> = HashMap::new();
         for server in gateway.map(|g| g.servers.as_slice()).unwrap_or_default() {
-            match wanted(server) {
+            match wanted(server, credentials) {
                 Ok(listen) => {
                     desired.insert(listen.port, listen);
                 }
@@ -93,51 +122,70 @@ impl Listeners {
                 ),
             }
         }
-        self.open.retain(|port, (listen, task)| {
-            let keep = desired.get(port) == Some(listen);
+        self.open.retain(|port, open| {
+            let keep = desired.contains_key(port);
             if !keep {
-                task.abort();
+                open.task.abort();
                 tracing::info!(port, "ingress listener closed");
             }
             keep
         });
         for (port, listen) in desired {
-            if self.open.contains_key(&port) {
-                continue;
-            }
-            match open(&listen, app.clone()).await {
-                Ok(task) => {
-                    tracing::info!(port, https = listen.tls.is_some(), "ingress listener open");
-                    self.open.insert(port, (listen, task));
-                }
-                Err(error) => tracing::error!(port, %error, "ingress listener not opened"),
+            match self.open.get_mut(&port) {
+                Some(open) if open.listen == listen => {}
+                // Changed settings or a renewed Secret: the listener stays, new connections
+                // get the new settings. Settings that do not load leave the old ones serving.
+                Some(open) => match Serving::of(&listen) {
+                    Ok(serving) => {
+                        open.serving.send_replace(Arc::new(serving));
+                        open.listen = listen;
+                        tracing::info!(port, "ingress listener updated");
+                    }
+                    Err(error) => {
+                        tracing::error!(port, %error, "ingress listener keeps its previous settings")
+                    }
+                },
+                None => match open(&listen, app.clone()).await {
+                    Ok((serving, task)) => {
+                        tracing::info!(port, https = listen.tls.is_some(), "ingress listener open");
+                        let open = Open {
+                            listen,
+                            serving,
+                            task,
+                        };
+                        self.open.insert(port, open);
+                    }
+                    Err(error) => tracing::error!(port, %error, "ingress listener not opened"),
+                },
             }
         }
     }
 }
 
-async fn open(listen: &Listen, app: Arc<App>) -> Result<JoinHandle<()>, String> {
-    let acceptor = listen.tls.as_ref().map(ServerTls::acceptor).transpose()?;
-    let redirect_https = listen.redirect_https;
+async fn open(
+    listen: &Listen,
+    app: Arc<App>,
+) -> Result<(watch::Sender<Arc<Serving>>, JoinHandle<()>), String> {
+    let (serving, current) = watch::channel(Arc::new(Serving::of(listen)?));
     let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), listen.port);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().unwrap_or(addr);
-            let (served, acceptor) = (app.clone(), acceptor.clone());
+            let (served, serving) = (app.clone(), current.borrow().clone());
             app.workers.assign(tcp, move |tcp| async move {
-                let result = match acceptor {
+                let result = match &serving.acceptor {
                     Some(acceptor) => match acceptor.accept(tcp).await {
                         Ok(tls) => serve(TokioIo::new(tls), peer, local, served).await,
                         Err(error) => Err(format!("TLS handshake: {error}")),
                     },
-                    None if redirect_https => redirect(TokioIo::new(tcp)).await,
+                    None if serving.redirect_https => redirect(TokioIo::new(tcp)).await,
                     None => serve(TokioIo::new(tcp), peer, local, served).await,
                 };
                 if let Err(error) = result {
@@ -145,7 +193,8 @@ async fn open(listen: &Listen, app: Arc<App>) -> Result<JoinHandle<()>, String> 
                 }
             });
         }
-    }))
+    });
+    Ok((serving, task))
 }
 
 async fn serve<IO>(

@@ -130,6 +130,8 @@ pub struct Snapshot {
     pub ingress_routes: RouteTable,
     /// Istio Gateways by `namespace/name`.
     pub gateways: HashMap<String, Arc<GatewaySpec>>,
+    /// Certificates from the Secrets Gateways name (`credentialName`), by `namespace/name`.
+    pub credentials: HashMap<String, Arc<pb::TlsCredential>>,
     /// AuthorizationPolicies (those naming this waypoint or its services are enforced here).
     pub policies: PolicySet,
     /// What in the last update could not be used.
@@ -156,6 +158,10 @@ impl Snapshot {
             match &resource.body {
                 Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
                 Some(Body::Service(s)) => snapshot.add_service(s),
+                Some(Body::Credential(c)) => {
+                    let key = format!("{namespace}/{name}");
+                    snapshot.credentials.insert(key, Arc::new(c.clone()));
+                }
                 Some(Body::IstioJson(json)) => {
                     let parsed: Result<serde_json::Value, _> = serde_json::from_str(json);
                     let Ok(spec) = parsed else {

@@ -1,7 +1,8 @@
 //! Ingress mode: the waypoint binary as an Istio ingress gateway. A Gateway with an HTTP
-//! server, an HTTPS server (certificate files named in its `tls`), a mutual-TLS one and an
-//! HTTP one that only redirects to HTTPS, and a VirtualService bound to it; requests from
-//! outside the mesh reach the right service, through that service's waypoint.
+//! server, an HTTPS server (certificate files named in its `tls`), one whose certificate is
+//! a Secret (`credentialName`), a mutual-TLS one and an HTTP one that only redirects to
+//! HTTPS, and a VirtualService bound to it; requests from outside the mesh reach the right
+//! service, through that service's waypoint.
 //! Needs root; run with `cargo xtask test`.
 
 use std::{
@@ -45,6 +46,9 @@ spec:
       privateKey: {key}
       caCertificates: {ca}
       subjectAltNames: [{CLIENT}]
+  - port: {{number: 8445, name: https-secret, protocol: HTTPS}}
+    hosts: [{HOST}]
+    tls: {{mode: SIMPLE, credentialName: bookinfo-credential}}
   - port: {{number: 8081, name: http-redirect, protocol: HTTP}}
     hosts: ["*"]
     tls: {{httpsRedirect: true}}
@@ -137,8 +141,7 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
     l7.tb
         .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
     l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])?.self_signed(&key)?;
+    let (key, cert) = self_signed()?;
     let client_ca = ClientCa::new()?;
     let path = |name: &str| l7.tb.work_dir.join(name).display().to_string();
     let (cert_path, key_path, ca_path) = (path("gw.crt"), path("gw.key"), path("clients.crt"));
@@ -177,6 +180,29 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
     let body = get_https(client, https, cert.pem().as_bytes(), "/reviews/tls", None)
         .with_context(|| format!("HTTPS through the ingress; its log:\n{}", ingress.log()))?;
     assert!(body.ends_with("/reviews/tls"), "{body}");
+
+    // 8445 serves the certificate of the Secret its credentialName names, and a renewed
+    // Secret replaces it.
+    let by_secret = SocketAddr::from((ingress_ip, 8445));
+    for round in 0..2 {
+        let (key, cert) = self_signed()?;
+        l7.write("credential", &tls_secret(&cert.pem(), &key.serialize_pem()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let path = format!("/reviews/secret-{round}");
+        let body = loop {
+            match get_https(client, by_secret, cert.pem().as_bytes(), &path, None) {
+                Ok(body) => break body,
+                Err(error) if Instant::now() > deadline => {
+                    return Err(error.context(format!(
+                        "HTTPS with the Secret's certificate (round {round}); the ingress's log:\n{}",
+                        ingress.log()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        assert!(body.ends_with(&path), "{body}");
+    }
 
     // Mutual TLS on 8444: only a client certificate from the Gateway's CA naming the
     // subjectAltName it lists gets through.
@@ -275,4 +301,22 @@ impl ClientCa {
             key: key.serialize_pem(),
         })
     }
+}
+
+/// A key and a certificate for [`HOST`] that it signs itself.
+fn self_signed() -> Result<(rcgen::KeyPair, rcgen::Certificate)> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])?.self_signed(&key)?;
+    Ok((key, cert))
+}
+
+/// A `kubernetes.io/tls` Secret (its PEM as `stringData`; the controller's unit tests read
+/// base64 `data`, as `kubectl create secret tls` writes it).
+fn tls_secret(cert: &str, key: &str) -> String {
+    let block = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bookinfo-credential, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
+        block(cert),
+        block(key)
+    )
 }

@@ -114,6 +114,7 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
         ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
         ("", "Service") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Service)),
         ("", "Pod") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Pod)),
+        ("", "Secret") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Secret)),
         ("", "ServiceAccount") => {
             served(&["v1"]).and_then(|()| typed(value).map(Resource::ServiceAccount))
         }

@@ -11,13 +11,17 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Distributor, Nack};
+use super::{Audience, Distributor, Nack, SecretAccess};
 use crate::ca_service::{Caller, NodeAuthorizer, authenticate};
 
 pub struct ConfigStreamService {
     pub distributor: Arc<Distributor>,
     /// `None` accepts everyone (tests on loopback only).
     pub authorizer: Option<Arc<dyn NodeAuthorizer>>,
+    /// Whether a node's token subscribing as a waypoint reads Gateway Secrets: local mode,
+    /// where the waypoints and ingresses of one machine subscribe with their node's token.
+    /// With Kubernetes only a gateway's own token does, for its namespace.
+    pub nodes_read_secrets: bool,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
@@ -60,12 +64,25 @@ impl ConfigService for ConfigStreamService {
                 "{node} may subscribe as a waypoint only"
             )));
         }
+        let secrets = match &caller {
+            Some(Caller::Workload { namespace, .. }) => SecretAccess::Namespace(namespace.clone()),
+            Some(Caller::Node(_)) if self.nodes_read_secrets => SecretAccess::All,
+            Some(Caller::Node(_)) | None => SecretAccess::None,
+        };
+        let audience = Audience { role, secrets };
         let (tx, rx) = mpsc::channel(1);
         let distributor = self.distributor.clone();
         tokio::spawn(async move {
             let id = distributor.register(&node, role);
-            if let Err(reason) =
-                serve_subscriber(&distributor, id, role, subscribe.resume_from, inbound, tx).await
+            if let Err(reason) = serve_subscriber(
+                &distributor,
+                id,
+                &audience,
+                subscribe.resume_from,
+                inbound,
+                tx,
+            )
+            .await
             {
                 tracing::info!(%node, %reason, "config subscriber left");
             }
@@ -80,7 +97,7 @@ impl ConfigService for ConfigStreamService {
 async fn serve_subscriber(
     distributor: &Distributor,
     id: u64,
-    role: Role,
+    audience: &Audience,
     resume_from: u64,
     mut inbound: Streaming<SubscriberMessage>,
     tx: mpsc::Sender<Result<Update, Status>>,
@@ -93,7 +110,7 @@ async fn serve_subscriber(
         let current = *versions.borrow_and_update();
         let pending = refused.is_none_or(|r| current > r);
         let update = pending
-            .then(|| distributor.update_for(role, acked))
+            .then(|| distributor.update_for(audience, acked))
             .flatten();
         let Some(update) = update else {
             tokio::select! {

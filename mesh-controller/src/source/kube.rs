@@ -20,6 +20,8 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Pod", "pods"),
     ("", "v1", "Service", "services"),
     ("", "v1", "ServiceAccount", "serviceaccounts"),
+    // Only those an Istio Gateway's `credentialName` names leave the controller.
+    ("", "v1", "Secret", "secrets"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     (
         "networking.istio.io",
@@ -63,6 +65,17 @@ pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> Api
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
+/// Secrets that never hold a Gateway's certificate are not watched: Helm keeps whole
+/// releases in Secrets, and the controller would hold and parse every one of them.
+const SKIPPED_SECRETS: &str = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token,type!=kubernetes.io/dockerconfigjson,type!=kubernetes.io/dockercfg,type!=bootstrap.kubernetes.io/token";
+
+fn watch_config(kind: &str) -> watcher::Config {
+    match kind {
+        "Secret" => watcher::Config::default().fields(SKIPPED_SECRETS),
+        _ => watcher::Config::default(),
+    }
+}
+
 pub struct KubeSource {
     stores: Vec<(ApiResource, reflector::Store<DynamicObject>)>,
     notify: Arc<Notify>,
@@ -94,8 +107,7 @@ impl KubeSource {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
             stores.push((ar.clone(), writer.as_reader()));
-            let events =
-                shim(&ar).unwrap_or_else(|| watcher(api, watcher::Config::default()).boxed());
+            let events = shim(&ar).unwrap_or_else(|| watcher(api, watch_config(kind)).boxed());
             let events = reflector(writer, events).default_backoff();
             let notify = notify.clone();
             let what = format!("{}/{}", ar.api_version, ar.kind);

@@ -130,7 +130,8 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
         | Kind::Pod
         | Kind::Service
         | Kind::EndpointSlice
-        | Kind::ServiceAccount => return None,
+        | Kind::ServiceAccount
+        | Kind::Secret => return None,
     };
     Some(api_resource(group, "v1", kind, plural))
 }

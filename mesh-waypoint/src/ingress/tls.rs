@@ -1,12 +1,17 @@
 //! The TLS of a Gateway's HTTPS server, from its `tls` settings: `SIMPLE` (a server
-//! certificate), `MUTUAL` (clients must present a certificate the `caCertificates` bundle
-//! signed, with one of `subjectAltNames` if any are listed) and `OPTIONAL_MUTUAL` (a client
-//! certificate is checked when given). A mode the ingress does not serve is an error, so the
-//! port stays closed rather than open with less than its author asked for.
+//! certificate), `MUTUAL` (clients must present a certificate the CA bundle signed, with one
+//! of `subjectAltNames` if any are listed) and `OPTIONAL_MUTUAL` (a client certificate is
+//! checked when given). Certificates come from files (`serverCertificate`, `privateKey`,
+//! `caCertificates`) or from the Secret `credentialName` names in the Gateway's namespace:
+//! `tls.crt`/`tls.key`/`ca.crt` (or `cert`/`key`/`cacert`), the CA possibly in a Secret of
+//! its own named `<credentialName>-cacert`, as Istio reads them. A mode the ingress does not
+//! serve is an error, so the port stays closed rather than open with less than its author
+//! asked for.
 
-use std::sync::Arc;
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use mesh_controller::resources::networking::ServerTlsSettings;
+use mesh_core::config_pb::TlsCredential;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
     client::danger::HandshakeSignatureValid,
@@ -18,12 +23,67 @@ use rustls::{
 };
 use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
-/// What an HTTPS listener serves with; compared to notice when a listener must be replaced.
+/// The Secrets a Gateway may take certificates from: those of its own namespace.
+pub struct Credentials<'a> {
+    pub namespace: &'a str,
+    /// By `namespace/name`.
+    pub secrets: &'a HashMap<String, Arc<TlsCredential>>,
+}
+
+impl Credentials<'_> {
+    fn get(&self, name: &str) -> Option<&TlsCredential> {
+        self.secrets
+            .get(&format!("{}/{name}", self.namespace))
+            .map(|c| &**c)
+    }
+}
+
+/// PEM from a file, or from a Secret (as the configuration brought it).
+#[derive(Clone, PartialEq, Eq)]
+enum Pem {
+    File(String),
+    Secret { name: String, text: Arc<str> },
+}
+
+impl Pem {
+    fn from_secret(name: &str, text: &str) -> Self {
+        Pem::Secret {
+            name: name.to_owned(),
+            text: text.into(),
+        }
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::File(path) => std::fs::read(path).map_err(|e| format!("{path}: {e}")),
+            Pem::Secret { text, .. } => Ok(text.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// Names where the PEM comes from, never what a key holds.
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(path) => write!(f, "{path}"),
+            Pem::Secret { name, .. } => write!(f, "Secret {name}"),
+        }
+    }
+}
+
+impl fmt::Display for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What an HTTPS listener serves with; compared to notice when a listener must be replaced
+/// (a renewed Secret replaces it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTls {
-    /// Certificate chain and private key files.
-    cert: String,
-    key: String,
+    /// Certificate chain and private key.
+    cert: Pem,
+    key: Pem,
     clients: Option<ClientAuth>,
     /// `minProtocolVersion: TLSV1_3`; otherwise TLS 1.2 and 1.3 (rustls has nothing older).
     tls13_only: bool,
@@ -31,8 +91,8 @@ pub struct ServerTls {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ClientAuth {
-    /// CA bundle file client certificates must chain to.
-    ca: String,
+    /// CA bundle client certificates must chain to.
+    ca: Pem,
     /// `MUTUAL`: a client without a certificate is refused.
     required: bool,
     /// A client certificate must name one of these (DNS or URI), if any are listed.
@@ -40,25 +100,52 @@ struct ClientAuth {
 }
 
 impl ServerTls {
-    pub fn of(tls: &ServerTlsSettings) -> Result<Self, String> {
-        if tls.credential_name.is_some() {
-            return Err(
-                "tls.credentialName needs Kubernetes Secrets, not read yet: give \
-                 serverCertificate and privateKey files"
-                    .to_owned(),
-            );
-        }
-        let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-            return Err("HTTPS needs serverCertificate and privateKey".to_owned());
+    pub fn of(tls: &ServerTlsSettings, credentials: &Credentials<'_>) -> Result<Self, String> {
+        let (cert, key, secret_ca) = match &tls.credential_name {
+            Some(name) => {
+                let secret = credentials.get(name).ok_or(format!(
+                    "no Secret {}/{name} with a certificate (credentialName)",
+                    credentials.namespace
+                ))?;
+                if secret.certificate_chain.is_empty() || secret.private_key.is_empty() {
+                    return Err(format!(
+                        "Secret {}/{name} lacks tls.crt and tls.key (or cert and key)",
+                        credentials.namespace
+                    ));
+                }
+                // The CA: in the Secret itself, else in `<name>-cacert`.
+                let own_ca = (!secret.ca_certificates.is_empty()).then_some((name.clone(), secret));
+                let ca_name = format!("{name}-cacert");
+                let separate_ca = credentials.get(&ca_name).map(|c| (ca_name, c));
+                let ca = own_ca
+                    .or(separate_ca)
+                    .filter(|(_, c)| !c.ca_certificates.is_empty())
+                    .map(|(name, c)| Pem::from_secret(&name, &c.ca_certificates));
+                (
+                    Pem::from_secret(name, &secret.certificate_chain),
+                    Pem::from_secret(name, &secret.private_key),
+                    ca,
+                )
+            }
+            None => match (&tls.server_certificate, &tls.private_key) {
+                (Some(cert), Some(key)) => (Pem::File(cert.clone()), Pem::File(key.clone()), None),
+                _ => {
+                    return Err(
+                        "HTTPS needs credentialName, or serverCertificate and privateKey"
+                            .to_owned(),
+                    );
+                }
+            },
         };
         let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
         let clients = match mode.as_str() {
             "SIMPLE" => None,
             "MUTUAL" | "OPTIONAL_MUTUAL" => Some(ClientAuth {
-                ca: tls
-                    .ca_certificates
-                    .clone()
-                    .ok_or(format!("tls mode {mode} needs caCertificates"))?,
+                ca: secret_ca
+                    .or(tls.ca_certificates.clone().map(Pem::File))
+                    .ok_or(format!(
+                        "tls mode {mode} needs a CA: caCertificates, or ca.crt in the credential's Secret"
+                    ))?,
                 required: mode == "MUTUAL",
                 subject_alt_names: tls.subject_alt_names.clone(),
             }),
@@ -73,18 +160,18 @@ impl ServerTls {
             Some(other) => return Err(format!("unknown minProtocolVersion {other}")),
         };
         Ok(ServerTls {
-            cert: cert.clone(),
-            key: key.clone(),
+            cert,
+            key,
             clients,
             tls13_only,
         })
     }
 
-    /// Reads the files: a listener is opened only when all of them are good.
+    /// Reads the certificates: a listener is opened only when all of them are good.
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
         let chain = read_certificates(&self.cert)?;
-        let key =
-            PrivateKeyDer::from_pem_file(&self.key).map_err(|e| format!("{}: {e}", self.key))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key.bytes()?)
+            .map_err(|e| format!("{}: {e}", self.key))?;
         let provider = mesh_core::tls::provider();
         let versions: &[&rustls::SupportedProtocolVersion] = match self.tls13_only {
             true => &[&rustls::version::TLS13],
@@ -130,13 +217,12 @@ impl ClientAuth {
     }
 }
 
-fn read_certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{path}: {e}"))?
+fn read_certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(&pem.bytes()?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| format!("{pem}: {e}"))?;
     match certs.is_empty() {
-        true => Err(format!("{path}: no certificate in it")),
+        true => Err(format!("{pem}: no certificate in it")),
         false => Ok(certs),
     }
 }
@@ -231,8 +317,22 @@ fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn with(
+        yaml: &str,
+        secrets: &HashMap<String, Arc<TlsCredential>>,
+    ) -> Result<ServerTls, String> {
+        let credentials = Credentials {
+            namespace: "istio-system",
+            secrets,
+        };
+        ServerTls::of(
+            &serde_yaml::from_str(yaml).expect("tls settings"),
+            &credentials,
+        )
+    }
+
     fn of(yaml: &str) -> Result<ServerTls, String> {
-        ServerTls::of(&serde_yaml::from_str(yaml).expect("tls settings"))
+        with(yaml, &HashMap::new())
     }
 
     #[test]
@@ -254,6 +354,46 @@ mod tests {
         let old = of("{serverCertificate: c, privateKey: k, minProtocolVersion: TLSV1_3}");
         assert!(old.is_ok_and(|tls| tls.tls13_only));
         assert!(of("{serverCertificate: c, privateKey: k, minProtocolVersion: SSLV3}").is_err());
-        assert!(of("{credentialName: bookinfo-secret}").is_err());
+    }
+
+    #[test]
+    fn credential_name_reads_the_secret_of_the_gateways_namespace() {
+        let credential = |cert: &str, key: &str, ca: &str| {
+            Arc::new(TlsCredential {
+                certificate_chain: cert.to_owned(),
+                private_key: key.to_owned(),
+                ca_certificates: ca.to_owned(),
+            })
+        };
+        let secrets = HashMap::from([
+            ("istio-system/web".to_owned(), credential("C", "K", "")),
+            (
+                "istio-system/web-cacert".to_owned(),
+                credential("", "", "CA"),
+            ),
+            ("istio-system/no-key".to_owned(), credential("C", "", "")),
+            ("other/elsewhere".to_owned(), credential("C", "K", "")),
+        ]);
+        let tls = with("{mode: MUTUAL, credentialName: web}", &secrets).expect("web");
+        assert_eq!(tls.cert, Pem::from_secret("web", "C"));
+        assert_eq!(tls.key, Pem::from_secret("web", "K"));
+        let ca = tls.clients.map(|c| c.ca);
+        assert_eq!(
+            ca,
+            Some(Pem::from_secret("web-cacert", "CA")),
+            "the -cacert Secret"
+        );
+        assert_eq!(
+            format!("{:?}", tls.key),
+            "Secret web",
+            "never the key itself"
+        );
+        let error = with("{credentialName: no-key}", &secrets).unwrap_err();
+        assert!(error.contains("lacks"), "{error}");
+        let error = with("{credentialName: elsewhere}", &secrets).unwrap_err();
+        assert!(
+            error.contains("no Secret istio-system/elsewhere"),
+            "{error}"
+        );
     }
 }

@@ -205,6 +205,7 @@ async fn in_process() -> Result<()> {
     let service = ConfigStreamService {
         distributor: distributor.clone(),
         authorizer: None,
+        nodes_read_secrets: false,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
