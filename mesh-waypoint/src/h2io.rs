@@ -56,6 +56,35 @@ impl H2Io {
         Ok((!self.pending.is_empty()).then_some(&self.pending[..]))
     }
 
+    /// At least `len` of the first bytes the peer sends, without consuming them: fewer if
+    /// the stream ends, or if `wait` passes first.
+    pub async fn peek_at_least(
+        &mut self,
+        len: usize,
+        wait: std::time::Duration,
+    ) -> io::Result<&[u8]> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.pending.len() < len && !self.eof {
+            let next = std::future::poll_fn(|cx| self.recv.poll_data(cx));
+            match tokio::time::timeout_at(deadline, next).await {
+                Err(_) => break,
+                Ok(None) => self.eof = true,
+                Ok(Some(Err(error))) => return Err(h2_to_io(error)),
+                Ok(Some(Ok(data))) => {
+                    self.recv
+                        .flow_control()
+                        .release_capacity(data.len())
+                        .map_err(h2_to_io)?;
+                    self.pending = match self.pending.is_empty() {
+                        true => data,
+                        false => [&self.pending[..], &data[..]].concat().into(),
+                    };
+                }
+            }
+        }
+        Ok(&self.pending[..])
+    }
+
     /// The same stream, holding `slot` (a pooled connection's stream count) until dropped.
     pub fn holding(mut self, slot: std::sync::Arc<()>) -> Self {
         self._slot = Some(slot);

@@ -13,7 +13,7 @@
 //! - `inbound`: HBONE in, and the HTTP server inside each tunnel;
 //! - `ingress`: ingress mode's listeners for an Istio Gateway's servers;
 //! - `proxy`: one request through the waypoint, phase by phase;
-//! - `passthrough`: what is not HTTP, carried as TCP;
+//! - `passthrough`: what is not HTTP, carried as TCP; `sni`: a ClientHello's server name;
 //! - `upstream`: endpoints, load balancing, connection pools, circuit breaking, ejection;
 //! - `h2io`: an HBONE stream as a byte stream for hyper;
 //! - `workers`: the data path's threads, one runtime each;
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod proxy;
 pub mod routes;
+pub mod sni;
 pub mod spans;
 pub mod store;
 pub mod upstream;

@@ -9,6 +9,7 @@ use crate::{
     h2io::H2Io,
     proxy::{Destination, Downstream},
     routes::Target,
+    sni::ClientHello,
 };
 
 /// How long the waypoint waits for a client's first bytes, on a port whose Service does not
@@ -67,9 +68,14 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
     }
     let resolved = match (&downstream.destination, &service) {
         (_, Some(service)) => {
+            let sni = match snapshot.routes.reads_sni(&service.hostname) {
+                true => client_hello_sni(&mut io).await,
+                false => None,
+            };
             let connection = crate::routes::TcpConnection {
                 port: downstream.target.port(),
                 source: downstream.source_workload.as_deref(),
+                sni: sni.as_deref(),
             };
             let target = match snapshot.routes.tcp_route(&service.hostname, &connection) {
                 Some(route) => {
@@ -121,6 +127,22 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         }
         Err(error) => {
             tracing::info!(%error, upstream = %endpoint.addr, "TCP connection to the endpoint failed")
+        }
+    }
+}
+
+/// The server name of the client's TLS ClientHello, for `tls` routes; `None` when the
+/// client does not speak TLS first, names no server, or takes too long to say.
+async fn client_hello_sni(io: &mut H2Io) -> Option<String> {
+    let mut wanted = 5;
+    loop {
+        let first = io.peek_at_least(wanted, SNIFF_WAIT).await.ok()?;
+        match crate::sni::parse(first) {
+            ClientHello::Complete(name) => return name,
+            ClientHello::NotTls => return None,
+            // No more came in time, or the stream ended.
+            ClientHello::Incomplete(_) if first.len() < wanted => return None,
+            ClientHello::Incomplete(more) => wanted = more,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! - `headers`: header edits (set, add, remove);
 //! - `matching`: string, header, query and source matches;
 //! - `retry`: retry policies and the failures they retry;
-//! - `tcp`: `tcp` routes, for connections carried as TCP;
+//! - `tcp`: `tls` and `tcp` routes, for connections carried as TCP;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
 mod cors;
@@ -54,7 +54,8 @@ pub struct RouteTable {
     /// Host -> its routes, in the VirtualService's order. Mesh hosts are fully qualified;
     /// a gateway's are as written (lower case), wildcards included.
     hosts: HashMap<String, Vec<Route>>,
-    /// Host -> its `tcp` routes (inside the mesh only), in the VirtualService's order.
+    /// Host -> its `tls` then its `tcp` routes (inside the mesh only), each in the
+    /// VirtualService's order.
     tcp: HashMap<String, Vec<TcpRoute>>,
 }
 
@@ -198,11 +199,17 @@ impl RouteTable {
                 .map(|http| compile_route(http, namespace, domain, &origin))
                 .collect();
             let tcp: Result<Vec<TcpRoute>, String> = match scope {
-                Scope::Mesh => spec
-                    .tcp
-                    .iter()
-                    .map(|tcp| TcpRoute::compile(tcp, namespace, domain, &origin))
-                    .collect(),
+                Scope::Mesh => {
+                    let tls = spec
+                        .tls
+                        .iter()
+                        .map(|tls| TcpRoute::compile_tls(tls, namespace, domain, &origin));
+                    let tcp = spec
+                        .tcp
+                        .iter()
+                        .map(|tcp| TcpRoute::compile(tcp, namespace, domain, &origin));
+                    tls.chain(tcp).collect()
+                }
                 Scope::Gateway { .. } => Ok(Vec::new()),
             };
             match routes.and_then(|routes| Ok((routes, tcp?))) {
@@ -212,9 +219,9 @@ impl RouteTable {
                             Scope::Mesh => qualify(host, namespace, domain),
                             Scope::Gateway { .. } => host.to_ascii_lowercase(),
                         };
-                        // A VirtualService with only `tcp` routes leaves the host's HTTP
-                        // on the default route.
-                        if !routes.is_empty() || spec.tcp.is_empty() {
+                        // A VirtualService with only `tcp` or `tls` routes leaves the host's
+                        // HTTP on the default route.
+                        if !routes.is_empty() || (spec.tcp.is_empty() && spec.tls.is_empty()) {
                             table
                                 .hosts
                                 .entry(host.clone())
@@ -240,6 +247,13 @@ impl RouteTable {
     /// service itself.
     pub fn tcp_route(&self, host: &str, connection: &TcpConnection<'_>) -> Option<&TcpRoute> {
         self.tcp.get(host)?.iter().find(|r| r.fits(connection))
+    }
+
+    /// Whether `host` has `tls` routes, so that its TLS connections' server name counts.
+    pub fn reads_sni(&self, host: &str) -> bool {
+        self.tcp
+            .get(host)
+            .is_some_and(|routes| routes.iter().any(TcpRoute::reads_sni))
     }
 
     /// A gateway's host as a request names it (`Host` without its port): the exact host,

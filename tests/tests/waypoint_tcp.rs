@@ -1,9 +1,9 @@
 //! TCP through a waypoint, on the test bed: what is not HTTP is carried as TCP, to the
-//! service's endpoints or as the VirtualService's `tcp` routes say. Needs root; run with
-//! `cargo xtask test`.
+//! service's endpoints or as the VirtualService's `tls` (by SNI) and `tcp` routes say.
+//! Needs root; run with `cargo xtask test`.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::SocketAddr,
     time::Duration,
 };
@@ -106,4 +106,64 @@ fn tcp_routes_shift_connections_between_versions() -> Result<()> {
     let log = l7.waypoint.log();
     assert!(log.contains("TCP route"), "{log}");
     Ok(())
+}
+
+const TLS_VIP: &str = "10.96.0.16";
+
+/// Istio's TLS routing by SNI through the waypoint, without terminating the TLS: a ClientHello
+/// naming v2.example.com goes to v2; another name falls to the `tcp` route (v1).
+#[test]
+fn tls_routes_choose_by_server_name() -> Result<()> {
+    let l7 = setup()?;
+    let mut servers = Vec::new();
+    for (pod, version) in [("n1-p0", "v1"), ("n1-p1", "v2")] {
+        // Answers the first bytes (the ClientHello) with its version.
+        servers.push(serve(
+            l7.tb.pod(pod).listen(8443)?,
+            move |mut stream, _| {
+                let mut hello = [0; 4096];
+                let _ = stream.read(&mut hello)?;
+                writeln!(stream, "{version}")
+            },
+        )?);
+    }
+    l7.write(
+        "tls-echo",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: tls-echo, namespace: default}}\nspec: {{clusterIP: {TLS_VIP}, selector: {{app: reviews}}, ports: [{{name: tls, port: 8443}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: tls-echo, namespace: default}}\nspec:\n  host: tls-echo\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tls-echo, namespace: default}}\nspec:\n  hosts: [tls-echo]\n  tls:\n  - match: [{{sniHosts: [v2.example.com], port: 8443}}]\n    route: [{{destination: {{host: tls-echo, subset: v2}}}}]\n  tcp:\n  - route: [{{destination: {{host: tls-echo, subset: v1}}}}]\n"
+        ),
+    )?;
+    let vip = SocketAddr::new(TLS_VIP.parse()?, 8443);
+    let answer = |server_name: &str| -> Result<String> {
+        let mut stream = l7.tb.pod("n0-p0").connect(vip)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(&client_hello(server_name)?)?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .with_context(|| format!("the answer to a ClientHello for {server_name}"))?;
+        Ok(line.trim().to_owned())
+    };
+    for _ in 0..10 {
+        assert_eq!(answer("v2.example.com")?, "v2");
+        assert_eq!(answer("other.example.com")?, "v1");
+    }
+    Ok(())
+}
+
+/// A real client's first flight for `server_name`.
+fn client_hello(server_name: &str) -> Result<Vec<u8>> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+    let mut client = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello)?;
+    Ok(hello)
 }

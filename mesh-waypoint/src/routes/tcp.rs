@@ -1,10 +1,15 @@
-//! VirtualService `tcp` routes, for what the waypoint carries as TCP: the first route whose
-//! match fits a connection (its port, the source's labels or namespace) sends it to one of
-//! its weighted destinations, as in Istio's TCP traffic shifting.
+//! VirtualService `tls` and `tcp` routes, for what the waypoint carries as TCP: the first
+//! route whose match fits a connection (the SNI of its ClientHello for a `tls` route, its
+//! port, the source's labels or namespace) sends it to one of its weighted destinations, as
+//! in Istio's TCP traffic shifting. A host's `tls` routes come before its `tcp` routes: a
+//! TLS connection no `tls` route fits may still fit a `tcp` route.
 
 use std::collections::BTreeMap;
 
-use mesh_controller::resources::virtual_service::{L4MatchAttributes, TcpRoute as TcpRouteSpec};
+use mesh_controller::resources::virtual_service::{
+    L4MatchAttributes, RouteDestination, TcpRoute as TcpRouteSpec, TlsMatchAttributes,
+    TlsRoute as TlsRouteSpec,
+};
 
 use super::{Target, pick_weighted, target};
 use crate::store::Workload;
@@ -26,6 +31,9 @@ struct L4Match {
     source_namespace: Option<String>,
     /// The match names gateways and not `mesh`: it never fits traffic inside the mesh.
     gateways_only: bool,
+    /// A `tls` route's server names (lower case; `*.example.com` for any name under it):
+    /// the connection's SNI must be one. Empty for `tcp` routes.
+    sni_hosts: Vec<String>,
 }
 
 /// What a TCP route can match a connection on.
@@ -33,6 +41,8 @@ pub struct Connection<'a> {
     /// The port the client connected to.
     pub port: u16,
     pub source: Option<&'a Workload>,
+    /// The server name of the client's TLS ClientHello, if it sent one.
+    pub sni: Option<&'a str>,
 }
 
 impl TcpRoute {
@@ -47,8 +57,34 @@ impl TcpRoute {
             .iter()
             .map(L4Match::compile)
             .collect::<Result<_, _>>()?;
-        let destinations = spec
-            .route
+        Self::new(matches, &spec.route, namespace, domain, origin)
+    }
+
+    pub(super) fn compile_tls(
+        spec: &TlsRouteSpec,
+        namespace: &str,
+        domain: &str,
+        origin: &str,
+    ) -> Result<Self, String> {
+        let matches: Vec<L4Match> = spec
+            .matches
+            .iter()
+            .map(L4Match::compile_tls)
+            .collect::<Result<_, _>>()?;
+        if matches.is_empty() {
+            return Err("a tls route matches no server name".to_owned());
+        }
+        Self::new(matches, &spec.route, namespace, domain, origin)
+    }
+
+    fn new(
+        matches: Vec<L4Match>,
+        route: &[RouteDestination],
+        namespace: &str,
+        domain: &str,
+        origin: &str,
+    ) -> Result<Self, String> {
+        let destinations = route
             .iter()
             .map(|d| {
                 let weight = u32::try_from(d.weight.unwrap_or(100)).unwrap_or(0);
@@ -56,7 +92,7 @@ impl TcpRoute {
             })
             .collect::<Vec<_>>();
         if destinations.is_empty() {
-            return Err("a tcp route has no destination".to_owned());
+            return Err("a tcp or tls route has no destination".to_owned());
         }
         Ok(TcpRoute {
             origin: origin.to_owned(),
@@ -67,6 +103,11 @@ impl TcpRoute {
 
     pub(super) fn fits(&self, connection: &Connection<'_>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.fits(connection))
+    }
+
+    /// Whether the route looks at the ClientHello's server name.
+    pub(super) fn reads_sni(&self) -> bool {
+        self.matches.iter().any(|m| !m.sni_hosts.is_empty())
     }
 
     /// The destination this connection goes to, by weight.
@@ -90,12 +131,50 @@ impl L4Match {
             source_labels: spec.source_labels.clone(),
             source_namespace: spec.source_namespace.clone(),
             gateways_only: !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh"),
+            sni_hosts: Vec::new(),
+        })
+    }
+
+    fn compile_tls(spec: &TlsMatchAttributes) -> Result<Self, String> {
+        if spec.sni_hosts.is_empty() {
+            return Err("a tls match has no sniHosts".to_owned());
+        }
+        let l4 = L4Match::compile(&L4MatchAttributes {
+            destination_subnets: spec.destination_subnets.clone(),
+            port: spec.port,
+            source_labels: spec.source_labels.clone(),
+            gateways: spec.gateways.clone(),
+            source_namespace: spec.source_namespace.clone(),
+        })?;
+        Ok(L4Match {
+            sni_hosts: spec
+                .sni_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            ..l4
         })
     }
 
     fn fits(&self, connection: &Connection<'_>) -> bool {
         if self.gateways_only || self.port.is_some_and(|p| p != connection.port) {
             return false;
+        }
+        if !self.sni_hosts.is_empty() {
+            let Some(sni) = connection.sni.map(str::to_ascii_lowercase) else {
+                return false;
+            };
+            let named = self
+                .sni_hosts
+                .iter()
+                .any(|host| match host.strip_prefix('*') {
+                    // `*.example.com`: any name under it, not the domain itself.
+                    Some(suffix) => sni.len() > suffix.len() && sni.ends_with(suffix),
+                    None => *host == sni,
+                });
+            if !named {
+                return false;
+            }
         }
         // A source the waypoint does not know matches no source condition.
         let labels_fit = self.source_labels.is_empty()

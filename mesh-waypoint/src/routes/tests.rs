@@ -294,6 +294,7 @@ fn tcp_routes_split_connections_by_port_and_source() {
         let connection = TcpConnection {
             port,
             source: Some(&source),
+            sni: None,
         };
         table
             .tcp_route(REVIEWS, &connection)
@@ -314,4 +315,56 @@ fn tcp_routes_split_connections_by_port_and_source() {
         matches!(table.find(REVIEWS, &get("/").view()), Lookup::Default),
         "HTTP to the host is not routed by tcp routes"
     );
+}
+
+/// Istio's TLS routing by SNI: names pick a subset, a wildcard takes the names under it, a
+/// connection without a fitting name falls to the `tcp` routes, and a host without `tls`
+/// routes does not wait for a ClientHello.
+#[test]
+fn tls_routes_choose_by_server_name_before_tcp_routes() {
+    let routes = table(serde_json::json!({
+        "hosts": ["reviews"],
+        "tls": [
+            {"match": [{"sniHosts": ["v2.reviews.example.com"], "port": 443}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"sniHosts": ["*.canary.example.com"]}],
+             "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+        ],
+        "tcp": [{"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}],
+    }));
+    let on = |port, sni: Option<&str>| {
+        let connection = TcpConnection {
+            port,
+            source: None,
+            sni,
+        };
+        routes
+            .tcp_route(REVIEWS, &connection)
+            .and_then(|route| route.choose().subset.clone())
+    };
+    assert!(routes.reads_sni(REVIEWS));
+    assert_eq!(
+        on(443, Some("V2.Reviews.example.com")).as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        on(8443, Some("v2.reviews.example.com")).as_deref(),
+        Some("v1"),
+        "port"
+    );
+    assert_eq!(
+        on(443, Some("a.b.canary.example.com")).as_deref(),
+        Some("v3")
+    );
+    assert_eq!(
+        on(443, Some("canary.example.com")).as_deref(),
+        Some("v1"),
+        "not under"
+    );
+    assert_eq!(on(443, None).as_deref(), Some("v1"), "no ClientHello");
+    let tcp_only = table(serde_json::json!({
+        "hosts": ["reviews"],
+        "tcp": [{"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}],
+    }));
+    assert!(!tcp_only.reads_sni(REVIEWS));
 }

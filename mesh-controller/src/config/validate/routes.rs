@@ -61,6 +61,43 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
                 references(v, key, hosts, &subsets, destination, &at);
             }
         }
+        for (i, route) in spec.tls.iter().enumerate() {
+            let at = format!("spec.tls[{i}]");
+            let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();
+            check_weights(v, key, &at, &weights);
+            if route.matches.is_empty() {
+                v.invalid(key, "InvalidRoute", format!("{at}.match is empty"));
+            }
+            if route.route.is_empty() {
+                v.invalid(key, "InvalidRoute", format!("{at}.route is empty"));
+            }
+            for (j, m) in route.matches.iter().enumerate() {
+                if m.sni_hosts.is_empty() {
+                    v.invalid(
+                        key,
+                        "InvalidRoute",
+                        format!("{at}.match[{j}].sniHosts is empty"),
+                    );
+                }
+                if !m.destination_subnets.is_empty() {
+                    v.invalid(
+                        key,
+                        "UnsupportedField",
+                        format!("{at}.match[{j}].destinationSubnets is not supported by Ambit yet"),
+                    );
+                }
+            }
+            for (j, d) in route.route.iter().enumerate() {
+                references(
+                    v,
+                    key,
+                    hosts,
+                    &subsets,
+                    &d.destination,
+                    &format!("{at}.route[{j}]"),
+                );
+            }
+        }
         for (i, route) in spec.tcp.iter().enumerate() {
             let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();
             check_weights(v, key, &format!("spec.tcp[{i}]"), &weights);

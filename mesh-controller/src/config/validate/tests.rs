@@ -242,6 +242,33 @@ fn tcp_routes_are_checked() {
 }
 
 #[test]
+fn tls_routes_are_checked() {
+    let tls = |name: &str, matches: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  hosts: [reviews]\n  tls:\n  - match: [{matches}]\n    route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}\n    - {{destination: {{host: reviews, subset: v3}}, weight: 10}}\n"
+        )
+    };
+    let (_, v) = validated(&tls("by-name", "{sniHosts: [v1.example.com], port: 443}"));
+    let found = findings(&v, &key(Kind::VirtualService, "by-name"));
+    assert!(
+        v.accepted(&key(Kind::VirtualService, "by-name")),
+        "{found:?}"
+    );
+    assert_eq!(found[0].1, "UnknownSubset", "{found:?}");
+    let (_, v) = validated(&tls(
+        "no-name",
+        "{sniHosts: [], destinationSubnets: [10.0.0.0/8]}",
+    ));
+    let found = findings(&v, &key(Kind::VirtualService, "no-name"));
+    let reasons: Vec<&str> = found.iter().map(|f| f.1).collect();
+    assert_eq!(
+        reasons,
+        ["InvalidRoute", "UnsupportedField", "UnknownSubset"],
+        "{found:?}"
+    );
+}
+
+#[test]
 fn security_policies_are_checked() {
     let yaml = r#"
 apiVersion: security.istio.io/v1

@@ -1,0 +1,157 @@
+//! The server name (SNI) of a TLS ClientHello, read from the first bytes a client sends,
+//! for VirtualService `tls` routes: the waypoint routes the connection without terminating
+//! its TLS.
+
+/// What the first bytes of a connection say of its server name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientHello {
+    /// Not a TLS handshake.
+    NotTls,
+    /// A handshake record begins; it needs this many bytes in all.
+    Incomplete(usize),
+    /// The ClientHello, and its server name if it has one (and it could be read).
+    Complete(Option<String>),
+}
+
+/// The most the first record can hold: its header and 2^14 bytes (RFC 8446, 5.1).
+pub const MAX_RECORD: usize = 5 + (1 << 14);
+
+pub fn parse(bytes: &[u8]) -> ClientHello {
+    const HANDSHAKE: u8 = 0x16;
+    match bytes.first() {
+        None => return ClientHello::Incomplete(5),
+        Some(&HANDSHAKE) => {}
+        Some(_) => return ClientHello::NotTls,
+    }
+    let Some(header) = bytes.get(..5) else {
+        return ClientHello::Incomplete(5);
+    };
+    let total = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if total > MAX_RECORD {
+        return ClientHello::NotTls;
+    }
+    match bytes.get(5..total) {
+        None => ClientHello::Incomplete(total),
+        Some(record) => match record.first() {
+            Some(1) => ClientHello::Complete(server_name(record)),
+            _ => ClientHello::NotTls,
+        },
+    }
+}
+
+/// The `server_name` extension of a ClientHello handshake message (one that goes on into a
+/// second record is not read: clients do not send those).
+fn server_name(handshake: &[u8]) -> Option<String> {
+    let mut r = Reader(handshake);
+    r.skip(1)?; // type: ClientHello
+    let length = r.u24()?;
+    let mut hello = Reader(r.take(length)?);
+    hello.skip(2 + 32)?; // legacy version, random
+    let session_id = hello.u8()?;
+    hello.skip(session_id)?;
+    let cipher_suites = hello.u16()?;
+    hello.skip(cipher_suites)?;
+    let compression = hello.u8()?;
+    hello.skip(compression)?;
+    let extensions = hello.u16()?;
+    let mut extensions = Reader(hello.take(extensions)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let length = extensions.u16()?;
+        let data = extensions.take(length)?;
+        if kind != 0 {
+            continue;
+        }
+        let mut list = Reader(data);
+        let list_length = list.u16()?;
+        let mut names = Reader(list.take(list_length)?);
+        while !names.0.is_empty() {
+            let name_type = names.u8()?;
+            let length = names.u16()?;
+            let name = names.take(length)?;
+            if name_type == 0 {
+                return std::str::from_utf8(name).ok().map(str::to_owned);
+            }
+        }
+    }
+    None
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(drop)
+    }
+
+    fn u8(&mut self) -> Option<usize> {
+        Some(usize::from(self.take(1)?[0]))
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    fn u24(&mut self) -> Option<usize> {
+        let b = self.take(3)?;
+        Some(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The first flight of a real rustls client for `name`.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(mesh_core::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut out = Vec::new();
+        client.write_tls(&mut out).expect("ClientHello");
+        out
+    }
+
+    #[test]
+    fn the_server_name_is_read_from_a_client_hello() {
+        let hello = client_hello("reviews.example.com");
+        assert_eq!(
+            parse(&hello),
+            ClientHello::Complete(Some("reviews.example.com".to_owned()))
+        );
+        // Cut anywhere, it asks for the whole record.
+        for cut in [0, 3, 5, 40, hello.len() - 1] {
+            let wants = parse(&hello[..cut]);
+            let whole = if cut < 5 { 5 } else { hello.len() };
+            assert_eq!(wants, ClientHello::Incomplete(whole), "cut at {cut}");
+        }
+        // An address is sent without a server name.
+        assert_eq!(
+            parse(&client_hello("10.0.0.1")),
+            ClientHello::Complete(None)
+        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), ClientHello::NotTls);
+        assert_eq!(
+            parse(&[0x16, 3, 1, 0xff, 0xff]),
+            ClientHello::NotTls,
+            "too long"
+        );
+        let mut broken = hello.clone();
+        broken[6] = 0xff; // a ClientHello longer than its record
+        assert_eq!(parse(&broken), ClientHello::Complete(None));
+    }
+}
