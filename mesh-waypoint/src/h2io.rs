@@ -37,23 +37,8 @@ impl H2Io {
     /// The first bytes the peer sent, without consuming them; `None` if nothing came within
     /// `wait` (a protocol where the server speaks first) or the stream ended.
     pub async fn peek(&mut self, wait: std::time::Duration) -> io::Result<Option<&[u8]>> {
-        if self.pending.is_empty() && !self.eof {
-            let first =
-                tokio::time::timeout(wait, std::future::poll_fn(|cx| self.recv.poll_data(cx)));
-            match first.await {
-                Err(_) => return Ok(None),
-                Ok(None) => self.eof = true,
-                Ok(Some(Err(error))) => return Err(h2_to_io(error)),
-                Ok(Some(Ok(data))) => {
-                    self.recv
-                        .flow_control()
-                        .release_capacity(data.len())
-                        .map_err(h2_to_io)?;
-                    self.pending = data;
-                }
-            }
-        }
-        Ok((!self.pending.is_empty()).then_some(&self.pending[..]))
+        let first = self.peek_at_least(1, wait).await?;
+        Ok((!first.is_empty()).then_some(first))
     }
 
     /// At least `len` of the first bytes the peer sends, without consuming them: fewer if

@@ -102,31 +102,7 @@ struct ClientAuth {
 impl ServerTls {
     pub fn of(tls: &ServerTlsSettings, credentials: &Credentials<'_>) -> Result<Self, String> {
         let (cert, key, secret_ca) = match &tls.credential_name {
-            Some(name) => {
-                let secret = credentials.get(name).ok_or(format!(
-                    "no Secret {}/{name} with a certificate (credentialName)",
-                    credentials.namespace
-                ))?;
-                if secret.certificate_chain.is_empty() || secret.private_key.is_empty() {
-                    return Err(format!(
-                        "Secret {}/{name} lacks tls.crt and tls.key (or cert and key)",
-                        credentials.namespace
-                    ));
-                }
-                // The CA: in the Secret itself, else in `<name>-cacert`.
-                let own_ca = (!secret.ca_certificates.is_empty()).then_some((name.clone(), secret));
-                let ca_name = format!("{name}-cacert");
-                let separate_ca = credentials.get(&ca_name).map(|c| (ca_name, c));
-                let ca = own_ca
-                    .or(separate_ca)
-                    .filter(|(_, c)| !c.ca_certificates.is_empty())
-                    .map(|(name, c)| Pem::from_secret(&name, &c.ca_certificates));
-                (
-                    Pem::from_secret(name, &secret.certificate_chain),
-                    Pem::from_secret(name, &secret.private_key),
-                    ca,
-                )
-            }
+            Some(name) => from_secret(name, credentials)?,
             None => match (&tls.server_certificate, &tls.private_key) {
                 (Some(cert), Some(key)) => (Pem::File(cert.clone()), Pem::File(key.clone()), None),
                 _ => {
@@ -190,6 +166,38 @@ impl ServerTls {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// The certificate, key and CA (if any) of the Secret `name`: the CA in the Secret itself,
+/// else in `<name>-cacert`.
+fn from_secret(
+    name: &str,
+    credentials: &Credentials<'_>,
+) -> Result<(Pem, Pem, Option<Pem>), String> {
+    let namespace = credentials.namespace;
+    let secret = credentials.get(name).ok_or(format!(
+        "no Secret {namespace}/{name} with a certificate (credentialName)"
+    ))?;
+    if secret.certificate_chain.is_empty() || secret.private_key.is_empty() {
+        return Err(format!(
+            "Secret {namespace}/{name} lacks tls.crt and tls.key (or cert and key)"
+        ));
+    }
+    let ca_name = format!("{name}-cacert");
+    let ca = [
+        (name, Some(secret)),
+        (ca_name.as_str(), credentials.get(&ca_name)),
+    ]
+    .into_iter()
+    .find_map(|(name, secret)| {
+        let secret = secret.filter(|s| !s.ca_certificates.is_empty())?;
+        Some(Pem::from_secret(name, &secret.ca_certificates))
+    });
+    Ok((
+        Pem::from_secret(name, &secret.certificate_chain),
+        Pem::from_secret(name, &secret.private_key),
+        ca,
+    ))
 }
 
 impl ClientAuth {
