@@ -134,14 +134,16 @@ mod tests {
                 let (tcp, _) = listener.accept().await.expect("accept");
                 let seen = seen_tx.clone();
                 workers.assign(tcp, move |mut tcp| async move {
-                    let _ = seen.send(current());
+                    let _ = seen.send((n, current()));
                     let _ = tcp.read(&mut [0; 1]).await;
                 });
             }
         });
-        let seen: Vec<_> = (0..3)
+        // Workers run on threads of their own: they may start serving in any order.
+        let mut seen: Vec<_> = (0..3)
             .map(|_| seen.recv_timeout(Duration::from_secs(5)).expect("served"))
             .collect();
-        assert_eq!(seen, [Some(0), Some(1), Some(0)]);
+        seen.sort();
+        assert_eq!(seen, [(0, Some(0)), (1, Some(1)), (2, Some(0))]);
     }
 }
