@@ -231,18 +231,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| {
-        let host = request
-            .headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(request.uri().host())
-            .unwrap_or_default();
-        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
-            match port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') {
-                true => name,
-                false => host,
-            }
-        });
+        let host = proxy::bare_host(proxy::authority_of(&request));
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let response = hyper::Response::builder()
             .status(hyper::StatusCode::MOVED_PERMANENTLY)

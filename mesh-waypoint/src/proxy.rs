@@ -316,7 +316,7 @@ fn authorize<B>(
 }
 
 /// An authority without its port.
-fn bare_host(authority: &str) -> &str {
+pub fn bare_host(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
         _ => authority,
@@ -324,7 +324,7 @@ fn bare_host(authority: &str) -> &str {
 }
 
 /// The request's authority: `:authority` (HTTP/2) or `Host`.
-fn authority_of<B>(request: &Request<B>) -> &str {
+pub fn authority_of<B>(request: &Request<B>) -> &str {
     authority_of_parts(request.uri(), request.headers())
 }
 

@@ -61,19 +61,13 @@ impl Pem {
     }
 }
 
-/// Names where the PEM comes from, never what a key holds.
+/// Names where the PEM comes from, never what a key holds (also in error messages).
 impl fmt::Debug for Pem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pem::File(path) => write!(f, "{path}"),
             Pem::Secret { name, .. } => write!(f, "Secret {name}"),
         }
-    }
-}
-
-impl fmt::Display for Pem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
     }
 }
 
@@ -147,7 +141,7 @@ impl ServerTls {
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
         let chain = read_certificates(&self.cert)?;
         let key = PrivateKeyDer::from_pem_slice(&self.key.bytes()?)
-            .map_err(|e| format!("{}: {e}", self.key))?;
+            .map_err(|e| format!("{:?}: {e}", self.key))?;
         let provider = mesh_core::tls::provider();
         let versions: &[&rustls::SupportedProtocolVersion] = match self.tls13_only {
             true => &[&rustls::version::TLS13],
@@ -162,7 +156,7 @@ impl ServerTls {
         };
         let mut config = builder
             .with_single_cert(chain, key)
-            .map_err(|e| format!("{}: {e}", self.cert))?;
+            .map_err(|e| format!("{:?}: {e}", self.cert))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
@@ -207,14 +201,14 @@ impl ClientAuth {
     ) -> Result<Arc<dyn ClientCertVerifier>, String> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certificates(&self.ca)? {
-            roots.add(cert).map_err(|e| format!("{}: {e}", self.ca))?;
+            roots.add(cert).map_err(|e| format!("{:?}: {e}", self.ca))?;
         }
         let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         let builder = match self.required {
             true => builder,
             false => builder.allow_unauthenticated(),
         };
-        let chain = builder.build().map_err(|e| format!("{}: {e}", self.ca))?;
+        let chain = builder.build().map_err(|e| format!("{:?}: {e}", self.ca))?;
         Ok(match self.subject_alt_names.is_empty() {
             true => chain,
             false => Arc::new(NamedClients {
@@ -228,9 +222,9 @@ impl ClientAuth {
 fn read_certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(&pem.bytes()?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{pem}: {e}"))?;
+        .map_err(|e| format!("{pem:?}: {e}"))?;
     match certs.is_empty() {
-        true => Err(format!("{pem}: no certificate in it")),
+        true => Err(format!("{pem:?}: no certificate in it")),
         false => Ok(certs),
     }
 }
