@@ -25,6 +25,14 @@ pub const USE_WAYPOINT: &str = "ambit.io/use-waypoint";
 const NO_WAYPOINT: &str = "none";
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// A pod's own locality (`region.zone.subzone`: labels cannot hold `/`), over its node's.
+pub const LOCALITY_LABEL: &str = "istio-locality";
+/// A node's topology labels, as Istio reads them.
+const TOPOLOGY: [&str; 3] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];
 
 /// What workloads and services are computed from besides themselves.
 struct Context<'a> {
@@ -33,6 +41,8 @@ struct Context<'a> {
     account_waypoints: BTreeMap<(String, String), &'a str>,
     /// (namespace, service) -> ready endpoint addresses.
     endpoints: BTreeMap<(String, String), Vec<String>>,
+    /// Node -> its locality, `region/zone/subzone`.
+    localities: BTreeMap<String, String>,
 }
 
 impl<'a> Context<'a> {
@@ -62,10 +72,19 @@ impl<'a> Context<'a> {
             addresses.sort();
             addresses.dedup();
         }
+        let localities = set
+            .nodes()
+            .map(|(key, node)| {
+                let labels = node.labels();
+                let parts = TOPOLOGY.map(|l| labels.get(l).map_or("", String::as_str));
+                (key.name.clone(), parts.join("/"))
+            })
+            .collect();
         Context {
             namespaces,
             account_waypoints,
             endpoints,
+            localities,
         }
     }
 }
@@ -98,12 +117,14 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             },
             Resource::Service(service) => Body::Service(service_of(service, &context, domain)),
             Resource::Namespace(_)
+            | Resource::Node(_)
             | Resource::EndpointSlice(_)
             | Resource::ServiceAccount(_)
             | Resource::K8sGateway(_) => continue,
             // Ingress gateways (the waypoint binary in ingress mode) listen by it.
             Resource::Gateway(r) => Body::IstioJson(json(&r.spec)),
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
+            Resource::HttpRoute(r) => Body::IstioJson(json(&r.spec)),
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
             Resource::PeerAuthentication(r) => Body::IstioJson(json(&r.spec)),
@@ -176,10 +197,16 @@ fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
         .filter(|w| *w != NO_WAYPOINT)
         .map(|w| format!("{namespace}/{w}"))
         .unwrap_or_default();
+    let node = spec.and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let locality = match label(&labels, LOCALITY_LABEL) {
+        Some(own) => own.replace('.', "/"),
+        None => context.localities.get(&node).cloned().unwrap_or_default(),
+    };
     Some(pb::Workload {
         name: pod.name_any(),
         namespace,
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node,
+        locality,
         addresses,
         service_account,
         labels: labels.into_iter().collect(),
@@ -269,9 +296,13 @@ metadata: {name: payments, namespace: shop, labels: {ambit.io/use-waypoint: sa-w
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: pay, namespace: shop, uid: 0b5c3b1e-6a2f-4d8e-9c1a-2f3e4d5c6b7a}
+metadata: {name: pay, namespace: shop, uid: 0b5c3b1e-6a2f-4d8e-9c1a-2f3e4d5c6b7a, labels: {istio-locality: eu-west.eu-west-1b}}
 spec: {serviceAccountName: payments, nodeName: n0, containers: []}
 status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n0, labels: {topology.kubernetes.io/region: eu-west, topology.kubernetes.io/zone: eu-west-1a}}
 ---
 apiVersion: v1
 kind: Pod
@@ -336,6 +367,8 @@ endpoints:
         };
         assert_eq!(web.waypoint, "shop/ns-wp");
         assert!(web.enrolled);
+        assert_eq!(web.locality, "eu-west/eu-west-1a/", "its node's");
+        assert_eq!(pay.locality, "eu-west/eu-west-1b", "its own label's");
         let Body::Service(legacy) = body("legacy") else {
             panic!("legacy is not a service")
         };

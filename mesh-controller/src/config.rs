@@ -17,16 +17,18 @@ pub mod validate;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+    core::v1::{Namespace, Node, Pod, Secret, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 
-use crate::resources::{gateway_api, networking, security};
+use crate::resources::{gateway_api, http_route, networking, security};
 
 /// The kinds a configuration holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
+    /// Its topology labels give its pods' locality.
+    Node,
     Pod,
     Service,
     /// A Service's endpoints (what a selector-less Service sends to, too).
@@ -41,6 +43,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// A Gateway API `Gateway` (of class `ambit-waypoint` when it asks for a waypoint).
     K8sGateway,
+    /// A Gateway API `HTTPRoute` (on a Service: routes at its waypoint).
+    HttpRoute,
     /// A certificate an Istio Gateway's `credentialName` names.
     Secret,
 }
@@ -49,6 +53,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -60,6 +65,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -85,6 +91,7 @@ impl std::fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Namespace(Box<Namespace>),
+    Node(Box<Node>),
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -96,6 +103,7 @@ pub enum Resource {
     PeerAuthentication(Box<security::PeerAuthentication>),
     AuthorizationPolicy(Box<security::AuthorizationPolicy>),
     K8sGateway(Box<gateway_api::Gateway>),
+    HttpRoute(Box<http_route::HTTPRoute>),
     Secret(Box<Secret>),
 }
 
@@ -118,6 +126,7 @@ macro_rules! typed {
 
 impl ConfigSet {
     typed!(namespaces, Namespace, Namespace);
+    typed!(nodes, Node, Node);
     typed!(pods, Pod, Pod);
     typed!(services, Service, Service);
     typed!(endpoint_slices, EndpointSlice, EndpointSlice);
@@ -141,6 +150,7 @@ impl ConfigSet {
         security::AuthorizationPolicy
     );
     typed!(k8s_gateways, K8sGateway, gateway_api::Gateway);
+    typed!(http_routes, HttpRoute, http_route::HTTPRoute);
     typed!(secrets, Secret, Secret);
 
     /// Adds or replaces a resource.
@@ -156,6 +166,7 @@ impl Resource {
         use kube::Resource as _;
         match self {
             Resource::Namespace(r) => r.meta(),
+            Resource::Node(r) => r.meta(),
             Resource::Pod(r) => r.meta(),
             Resource::Service(r) => r.meta(),
             Resource::EndpointSlice(r) => r.meta(),
@@ -167,6 +178,7 @@ impl Resource {
             Resource::PeerAuthentication(r) => r.meta(),
             Resource::AuthorizationPolicy(r) => r.meta(),
             Resource::K8sGateway(r) => r.meta(),
+            Resource::HttpRoute(r) => r.meta(),
             Resource::Secret(r) => r.meta(),
         }
     }
@@ -174,6 +186,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Namespace(_) => Kind::Namespace,
+            Resource::Node(_) => Kind::Node,
             Resource::Pod(_) => Kind::Pod,
             Resource::Service(_) => Kind::Service,
             Resource::EndpointSlice(_) => Kind::EndpointSlice,
@@ -185,6 +198,7 @@ impl Resource {
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::K8sGateway(_) => Kind::K8sGateway,
+            Resource::HttpRoute(_) => Kind::HttpRoute,
             Resource::Secret(_) => Kind::Secret,
         }
     }

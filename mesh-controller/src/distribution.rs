@@ -74,6 +74,7 @@ pub fn wanted(role: Role, kind: &str) -> bool {
                 | "Service"
                 | "ServiceEntry"
                 | "VirtualService"
+                | "HTTPRoute"
                 | "DestinationRule"
                 | "Gateway"
                 | "AuthorizationPolicy"

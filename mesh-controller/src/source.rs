@@ -149,6 +149,7 @@ fn has_status(key: &ObjectKey) -> bool {
     !matches!(
         key.kind,
         Kind::Namespace
+            | Kind::Node
             | Kind::Pod
             | Kind::Service
             | Kind::EndpointSlice

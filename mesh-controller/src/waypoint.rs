@@ -9,10 +9,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext,
-            Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec,
-            Volume, VolumeMount, VolumeProjection,
+            Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+            ProjectedVolumeSource, SecurityContext, Service, ServiceAccount,
+            ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
+            VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -231,6 +232,18 @@ fn deployment(
                         name: "waypoint".to_owned(),
                         image: Some(settings.image.clone()),
                         args: Some(args),
+                        // Its own pod, whose locality load balancing is relative to.
+                        env: Some(vec![EnvVar {
+                            name: "POD_NAME".to_owned(),
+                            value_from: Some(EnvVarSource {
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.name".to_owned(),
+                                    ..ObjectFieldSelector::default()
+                                }),
+                                ..EnvVarSource::default()
+                            }),
+                            ..EnvVar::default()
+                        }]),
                         volume_mounts: Some(vec![
                             VolumeMount {
                                 name: "token".to_owned(),

@@ -166,3 +166,47 @@ async fn status_follows_create_update_and_delete() {
         refs.message
     );
 }
+
+/// A Gateway API route reports under each parent, with Ambit's controller name, as
+/// `kubectl get httproute -o yaml` shows it.
+#[tokio::test]
+async fn an_httproute_reports_per_parent() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec: {ports: [{port: 9080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo, generation: 3}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Plugin, name: x}}]
+    backendRefs: [{name: reviews, port: 9080}]
+"#;
+    let client = common::fake_client(&common::objects(yaml)).await;
+    let distributor = Distributor::default();
+    let mut status = KubeStatus::new(client.clone(), Some("test".to_owned()));
+    let mut source = listed(&client).await;
+    publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
+    let routes: Api<mesh_controller::resources::http_route::HTTPRoute> =
+        Api::namespaced(client.clone(), "bookinfo");
+    let route = routes.get_status("reviews").await.unwrap();
+    let parents = route.status.expect("a status").parents;
+    assert_eq!(parents.len(), 1);
+    assert_eq!(parents[0].parent_ref.name, "reviews");
+    assert_eq!(parents[0].controller_name, "ambit.io/controller");
+    let (status, reason) = accepted(&parents[0].conditions);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "UnsupportedValue")
+    );
+    assert!(
+        parents[0].conditions[0].message.contains("ExtensionRef"),
+        "{:?}",
+        parents[0].conditions
+    );
+    assert_eq!(parents[0].conditions[0].observed_generation, Some(3));
+}

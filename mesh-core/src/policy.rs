@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use evaluate::{Connection, Decision, PolicySet, Request, Targets, Workload};
+pub use evaluate::{Connection, Decision, PolicySet, Request, Targets, Workload, cidr_contains};
 pub use load::{LoadError, load_dir, parse_documents, streamed_document};
 
 /// Istio's root namespace: policies there apply mesh-wide.

@@ -78,6 +78,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         upstreams: Upstreams::new(
             Connector::new(certificates.clone()),
             config.waypoint.clone(),
+            config
+                .pod_name
+                .as_ref()
+                .map(|name| (config.namespace.clone(), name.clone())),
         ),
         certificates,
         store: Store::default(),

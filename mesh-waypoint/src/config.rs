@@ -28,6 +28,10 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
 
+    /// The waypoint's own pod, whose locality locality-aware load balancing is relative to.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// The service account the waypoint runs as (its identity's).
     #[arg(long, env = "AMBIT_SERVICE_ACCOUNT")]
     pub service_account: String,

@@ -1,8 +1,10 @@
 //! Ingress mode: the listeners of an Istio `Gateway`. Each server port of the Gateway gets a
-//! listener, plain HTTP (or only a redirect to HTTPS, with `tls.httpsRedirect`) or HTTPS
-//! (`tls.rs`), opened and closed as the Gateway changes. Requests are routed by the
-//! VirtualServices that list the Gateway, by their `Host`.
+//! listener, opened and closed as the Gateway changes: plain HTTP (or only a redirect to
+//! HTTPS, with `tls.httpsRedirect`) or HTTPS (`tls.rs`), routed by the `http` routes of the
+//! VirtualServices that list the Gateway, by `Host`; or TCP, TLS terminated here, or TLS
+//! passed through (`l4.rs`), routed by their `tls` and `tcp` routes.
 
+mod l4;
 mod tls;
 
 use std::{
@@ -28,24 +30,41 @@ use crate::{
 /// What a listener serves, to notice when it must change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Listen {
+    /// The port bound (the server's `targetPort`, else its number).
     port: u16,
+    /// The server's port number, which routes match on.
+    number: u16,
+    /// TLS terminated here.
     tls: Option<ServerTls>,
+    serve: Serve,
+}
+
+/// What a listener does with a connection (after its TLS, if it terminates TLS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serve {
+    /// HTTP/1.1 and HTTP/2, by the `http` routes.
+    Http,
     /// Plain HTTP answering every request with a redirect to HTTPS.
-    redirect_https: bool,
+    RedirectHttps,
+    /// Carried as TCP by the `tls` and `tcp` routes; `sni`: TLS passes through, and its
+    /// ClientHello's server name is read.
+    Tcp { sni: bool },
 }
 
 /// How an open listener serves the connections it accepts; swapped in place when the
 /// Gateway or its Secret changes, so the port never closes for a renewed certificate.
 struct Serving {
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    redirect_https: bool,
+    number: u16,
+    serve: Serve,
 }
 
 impl Serving {
     fn of(listen: &Listen) -> Result<Self, String> {
         Ok(Serving {
             acceptor: listen.tls.as_ref().map(ServerTls::acceptor).transpose()?,
-            redirect_https: listen.redirect_https,
+            number: listen.number,
+            serve: listen.serve,
         })
     }
 }
@@ -71,33 +90,49 @@ impl Drop for Listeners {
 }
 
 fn wanted(server: &Server, credentials: &Credentials<'_>) -> Result<Listen, String> {
-    let port = server.port.target_port.unwrap_or(server.port.number);
-    let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+    let in_range =
+        |port: u32| u16::try_from(port).map_err(|_| format!("port {port} is out of range"));
+    let number = in_range(server.port.number)?;
+    let port = in_range(server.port.target_port.unwrap_or(server.port.number))?;
     let protocol = server
         .port
         .protocol
         .as_deref()
         .unwrap_or("HTTP")
         .to_ascii_uppercase();
+    let passthrough = server
+        .tls
+        .as_ref()
+        .and_then(|t| t.mode.as_deref())
+        .is_some_and(|mode| mode.eq_ignore_ascii_case("PASSTHROUGH"));
+    let listen = |tls, serve| Listen {
+        port,
+        number,
+        tls,
+        serve,
+    };
     match protocol.as_str() {
-        "HTTP" | "HTTP2" | "GRPC" => Ok(Listen {
-            port,
-            tls: None,
-            redirect_https: server
+        "HTTP" | "HTTP2" | "GRPC" => {
+            let redirect = server.tls.as_ref().and_then(|t| t.https_redirect);
+            match redirect.unwrap_or(false) {
+                true => Ok(listen(None, Serve::RedirectHttps)),
+                false => Ok(listen(None, Serve::Http)),
+            }
+        }
+        "HTTPS" | "TLS" if passthrough => Ok(listen(None, Serve::Tcp { sni: true })),
+        "HTTPS" | "TLS" => {
+            let tls = server
                 .tls
                 .as_ref()
-                .and_then(|t| t.https_redirect)
-                .unwrap_or(false),
-        }),
-        "HTTPS" => {
-            let tls = server.tls.as_ref().ok_or("HTTPS without tls settings")?;
-            Ok(Listen {
-                port,
-                tls: Some(ServerTls::of(tls, credentials)?),
-                redirect_https: false,
-            })
+                .ok_or("a TLS server without tls settings")?;
+            let serve = match protocol.as_str() {
+                "HTTPS" => Serve::Http,
+                _ => Serve::Tcp { sni: false },
+            };
+            Ok(listen(Some(ServerTls::of(tls, credentials)?), serve))
         }
-        other => Err(format!("protocol {other} is not served by the ingress yet")),
+        "TCP" | "MONGO" => Ok(listen(None, Serve::Tcp { sni: false })),
+        other => Err(format!("protocol {other} is not served by the ingress")),
     }
 }
 
@@ -147,7 +182,7 @@ impl Listeners {
                 },
                 None => match open(&listen, app.clone()).await {
                     Ok((serving, task)) => {
-                        tracing::info!(port, https = listen.tls.is_some(), "ingress listener open");
+                        tracing::info!(port, tls = listen.tls.is_some(), serve = ?listen.serve, "ingress listener open");
                         let open = Open {
                             listen,
                             serving,
@@ -180,13 +215,13 @@ async fn open(
             let local = tcp.local_addr().unwrap_or(addr);
             let (served, serving) = (app.clone(), current.borrow().clone());
             app.workers.assign(tcp, move |tcp| async move {
+                let at = (peer, local);
                 let result = match &serving.acceptor {
                     Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(tls) => serve(TokioIo::new(tls), peer, local, served).await,
+                        Ok(tls) => serve_as(&serving, tls, at, served).await,
                         Err(error) => Err(format!("TLS handshake: {error}")),
                     },
-                    None if serving.redirect_https => redirect(TokioIo::new(tcp)).await,
-                    None => serve(TokioIo::new(tcp), peer, local, served).await,
+                    None => serve_as(&serving, tcp, at, served).await,
                 };
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "ingress connection ended");
@@ -197,7 +232,28 @@ async fn open(
     Ok((serving, task))
 }
 
-async fn serve<IO>(
+/// Serves a connection (its TLS already ended, if the listener terminates TLS) from `peer`
+/// to `local`.
+async fn serve_as<IO>(
+    serving: &Serving,
+    io: IO,
+    (peer, local): (SocketAddr, SocketAddr),
+    app: Arc<App>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match serving.serve {
+        Serve::Http => serve_http(TokioIo::new(io), peer, local, app).await,
+        Serve::RedirectHttps => redirect(TokioIo::new(io)).await,
+        Serve::Tcp { sni } => {
+            l4::carry(io, peer, local, serving.number, sni, app).await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve_http<IO>(
     io: TokioIo<IO>,
     peer: SocketAddr,
     local: SocketAddr,
@@ -243,4 +299,72 @@ where
         .serve_connection(io, service)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(server: &str) -> Result<Listen, String> {
+        let server: Server = serde_yaml::from_str(server).expect("a server");
+        let secrets = HashMap::new();
+        let credentials = Credentials {
+            namespace: "istio-system",
+            secrets: &secrets,
+        };
+        wanted(&server, &credentials)
+    }
+
+    #[test]
+    fn each_protocol_and_mode_is_served_its_way() {
+        let tls = "tls: {mode: SIMPLE, serverCertificate: c, privateKey: k}";
+        let cases = [
+            ("{number: 80, protocol: HTTP}", "", Serve::Http, false),
+            (
+                "{number: 80, protocol: HTTP}",
+                "tls: {httpsRedirect: true}",
+                Serve::RedirectHttps,
+                false,
+            ),
+            ("{number: 443, protocol: HTTPS}", tls, Serve::Http, true),
+            (
+                "{number: 443, protocol: HTTPS}",
+                "tls: {mode: PASSTHROUGH}",
+                Serve::Tcp { sni: true },
+                false,
+            ),
+            (
+                "{number: 443, protocol: TLS}",
+                "tls: {mode: PASSTHROUGH}",
+                Serve::Tcp { sni: true },
+                false,
+            ),
+            (
+                "{number: 443, protocol: TLS}",
+                tls,
+                Serve::Tcp { sni: false },
+                true,
+            ),
+            (
+                "{number: 31400, protocol: TCP}",
+                "",
+                Serve::Tcp { sni: false },
+                false,
+            ),
+        ];
+        for (port, tls, serve, terminated) in cases {
+            let listen = served(&format!("{{port: {port}, hosts: ['*'], {tls}}}"))
+                .unwrap_or_else(|e| panic!("{port} {tls}: {e}"));
+            assert_eq!(
+                (listen.serve, listen.tls.is_some()),
+                (serve, terminated),
+                "{port} {tls}"
+            );
+        }
+        let moved = served("{port: {number: 443, targetPort: 8443, protocol: TCP}, hosts: ['*']}");
+        let moved = moved.expect("a TCP server");
+        assert_eq!((moved.port, moved.number), (8443, 443), "bound vs matched");
+        assert!(served("{port: {number: 443, protocol: TLS}, hosts: ['*']}").is_err());
+        assert!(served("{port: {number: 7, protocol: UDP}, hosts: ['*']}").is_err());
+    }
 }

@@ -4,12 +4,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
 use crate::{
     app::App,
     h2io::H2Io,
     proxy::{Destination, Downstream},
     routes::Target,
-    sni::ClientHello,
+    store::Snapshot,
+    upstream::{Failure, Resolved},
 };
 
 /// How long the waypoint waits for a client's first bytes, on a port whose Service does not
@@ -60,20 +63,23 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         namespace: &namespace,
         refs: &refs,
     };
-    if let mesh_core::policy::Decision::Deny { policy, reason } =
-        snapshot.policies.authorize_request(&targets, connection)
-    {
-        tracing::info!(target = %downstream.target, %policy, %reason, "TCP connection denied");
+    if !admits(&snapshot, &targets, connection) {
         return;
     }
+    let mut first = Vec::new();
     let resolved = match (&downstream.destination, &service) {
         (_, Some(service)) => {
             let sni = match snapshot.routes.reads_sni(&service.hostname) {
-                true => client_hello_sni(&mut io).await,
+                true => {
+                    let (seen, sni) = crate::sni::read_client_hello(&mut io, SNIFF_WAIT).await;
+                    first = seen;
+                    sni
+                }
                 false => None,
             };
             let connection = crate::routes::TcpConnection {
                 port: downstream.target.port(),
+                destination: downstream.target.ip(),
                 source: downstream.source_workload.as_deref(),
                 sni: sni.as_deref(),
             };
@@ -96,10 +102,55 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         }
         _ => return,
     };
+    let carried = Carried {
+        first,
+        what: how,
+        target: downstream.target,
+    };
+    carry_to(io, carried, resolved, &app).await;
+}
+
+/// L4 AuthorizationPolicies on a connection carried as TCP (rules that need HTTP attributes
+/// fail closed): whether it may go on. A denied one is logged.
+pub fn admits(
+    snapshot: &Snapshot,
+    targets: &mesh_core::policy::Targets<'_>,
+    connection: mesh_core::policy::Connection<'_>,
+) -> bool {
+    let port = connection.destination_port;
+    match snapshot.policies.authorize_request(targets, connection) {
+        mesh_core::policy::Decision::Allow => true,
+        mesh_core::policy::Decision::Deny { policy, reason } => {
+            tracing::info!(port, %policy, %reason, "TCP connection denied");
+            false
+        }
+    }
+}
+
+/// A connection on its way to an endpoint.
+pub struct Carried {
+    /// What the client already sent (read to find its server name): sent on first.
+    pub first: Vec<u8>,
+    /// How it came to be carried as TCP, for the log.
+    pub what: &'static str,
+    /// The address the client connected to, for the log.
+    pub target: std::net::SocketAddr,
+}
+
+/// Carries `io` to an endpoint of `resolved` until either side ends.
+pub async fn carry_to<IO>(
+    mut io: IO,
+    carried: Carried,
+    resolved: Result<Arc<Resolved>, Failure>,
+    app: &App,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let target = carried.target;
     let resolved = match resolved {
         Ok(resolved) => resolved,
         Err(failure) => {
-            tracing::info!(%failure, target = %downstream.target, "TCP connection not carried");
+            tracing::info!(%failure, %target, "TCP connection not carried");
             return;
         }
     };
@@ -108,7 +159,7 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         .pick(&resolved.endpoints, &resolved.policy, None)
         .cloned()
     else {
-        tracing::info!(target = %downstream.target, "TCP connection: no endpoint");
+        tracing::info!(%target, "TCP connection: no endpoint");
         return;
     };
     let identity = endpoint
@@ -122,27 +173,13 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         .await
     {
         Ok(mut upstream) => {
-            tracing::debug!(target = %downstream.target, upstream = %endpoint.addr, protocol = how, "TCP through the waypoint");
-            let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+            tracing::debug!(%target, upstream = %endpoint.addr, protocol = carried.what, "TCP through the waypoint");
+            if upstream.write_all(&carried.first).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+            }
         }
         Err(error) => {
             tracing::info!(%error, upstream = %endpoint.addr, "TCP connection to the endpoint failed")
-        }
-    }
-}
-
-/// The server name of the client's TLS ClientHello, for `tls` routes; `None` when the
-/// client does not speak TLS first, names no server, or takes too long to say.
-async fn client_hello_sni(io: &mut H2Io) -> Option<String> {
-    let mut wanted = 5;
-    loop {
-        let first = io.peek_at_least(wanted, SNIFF_WAIT).await.ok()?;
-        match crate::sni::parse(first) {
-            ClientHello::Complete(name) => return name,
-            ClientHello::NotTls => return None,
-            // No more came in time, or the stream ended.
-            ClientHello::Incomplete(_) if first.len() < wanted => return None,
-            ClientHello::Incomplete(more) => wanted = more,
         }
     }
 }

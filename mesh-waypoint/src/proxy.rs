@@ -198,19 +198,34 @@ async fn respond(
             return answer;
         }
     }
+    let uri_query = uri.query().map(str::to_owned);
     let mut response = match route.map(|r| &r.action) {
         Some(Action::Redirect {
             uri,
+            replace_prefix,
             authority: to_authority,
             port,
             scheme,
             status,
         }) => {
+            let mut new_path = match (uri, route.and_then(|r| matched_prefix(r, &path))) {
+                (Some(uri), Some(prefix)) if *replace_prefix => {
+                    self::replace_prefix(&path, prefix, uri)
+                }
+                (Some(uri), _) => uri.clone(),
+                (None, _) => path.to_string(),
+            };
+            // The query goes along unless the new path brings its own, as in Envoy.
+            if let Some(query) = uri_query.as_deref()
+                && !new_path.contains('?')
+            {
+                new_path = format!("{new_path}?{query}");
+            }
             let location = redirect_location(
                 scheme.as_deref().unwrap_or("http"),
                 to_authority.as_deref().unwrap_or(authority),
                 *port,
-                uri.as_deref().unwrap_or(&path),
+                &new_path,
             );
             let mut response = local(*status, "");
             if let Ok(value) = HeaderValue::from_str(&location) {
@@ -394,6 +409,16 @@ pub fn local(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body
     let mut response = Response::new(local_body(body));
     *response.status_mut() = status;
     response
+}
+
+/// `path` with its matched `prefix` replaced by `with`: `/v1` + `/x` stays one slash, and
+/// `/` replacing `/v1` in `/v1/x` is `/x`.
+pub fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
+    let mut joined = format!("{with}{}", &path[prefix.len()..]);
+    if joined.starts_with("//") {
+        joined.remove(0);
+    }
+    joined
 }
 
 /// Whether this route's matches used a prefix (for `rewrite.uri`): the first prefix among

@@ -6,29 +6,32 @@
 //! - `cors`: a route's CORS policy (preflights answered here, responses marked);
 //! - `fault`: fault injection (delay, abort);
 //! - `headers`: header edits (set, add, remove);
+//! - `http_route`: Gateway API HTTPRoutes on Services, compiled into the same routes;
 //! - `matching`: string, header, query and source matches;
 //! - `retry`: retry policies and the failures they retry;
 //! - `tcp`: `tls` and `tcp` routes, for connections carried as TCP;
+//! - `virtual_service`: a VirtualService's `http` routes compiled;
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
 mod cors;
 mod fault;
 mod headers;
+mod http_route;
+#[cfg(test)]
+mod http_route_tests;
 mod matching;
 mod retry;
 mod tcp;
 #[cfg(test)]
 mod tests;
+mod virtual_service;
 
 use std::{collections::HashMap, time::Duration};
 
 use http::StatusCode;
 use mesh_controller::{
     config::duration,
-    resources::{
-        common::{Destination, Percent},
-        virtual_service::{GRPC_STATUSES, HttpRoute, VirtualServiceSpec},
-    },
+    resources::{http_route::HttpRouteSpec, virtual_service::VirtualServiceSpec},
 };
 
 pub use self::{
@@ -57,6 +60,9 @@ pub struct RouteTable {
     /// Host -> its `tls` then its `tcp` routes (inside the mesh only), each in the
     /// VirtualService's order.
     tcp: HashMap<String, Vec<TcpRoute>>,
+    /// A gateway's `tls` and `tcp` routes, VirtualService after VirtualService: its TCP and
+    /// TLS servers have no host to look a route up by, so the first that fits wins.
+    gateway_tcp: Vec<TcpRoute>,
 }
 
 /// Which VirtualServices a table is for.
@@ -69,7 +75,7 @@ pub enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn includes(&self, vs_namespace: &str, gateways: &[String]) -> bool {
+    pub(crate) fn includes(&self, vs_namespace: &str, gateways: &[String]) -> bool {
         match self {
             Scope::Mesh => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
             Scope::Gateway { namespace, name } => {
@@ -93,6 +99,9 @@ pub struct Route {
     pub headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub cors: Option<Cors>,
+    /// A consumer HTTPRoute's namespace (one that is not its Service's): only clients of that
+    /// namespace see the route.
+    pub clients: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +109,9 @@ pub enum Action {
     Forward(Box<Forward>),
     Redirect {
         uri: Option<String>,
+        /// `uri` replaces only the prefix the route matched (the Gateway API's
+        /// `ReplacePrefixMatch`), not the whole path.
+        replace_prefix: bool,
         authority: Option<String>,
         port: Option<u16>,
         scheme: Option<String>,
@@ -168,10 +180,6 @@ pub enum Abort {
     Grpc(u32),
 }
 
-fn percent(p: Option<&Percent>) -> f64 {
-    p.map_or(100.0, |p| p.value.clamp(0.0, 100.0))
-}
-
 fn parse_duration(text: Option<&String>, what: &str) -> Result<Option<Duration>, String> {
     text.map(|t| duration::parse(t).map_err(|e| format!("{what}: {e}")))
         .transpose()
@@ -196,24 +204,22 @@ impl RouteTable {
             let routes: Result<Vec<Route>, String> = spec
                 .http
                 .iter()
-                .map(|http| compile_route(http, namespace, domain, &origin))
+                .map(|http| virtual_service::compile_route(http, namespace, domain, &origin))
                 .collect();
-            let tcp: Result<Vec<TcpRoute>, String> = match scope {
-                Scope::Mesh => {
-                    let tls = spec
-                        .tls
-                        .iter()
-                        .map(|tls| TcpRoute::compile_tls(tls, namespace, domain, &origin));
-                    let tcp = spec
-                        .tcp
-                        .iter()
-                        .map(|tcp| TcpRoute::compile(tcp, namespace, domain, &origin));
-                    tls.chain(tcp).collect()
-                }
-                Scope::Gateway { .. } => Ok(Vec::new()),
+            let at = tcp::At {
+                namespace,
+                domain,
+                origin: &origin,
+                scope,
             };
+            let tls = spec.tls.iter().map(|tls| TcpRoute::compile_tls(tls, &at));
+            let tcp = spec.tcp.iter().map(|tcp| TcpRoute::compile(tcp, &at));
+            let tcp: Result<Vec<TcpRoute>, String> = tls.chain(tcp).collect();
             match routes.and_then(|routes| Ok((routes, tcp?))) {
                 Ok((routes, tcp)) => {
+                    if let Scope::Gateway { .. } = scope {
+                        table.gateway_tcp.extend(tcp.iter().cloned());
+                    }
                     for host in &spec.hosts {
                         let host = match scope {
                             Scope::Mesh => qualify(host, namespace, domain),
@@ -227,7 +233,7 @@ impl RouteTable {
                                 .entry(host.clone())
                                 .or_insert_with(|| routes.clone());
                         }
-                        if !tcp.is_empty() {
+                        if !tcp.is_empty() && matches!(scope, Scope::Mesh) {
                             table.tcp.entry(host).or_insert_with(|| tcp.clone());
                         }
                     }
@@ -236,6 +242,19 @@ impl RouteTable {
             }
         }
         (table, errors)
+    }
+
+    /// Adds the routes of Gateway API HTTPRoutes (`namespace`, `name`, spec): a Service with
+    /// HTTPRoutes is routed by them rather than by a VirtualService. Returns what did not
+    /// compile.
+    pub fn add_http_routes<'a>(
+        &mut self,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a HttpRouteSpec)>,
+        domain: &str,
+    ) -> Vec<String> {
+        let (hosts, errors) = http_route::compile(routes, domain);
+        self.hosts.extend(hosts);
+        errors
     }
 
     /// The routes for `host`, `None` when no VirtualService names it.
@@ -247,6 +266,11 @@ impl RouteTable {
     /// service itself.
     pub fn tcp_route(&self, host: &str, connection: &TcpConnection<'_>) -> Option<&TcpRoute> {
         self.tcp.get(host)?.iter().find(|r| r.fits(connection))
+    }
+
+    /// Ingress: the first of the Gateway's `tls` and `tcp` routes that fits `connection`.
+    pub fn gateway_tcp_route(&self, connection: &TcpConnection<'_>) -> Option<&TcpRoute> {
+        self.gateway_tcp.iter().find(|r| r.fits(connection))
     }
 
     /// Whether `host` has `tls` routes, so that its TLS connections' server name counts.
@@ -274,18 +298,30 @@ impl RouteTable {
         self.hosts.contains_key("*").then(|| "*".to_owned())
     }
 
-    /// The first route for `host` that fits `request`. `None` when the host has routes but
-    /// none fits (answered 404, as Envoy does), or has no routes (`Some` of none: use the
-    /// default route).
+    /// The first route for `host` that fits `request`: none fits although the host has
+    /// routes for this client (answered 404, as Envoy does), or the host has no routes for
+    /// it (the default route).
     pub fn find<'t>(&'t self, host: &str, request: &RequestView<'_>) -> Lookup<'t> {
-        match self.hosts.get(host) {
-            None => Lookup::Default,
-            Some(routes) => routes
-                .iter()
-                .find(|route| {
-                    route.matches.is_empty() || route.matches.iter().any(|m| m.fits(request))
-                })
-                .map_or(Lookup::NoRoute, Lookup::Route),
+        let Some(routes) = self.hosts.get(host) else {
+            return Lookup::Default;
+        };
+        let mut seen = false;
+        for route in routes {
+            if route
+                .clients
+                .as_deref()
+                .is_some_and(|ns| request.source_namespace != Some(ns))
+            {
+                continue;
+            }
+            seen = true;
+            if route.matches.is_empty() || route.matches.iter().any(|m| m.fits(request)) {
+                return Lookup::Route(route);
+            }
+        }
+        match seen {
+            true => Lookup::NoRoute,
+            false => Lookup::Default,
         }
     }
 }
@@ -315,151 +351,4 @@ pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> &T {
         roll -= weight(item);
     }
     &items[items.len() - 1]
-}
-
-fn target(destination: &Destination, namespace: &str, domain: &str) -> Target {
-    Target {
-        host: qualify(&destination.host, namespace, domain),
-        subset: destination.subset.clone(),
-        port: destination
-            .port
-            .as_ref()
-            .and_then(|p| p.number)
-            .and_then(|n| u16::try_from(n).ok()),
-    }
-}
-
-fn compile_route(
-    http: &HttpRoute,
-    namespace: &str,
-    domain: &str,
-    origin: &str,
-) -> Result<Route, String> {
-    let origin = match &http.name {
-        Some(name) => format!("{origin}#{name}"),
-        None => origin.to_owned(),
-    };
-    let matches = http
-        .matches
-        .iter()
-        .map(Match::compile)
-        .collect::<Result<Vec<_>, _>>()?;
-    let action = if let Some(redirect) = &http.redirect {
-        Action::Redirect {
-            uri: redirect.uri.clone(),
-            authority: redirect.authority.clone(),
-            port: redirect.port.and_then(|p| u16::try_from(p).ok()),
-            scheme: redirect.scheme.clone(),
-            status: redirect
-                .redirect_code
-                .and_then(|c| StatusCode::from_u16(c as u16).ok())
-                .unwrap_or(StatusCode::MOVED_PERMANENTLY),
-        }
-    } else if let Some(direct) = &http.direct_response {
-        Action::Respond {
-            status: StatusCode::from_u16(direct.status as u16)
-                .map_err(|e| format!("directResponse status: {e}"))?,
-            body: direct
-                .body
-                .as_ref()
-                .and_then(|b| b.string.clone())
-                .unwrap_or_default(),
-        }
-    } else {
-        let destinations = http
-            .route
-            .iter()
-            .map(|d| {
-                Ok::<_, String>(Weighted {
-                    target: target(&d.destination, namespace, domain),
-                    // One destination without a weight takes everything.
-                    weight: d.weight.map_or(100, |w| w.max(0) as u32),
-                    headers: HeaderOps::compile(
-                        d.headers.as_ref().and_then(|h| h.request.as_ref()),
-                    )?,
-                    response_headers: HeaderOps::compile(
-                        d.headers.as_ref().and_then(|h| h.response.as_ref()),
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if destinations.is_empty() {
-            return Err("a route with no destination, redirect or direct response".to_owned());
-        }
-        let rewrite = http
-            .rewrite
-            .as_ref()
-            .map(|r| {
-                Ok::<_, String>(Rewrite {
-                    uri: r.uri.clone(),
-                    uri_regex: r
-                        .uri_regex_rewrite
-                        .as_ref()
-                        .map(|rr| {
-                            regex::Regex::new(&rr.pattern)
-                                .map(|re| (re, rr.rewrite.clone()))
-                                .map_err(|e| format!("uriRegexRewrite: {e}"))
-                        })
-                        .transpose()?,
-                    authority: r.authority.clone(),
-                })
-            })
-            .transpose()?;
-        let retries = match &http.retries {
-            None => RetryPolicy::istio_default(),
-            Some(r) => RetryPolicy {
-                attempts: r.attempts.max(0) as u32,
-                per_try_timeout: parse_duration(r.per_try_timeout.as_ref(), "perTryTimeout")?,
-                on: RetryOn::parse(
-                    r.retry_on
-                        .as_deref()
-                        .unwrap_or("connect-failure,refused-stream,503"),
-                ),
-            },
-        };
-        let mut mirrors: Vec<Mirror> = http
-            .mirrors
-            .iter()
-            .map(|m| Mirror {
-                target: target(&m.destination, namespace, domain),
-                percent: percent(m.percentage.as_ref()),
-            })
-            .collect();
-        if let Some(mirror) = &http.mirror {
-            mirrors.push(Mirror {
-                target: target(mirror, namespace, domain),
-                percent: percent(http.mirror_percentage.as_ref()),
-            });
-        }
-        Action::Forward(Box::new(Forward {
-            destinations,
-            rewrite,
-            timeout: parse_duration(http.timeout.as_ref(), "timeout")?,
-            retries,
-            mirrors,
-        }))
-    };
-    let fault = http.fault.as_ref().map(fault::compile).transpose()?;
-    let headers = http.headers.as_ref();
-    Ok(Route {
-        origin,
-        matches,
-        action,
-        fault,
-        headers: HeaderOps::compile(headers.and_then(|h| h.request.as_ref()))?,
-        response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref()))?,
-        cors: http.cors_policy.as_ref().map(Cors::compile).transpose()?,
-    })
-}
-
-/// A gRPC status by name (as Istio accepts them, any case) or number.
-fn grpc_code(name: &str) -> Result<u32, String> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
-    }
-    GRPC_STATUSES
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(name))
-        .map(|i| i as u32)
-        .ok_or_else(|| format!("unknown gRPC status {name}"))
 }

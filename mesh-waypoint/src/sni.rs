@@ -2,6 +2,10 @@
 //! for VirtualService `tls` routes: the waypoint routes the connection without terminating
 //! its TLS.
 
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
 /// What the first bytes of a connection say of its server name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientHello {
@@ -15,6 +19,34 @@ pub enum ClientHello {
 
 /// The most the first record can hold: its header and 2^14 bytes (RFC 8446, 5.1).
 pub const MAX_RECORD: usize = 5 + (1 << 14);
+
+/// Reads `io`'s first bytes until they hold a whole ClientHello or show they are not one,
+/// for at most `wait`: what was read (the peer must still get it) and the server name, if
+/// the client sent one in time.
+pub async fn read_client_hello<IO>(io: &mut IO, wait: Duration) -> (Vec<u8>, Option<String>)
+where
+    IO: AsyncRead + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let wanted = match parse(&seen) {
+            ClientHello::Complete(name) => return (seen, name),
+            ClientHello::NotTls => return (seen, None),
+            ClientHello::Incomplete(wanted) => wanted,
+        };
+        let start = seen.len();
+        seen.resize(wanted, 0);
+        match tokio::time::timeout_at(deadline, io.read(&mut seen[start..])).await {
+            Ok(Ok(read)) if read > 0 => seen.truncate(start + read),
+            // The stream ended, failed, or said no more in time.
+            _ => {
+                seen.truncate(start);
+                return (seen, None);
+            }
+        }
+    }
+}
 
 pub fn parse(bytes: &[u8]) -> ClientHello {
     const HANDSHAKE: u8 = 0x16;
@@ -153,5 +185,39 @@ mod tests {
         let mut broken = hello.clone();
         broken[6] = 0xff; // a ClientHello longer than its record
         assert_eq!(parse(&broken), ClientHello::Complete(None));
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_is_read_across_writes_and_kept_for_the_server() {
+        let hello = client_hello("v2.example.com");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let sent = hello.clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            for part in sent.chunks(7) {
+                client.write_all(part).await.expect("write");
+            }
+            client
+        });
+        let (seen, name) = read_client_hello(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(name.as_deref(), Some("v2.example.com"));
+        assert_eq!(seen, hello, "every byte read is kept, and no more");
+
+        // Half a ClientHello, then silence: what came is kept, with no name.
+        drop(writer.await.expect("writer"));
+        let (mut half, mut server) = tokio::io::duplex(4096);
+        tokio::io::AsyncWriteExt::write_all(&mut half, &hello[..40])
+            .await
+            .expect("write");
+        let (seen, name) = read_client_hello(&mut server, Duration::from_millis(50)).await;
+        assert_eq!((seen.as_slice(), name), (&hello[..40], None));
+
+        // Not TLS: the first bytes are passed on as they came.
+        let (mut plain, mut server) = tokio::io::duplex(4096);
+        tokio::io::AsyncWriteExt::write_all(&mut plain, b"SSH-2.0-x\r\n")
+            .await
+            .expect("write");
+        let (seen, name) = read_client_hello(&mut server, Duration::from_secs(5)).await;
+        assert_eq!((seen.as_slice(), name), (&b"SSH-2"[..], None));
     }
 }

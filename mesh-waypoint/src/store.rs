@@ -9,7 +9,9 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use crate::upstream::locality::{Locality, Placement};
 use mesh_controller::resources::{
+    http_route::HttpRouteSpec,
     networking::{DestinationRuleSpec, GatewaySpec, Subset},
     virtual_service::VirtualServiceSpec,
 };
@@ -91,6 +93,7 @@ pub struct Workload {
     /// Captured by a node agent: reached over HBONE on its port 15008.
     pub enrolled: bool,
     pub waypoint: Option<String>,
+    pub locality: Locality,
 }
 
 impl Workload {
@@ -113,6 +116,8 @@ pub struct Endpoint {
     /// The waypoint in front of it (its address and identity), when the request must pass
     /// one: `addr` is then the service address the waypoint is asked for.
     pub via: Option<(IpAddr, Identity)>,
+    /// Its place in locality-aware load balancing.
+    pub placement: Placement,
 }
 
 #[derive(Debug, Default)]
@@ -122,7 +127,7 @@ pub struct Snapshot {
     pub services_by_host: HashMap<String, Arc<Service>>,
     pub workloads_by_addr: HashMap<IpAddr, Arc<Workload>>,
     /// Workloads per namespace, to select endpoints.
-    workloads_by_namespace: HashMap<String, Vec<Arc<Workload>>>,
+    pub workloads_by_namespace: HashMap<String, Vec<Arc<Workload>>>,
     /// Fully qualified host -> its DestinationRule.
     pub destination_rules: HashMap<String, Arc<DestinationRuleSpec>>,
     pub routes: RouteTable,
@@ -153,6 +158,7 @@ impl Snapshot {
             ..Snapshot::default()
         };
         let mut virtual_services = Vec::new();
+        let mut http_routes = Vec::new();
         let mut policy_documents = String::new();
         for ((kind, namespace, name), resource) in &view.resources {
             match &resource.body {
@@ -181,6 +187,12 @@ impl Snapshot {
                                     .push(format!("VirtualService {namespace}/{name}: {e}")),
                             }
                         }
+                        "HTTPRoute" => match serde_json::from_value::<HttpRouteSpec>(spec) {
+                            Ok(route) => http_routes.push((namespace.clone(), name.clone(), route)),
+                            Err(e) => snapshot
+                                .errors
+                                .push(format!("HTTPRoute {namespace}/{name}: {e}")),
+                        },
                         "DestinationRule" => {
                             match serde_json::from_value::<DestinationRuleSpec>(spec) {
                                 Ok(dr) => {
@@ -224,9 +236,15 @@ impl Snapshot {
                 .iter()
                 .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec))
         };
-        let (routes, errors) = RouteTable::compile(specs(), domain, Scope::Mesh);
-        snapshot.routes = routes;
+        let (mut routes, errors) = RouteTable::compile(specs(), domain, Scope::Mesh);
         snapshot.errors.extend(errors);
+        let http_routes = http_routes
+            .iter()
+            .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec));
+        snapshot
+            .errors
+            .extend(routes.add_http_routes(http_routes, domain));
+        snapshot.routes = routes;
         if let Some((namespace, name)) = ingress.and_then(|g| g.split_once('/')) {
             let scope = Scope::Gateway { namespace, name };
             let (routes, errors) = RouteTable::compile(specs(), domain, scope);
@@ -255,6 +273,7 @@ impl Snapshot {
             identity: Identity::new(trust_domain, &w.namespace, &w.service_account).ok(),
             enrolled: w.enrolled,
             waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
+            locality: Locality::parse(&w.locality),
         });
         for a in w.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
             self.workloads_by_addr.insert(a, workload.clone());
@@ -354,6 +373,7 @@ impl Snapshot {
                     addr: SocketAddr::new(w.address, target_port),
                     workload: Some(w.clone()),
                     via: None,
+                    placement: Placement::default(),
                 })
                 .collect();
         }
@@ -364,6 +384,7 @@ impl Snapshot {
                 addr: SocketAddr::new(*ip, target_port),
                 workload: self.workloads_by_addr.get(ip).cloned(),
                 via: None,
+                placement: Placement::default(),
             })
             .filter(|e| subset_labels.is_none() || e.workload.as_deref().is_some_and(fits))
             .collect()

@@ -16,6 +16,7 @@ mod body;
 pub mod cluster;
 pub mod connect;
 mod h1;
+pub mod locality;
 pub mod replay;
 mod resolve;
 
@@ -107,6 +108,8 @@ pub struct Upstreams {
     /// This proxy's own waypoint (`namespace/name`): services bound to another waypoint are
     /// reached through that one.
     own_waypoint: Option<String>,
+    /// This proxy's pod (namespace, name): locality-aware load balancing is relative to it.
+    own_pod: Option<(String, String)>,
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     /// Targets resolved against one snapshot: endpoints and policy change only with it.
     resolved: Mutex<resolve::ResolvedCache>,
@@ -118,10 +121,15 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(connector: Connector, own_waypoint: Option<String>) -> Arc<Self> {
+    pub fn new(
+        connector: Connector,
+        own_waypoint: Option<String>,
+        own_pod: Option<(String, String)>,
+    ) -> Arc<Self> {
         Arc::new(Upstreams {
             connector,
             own_waypoint,
+            own_pod,
             clusters: Mutex::default(),
             resolved: Mutex::default(),
             idle: Mutex::default(),

@@ -5,7 +5,8 @@ Usage: validate_deploy.py --crds DIR [--manifest FILE]... [--custom FILE]...
 --manifest files are checked with kubernetes-validate --strict (built-in kinds and CRDs);
 --custom files hold custom resources, checked against the openAPIV3Schema of the CRDs found
 in --crds, strictly: a field the schema does not name is an error, as with
-`kubectl apply --validate=strict`. Prints one line per problem; exits 1 if there is any.
+`kubectl apply --validate=strict`; Kubernetes' own kinds among them are checked as --manifest
+files are. Prints one line per problem; exits 1 if there is any.
 """
 
 import argparse
@@ -64,18 +65,21 @@ def main():
     parser.add_argument("--custom", action="append", default=[])
     args = parser.parse_args()
     problems = []
+
+    def builtin(path, doc):
+        try:
+            kubernetes_validate.validate(doc, "1.37.0", strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = "/".join(str(p) for p in error.path)
+            problems.append(f"{path}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}: "
+                            f"{where}: {error.message}")
+        except Exception as error:  # unknown kinds, bad versions
+            problems.append(f"{path}: {doc.get('kind')}: {error}")
+
     for path in args.manifest:
         for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
-            if not doc:
-                continue
-            try:
-                kubernetes_validate.validate(doc, "1.37.0", strict=True)
-            except kubernetes_validate.ValidationError as error:
-                where = "/".join(str(p) for p in error.path)
-                problems.append(f"{path}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}: "
-                                f"{where}: {error.message}")
-            except Exception as error:  # unknown kinds, bad versions
-                problems.append(f"{path}: {doc.get('kind')}: {error}")
+            if doc:
+                builtin(path, doc)
     schemas = load_crds(args.crds)
     for path in args.custom:
         for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
@@ -84,6 +88,10 @@ def main():
             key = (doc.get("apiVersion"), doc.get("kind"))
             name = doc.get("metadata", {}).get("name")
             schema = schemas.get(key)
+            # Kubernetes' own kinds (core or a group without a dot) beside the custom ones.
+            if schema is None and "." not in (key[0] or "").split("/")[0]:
+                builtin(path, doc)
+                continue
             if schema is None:
                 problems.append(f"{path}: {key[1]} {name}: no CRD serves {key[0]} {key[1]}")
                 continue

@@ -84,6 +84,7 @@ impl Testbed {
         command
             .args(mode)
             .args(["--namespace", &pod.namespace])
+            .args(["--pod-name", &pod.name])
             .args(["--service-account", service_account])
             .args(["--ca-addr", crate::controller::CA_ADDR])
             .args(["--ca-root", &controller.root.display().to_string()])

@@ -106,12 +106,13 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
             ))
         }
     };
-    let cluster_scoped = (group, kind.as_str()) == ("", "Namespace");
+    let cluster_scoped = group.is_empty() && matches!(kind.as_str(), "Namespace" | "Node");
     if !cluster_scoped {
         default_namespace(&mut value);
     }
     match (group, kind.as_str()) {
         ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
+        ("", "Node") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Node)),
         ("", "Service") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Service)),
         ("", "Pod") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Pod)),
         ("", "Secret") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Secret)),
@@ -146,6 +147,11 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
             served(&["v1beta1", "v1"])?;
             set_api_version(&mut value, "gateway.networking.k8s.io/v1");
             typed(value).map(Resource::K8sGateway)
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") => {
+            served(&["v1beta1", "v1"])?;
+            set_api_version(&mut value, "gateway.networking.k8s.io/v1");
+            typed(value).map(Resource::HttpRoute)
         }
         _ => Err(format!("unsupported resource {api_version} {kind}")),
     }

@@ -5,6 +5,7 @@
 //! to them fails with 503, as in Istio). A resource that is not accepted is left out of what
 //! is distributed; the rest applies.
 
+mod http_route;
 mod networking;
 mod routes;
 mod security;
@@ -45,7 +46,7 @@ impl Validation {
     pub fn conditions(&self, key: &ObjectKey, generation: Option<i64>) -> Vec<Condition> {
         let findings = self.findings.get(key).map(Vec::as_slice).unwrap_or(&[]);
         let mut types = vec![ACCEPTED];
-        if key.kind == Kind::VirtualService {
+        if matches!(key.kind, Kind::VirtualService | Kind::HttpRoute) {
             types.push(RESOLVED_REFS);
         }
         types
@@ -101,6 +102,7 @@ pub fn validate(set: &ConfigSet, domain: &str) -> Validation {
     let mut v = Validation::default();
     let hosts = KnownHosts::of(set, domain);
     routes::virtual_services(set, &hosts, &mut v);
+    http_route::http_routes(set, &hosts, &mut v);
     networking::destination_rules(set, &hosts, &mut v);
     networking::gateways(set, &mut v);
     networking::service_entries(set, &mut v);
@@ -199,5 +201,9 @@ fn conflicts<'a>(
     }
 }
 
+#[cfg(test)]
+mod http_route_tests;
+#[cfg(test)]
+mod networking_tests;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
 //! The Kubernetes resources users apply, as typed Rust: Istio's networking and security
-//! resources, and the Gateway API `Gateway` for waypoints. `cargo xtask codegen` writes their
+//! resources, and the Gateway API's `Gateway` for waypoints and `HTTPRoute` for their routes. `cargo xtask codegen` writes their
 //! CRDs to deploy/crds/ from these types, and a test fails when the two drift apart.
 
 pub mod common;
 pub mod gateway_api;
+pub mod http_route;
 pub mod networking;
 pub mod security;
 pub mod virtual_service;
@@ -26,10 +27,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// The Gateway API's `Gateway` CRD, for clusters that do not have the Gateway API installed.
-/// Kept apart from [`crds`]: a cluster that has it must not get ours over it.
+/// The Gateway API's `Gateway` and `HTTPRoute` CRDs, for clusters that do not have the
+/// Gateway API installed. Kept apart from [`crds`]: a cluster that has it must not get ours
+/// over it.
 pub fn gateway_api_crds() -> Vec<CustomResourceDefinition> {
-    vec![gateway_api::Gateway::crd()]
+    vec![gateway_api::Gateway::crd(), http_route::HTTPRoute::crd()]
 }
 
 /// `crd` (one version, the stored one, last in `versions`) served under every name in

@@ -79,6 +79,42 @@ pub struct LoadBalancerSettings {
     pub consistent_hash: Option<ConsistentHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+}
+
+/// Locality-aware load balancing: endpoints nearest the proxy first, failing over outward
+/// (`failover` names the region to try next; `failoverPriority` ranks by labels shared with
+/// the proxy), or a share of traffic per locality (`distribute`). Localities are
+/// `region/zone/subzone`, `*` standing for any rest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityDistribute {
+    pub from: String,
+    /// Locality -> its share of the traffic, in percent (summing to 100).
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// A region.
+    pub from: String,
+    /// The region to fail over to.
+    pub to: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -103,8 +139,28 @@ pub struct ConsistentHash {
     pub use_source_ip: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_query_parameter_name: Option<String>,
+    /// Table sizes tune Envoy's ring hash and Maglev; Ambit's jump consistent hash has no
+    /// table, so they are read and have nothing to size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimum_ring_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -17,6 +17,8 @@ use crate::config::{ConfigSet, load};
 /// (group, version, kind, plural) of everything the controller watches.
 pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Namespace", "namespaces"),
+    // Their topology labels are their pods' locality.
+    ("", "v1", "Node", "nodes"),
     ("", "v1", "Pod", "pods"),
     ("", "v1", "Service", "services"),
     ("", "v1", "ServiceAccount", "serviceaccounts"),
@@ -55,6 +57,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
         "authorizationpolicies",
     ),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
 ];
 
 /// Watch events of one kind, as `kube::runtime::watcher` yields them.

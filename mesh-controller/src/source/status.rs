@@ -15,9 +15,32 @@ use kube::{
 
 use super::{StatusSink, kube::api_resource};
 use crate::{
-    config::{ConfigSet, Kind, ObjectKey, load::LoadError},
-    resources::common::Condition,
+    config::{ConfigSet, Kind, ObjectKey, Resource, load::LoadError},
+    resources::{
+        common::Condition,
+        http_route::{HTTPRoute, HttpRouteStatus, RouteParentStatus},
+    },
 };
+
+/// Who Ambit is in a Gateway API route's status (`status.parents[].controllerName`).
+pub const CONTROLLER_NAME: &str = "ambit.io/controller";
+
+/// A Gateway API route reports per parent: the same conditions under each of its parents.
+fn route_status(route: &HTTPRoute, conditions: &[Condition]) -> serde_json::Value {
+    let status = HttpRouteStatus {
+        parents: route
+            .spec
+            .parent_refs
+            .iter()
+            .map(|parent| RouteParentStatus {
+                parent_ref: parent.clone(),
+                controller_name: CONTROLLER_NAME.to_owned(),
+                conditions: conditions.to_vec(),
+            })
+            .collect(),
+    };
+    serde_json::to_value(status).unwrap_or_default()
+}
 
 /// The controller's name in the events it reports.
 pub const REPORTER: &str = "ambit-controller";
@@ -126,7 +149,9 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
             "authorizationpolicies",
         ),
         Kind::K8sGateway => ("gateway.networking.k8s.io", "Gateway", "gateways"),
+        Kind::HttpRoute => ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
         Kind::Namespace
+        | Kind::Node
         | Kind::Pod
         | Kind::Service
         | Kind::EndpointSlice
@@ -158,9 +183,11 @@ impl StatusSink for KubeStatus {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
             let observed = conditions.first().and_then(|c| c.observed_generation);
-            let patch = serde_json::json!({
-                "status": {"conditions": conditions, "observedGeneration": observed}
-            });
+            let status = match set.resources.get(&key) {
+                Some(Resource::HttpRoute(route)) => route_status(route, &conditions),
+                _ => serde_json::json!({"conditions": conditions, "observedGeneration": observed}),
+            };
+            let patch = serde_json::json!({ "status": status });
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

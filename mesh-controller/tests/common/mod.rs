@@ -4,7 +4,7 @@
 use futures_util::StreamExt as _;
 use kube::{api::DynamicObject, runtime::watcher::Event};
 use mesh_controller::{
-    resources::{gateway_api, networking, security},
+    resources::{gateway_api, http_route, networking, security},
     source::kube::EventStream,
 };
 
@@ -20,7 +20,7 @@ pub fn objects(yaml: &str) -> Vec<serde_json::Value> {
 pub async fn fake_client(objects: &[serde_json::Value]) -> kube::Client {
     let seeded: Vec<serde_json::Value> = objects
         .iter()
-        .filter(|o| o["kind"] != "Namespace")
+        .filter(|o| o["kind"] != "Namespace" && o["kind"] != "Node")
         .cloned()
         .collect();
     kube_fake_client::ClientBuilder::new()
@@ -33,26 +33,31 @@ pub async fn fake_client(objects: &[serde_json::Value]) -> kube::Client {
         .with_resource::<security::PeerAuthentication>()
         .with_resource::<security::AuthorizationPolicy>()
         .with_resource::<gateway_api::Gateway>()
+        .with_resource::<http_route::HTTPRoute>()
+        .with_status_subresource::<http_route::HTTPRoute>()
         .with_runtime_objects(seeded)
         .build()
         .await
         .unwrap()
 }
 
-/// The fake cannot list cluster-scoped Namespaces: this plays their watch (the initial list
-/// of the Namespaces among `objects`, then nothing).
+/// The fake cannot list cluster-scoped kinds: this plays the watch of Namespaces and Nodes
+/// (the initial list of those among `objects`, then nothing).
 pub fn namespaces_shim(
     objects: &[serde_json::Value],
 ) -> impl Fn(&kube::api::ApiResource) -> Option<EventStream> + use<> {
-    let namespaces: Vec<DynamicObject> = objects
+    let cluster_scoped: Vec<DynamicObject> = objects
         .iter()
-        .filter(|o| o["kind"] == "Namespace")
+        .filter(|o| o["kind"] == "Namespace" || o["kind"] == "Node")
         .map(|o| serde_json::from_value(o.clone()).unwrap())
         .collect();
     move |ar| {
-        (ar.kind == "Namespace").then(|| {
+        (ar.kind == "Namespace" || ar.kind == "Node").then(|| {
+            let of_kind = cluster_scoped
+                .iter()
+                .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == ar.kind));
             let mut events = vec![Ok(Event::Init)];
-            events.extend(namespaces.iter().cloned().map(|n| Ok(Event::InitApply(n))));
+            events.extend(of_kind.cloned().map(|n| Ok(Event::InitApply(n))));
             events.push(Ok(Event::InitDone));
             futures_util::stream::iter(events)
                 .chain(futures_util::stream::pending())

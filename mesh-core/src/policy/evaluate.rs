@@ -462,7 +462,7 @@ fn glob(pattern: &str, value: &str) -> bool {
 
 /// Whether `ip` is in `block` (`a.b.c.d`, `a.b.c.d/n`, or the IPv6 forms); `None` if the block
 /// is malformed.
-pub(super) fn cidr_contains(block: &str, ip: IpAddr) -> Option<bool> {
+pub fn cidr_contains(block: &str, ip: IpAddr) -> Option<bool> {
     let (addr, len) = match block.split_once('/') {
         Some((addr, len)) => (addr.parse::<IpAddr>().ok()?, Some(len.parse::<u32>().ok()?)),
         None => (block.parse::<IpAddr>().ok()?, None),

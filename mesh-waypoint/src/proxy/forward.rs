@@ -302,13 +302,9 @@ fn rewrite(prepared: &mut Prepared, route: &Route, forward: &Forward) {
     let mut new_path = path.clone();
     if let Some(uri) = &rewrite.uri {
         new_path = match matched_prefix(route, &path) {
-            Some(prefix) => format!("{uri}{}", &path[prefix.len()..]),
+            Some(prefix) => super::replace_prefix(&path, prefix, uri),
             None => uri.clone(),
         };
-        // `/v1` + `/x` stays one slash; a prefix rewrite to `/` of `/v1/x` is `/x`.
-        if new_path.starts_with("//") {
-            new_path.remove(0);
-        }
     }
     if let Some((regex, replacement)) = &rewrite.uri_regex {
         new_path = regex

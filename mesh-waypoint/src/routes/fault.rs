@@ -4,7 +4,10 @@
 use http::StatusCode;
 use mesh_controller::resources::virtual_service::HttpFaultInjection;
 
-use super::{Abort, Fault, grpc_code, parse_duration, percent};
+use super::{
+    Abort, Fault, parse_duration,
+    virtual_service::{grpc_code, percent},
+};
 
 pub(super) fn compile(f: &HttpFaultInjection) -> Result<Fault, String> {
     let delay = f

@@ -16,20 +16,14 @@ impl HeaderOps {
         let Some(ops) = ops else {
             return Ok(HeaderOps::default());
         };
-        let pair = |(name, value): (&String, &String)| {
-            Ok::<_, String>((
-                HeaderName::try_from(name.as_str()).map_err(|e| format!("header {name}: {e}"))?,
-                HeaderValue::try_from(value.as_str())
-                    .map_err(|e| format!("header {name} value: {e}"))?,
-            ))
-        };
+        let pair = |(name, value): (&String, &String)| header(name, value);
         Ok(HeaderOps {
             set: ops.set.iter().map(pair).collect::<Result<_, _>>()?,
             add: ops.add.iter().map(pair).collect::<Result<_, _>>()?,
             remove: ops
                 .remove
                 .iter()
-                .map(|n| HeaderName::try_from(n.as_str()).map_err(|e| format!("header {n}: {e}")))
+                .map(|n| header_name(n))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -49,4 +43,15 @@ impl HeaderOps {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
+}
+
+/// A header name, with the name in the error.
+pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::try_from(name).map_err(|e| format!("header {name}: {e}"))
+}
+
+/// A header name and value, with the name in the error.
+pub(super) fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let value = HeaderValue::try_from(value).map_err(|e| format!("header {name} value: {e}"))?;
+    Ok((header_name(name)?, value))
 }

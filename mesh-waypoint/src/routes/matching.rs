@@ -10,6 +10,9 @@ use mesh_controller::resources::{common::StringMatch, virtual_service::HttpMatch
 pub enum StrMatch {
     Exact(String),
     Prefix(String),
+    /// The Gateway API's `PathPrefix`: whole path segments (`/foo` fits `/foo` and `/foo/x`,
+    /// not `/foobar`); kept without a trailing slash.
+    PathPrefix(String),
     Regex(regex::Regex),
 }
 
@@ -29,6 +32,9 @@ impl StrMatch {
         match self {
             StrMatch::Exact(exact) => value == exact,
             StrMatch::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            StrMatch::PathPrefix(prefix) => value
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             StrMatch::Regex(regex) => regex.is_match(value),
         }
     }
@@ -39,6 +45,7 @@ impl StrMatch {
             StrMatch::Prefix(prefix) => value
                 .get(..prefix.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(prefix)),
+            StrMatch::PathPrefix(_) => self.fits(&value.to_ascii_lowercase()),
             StrMatch::Regex(regex) => regex.is_match(&value.to_ascii_lowercase()),
         }
     }
@@ -112,7 +119,7 @@ impl Match {
     /// The prefix (or exact path) this match matched on, for `rewrite.uri`.
     pub fn uri_prefix(&self) -> Option<&str> {
         match &self.uri {
-            Some(StrMatch::Prefix(prefix)) => Some(prefix),
+            Some(StrMatch::Prefix(prefix) | StrMatch::PathPrefix(prefix)) => Some(prefix),
             _ => None,
         }
     }

@@ -11,7 +11,7 @@ use mesh_controller::resources::virtual_service::{
     TlsRoute as TlsRouteSpec,
 };
 
-use super::{Target, pick_weighted, target};
+use super::{Scope, Target, pick_weighted, virtual_service::target};
 use crate::store::Workload;
 
 #[derive(Clone, Debug)]
@@ -29,73 +29,69 @@ struct L4Match {
     port: Option<u16>,
     source_labels: BTreeMap<String, String>,
     source_namespace: Option<String>,
-    /// The match names gateways and not `mesh`: it never fits traffic inside the mesh.
-    gateways_only: bool,
+    /// The match names gateways, and not the one (or `mesh`) the table is for: it never fits.
+    elsewhere: bool,
     /// A `tls` route's server names (lower case; `*.example.com` for any name under it):
     /// the connection's SNI must be one. Empty for `tcp` routes.
     sni_hosts: Vec<String>,
+    /// Addresses or CIDR blocks the connection's destination must be in (none: any).
+    destination_subnets: Vec<String>,
 }
 
 /// What a TCP route can match a connection on.
 pub struct Connection<'a> {
     /// The port the client connected to.
     pub port: u16,
+    /// The address the client connected to.
+    pub destination: std::net::IpAddr,
     pub source: Option<&'a Workload>,
     /// The server name of the client's TLS ClientHello, if it sent one.
     pub sni: Option<&'a str>,
 }
 
+/// Where a route is compiled: its VirtualService and the table's scope.
+pub(super) struct At<'a> {
+    pub namespace: &'a str,
+    pub domain: &'a str,
+    pub origin: &'a str,
+    pub scope: Scope<'a>,
+}
+
 impl TcpRoute {
-    pub(super) fn compile(
-        spec: &TcpRouteSpec,
-        namespace: &str,
-        domain: &str,
-        origin: &str,
-    ) -> Result<Self, String> {
+    pub(super) fn compile(spec: &TcpRouteSpec, at: &At<'_>) -> Result<Self, String> {
         let matches = spec
             .matches
             .iter()
-            .map(L4Match::compile)
+            .map(|m| L4Match::compile(m, at))
             .collect::<Result<_, _>>()?;
-        Self::new(matches, &spec.route, namespace, domain, origin)
+        Self::new(matches, &spec.route, at)
     }
 
-    pub(super) fn compile_tls(
-        spec: &TlsRouteSpec,
-        namespace: &str,
-        domain: &str,
-        origin: &str,
-    ) -> Result<Self, String> {
+    pub(super) fn compile_tls(spec: &TlsRouteSpec, at: &At<'_>) -> Result<Self, String> {
         let matches: Vec<L4Match> = spec
             .matches
             .iter()
-            .map(L4Match::compile_tls)
+            .map(|m| L4Match::compile_tls(m, at))
             .collect::<Result<_, _>>()?;
         if matches.is_empty() {
             return Err("a tls route matches no server name".to_owned());
         }
-        Self::new(matches, &spec.route, namespace, domain, origin)
+        Self::new(matches, &spec.route, at)
     }
 
-    fn new(
-        matches: Vec<L4Match>,
-        route: &[RouteDestination],
-        namespace: &str,
-        domain: &str,
-        origin: &str,
-    ) -> Result<Self, String> {
+    fn new(matches: Vec<L4Match>, route: &[RouteDestination], at: &At<'_>) -> Result<Self, String> {
         let destinations = route
             .iter()
             .map(|d| {
                 let weight = u32::try_from(d.weight.unwrap_or(100)).unwrap_or(0);
-                (target(&d.destination, namespace, domain), weight)
+                (target(&d.destination, at.namespace, at.domain), weight)
             })
             .collect::<Vec<_>>();
         if destinations.is_empty() {
             return Err("a tcp or tls route has no destination".to_owned());
         }
         Ok(TcpRoute {
-            origin: origin.to_owned(),
+            origin: at.origin.to_owned(),
             matches,
             destinations,
         })
@@ -118,9 +114,16 @@ impl TcpRoute {
 }
 
 impl L4Match {
-    fn compile(spec: &L4MatchAttributes) -> Result<Self, String> {
-        if !spec.destination_subnets.is_empty() {
-            return Err("tcp match on destinationSubnets is not supported".to_owned());
+    fn compile(spec: &L4MatchAttributes, at: &At<'_>) -> Result<Self, String> {
+        let probe = std::net::IpAddr::from([0, 0, 0, 0]);
+        if let Some(bad) = spec
+            .destination_subnets
+            .iter()
+            .find(|s| mesh_core::policy::cidr_contains(s, probe).is_none())
+        {
+            return Err(format!(
+                "destinationSubnets: {bad:?} is not an address or CIDR block"
+            ));
         }
         let port = spec
             .port
@@ -130,22 +133,28 @@ impl L4Match {
             port,
             source_labels: spec.source_labels.clone(),
             source_namespace: spec.source_namespace.clone(),
-            gateways_only: !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh"),
+            // A match's own `gateways` override the VirtualService's.
+            elsewhere: !spec.gateways.is_empty()
+                && !at.scope.includes(at.namespace, &spec.gateways),
             sni_hosts: Vec::new(),
+            destination_subnets: spec.destination_subnets.clone(),
         })
     }
 
-    fn compile_tls(spec: &TlsMatchAttributes) -> Result<Self, String> {
+    fn compile_tls(spec: &TlsMatchAttributes, at: &At<'_>) -> Result<Self, String> {
         if spec.sni_hosts.is_empty() {
             return Err("a tls match has no sniHosts".to_owned());
         }
-        let l4 = L4Match::compile(&L4MatchAttributes {
-            destination_subnets: spec.destination_subnets.clone(),
-            port: spec.port,
-            source_labels: spec.source_labels.clone(),
-            gateways: spec.gateways.clone(),
-            source_namespace: spec.source_namespace.clone(),
-        })?;
+        let l4 = L4Match::compile(
+            &L4MatchAttributes {
+                destination_subnets: spec.destination_subnets.clone(),
+                port: spec.port,
+                source_labels: spec.source_labels.clone(),
+                gateways: spec.gateways.clone(),
+                source_namespace: spec.source_namespace.clone(),
+            },
+            at,
+        )?;
         Ok(L4Match {
             sni_hosts: spec
                 .sni_hosts
@@ -157,7 +166,15 @@ impl L4Match {
     }
 
     fn fits(&self, connection: &Connection<'_>) -> bool {
-        if self.gateways_only || self.port.is_some_and(|p| p != connection.port) {
+        if self.elsewhere || self.port.is_some_and(|p| p != connection.port) {
+            return false;
+        }
+        let in_subnets = self.destination_subnets.is_empty()
+            || self
+                .destination_subnets
+                .iter()
+                .any(|s| mesh_core::policy::cidr_contains(s, connection.destination) == Some(true));
+        if !in_subnets {
             return false;
         }
         if !self.sni_hosts.is_empty() {

@@ -17,7 +17,8 @@ use std::{
 use mesh_controller::{
     config::duration,
     resources::networking::{
-        ConnectionPoolSettings, ConsistentHash, OutlierDetection, SimpleLb, TrafficPolicy,
+        ConnectionPoolSettings, ConsistentHash, LocalityLbSetting, OutlierDetection, SimpleLb,
+        TrafficPolicy,
     },
 };
 
@@ -65,6 +66,8 @@ pub struct Policy {
     pub balance: Balance,
     pub limits: Limits,
     pub outlier: Option<Outlier>,
+    /// Locality-aware load balancing: only with outlier detection, as in Istio.
+    pub locality: Option<LocalityLbSetting>,
 }
 
 impl Default for Policy {
@@ -74,6 +77,7 @@ impl Default for Policy {
             balance: Balance::LeastRequest,
             limits: Limits::default(),
             outlier: None,
+            locality: None,
         }
     }
 }
@@ -91,6 +95,7 @@ impl Policy {
         port: u16,
     ) -> Self {
         let mut policy = Policy::default();
+        let mut locality: Option<LocalityLbSetting> = None;
         for level in [top, subset].into_iter().flatten() {
             let port_level = level
                 .port_level_settings
@@ -100,6 +105,9 @@ impl Policy {
                 .and_then(|p| p.load_balancer.as_ref())
                 .or(level.load_balancer.as_ref());
             if let Some(lb) = lb {
+                if let Some(setting) = &lb.locality_lb_setting {
+                    locality = Some(setting.clone());
+                }
                 policy.balance = match (&lb.consistent_hash, lb.simple) {
                     (Some(hash), _) => Balance::Hash(hash_key(hash)),
                     (None, Some(SimpleLb::RoundRobin)) => Balance::RoundRobin,
@@ -120,6 +128,12 @@ impl Policy {
                 policy.outlier = Some(outlier_of(outlier));
             }
         }
+        // As Istio's mesh default: on (failover by nearness) wherever outliers are ejected,
+        // unless the rule turns it off.
+        policy.locality = match policy.outlier {
+            Some(_) => Some(locality.unwrap_or_default()).filter(|l| l.enabled != Some(false)),
+            None => None,
+        };
         policy
     }
 }
@@ -236,6 +250,20 @@ impl Cluster {
         if healthy.is_empty() {
             healthy = endpoints.iter().collect();
         }
+        // The nearest tier with endpoints left; with shares, one locality by its share.
+        if let Some(nearest) = healthy.iter().map(|e| e.placement.tier).min() {
+            healthy.retain(|e| e.placement.tier == nearest);
+        }
+        if healthy.iter().any(|e| e.placement.weight > 0) {
+            let mut groups: Vec<(u32, u32)> = healthy
+                .iter()
+                .map(|e| (e.placement.group, e.placement.weight))
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            let (group, _) = *crate::routes::pick_weighted(&groups, |(_, weight)| *weight);
+            healthy.retain(|e| e.placement.group == group);
+        }
         // A stable order, so hashing and round robin do not depend on update order.
         healthy.sort_by_key(|e| e.addr);
         let n = healthy.len() as u64;
@@ -342,6 +370,7 @@ mod tests {
                 addr: SocketAddr::from(([10, 0, 0, i + 1], 80)),
                 workload: None,
                 via: None,
+                placement: Default::default(),
             })
             .collect()
     }
@@ -401,5 +430,55 @@ mod tests {
         cluster.record(good, &policy, true, false, 2);
         cluster.record(good, &policy, true, false, 2);
         assert_eq!(cluster.pick(&eps, &policy, None).unwrap().addr, good);
+    }
+
+    /// Locality: the nearest tier takes every request until its endpoints are ejected; with
+    /// shares, each locality group takes its share.
+    #[test]
+    fn the_nearest_tier_takes_requests_until_it_is_ejected() {
+        use crate::upstream::locality::Placement;
+        let cluster = Cluster::default();
+        let mut eps = endpoints(3);
+        eps[1].placement.tier = 2;
+        eps[2].placement.tier = 4;
+        let policy = Policy {
+            outlier: Some(Outlier {
+                consecutive_5xx: Some(1),
+                consecutive_gateway: None,
+                base_ejection: Duration::from_secs(60),
+                max_ejection_percent: 100,
+            }),
+            ..Policy::default()
+        };
+        let picks = |eps: &[Endpoint]| -> Vec<SocketAddr> {
+            (0..50)
+                .map(|_| cluster.pick(eps, &policy, None).unwrap().addr)
+                .collect()
+        };
+        assert!(
+            picks(&eps).iter().all(|a| *a == eps[0].addr),
+            "nearest first"
+        );
+        cluster.record(eps[0].addr, &policy, true, false, 3);
+        assert!(
+            picks(&eps).iter().all(|a| *a == eps[1].addr),
+            "then the next tier"
+        );
+
+        let shared = Cluster::default();
+        let mut eps = endpoints(3);
+        let placement = |group, weight| Placement {
+            tier: 0,
+            group,
+            weight,
+        };
+        eps[0].placement = placement(0, 80);
+        eps[1].placement = placement(1, 20);
+        eps[2].placement = placement(1, 20);
+        let first = (0..2000)
+            .filter(|_| shared.pick(&eps, &Policy::default(), None).unwrap().addr == eps[0].addr)
+            .count();
+        // 80 % of 2,000 is 1,600 (sd 18): the group, not each endpoint, has the share.
+        assert!((1500..=1700).contains(&first), "{first} of 2000");
     }
 }

@@ -3,10 +3,14 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use super::{Failure, Resolved, Upstreams, cluster::Policy};
+use super::{
+    Failure, Resolved, Upstreams,
+    cluster::Policy,
+    locality::{Locality, Placement, Proxy, place},
+};
 use crate::{
     routes::Target,
-    store::{Endpoint, Snapshot},
+    store::{Endpoint, Snapshot, Workload},
 };
 
 impl Upstreams {
@@ -92,6 +96,7 @@ impl Upstreams {
                         addr: SocketAddr::new(*vip, port),
                         workload: None,
                         via: Some(via),
+                        placement: Placement::default(),
                     })
                     .into_iter()
                     .collect()
@@ -103,6 +108,21 @@ impl Upstreams {
             subset.and_then(|s| s.traffic_policy.as_ref()),
             port,
         );
+        let mut endpoints = endpoints;
+        if let (Some(setting), Some(own)) = (&policy.locality, self.own_workload(snapshot)) {
+            let proxy = Proxy {
+                locality: &own.locality,
+                labels: &own.labels,
+            };
+            let nowhere = (Locality::default(), Default::default());
+            for endpoint in &mut endpoints {
+                let (locality, labels) = match &endpoint.workload {
+                    Some(w) => (&w.locality, &w.labels),
+                    None => (&nowhere.0, &nowhere.1),
+                };
+                endpoint.placement = place(setting, &proxy, locality, labels);
+            }
+        }
         let key = Target {
             port: Some(port),
             ..target.clone()
@@ -114,6 +134,16 @@ impl Upstreams {
             cluster,
             port,
         })
+    }
+
+    /// This proxy's own workload, if its pod is known and has a locality.
+    fn own_workload<'s>(&self, snapshot: &'s Snapshot) -> Option<&'s Arc<Workload>> {
+        let (namespace, name) = self.own_pod.as_ref()?;
+        snapshot
+            .workloads_by_namespace
+            .get(namespace)?
+            .iter()
+            .find(|w| &w.name == name && !w.locality.is_empty())
     }
 
     /// The counters of `key`'s cluster, kept across snapshots (its outlier ejections and
@@ -145,6 +175,7 @@ impl Upstreams {
                 addr: target,
                 workload: Some(workload.clone()),
                 via: None,
+                placement: Placement::default(),
             }],
             policy: Policy::default(),
             cluster,

@@ -18,7 +18,7 @@ async fn idle_connection(to: SocketAddr, worker: Option<usize>) -> h1::Connectio
 #[tokio::test]
 async fn idle_connections_stay_with_their_worker() {
     let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
-    let upstreams = Upstreams::new(Connector::new(Certificates::new(identity)), None);
+    let upstreams = Upstreams::new(Connector::new(Certificates::new(identity)), None, None);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     // This test's thread is no worker (`None`); the connection is worker 1's.

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use super::{KnownHosts, Validation, check_duration, check_percent, conflicts};
 use crate::{
     config::{ConfigSet, ObjectKey},
-    resources::networking::{LoadBalancerSettings, ServerTlsSettings, TrafficPolicy},
+    resources::networking::{
+        LoadBalancerSettings, LocalityLbSetting, ServerTlsSettings, TrafficPolicy,
+    },
 };
 
 /// Oldest first: creation time (empty in local mode), then namespace/name.
@@ -159,6 +161,9 @@ fn traffic_policy(v: &mut Validation, key: &ObjectKey, at: &str, policy: &Traffi
 }
 
 fn load_balancer(v: &mut Validation, key: &ObjectKey, at: &str, lb: &LoadBalancerSettings) {
+    if let Some(locality) = &lb.locality_lb_setting {
+        locality_lb(v, key, &format!("{at}.localityLbSetting"), locality);
+    }
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
         v.invalid(
             key,
@@ -202,20 +207,19 @@ pub(super) fn gateways(set: &ConfigSet, v: &mut Validation) {
             if server.hosts.is_empty() {
                 v.invalid(key, "InvalidGateway", format!("{at}.hosts is empty"));
             }
-            let https = server
-                .port
-                .protocol
-                .as_deref()
-                .is_some_and(|p| p.eq_ignore_ascii_case("HTTPS"));
-            if https && server.tls.is_none() {
+            let protocol = server.port.protocol.as_deref().unwrap_or("HTTP");
+            let tls_protocol = ["HTTPS", "TLS"]
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(protocol));
+            if tls_protocol && server.tls.is_none() {
                 v.invalid(
                     key,
                     "InvalidGateway",
-                    format!("{at}: an HTTPS server needs tls"),
+                    format!("{at}: an {protocol} server needs tls"),
                 );
             }
             if let Some(tls) = &server.tls {
-                server_tls(v, key, &format!("{at}.tls"), tls);
+                server_tls(v, key, &format!("{at}.tls"), tls, tls_protocol);
             }
         }
     }
@@ -224,9 +228,22 @@ pub(super) fn gateways(set: &ConfigSet, v: &mut Validation) {
 /// A server's TLS mode and protocol version: modes the ingress cannot serve are refused here
 /// rather than served with less than their author asked for (a client certificate not
 /// asked for, say).
-fn server_tls(v: &mut Validation, key: &ObjectKey, at: &str, tls: &ServerTlsSettings) {
+fn server_tls(
+    v: &mut Validation,
+    key: &ObjectKey,
+    at: &str,
+    tls: &ServerTlsSettings,
+    tls_protocol: bool,
+) {
     let mode = tls.mode.as_deref().unwrap_or("SIMPLE").to_ascii_uppercase();
     match mode.as_str() {
+        // The ingress reads the ClientHello's server name and carries the TLS as it is.
+        "PASSTHROUGH" if tls_protocol => {}
+        "PASSTHROUGH" => v.invalid(
+            key,
+            "InvalidGateway",
+            format!("{at}.mode PASSTHROUGH needs an HTTPS or TLS server"),
+        ),
         "SIMPLE" => {}
         "MUTUAL" | "OPTIONAL_MUTUAL" => {
             if tls.ca_certificates.is_none() && tls.credential_name.is_none() {
@@ -237,7 +254,7 @@ fn server_tls(v: &mut Validation, key: &ObjectKey, at: &str, tls: &ServerTlsSett
                 );
             }
         }
-        "PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => v.invalid(
+        "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => v.invalid(
             key,
             "UnsupportedField",
             format!("{at}.mode {mode} is not supported by Ambit's ingress yet"),
@@ -334,4 +351,52 @@ pub(super) fn service_entries(set: &ConfigSet, v: &mut Validation) {
             ),
         }
     }
+}
+
+/// Istio's rules: `distribute` and `failover` exclude each other; a `distribute` entry's
+/// shares sum to 100; `failover` goes from a region to another.
+fn locality_lb(v: &mut Validation, key: &ObjectKey, at: &str, setting: &LocalityLbSetting) {
+    let mut invalid = |message: String| v.invalid(key, "InvalidLocalityLbSetting", message);
+    if !setting.distribute.is_empty() && !setting.failover.is_empty() {
+        invalid(format!("{at}: distribute and failover exclude each other"));
+    }
+    for (i, distribute) in setting.distribute.iter().enumerate() {
+        let sum: u32 = distribute.to.values().sum();
+        if sum != 100 {
+            invalid(format!(
+                "{at}.distribute[{i}].to: shares sum to {sum}, not 100"
+            ));
+        }
+        let localities = std::iter::once(&distribute.from).chain(distribute.to.keys());
+        if let Some(bad) = localities.into_iter().find(|l| !is_locality(l)) {
+            invalid(format!(
+                "{at}.distribute[{i}]: {bad:?} is not region/zone/subzone (a * may end it)"
+            ));
+        }
+    }
+    for (i, failover) in setting.failover.iter().enumerate() {
+        if failover.from == failover.to {
+            invalid(format!(
+                "{at}.failover[{i}]: from and to are the same region"
+            ));
+        }
+        if [&failover.from, &failover.to]
+            .iter()
+            .any(|r| r.is_empty() || r.contains('/'))
+        {
+            invalid(format!(
+                "{at}.failover[{i}]: from and to are regions, not zones"
+            ));
+        }
+    }
+}
+
+/// `region`, `region/zone` or `region/zone/subzone`, where the last part given may be `*`
+/// (and only the last).
+fn is_locality(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('/').collect();
+    parts.len() <= 3
+        && parts.iter().all(|p| !p.is_empty())
+        && parts[..parts.len() - 1].iter().all(|p| !p.contains('*'))
+        && parts.last().is_some_and(|p| *p == "*" || !p.contains('*'))
 }

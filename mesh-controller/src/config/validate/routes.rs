@@ -79,13 +79,7 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
                         format!("{at}.match[{j}].sniHosts is empty"),
                     );
                 }
-                if !m.destination_subnets.is_empty() {
-                    v.invalid(
-                        key,
-                        "UnsupportedField",
-                        format!("{at}.match[{j}].destinationSubnets is not supported by Ambit yet"),
-                    );
-                }
+                subnets(v, key, &format!("{at}.match[{j}]"), &m.destination_subnets);
             }
             for (j, d) in route.route.iter().enumerate() {
                 references(
@@ -101,18 +95,9 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
         for (i, route) in spec.tcp.iter().enumerate() {
             let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();
             check_weights(v, key, &format!("spec.tcp[{i}]"), &weights);
-            // Refused rather than ignored: a route that silently matched more than written
-            // would send traffic where the author did not mean it to go.
             for (j, m) in route.matches.iter().enumerate() {
-                if !m.destination_subnets.is_empty() {
-                    v.invalid(
-                        key,
-                        "UnsupportedField",
-                        format!(
-                            "spec.tcp[{i}].match[{j}].destinationSubnets is not supported by Ambit yet"
-                        ),
-                    );
-                }
+                let at = format!("spec.tcp[{i}].match[{j}]");
+                subnets(v, key, &at, &m.destination_subnets);
             }
             for (j, d) in route.route.iter().enumerate() {
                 let at = format!("spec.tcp[{i}].route[{j}]");
@@ -372,7 +357,7 @@ fn string_match(v: &mut Validation, key: &ObjectKey, at: &str, m: &StringMatch) 
     }
 }
 
-fn check_regex(v: &mut Validation, key: &ObjectKey, at: &str, pattern: &str) {
+pub(super) fn check_regex(v: &mut Validation, key: &ObjectKey, at: &str, pattern: &str) {
     if let Err(error) = regex::Regex::new(pattern) {
         // The regex crate's message spans lines with a caret under the fault; keep its gist.
         let gist = error
@@ -429,5 +414,19 @@ fn references(
             "UnknownSubset",
             format!("{at}: no DestinationRule for {host} defines subset {subset:?}"),
         );
+    }
+}
+
+/// `destinationSubnets`: addresses or CIDR blocks.
+fn subnets(v: &mut Validation, key: &ObjectKey, at: &str, subnets: &[String]) {
+    let probe = std::net::IpAddr::from([0, 0, 0, 0]);
+    for subnet in subnets {
+        if mesh_core::policy::cidr_contains(subnet, probe).is_none() {
+            v.invalid(
+                key,
+                "InvalidMatch",
+                format!("{at}.destinationSubnets: {subnet:?} is not an address or CIDR block"),
+            );
+        }
     }
 }
