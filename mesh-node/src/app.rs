@@ -345,6 +345,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 last_attempt = std::time::Instant::now();
                 enrollment.reconcile(&file);
                 *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
+                let closed = policy::enforce(&state);
+                if closed > 0 {
+                    tracing::info!(
+                        closed,
+                        "pods changed; closed connections they no longer allow"
+                    );
+                }
                 if !state.ready.swap(true, Ordering::AcqRel) {
                     tracing::info!("ready");
                 }

@@ -112,12 +112,18 @@ impl Enrollment {
         let desired: BTreeMap<String, &Pod> =
             file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
 
-        let stale: Vec<String> = self
-            .active
-            .iter()
-            .filter(|(key, active)| desired.get(*key).is_none_or(|pod| **pod != active.spec))
-            .map(|(key, _)| key.clone())
-            .collect();
+        let mut stale = Vec::new();
+        for (key, active) in &mut self.active {
+            match desired.get(key) {
+                Some(pod) if **pod == active.spec => {}
+                Some(pod) if same_capture(pod, &active.spec) => {
+                    tracing::info!(pod = %key, "pod relabelled; capture unchanged");
+                    active.context.update(pod);
+                    active.spec = (*pod).clone();
+                }
+                _ => stale.push(key.clone()),
+            }
+        }
         for key in stale {
             if let Some(active) = self.active.remove(&key) {
                 self.release(active);
@@ -244,12 +250,7 @@ impl Enrollment {
             ),
             None => None,
         };
-        let context = Arc::new(PodContext {
-            pod: pod.clone(),
-            netns,
-            netns_cookie: cookie,
-            identity,
-        });
+        let context = Arc::new(PodContext::new(pod.clone(), netns, cookie, identity));
         let mut tasks = Vec::new();
         if let Some(listener) = hbone {
             tasks.push(tokio::spawn(serve_hbone(
@@ -310,6 +311,18 @@ impl Enrollment {
             })
             .collect()
     }
+}
+
+/// Whether two specs of a pod capture the same way: same namespace, identity and addresses.
+/// Labels and the waypoint binding are read per connection, so changing them must not take
+/// the pod's listeners down (a re-enrollment refuses connections while it runs).
+fn same_capture(new: &Pod, old: &Pod) -> bool {
+    let capture = |pod: &Pod| Pod {
+        labels: Default::default(),
+        waypoint: None,
+        ..pod.clone()
+    };
+    capture(new) == capture(old)
 }
 
 fn open_listener(netns: &NetNs, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

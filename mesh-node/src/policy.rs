@@ -103,8 +103,19 @@ pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
     }
     state.metrics.policy_errors.set(errors.len() as i64);
     state.set_policies(policies, errors);
+    let closed = enforce(state);
+    tracing::info!(
+        policies = state.policies().len(),
+        closed,
+        "policies applied"
+    );
+}
+
+/// Closes the live connections that the current policies and pods no longer allow (a pod
+/// relabelled into a DENY's selector, or newly bound to a waypoint); how many it closed.
+pub fn enforce(state: &State) -> usize {
     let (policies, pods) = (state.policies(), state.pods());
-    let closed = state.connections.close_unless(|authorized| {
+    state.connections.close_unless(|authorized| {
         let Some(pod) = pods.pods.iter().find(|p| p.key() == authorized.pod) else {
             return false;
         };
@@ -117,6 +128,5 @@ pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
             authorized.destination_port,
         )
         .is_ok()
-    });
-    tracing::info!(policies = policies.len(), closed, "policies applied");
+    })
 }

@@ -11,7 +11,11 @@ mod inbound;
 mod outbound;
 mod tunnel;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
 
 use mesh_core::Identity;
 use tokio::net::{TcpSocket, TcpStream};
@@ -35,11 +39,35 @@ const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// What the proxies need to know about an enrolled pod.
 #[derive(Debug)]
 pub struct PodContext {
-    pub pod: Pod,
+    /// The pod's spec. Its labels and waypoint binding change in place, without taking the
+    /// pod's listeners down: a relabelled pod keeps its connections and keeps accepting.
+    spec: RwLock<Arc<Pod>>,
     pub netns: NetNs,
     pub netns_cookie: u64,
     /// The pod's SPIFFE identity (its namespace and service account).
     pub identity: Identity,
+}
+
+impl PodContext {
+    pub fn new(pod: Pod, netns: NetNs, netns_cookie: u64, identity: Identity) -> Self {
+        Self {
+            spec: RwLock::new(Arc::new(pod)),
+            netns,
+            netns_cookie,
+            identity,
+        }
+    }
+
+    /// The pod as the pods file last described it.
+    pub fn pod(&self) -> Arc<Pod> {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes a new spec that differs only in what can change under live connections
+    /// (labels, waypoint binding).
+    pub fn update(&self, pod: &Pod) {
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pod.clone());
+    }
 }
 
 /// The next connection on one of the pod's listeners. An error (out of file descriptors, say)
@@ -53,7 +81,7 @@ async fn accept(
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(error) => {
-                tracing::warn!(%error, pod = %pod.pod.key(), "{what} accept failed");
+                tracing::warn!(%error, pod = %pod.pod().key(), "{what} accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -154,7 +182,8 @@ fn labels(
         .by_addr(peer.ip())
         .map(|pod| (workload_name(pod), pod.namespace.clone()))
         .unwrap_or_else(unknown);
-    let local_side = (workload_name(&local.pod), local.pod.namespace.clone());
+    let local_pod = local.pod();
+    let local_side = (workload_name(&local_pod), local_pod.namespace.clone());
     let (local_principal, peer_principal) = match peer_identity {
         Some(peer) => (local.identity.to_string(), peer.to_string()),
         None => ("unknown".to_owned(), "unknown".to_owned()),

@@ -2,7 +2,11 @@
 //! AuthorizationPolicy DENY by principal and port, ALLOW lists, and live connections closed
 //! when a new policy forbids them. Needs root; run with `cargo xtask test`.
 
-use std::{io::Read as _, net::TcpStream, time::Duration};
+use std::{
+    io::{ErrorKind, Read as _},
+    net::TcpStream,
+    time::Duration,
+};
 
 use anyhow::Result;
 use mesh_tests::{
@@ -80,13 +84,19 @@ impl Mesh {
 }
 
 /// The peer closed the connection (EOF or reset) within a few seconds.
+/// Whether the peer closes (or resets) the stream within 5 s; a read that times out means
+/// the connection is still open.
 fn closed_by_peer(stream: &mut TcpStream) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [0u8; 256];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return true,
+            Ok(0) => return true,
             Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
         }
     }
 }
@@ -271,5 +281,59 @@ spec:
     m.agents[0].wait_enrolled(&batch, false)?;
     m.tb.set_pod_mode("n0-p1", Some("ambient"))?;
     m.agents[0].wait_enrolled(&batch, true)?;
+    Ok(())
+}
+
+/// A pod's labels change under it (in Kubernetes, `kubectl label`): the agent applies the new
+/// labels in place, without re-enrolling the pod (which would refuse connections while its
+/// listeners reopen). A harmless label leaves live connections alone; a label that brings the
+/// pod under a DENY refuses new connections and closes the live ones, as a new policy would.
+#[test]
+fn a_relabelled_pod_keeps_its_listeners_and_connections() -> Result<()> {
+    let m = mesh()?;
+    m.apply(
+        "locked",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: locked, namespace: default }
+spec:
+  selector: { matchLabels: { locked: "yes" } }
+  action: DENY
+  rules: [{}]
+"#,
+        1,
+    )?;
+    let mut live = m.connect("n0-p0", PORT)?;
+    read_greeting(&mut live)?;
+    assert!(m.allowed("n0-p1", PORT), "denied before the label was set");
+
+    m.tb.label_pod("n1-p0", "team", Some("reviews"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !m.agents[1].log().contains("pod relabelled") {
+        assert!(std::time::Instant::now() < deadline, "relabel not seen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    echo_round_trip(&mut live, b"still open after a harmless relabel")?;
+
+    m.tb.label_pod("n1-p0", "locked", Some("yes"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.allowed("n0-p1", PORT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new label was not applied: {}",
+            m.agents[1].log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        closed_by_peer(&mut live),
+        "the live connection stayed open under DENY"
+    );
+    let log = m.agents[1].log();
+    assert!(log.contains("pod relabelled"), "{log}");
+    assert!(
+        !log.contains("pod released"),
+        "the pod was re-enrolled: {log}"
+    );
     Ok(())
 }

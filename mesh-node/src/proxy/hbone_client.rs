@@ -76,10 +76,11 @@ impl HbonePool {
         let (sender, active) = self.sender(state, pod, via, expected).await?;
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
-        let workload = super::workload_name(&pod.pod);
+        let spec = pod.pod();
+        let workload = super::workload_name(&spec);
         let baggage = hbone::Baggage {
-            namespace: &pod.pod.namespace,
-            pod: &pod.pod.name,
+            namespace: &spec.namespace,
+            pod: &spec.name,
             workload: &workload,
         };
         let request = hbone::connect_request(target, client, Some(baggage));
@@ -107,7 +108,7 @@ impl HbonePool {
         ip: IpAddr,
         expected: &Identity,
     ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error> {
-        let key = (pod.pod.key(), ip);
+        let key = (pod.pod().key(), ip);
         {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
             let pooled = connections.entry(key.clone()).or_default();
