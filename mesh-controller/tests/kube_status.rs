@@ -168,7 +168,7 @@ async fn status_follows_create_update_and_delete() {
 }
 
 /// A Gateway API route reports under each parent, with Ambit's controller name, as
-/// `kubectl get httproute -o yaml` shows it.
+/// `kubectl get httproute -o yaml` shows it; entries other controllers wrote stay.
 #[tokio::test]
 async fn an_httproute_reports_per_parent() {
     let yaml = r#"
@@ -185,6 +185,11 @@ spec:
   rules:
   - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Plugin, name: x}}]
     backendRefs: [{name: reviews, port: 9080}]
+status:
+  parents:
+  - parentRef: {name: public-gateway}
+    controllerName: example.net/ingress
+    conditions: [{type: Accepted, status: "True", reason: Accepted, message: ""}]
 "#;
     let client = common::fake_client(&common::objects(yaml)).await;
     let distributor = Distributor::default();
@@ -194,8 +199,18 @@ spec:
     let routes: Api<mesh_controller::resources::http_route::HTTPRoute> =
         Api::namespaced(client.clone(), "bookinfo");
     let route = routes.get_status("reviews").await.unwrap();
-    let parents = route.status.expect("a status").parents;
-    assert_eq!(parents.len(), 1);
+    let mut parents = route.status.expect("a status").parents;
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    // Another controller's entry stays as it was.
+    let other = parents.remove(0);
+    assert_eq!(
+        (
+            other.controller_name.as_str(),
+            other.parent_ref.name.as_str()
+        ),
+        ("example.net/ingress", "public-gateway")
+    );
+    assert_eq!(accepted(&other.conditions).0, "True");
     assert_eq!(parents[0].parent_ref.name, "reviews");
     assert_eq!(parents[0].controller_name, "ambit.io/controller");
     let (status, reason) = accepted(&parents[0].conditions);

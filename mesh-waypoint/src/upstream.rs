@@ -58,8 +58,9 @@ const PENDING_WAIT: Duration = Duration::from_secs(10);
 pub enum Failure {
     #[error("no healthy upstream for {0}")]
     NoHealthyUpstream(String),
+    /// The route names a service (or subset) the waypoint does not know.
     #[error("no cluster for {0}")]
-    NoRoute(String),
+    NoCluster(String),
     #[error("upstream overflow: {0}")]
     Overflow(&'static str),
     #[error("connect to {addr} failed: {source}")]
@@ -76,7 +77,7 @@ impl Failure {
     pub fn flag(&self) -> &'static str {
         match self {
             Failure::NoHealthyUpstream(_) => "UH",
-            Failure::NoRoute(_) => "NR",
+            Failure::NoCluster(_) => "NC",
             Failure::Overflow(_) => "UO",
             Failure::Connect { .. } => "UF",
             Failure::Reset { .. } => "UR",

@@ -1,8 +1,9 @@
 //! Gateway API HTTPRoutes at the waypoint, as Istio's ambient tasks apply them: a route on
 //! the `reviews` Service splits 90/10 between the `reviews-v1` and `reviews-v2` Services,
-//! a header sends one user to v2, a prefix redirects, and the most specific match wins
-//! whatever the order it is written in. An HTTPRoute the waypoint cannot serve is refused
-//! and named in the controller's log while the others keep working.
+//! a header sends one user to v2, a prefix redirects, the most specific match wins whatever
+//! the order it is written in, and a backend that does not exist answers 500. An HTTPRoute
+//! the waypoint cannot serve is refused and named in the controller's log while the others
+//! keep working.
 //! Needs root; run with `cargo xtask test`.
 
 use anyhow::Result;
@@ -42,6 +43,8 @@ spec:
     - type: URLRewrite
       urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /rewritten}}
     backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: Exact, value: /gone}}]
+    backendRefs: [{name: reviews-v9, port: 9080}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -92,6 +95,10 @@ fn httproutes_split_match_and_redirect_at_the_waypoint() -> Result<()> {
         last.headers
     );
     drop(received);
+    // A backend Service that does not exist: the Gateway API's 500, not a 404 or 503.
+    let gone = client.get("/gone", &[])?;
+    assert_eq!(gone.status, 500, "{}", gone.body);
+    assert!(gone.body.contains("reviews-v9"), "{}", gone.body);
 
     // The broken route is refused and named; the mirror Service keeps its default route.
     let log = std::fs::read_to_string(&l7.controller.log)?;

@@ -136,7 +136,10 @@ pub async fn forward(
     };
     let resolved = match resolved {
         Ok(resolved) => resolved,
-        Err(failure) => return failed(failure, outcome),
+        Err(failure) => {
+            let status = forward.map_or(StatusCode::SERVICE_UNAVAILABLE, |f| f.no_cluster);
+            return answer(status, failure, outcome);
+        }
     };
     if let Some(forward) = forward {
         for mirror in &forward.mirrors {
@@ -277,11 +280,11 @@ async fn backoff(attempt: u32) {
 }
 
 fn failed(failure: Failure, outcome: &mut Outcome) -> Response<Body> {
+    answer(StatusCode::SERVICE_UNAVAILABLE, failure, outcome)
+}
+
+fn answer(status: StatusCode, failure: Failure, outcome: &mut Outcome) -> Response<Body> {
     outcome.flags.push(failure.flag());
-    let status = match failure {
-        Failure::NoRoute(_) => StatusCode::NOT_FOUND,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
     tracing::debug!(%failure, "answered locally");
     local(status, format!("{failure}\n"))
 }

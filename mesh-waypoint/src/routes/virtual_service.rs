@@ -138,6 +138,7 @@ pub(super) fn compile_route(
             timeout: parse_duration(http.timeout.as_ref(), "timeout")?,
             retries,
             mirrors,
+            no_cluster: StatusCode::SERVICE_UNAVAILABLE,
         }))
     };
     let fault = http.fault.as_ref().map(fault::compile).transpose()?;

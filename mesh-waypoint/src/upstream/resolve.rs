@@ -63,7 +63,7 @@ impl Upstreams {
         let service = snapshot
             .services_by_host
             .get(&target.host)
-            .ok_or_else(|| Failure::NoRoute(target.host.clone()))?;
+            .ok_or_else(|| Failure::NoCluster(target.host.clone()))?;
         // A gateway's route may leave the port out: a single-port service has only one.
         let port = match (target.port, service.ports.as_slice()) {
             (Some(port), _) => port,
@@ -75,7 +75,7 @@ impl Upstreams {
             Some(name) => Some(
                 snapshot
                     .subset(&target.host, name)
-                    .ok_or_else(|| Failure::NoRoute(format!("{} subset {name}", target.host)))?,
+                    .ok_or_else(|| Failure::NoCluster(format!("{} subset {name}", target.host)))?,
             ),
             None => None,
         };
