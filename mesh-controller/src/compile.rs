@@ -14,7 +14,10 @@ use k8s_openapi::api::{
 use kube::ResourceExt as _;
 use mesh_core::config_pb::{self as pb, resource::Body};
 
-use crate::config::{ConfigSet, Kind, Resource, validate::Validation};
+use crate::{
+    config::{ConfigSet, Kind, Resource, validate::Validation},
+    resources::gateway_api::INGRESS_CLASS,
+};
 
 /// The label that enrolls a namespace or pod (`ambient`; `none` opts a pod out).
 pub const DATAPLANE_MODE: &str = "ambit.io/dataplane-mode";
@@ -119,10 +122,16 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::Namespace(_)
             | Resource::Node(_)
             | Resource::EndpointSlice(_)
-            | Resource::ServiceAccount(_)
-            | Resource::K8sGateway(_) => continue,
+            | Resource::ServiceAccount(_) => continue,
             // Ingress gateways (the waypoint binary in ingress mode) listen by it.
             Resource::Gateway(r) => Body::IstioJson(json(&r.spec)),
+            // A Gateway API ingress goes out as the Istio Gateway it amounts to (under the
+            // same name; validation refuses an Istio Gateway and a Gateway API one sharing
+            // it). A waypoint's Gateway is the controller's alone.
+            Resource::K8sGateway(r) if r.spec.gateway_class_name == INGRESS_CLASS => {
+                Body::IstioJson(json(&r.spec.ingress_servers()))
+            }
+            Resource::K8sGateway(_) => continue,
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
             Resource::HttpRoute(r) => Body::IstioJson(json(&r.spec)),
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),

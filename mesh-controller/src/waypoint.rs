@@ -1,7 +1,9 @@
 //! Waypoint lifecycle: for a Gateway of class `ambit-waypoint` the controller runs the
 //! waypoint: a ServiceAccount (its identity), a Deployment of `mesh-waypoint`, and a Service on
-//! the HBONE port, all owned by the Gateway. A finalizer makes the controller remove them
-//! before the Gateway goes; owner references let Kubernetes collect them too.
+//! the HBONE port, all owned by the Gateway. A Gateway of class `ambit` gets the same binary in
+//! ingress mode, with a LoadBalancer Service on its listeners' ports. A finalizer makes the
+//! controller remove them before the Gateway goes; owner references let Kubernetes collect them
+//! too.
 
 use std::collections::BTreeMap;
 
@@ -10,10 +12,10 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-            ProjectedVolumeSource, SecurityContext, Service, ServiceAccount,
-            ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
-            VolumeProjection,
+            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext, Service,
+            ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Sysctl,
+            Volume, VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -26,7 +28,7 @@ use kube::{
     api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams},
 };
 
-use crate::resources::gateway_api::{Gateway, WAYPOINT_CLASS};
+use crate::resources::gateway_api::{Gateway, INGRESS_CLASS, WAYPOINT_CLASS};
 
 pub const FINALIZER: &str = "ambit.io/waypoint";
 const MANAGER: &str = "ambit-controller";
@@ -50,7 +52,7 @@ pub struct WaypointSettings {
 /// What reconciling did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not a waypoint Gateway.
+    /// Not a waypoint or ingress Gateway.
     Ignored,
     /// The waypoint's objects exist as they should.
     Applied,
@@ -65,7 +67,7 @@ pub async fn reconcile(
     gateway: &Gateway,
     settings: &WaypointSettings,
 ) -> Result<Outcome, kube::Error> {
-    if gateway.spec.gateway_class_name != WAYPOINT_CLASS {
+    if ![WAYPOINT_CLASS, INGRESS_CLASS].contains(&gateway.spec.gateway_class_name.as_str()) {
         return Ok(Outcome::Ignored);
     }
     let namespace = gateway.namespace().unwrap_or_default();
@@ -116,15 +118,11 @@ pub async fn reconcile(
         .patch(
             &name,
             &apply,
-            &Patch::Apply(&deployment(&name, &namespace, &owner, settings)),
+            &Patch::Apply(&deployment(gateway, &owner, settings)),
         )
         .await?;
     Api::<Service>::namespaced(client.clone(), &namespace)
-        .patch(
-            &name,
-            &apply,
-            &Patch::Apply(&service(&name, &namespace, &owner)),
-        )
+        .patch(&name, &apply, &Patch::Apply(&service(gateway, &owner)))
         .await?;
     Ok(Outcome::Applied)
 }
@@ -157,14 +155,15 @@ async fn remove(client: &Client, namespace: &str, name: &str) -> Result<(), kube
 }
 
 fn labels(name: &str) -> BTreeMap<String, String> {
+    // Neither captured nor behind the namespace's waypoint: it is the proxy.
     [
         (GATEWAY_NAME_LABEL.to_owned(), name.to_owned()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
             "ambit".to_owned(),
         ),
-        // The waypoint itself is never captured.
         ("ambit.io/dataplane-mode".to_owned(), "none".to_owned()),
+        ("ambit.io/use-waypoint".to_owned(), "none".to_owned()),
     ]
     .into()
 }
@@ -199,14 +198,35 @@ fn root_config_map(namespace: &str, root_pem: &str) -> ConfigMap {
     }
 }
 
+/// The ports a Gateway's proxy serves: HBONE for a waypoint, the listeners for an ingress.
+fn serving_ports(gateway: &Gateway) -> Vec<(String, u16)> {
+    match gateway.spec.gateway_class_name == INGRESS_CLASS {
+        true => gateway
+            .spec
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.port))
+            .collect(),
+        false => vec![("mesh".to_owned(), mesh_core::hbone::PORT)],
+    }
+}
+
 fn deployment(
-    name: &str,
-    namespace: &str,
+    gateway: &Gateway,
     owner: &OwnerReference,
     settings: &WaypointSettings,
 ) -> Deployment {
+    let (name, namespace) = (
+        &gateway.name_any(),
+        &gateway.namespace().unwrap_or_default(),
+    );
+    let ingress = gateway.spec.gateway_class_name == INGRESS_CLASS;
+    let role = match ingress {
+        true => format!("--ingress-gateway={namespace}/{name}"),
+        false => format!("--waypoint={namespace}/{name}"),
+    };
     let args = vec![
-        format!("--waypoint={namespace}/{name}"),
+        role,
         format!("--namespace={namespace}"),
         format!("--service-account={name}"),
         format!("--ca-addr={}", settings.ca_addr),
@@ -258,11 +278,16 @@ fn deployment(
                                 ..VolumeMount::default()
                             },
                         ]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("mesh".to_owned()),
-                            container_port: i32::from(mesh_core::hbone::PORT),
-                            ..ContainerPort::default()
-                        }]),
+                        ports: Some(
+                            serving_ports(gateway)
+                                .into_iter()
+                                .map(|(name, port)| ContainerPort {
+                                    name: Some(name),
+                                    container_port: i32::from(port),
+                                    ..ContainerPort::default()
+                                })
+                                .collect(),
+                        ),
                         readiness_probe: Some(Probe {
                             http_get: Some(HTTPGetAction {
                                 path: Some("/healthz/ready".to_owned()),
@@ -310,6 +335,14 @@ fn deployment(
                             ..Volume::default()
                         },
                     ]),
+                    // An ingress listens on 80 and 443 without privileges, as Istio's does.
+                    security_context: ingress.then(|| PodSecurityContext {
+                        sysctls: Some(vec![Sysctl {
+                            name: "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                            value: "0".to_owned(),
+                        }]),
+                        ..PodSecurityContext::default()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -319,17 +352,29 @@ fn deployment(
     }
 }
 
-fn service(name: &str, namespace: &str, owner: &OwnerReference) -> Service {
+/// The waypoint's Service on HBONE, inside the cluster; an ingress's on its listeners'
+/// ports, as a LoadBalancer for clients outside.
+fn service(gateway: &Gateway, owner: &OwnerReference) -> Service {
+    let (name, namespace) = (
+        &gateway.name_any(),
+        &gateway.namespace().unwrap_or_default(),
+    );
+    let ingress = gateway.spec.gateway_class_name == INGRESS_CLASS;
+    let ports = serving_ports(gateway)
+        .into_iter()
+        .map(|(port_name, port)| ServicePort {
+            name: Some(port_name),
+            port: i32::from(port),
+            app_protocol: (!ingress).then(|| "hbone".to_owned()),
+            ..ServicePort::default()
+        })
+        .collect();
     Service {
         metadata: meta(name, namespace, owner),
         spec: Some(ServiceSpec {
             selector: Some([(GATEWAY_NAME_LABEL.to_owned(), name.to_owned())].into()),
-            ports: Some(vec![ServicePort {
-                name: Some("mesh".to_owned()),
-                port: i32::from(mesh_core::hbone::PORT),
-                app_protocol: Some("hbone".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(ports),
+            type_: ingress.then(|| "LoadBalancer".to_owned()),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -1,7 +1,7 @@
 //! Waypoint lifecycle against a fake API server (kube-fake-client): a Gateway of class
 //! `ambit-waypoint` gets a ServiceAccount, Deployment and Service it owns, and a finalizer;
-//! a Gateway being deleted has them removed and the finalizer released; other classes are
-//! left alone.
+//! a Gateway being deleted has them removed and the finalizer released; an `ambit` Gateway
+//! gets an ingress; other classes are left alone.
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -168,4 +168,60 @@ async fn a_deleted_waypoint_gateway_has_its_objects_removed_then_goes() {
         gateways.get_opt("waypoint").await.unwrap().is_none(),
         "with the finalizer released the Gateway is gone"
     );
+}
+
+/// A Gateway of class `ambit` is an ingress: the same binary in ingress mode, its listeners'
+/// ports open in the pod (unprivileged, though below 1024) and on a LoadBalancer Service.
+#[tokio::test]
+async fn an_ingress_gateway_gets_a_load_balancer_on_its_listeners() {
+    let mut ingress = gateway("public", "ambit", serde_json::json!({}));
+    ingress["spec"]["listeners"] = serde_json::json!([
+        {"name": "http", "port": 80, "protocol": "HTTP"},
+        {"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "cert"}]}},
+    ]);
+    let client = client(vec![ingress]).await;
+    let gw = Api::<Gateway>::namespaced(client.clone(), "bookinfo")
+        .get("public")
+        .await
+        .unwrap();
+    assert_eq!(
+        reconcile(&client, &gw, &settings()).await.unwrap(),
+        Outcome::Applied
+    );
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+        .get("public")
+        .await
+        .expect("the ingress Deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        args.contains(&"--ingress-gateway=bookinfo/public".to_owned()),
+        "{args:?}"
+    );
+    let ports: Vec<i32> = pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, [80, 443]);
+    let sysctls = pod
+        .security_context
+        .and_then(|c| c.sysctls)
+        .unwrap_or_default();
+    assert!(
+        sysctls
+            .iter()
+            .any(|s| s.name == "net.ipv4.ip_unprivileged_port_start" && s.value == "0"),
+        "{sysctls:?}"
+    );
+    let service = Api::<Service>::namespaced(client.clone(), "bookinfo")
+        .get("public")
+        .await
+        .expect("the ingress Service")
+        .spec
+        .unwrap();
+    assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
+    let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [80, 443]);
 }

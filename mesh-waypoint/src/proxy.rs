@@ -159,7 +159,11 @@ async fn respond(
         Destination::Service(service) => snapshot.routes.find(&service.hostname, &view),
         Destination::Workload(_) => Lookup::Default,
         Destination::Gateway(_) => {
-            match snapshot.ingress_routes.gateway_host(bare_host(authority)) {
+            let port = downstream.target.port();
+            match snapshot
+                .ingress_routes
+                .gateway_host(bare_host(authority), port)
+            {
                 Some(key) => snapshot.ingress_routes.find(&key, &view),
                 None => Lookup::NoRoute,
             }

@@ -31,7 +31,9 @@ use std::{collections::HashMap, time::Duration};
 use http::StatusCode;
 use mesh_controller::{
     config::duration,
-    resources::{http_route::HttpRouteSpec, virtual_service::VirtualServiceSpec},
+    resources::{
+        http_route::HttpRouteSpec, networking::Server, virtual_service::VirtualServiceSpec,
+    },
 };
 
 pub use self::{
@@ -131,6 +133,9 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     pub retries: RetryPolicy,
     pub mirrors: Vec<Mirror>,
+    /// The answer when a destination names a service (or subset) that does not exist:
+    /// Envoy's 503 for a VirtualService, the Gateway API's 500 for an HTTPRoute.
+    pub no_cluster: StatusCode,
 }
 
 #[derive(Clone, Debug)]
@@ -252,7 +257,23 @@ impl RouteTable {
         routes: impl IntoIterator<Item = (&'a str, &'a str, &'a HttpRouteSpec)>,
         domain: &str,
     ) -> Vec<String> {
-        let (hosts, errors) = http_route::compile(routes, domain);
+        let (hosts, errors) = http_route::compile(routes, domain, http_route::to_services(domain));
+        self.hosts.extend(hosts);
+        errors
+    }
+
+    /// Adds, for an ingress, the routes of the HTTPRoutes attached to its Gateway API
+    /// `Gateway` (`namespace/name`, its listeners as `servers`), by the hostnames each shares
+    /// with a listener. A hostname with HTTPRoutes is routed by them, not a VirtualService.
+    pub fn add_gateway_http_routes<'a>(
+        &mut self,
+        routes: impl IntoIterator<Item = (&'a str, &'a str, &'a HttpRouteSpec)>,
+        domain: &str,
+        gateway: (&str, &str),
+        servers: &[Server],
+    ) -> Vec<String> {
+        let attach = http_route::to_gateway(gateway, servers);
+        let (hosts, errors) = http_route::compile(routes, domain, attach);
         self.hosts.extend(hosts);
         errors
     }
@@ -280,22 +301,34 @@ impl RouteTable {
             .is_some_and(|routes| routes.iter().any(TcpRoute::reads_sni))
     }
 
-    /// A gateway's host as a request names it (`Host` without its port): the exact host,
-    /// else the longest matching `*.suffix`, else `*`.
-    pub fn gateway_host(&self, host: &str) -> Option<String> {
+    /// A gateway's host as a request to listener `port` names it (`Host` without its
+    /// port): the exact host, else the longest matching `*.suffix`, else `*`; of those, the
+    /// first with routes on that port (a Gateway API route attaches to some listeners only).
+    pub fn gateway_host(&self, host: &str, port: u16) -> Option<String> {
         let host = host.to_ascii_lowercase();
-        if self.hosts.contains_key(&host) {
+        let on_port = |key: &str| {
+            self.hosts.get(key).is_some_and(|routes| {
+                routes.iter().any(|route| {
+                    route.matches.is_empty()
+                        || route
+                            .matches
+                            .iter()
+                            .any(|m| m.port.is_none_or(|p| p == port))
+                })
+            })
+        };
+        if on_port(&host) {
             return Some(host);
         }
         let mut labels = host.as_str();
         while let Some((_, rest)) = labels.split_once('.') {
             let wildcard = format!("*.{rest}");
-            if self.hosts.contains_key(&wildcard) {
+            if on_port(&wildcard) {
                 return Some(wildcard);
             }
             labels = rest;
         }
-        self.hosts.contains_key("*").then(|| "*".to_owned())
+        on_port("*").then(|| "*".to_owned())
     }
 
     /// The first route for `host` that fits `request`: none fits although the host has

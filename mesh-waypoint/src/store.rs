@@ -243,13 +243,28 @@ impl Snapshot {
             .map(|(ns, name, spec)| (ns.as_str(), name.as_str(), spec));
         snapshot
             .errors
-            .extend(routes.add_http_routes(http_routes, domain));
+            .extend(routes.add_http_routes(http_routes.clone(), domain));
         snapshot.routes = routes;
         if let Some((namespace, name)) = ingress.and_then(|g| g.split_once('/')) {
             let scope = Scope::Gateway { namespace, name };
-            let (routes, errors) = RouteTable::compile(specs(), domain, scope);
-            snapshot.ingress_routes = routes;
+            let (mut routes, errors) = RouteTable::compile(specs(), domain, scope);
             snapshot.errors.extend(errors);
+            // HTTPRoutes attach to a Gateway API ingress, which arrives as the Istio Gateway
+            // it amounts to (listeners as servers).
+            if let Some(gateway) = snapshot
+                .gateways
+                .get(&format!("{namespace}/{name}"))
+                .cloned()
+            {
+                let errors = routes.add_gateway_http_routes(
+                    http_routes,
+                    domain,
+                    (namespace, name),
+                    &gateway.servers,
+                );
+                snapshot.errors.extend(errors);
+            }
+            snapshot.ingress_routes = routes;
         }
         // A policy that does not validate is kept and enforced failing closed.
         let mut policies = PolicySet::with_root_namespace(root_namespace);

@@ -1,4 +1,5 @@
-//! Ingress mode: the waypoint binary as an Istio ingress gateway. A Gateway with an HTTP
+//! Ingress mode: the waypoint binary as an ingress gateway, configured by an Istio Gateway or
+//! by a Gateway API one with HTTPRoutes. An Istio Gateway with an HTTP
 //! server, an HTTPS server (certificate files named in its `tls`), one whose certificate is
 //! a Secret (`credentialName`), a mutual-TLS one and an HTTP one that only redirects to
 //! HTTPS, and a VirtualService bound to it; requests from outside the mesh reach the right
@@ -266,6 +267,80 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
                 && l.contains("destination_service=\"reviews.default.svc.cluster.local\"")),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// The same ingress configured with the Gateway API, as Istio's ingress task does it today: a
+/// `Gateway` of class `ambit` with an HTTP listener for `*.example.com` and an HTTPS one whose
+/// certificate is a Secret, and an HTTPRoute attached to both for one hostname.
+#[test]
+fn a_gateway_api_gateway_serves_its_httproutes() -> Result<()> {
+    let l7 = setup()?;
+    l7.tb.set_service_account(INGRESS_POD, "ingress")?;
+    l7.tb.set_pod_mode(INGRESS_POD, Some("none"))?;
+    l7.tb
+        .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
+    l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
+    l7.write(
+        "gateway",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: public, namespace: default}}
+spec:
+  gatewayClassName: ambit
+  listeners:
+  - {{name: http, port: 8090, protocol: HTTP, hostname: "*.example.com"}}
+  - name: https
+    port: 8453
+    protocol: HTTPS
+    tls: {{certificateRefs: [{{name: bookinfo-credential}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: bookinfo, namespace: default}}
+spec:
+  parentRefs: [{{name: public}}]
+  hostnames: ["{HOST}"]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /reviews}}}}]
+    backendRefs: [{{name: reviews, port: 9080}}]
+"#
+        ),
+    )?;
+    // The Secret after the Gateway: only a Secret a Gateway names is sent out.
+    let (key, cert) = self_signed()?;
+    l7.write("credential", &tls_secret(&cert.pem(), &key.serialize_pem()))?;
+    let ingress = l7
+        .tb
+        .start_ingress(&l7.controller, INGRESS_POD, "default/public", "ingress")?;
+    let client = l7.tb.pod("n1-p2");
+    let ingress_ip = l7.tb.pod(INGRESS_POD).ip;
+    let http = SocketAddr::from((ingress_ip, 8090));
+    let response = get(client, http, HOST, "/reviews/1")?;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.body.ends_with(" /reviews/1"), "{}", response.body);
+    assert_eq!(get(client, http, HOST, "/other")?.status, 404, "no rule");
+    assert_eq!(
+        get(client, http, "ratings.example.com", "/reviews/1")?.status,
+        404,
+        "a hostname the route does not list"
+    );
+    let https = SocketAddr::from((ingress_ip, 8453));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match get_https(client, https, cert.pem().as_bytes(), "/reviews/tls", None) {
+            Ok(body) => break body,
+            Err(error) if Instant::now() > deadline => {
+                return Err(error.context(format!(
+                    "HTTPS through the Gateway API ingress; its log:\n{}",
+                    ingress.log()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(body.ends_with("/reviews/tls"), "{body}");
     Ok(())
 }
 

@@ -1,14 +1,18 @@
 //! Secrets as TLS credentials for ingress gateways. Only a Secret an accepted Istio Gateway's
 //! `credentialName` names in the Gateway's own namespace leaves the controller (with its
-//! `<name>-cacert` companion, where Istio looks for a separate client CA), and only to
-//! waypoint subscribers allowed that namespace (`distribution`).
+//! `<name>-cacert` companion, where Istio looks for a separate client CA), or one an accepted
+//! Gateway API ingress's `certificateRefs` name, and only to waypoint subscribers allowed that
+//! namespace (`distribution`).
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Secret;
 use mesh_core::config_pb as pb;
 
-use crate::config::{ConfigSet, validate::Validation};
+use crate::{
+    config::{ConfigSet, validate::Validation},
+    resources::gateway_api::INGRESS_CLASS,
+};
 
 /// The suffix of a Secret holding only the CA of the Secret it is named after.
 const CA_SUFFIX: &str = "-cacert";
@@ -24,6 +28,16 @@ pub fn referenced(set: &ConfigSet, validation: &Validation) -> BTreeSet<(String,
         for credential in servers.filter_map(|s| s.tls.as_ref()?.credential_name.as_ref()) {
             names.insert((key.namespace.clone(), credential.clone()));
             names.insert((key.namespace.clone(), format!("{credential}{CA_SUFFIX}")));
+        }
+    }
+    // A Gateway API ingress's certificates, in its own namespace (validation refuses others).
+    for (key, gateway) in set.k8s_gateways() {
+        if !validation.accepted(key) || gateway.spec.gateway_class_name != INGRESS_CLASS {
+            continue;
+        }
+        let tls = gateway.spec.listeners.iter().filter_map(|l| l.tls.as_ref());
+        for reference in tls.flat_map(|tls| &tls.certificate_refs) {
+            names.insert((key.namespace.clone(), reference.name.clone()));
         }
     }
     names

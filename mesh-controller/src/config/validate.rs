@@ -5,6 +5,7 @@
 //! to them fails with 503, as in Istio). A resource that is not accepted is left out of what
 //! is distributed; the rest applies.
 
+mod gateway_api;
 mod http_route;
 mod networking;
 mod routes;
@@ -42,11 +43,15 @@ impl Validation {
             .is_none_or(|f| f.iter().all(|f| f.condition != ACCEPTED))
     }
 
-    /// The status conditions for `key`: `Accepted`, and `ResolvedRefs` for routes.
+    /// The status conditions for `key`: `Accepted`, and `ResolvedRefs` for routes and
+    /// Gateway API Gateways (their certificates).
     pub fn conditions(&self, key: &ObjectKey, generation: Option<i64>) -> Vec<Condition> {
         let findings = self.findings.get(key).map(Vec::as_slice).unwrap_or(&[]);
         let mut types = vec![ACCEPTED];
-        if matches!(key.kind, Kind::VirtualService | Kind::HttpRoute) {
+        if matches!(
+            key.kind,
+            Kind::VirtualService | Kind::HttpRoute | Kind::K8sGateway
+        ) {
             types.push(RESOLVED_REFS);
         }
         types
@@ -109,6 +114,7 @@ pub fn validate(set: &ConfigSet, domain: &str) -> Validation {
     security::peer_authentications(set, &mut v);
     security::authorization_policies(set, &mut v);
     security::waypoints(set, &mut v);
+    gateway_api::ingress_gateways(set, &mut v);
     v
 }
 
@@ -201,6 +207,8 @@ fn conflicts<'a>(
     }
 }
 
+#[cfg(test)]
+mod gateway_api_tests;
 #[cfg(test)]
 mod http_route_tests;
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! gateway.networking.k8s.io `Gateway`: with class `ambit-waypoint` it asks for a waypoint (the
-//! controller runs its Deployment, Service and ServiceAccount). Only the fields waypoints use.
+//! controller runs its Deployment, Service and ServiceAccount); with class `ambit` it is an
+//! ingress, whose HTTP and HTTPS listeners serve the HTTPRoutes attached to it. Only the
+//! fields Ambit uses.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,8 @@ use super::common::Condition;
 
 /// The class that makes a Gateway an Ambit waypoint.
 pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
+/// The class that makes a Gateway an Ambit ingress.
+pub const INGRESS_CLASS: &str = "ambit";
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -42,8 +46,99 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     pub port: u16,
-    /// `HBONE` for a waypoint's listener.
+    /// `HBONE` for a waypoint's listener; `HTTP` or `HTTPS` for an ingress's.
     pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTlsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTlsConfig {
+    /// `Terminate` (the default) or `Passthrough`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_refs: Vec<SecretObjectReference>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObjectReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `Secret` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Which routes may attach to a listener.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    /// `Same` (the default), `All` or `Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub kind: String,
+}
+
+impl Listener {
+    /// Whether a route in `namespace` may attach, for a Gateway in `gateway_namespace`.
+    pub fn admits_namespace(&self, namespace: &str, gateway_namespace: &str) -> bool {
+        let from = self
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
+        match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+            "All" => true,
+            _ => namespace == gateway_namespace,
+        }
+    }
+}
+
+/// The hostname a route's `hostname` and a listener's have in common, as the Gateway API
+/// intersects them: the more specific of the two when one contains the other (`*` and
+/// `*.suffix` wildcards), `None` when they share nothing.
+pub fn intersect_hostnames(listener: Option<&str>, route: &str) -> Option<String> {
+    let route = route.to_ascii_lowercase();
+    let Some(listener) = listener.map(str::to_ascii_lowercase) else {
+        return Some(route);
+    };
+    let covers = |wildcard: &str, name: &str| {
+        wildcard
+            .strip_prefix('*')
+            .is_some_and(|suffix| name.ends_with(suffix) && name.len() > suffix.len())
+    };
+    if listener == route || covers(&listener, &route) {
+        Some(route)
+    } else if covers(&route, &listener) {
+        Some(listener)
+    } else {
+        None
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -67,4 +162,83 @@ pub struct GatewayAddress {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     pub value: String,
+}
+
+impl GatewaySpec {
+    /// An ingress Gateway's listeners as the servers of an Istio Gateway, which is how the
+    /// ingress serves them: HTTP as HTTP, HTTPS terminated with the listener's first
+    /// certificate (a Secret in the Gateway's namespace). Each server is named after its
+    /// listener, for routes that attach by `sectionName`.
+    pub fn ingress_servers(&self) -> super::networking::GatewaySpec {
+        use super::networking::{Server, ServerTlsSettings, ServicePort};
+        let servers = self
+            .listeners
+            .iter()
+            .map(|listener| {
+                let tls = listener.tls.as_ref().map(|tls| ServerTlsSettings {
+                    mode: Some("SIMPLE".to_owned()),
+                    credential_name: tls.certificate_refs.first().map(|c| c.name.clone()),
+                    ..ServerTlsSettings::default()
+                });
+                Server {
+                    port: ServicePort {
+                        number: u32::from(listener.port),
+                        protocol: Some(listener.protocol.clone()),
+                        name: Some(listener.name.clone()),
+                        target_port: None,
+                    },
+                    bind: None,
+                    hosts: vec![listener.hostname.clone().unwrap_or_else(|| "*".to_owned())],
+                    tls,
+                    name: Some(listener.name.clone()),
+                }
+            })
+            .collect();
+        super::networking::GatewaySpec {
+            selector: BTreeMap::new(),
+            servers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::intersect_hostnames;
+
+    #[test]
+    fn hostnames_intersect_as_the_gateway_api_says() {
+        let cases = [
+            (None, "bookinfo.example.com", Some("bookinfo.example.com")),
+            (Some("*"), "a.example.com", Some("a.example.com")),
+            (
+                Some("*.example.com"),
+                "a.example.com",
+                Some("a.example.com"),
+            ),
+            (
+                Some("a.example.com"),
+                "*.example.com",
+                Some("a.example.com"),
+            ),
+            (
+                Some("*.example.com"),
+                "*.a.example.com",
+                Some("*.a.example.com"),
+            ),
+            (Some("*.example.com"), "example.com", None),
+            (Some("a.example.com"), "b.example.com", None),
+            (
+                Some("A.Example.com"),
+                "a.example.COM",
+                Some("a.example.com"),
+            ),
+        ];
+        for (listener, route, want) in cases {
+            assert_eq!(
+                intersect_hostnames(listener, route).as_deref(),
+                want,
+                "{listener:?} and {route}"
+            );
+        }
+    }
 }

@@ -18,6 +18,7 @@ use crate::{
     config::{ConfigSet, Kind, ObjectKey, Resource, load::LoadError},
     resources::{
         common::Condition,
+        gateway_api::{INGRESS_CLASS, WAYPOINT_CLASS},
         http_route::{HTTPRoute, HttpRouteStatus, RouteParentStatus},
     },
 };
@@ -26,18 +27,43 @@ use crate::{
 pub const CONTROLLER_NAME: &str = "ambit.io/controller";
 
 /// A Gateway API route reports per parent: the same conditions under each of its parents.
-fn route_status(route: &HTTPRoute, conditions: &[Condition]) -> serde_json::Value {
+/// Other controllers' entries (another mesh's, an ingress's on the same route) are kept as
+/// the route was last seen; only Ambit's are replaced. The write is conditional on that
+/// version, so an entry another controller adds meanwhile is not lost: the write fails with
+/// a conflict, and the next report, set off by that controller's change, merges it.
+/// Only parents that are Ambit's get an entry: Services, and Gateways of Ambit's classes (or
+/// missing ones, to say so); a Gateway of another class is another controller's to report.
+fn route_status(set: &ConfigSet, route: &HTTPRoute, conditions: &[Condition]) -> serde_json::Value {
+    let others = route
+        .status
+        .iter()
+        .flat_map(|status| &status.parents)
+        .filter(|parent| parent.controller_name != CONTROLLER_NAME)
+        .cloned();
+    let namespace = route.metadata.namespace.as_deref().unwrap_or_default();
+    let ours = route.spec.parent_refs.iter().filter(|parent| {
+        parent.is_service() || {
+            let key = ObjectKey {
+                kind: Kind::K8sGateway,
+                namespace: parent.namespace.as_deref().unwrap_or(namespace).to_owned(),
+                name: parent.name.clone(),
+            };
+            match set.resources.get(&key) {
+                Some(Resource::K8sGateway(gateway)) => matches!(
+                    gateway.spec.gateway_class_name.as_str(),
+                    INGRESS_CLASS | WAYPOINT_CLASS
+                ),
+                _ => true,
+            }
+        }
+    });
+    let ours = ours.map(|parent| RouteParentStatus {
+        parent_ref: parent.clone(),
+        controller_name: CONTROLLER_NAME.to_owned(),
+        conditions: conditions.to_vec(),
+    });
     let status = HttpRouteStatus {
-        parents: route
-            .spec
-            .parent_refs
-            .iter()
-            .map(|parent| RouteParentStatus {
-                parent_ref: parent.clone(),
-                controller_name: CONTROLLER_NAME.to_owned(),
-                conditions: conditions.to_vec(),
-            })
-            .collect(),
+        parents: others.chain(ours).collect(),
     };
     serde_json::to_value(status).unwrap_or_default()
 }
@@ -183,11 +209,15 @@ impl StatusSink for KubeStatus {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
             let observed = conditions.first().and_then(|c| c.observed_generation);
-            let status = match set.resources.get(&key) {
-                Some(Resource::HttpRoute(route)) => route_status(route, &conditions),
-                _ => serde_json::json!({"conditions": conditions, "observedGeneration": observed}),
+            let patch = match set.resources.get(&key) {
+                Some(Resource::HttpRoute(route)) => serde_json::json!({
+                    "metadata": {"resourceVersion": route.metadata.resource_version},
+                    "status": route_status(set, route, &conditions),
+                }),
+                _ => serde_json::json!({
+                    "status": {"conditions": conditions, "observedGeneration": observed}
+                }),
             };
-            let patch = serde_json::json!({ "status": status });
             match api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -1,5 +1,5 @@
-//! Gateway API `HTTPRoute`s attached to Services (the mesh profile), compiled into the same
-//! routes as VirtualServices. Where they differ from a VirtualService:
+//! Gateway API `HTTPRoute`s attached to Services (the mesh profile) or to an ingress Gateway,
+//! compiled into the same routes as VirtualServices. Where they differ from a VirtualService:
 //! - rules are not first-match-wins: every match of every route on a Service is ordered by
 //!   the Gateway API's precedence (an exact path, then the longest prefix, then a method,
 //!   then more header matches, then more query matches; ties by route name, then rule
@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use http::{HeaderName, StatusCode};
 use mesh_controller::resources::{
     common::StringMatch,
+    gateway_api::intersect_hostnames,
     http_route::{
         BackendObjectReference, HeaderModifier, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
         HttpRouteSpec, ParentReference,
     },
+    networking::Server,
 };
 
 use super::{
@@ -28,6 +30,8 @@ use super::{
     parse_duration, qualify,
 };
 
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
 /// Where a route is compiled from.
 pub(super) struct Origin<'a> {
     pub namespace: &'a str,
@@ -35,11 +39,94 @@ pub(super) struct Origin<'a> {
     pub domain: &'a str,
 }
 
-/// Compiles the HTTPRoutes `(namespace, name, spec)` into routes per Service host, ordered
-/// by precedence; an HTTPRoute that does not compile is left out, reported in the errors.
+/// Where an HTTPRoute's rules go for one of its parents: a host of the table, the port they
+/// answer on (`None`: any) and, for a consumer route, the clients they are for.
+pub(super) struct Attachment {
+    pub host: String,
+    pub port: Option<u16>,
+    pub clients: Option<String>,
+}
+
+/// Attachments inside the mesh: a Service parent's host. A route in another namespace than
+/// its Service is a consumer route, for its own namespace's clients.
+pub(super) fn to_services(
+    domain: &str,
+) -> impl Fn(&ParentReference, &str, &HttpRouteSpec) -> Vec<Attachment> + '_ {
+    move |parent, namespace, _| {
+        if !parent.is_service() {
+            return Vec::new();
+        }
+        let parent_namespace = parent.namespace.as_deref().unwrap_or(namespace);
+        vec![Attachment {
+            host: qualify(&parent.name, parent_namespace, domain),
+            port: parent.port,
+            clients: (parent_namespace != namespace).then(|| namespace.to_owned()),
+        }]
+    }
+}
+
+/// Attachments at an ingress Gateway (`namespace/name`, its listeners as `servers`): each
+/// HTTP or HTTPS listener the parent names (all, without `sectionName` or `port`), under the
+/// hostnames the route and the listener share, answering on the listener's port.
+pub(super) fn to_gateway<'a>(
+    gateway: (&'a str, &'a str),
+    servers: &'a [Server],
+) -> impl Fn(&ParentReference, &str, &HttpRouteSpec) -> Vec<Attachment> + 'a {
+    move |parent, namespace, spec| {
+        let names_gateway = parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+            && (
+                parent.namespace.as_deref().unwrap_or(namespace),
+                parent.name.as_str(),
+            ) == gateway;
+        if !names_gateway {
+            return Vec::new();
+        }
+        let listeners = servers.iter().filter(|server| {
+            let protocol = server.port.protocol.as_deref().unwrap_or("HTTP");
+            matches!(protocol, "HTTP" | "HTTPS")
+                && parent
+                    .section_name
+                    .as_ref()
+                    .is_none_or(|section| server.port.name.as_ref() == Some(section))
+                && parent
+                    .port
+                    .is_none_or(|port| u32::from(port) == server.port.number)
+        });
+        let mut attachments = Vec::new();
+        for server in listeners {
+            let Ok(port) = u16::try_from(server.port.number) else {
+                continue;
+            };
+            let listener = server
+                .hosts
+                .first()
+                .map(String::as_str)
+                .filter(|h| *h != "*");
+            let hosts: Vec<String> = match spec.hostnames.as_slice() {
+                [] => vec![listener.unwrap_or("*").to_ascii_lowercase()],
+                names => names
+                    .iter()
+                    .filter_map(|name| intersect_hostnames(listener, name))
+                    .collect(),
+            };
+            attachments.extend(hosts.into_iter().map(|host| Attachment {
+                host,
+                port: Some(port),
+                clients: None,
+            }));
+        }
+        attachments
+    }
+}
+
+/// Compiles the HTTPRoutes `(namespace, name, spec)` into routes per host, where `attach`
+/// puts them, ordered by precedence; an HTTPRoute that does not compile is left out,
+/// reported in the errors.
 pub(super) fn compile<'a>(
     routes: impl IntoIterator<Item = (&'a str, &'a str, &'a HttpRouteSpec)>,
     domain: &str,
+    attach: impl Fn(&ParentReference, &str, &HttpRouteSpec) -> Vec<Attachment>,
 ) -> (HashMap<String, Vec<Route>>, Vec<String>) {
     let mut ranked: HashMap<String, Vec<(Rank, Route)>> = HashMap::new();
     let mut errors = Vec::new();
@@ -47,36 +134,47 @@ pub(super) fn compile<'a>(
     // Ties go to the route first by `namespace/name` (no creation time in local mode).
     routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     for (order, (namespace, name, spec)) in routes.into_iter().enumerate() {
+        let attachments: Vec<Attachment> = spec
+            .parent_refs
+            .iter()
+            .flat_map(|parent| attach(parent, namespace, spec))
+            .collect();
+        if attachments.is_empty() {
+            continue;
+        }
         let origin = &Origin {
             namespace,
             name,
             domain,
         };
         let compiled: Result<Vec<_>, String> = spec
-            .parent_refs
+            .rules
             .iter()
-            .filter(|p| p.is_service())
-            .flat_map(|parent| {
-                spec.rules.iter().enumerate().map(move |(r, rule)| {
-                    compile_rule(rule, parent, origin).map(|routes| (parent, r, routes))
-                })
-            })
+            .map(|rule| compile_rule(rule, origin))
             .collect();
-        match compiled {
-            Ok(compiled) => {
-                for (parent, r, routes) in compiled {
-                    let parent_namespace = parent.namespace.as_deref().unwrap_or(namespace);
-                    let host = qualify(&parent.name, parent_namespace, domain);
-                    for (m, (rank, route)) in routes.into_iter().enumerate() {
-                        let rank = Rank {
-                            order: (order, r, m),
-                            ..rank
-                        };
-                        ranked.entry(host.clone()).or_default().push((rank, route));
+        let rules = match compiled {
+            Ok(rules) => rules,
+            Err(error) => {
+                errors.push(format!("HTTPRoute {namespace}/{name}: {error}"));
+                continue;
+            }
+        };
+        for attachment in &attachments {
+            for (r, routes) in rules.iter().enumerate() {
+                for (m, (rank, route)) in routes.iter().enumerate() {
+                    let rank = Rank {
+                        order: (order, r, m),
+                        ..*rank
+                    };
+                    let mut route = route.clone();
+                    for matcher in &mut route.matches {
+                        matcher.port = attachment.port;
                     }
+                    route.clients = attachment.clients.clone();
+                    let host = ranked.entry(attachment.host.clone()).or_default();
+                    host.push((rank, route));
                 }
             }
-            Err(error) => errors.push(format!("HTTPRoute {namespace}/{name}: {error}")),
         }
     }
     let hosts = ranked
@@ -104,12 +202,9 @@ struct Rank {
     order: (usize, usize, usize),
 }
 
-/// One route per match of `rule` (each ranked on its own), for requests to `parent`.
-fn compile_rule(
-    rule: &HttpRouteRule,
-    parent: &ParentReference,
-    at: &Origin<'_>,
-) -> Result<Vec<(Rank, Route)>, String> {
+/// One route per match of `rule`, each ranked on its own; where it attaches sets its port and
+/// clients.
+fn compile_rule(rule: &HttpRouteRule, at: &Origin<'_>) -> Result<Vec<(Rank, Route)>, String> {
     let origin = match &rule.name {
         Some(rule) => format!("{}/{}#{rule}", at.namespace, at.name),
         None => format!("{}/{}", at.namespace, at.name),
@@ -124,17 +219,10 @@ fn compile_rule(
     for filter in &rule.filters {
         edit_headers(filter, &mut headers, &mut response_headers)?;
     }
-    // A consumer route (not in its Service's namespace) is for its own namespace's clients.
-    let consumer = parent
-        .namespace
-        .as_deref()
-        .filter(|ns| *ns != at.namespace)
-        .map(|_| at.namespace.to_owned());
     matches
         .iter()
         .map(|m| {
-            let (rank, mut compiled) = compile_match(m)?;
-            compiled.port = parent.port;
+            let (rank, compiled) = compile_match(m)?;
             let route = Route {
                 origin: origin.clone(),
                 matches: vec![compiled],
@@ -143,7 +231,7 @@ fn compile_rule(
                 headers: headers.clone(),
                 response_headers: response_headers.clone(),
                 cors: None,
-                clients: consumer.clone(),
+                clients: None,
             };
             Ok((rank, route))
         })
@@ -314,6 +402,7 @@ fn action(rule: &HttpRouteRule, at: &Origin<'_>) -> Result<Action, String> {
             ..retries
         },
         mirrors,
+        no_cluster: StatusCode::INTERNAL_SERVER_ERROR,
     })))
 }
 

@@ -202,3 +202,73 @@ fn a_consumer_route_applies_to_its_own_namespace_only() {
         Lookup::Default
     ));
 }
+
+/// At an ingress, a route attaches to its Gateway's listeners under the hostnames it shares
+/// with each, answering on the listener's port; routes for other Gateways or for Services are
+/// not the ingress's.
+#[test]
+fn gateway_routes_attach_by_listener_and_hostname() {
+    let servers: Vec<Server> = serde_json::from_value(serde_json::json!([
+        {"port": {"number": 80, "protocol": "HTTP", "name": "http"}, "hosts": ["*.example.com"], "name": "http"},
+        {"port": {"number": 8080, "protocol": "HTTP", "name": "plain"}, "hosts": ["*"], "name": "plain"},
+    ]))
+    .unwrap();
+    let gateway = |section: Option<&str>| match section {
+        Some(section) => serde_json::json!([{"name": "public", "sectionName": section}]),
+        None => serde_json::json!([{"name": "public"}]),
+    };
+    let specs: Vec<(&str, &str, HttpRouteSpec)> = [
+        (
+            "bookinfo",
+            serde_json::json!({"parentRefs": gateway(Some("http")), "hostnames": ["bookinfo.example.com", "bookinfo.example.org"], "rules": [{"backendRefs": to("productpage")}]}),
+        ),
+        (
+            "wild",
+            serde_json::json!({"parentRefs": gateway(None), "rules": [{"backendRefs": to("catch-all")}]}),
+        ),
+        (
+            "elsewhere",
+            serde_json::json!({"parentRefs": [{"name": "private"}], "hostnames": ["bookinfo.example.com"], "rules": [{"backendRefs": to("private")}]}),
+        ),
+        (
+            "mesh",
+            serde_json::json!({"parentRefs": parent(), "rules": [{"backendRefs": to("reviews-v1")}]}),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, spec)| ("default", name, serde_json::from_value(spec).unwrap()))
+    .collect();
+    let mut table = RouteTable::default();
+    let errors = table.add_gateway_http_routes(
+        specs.iter().map(|(ns, n, s)| (*ns, *n, s)),
+        "cluster.local",
+        ("default", "public"),
+        &servers,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let headers = HeaderMap::new();
+    let via = |host: &str, port: u16| {
+        let host = table.gateway_host(host, port)?;
+        let request = RequestView {
+            port,
+            ..request("GET", "/", &headers)
+        };
+        match table.find(&host, &request) {
+            Lookup::Route(route) => match &route.action {
+                Action::Forward(forward) => Some(forward.destinations[0].target.host.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    let at = |service: &str| Some(format!("{service}.default.svc.cluster.local"));
+    // The exact hostname, on the listener it names only; `.org` is not the listener's.
+    assert_eq!(via("bookinfo.example.com", 80), at("productpage"));
+    assert_eq!(via("Bookinfo.Example.com", 80), at("productpage"));
+    assert_eq!(via("bookinfo.example.org", 80), None);
+    // Without hostnames, the route takes each listener's: `*.example.com` on 80, `*` on 8080.
+    assert_eq!(via("ratings.example.com", 80), at("catch-all"));
+    assert_eq!(via("anything.test", 8080), at("catch-all"));
+    assert_eq!(via("bookinfo.example.com", 8080), at("catch-all"));
+    assert_eq!(table.routes(REVIEWS).map(<[Route]>::len), None);
+}

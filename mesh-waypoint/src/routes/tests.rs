@@ -240,19 +240,19 @@ fn a_gateway_table_holds_the_virtual_services_that_name_it() {
     );
     assert!(errors.is_empty());
     assert_eq!(
-        table.gateway_host("bookinfo.example.com").as_deref(),
+        table.gateway_host("bookinfo.example.com", 80).as_deref(),
         Some("bookinfo.example.com")
     );
     assert_eq!(
-        table.gateway_host("a.b.shop.example.com").as_deref(),
+        table.gateway_host("a.b.shop.example.com", 80).as_deref(),
         Some("*.shop.example.com")
     );
     assert_eq!(
-        table.gateway_host("reviews"),
+        table.gateway_host("reviews", 80),
         None,
         "mesh-only routes are not the gateway's"
     );
-    assert_eq!(table.gateway_host("anything.else"), None);
+    assert_eq!(table.gateway_host("anything.else", 80), None);
     let routes = table.routes("bookinfo.example.com").unwrap();
     let Action::Forward(forward) = &routes[0].action else {
         panic!("not forwarded")

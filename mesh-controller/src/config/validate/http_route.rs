@@ -1,4 +1,5 @@
-//! Gateway API `HTTPRoute` checks: parents (Services: the mesh profile), matches and regexes,
+//! Gateway API `HTTPRoute` checks: parents (Services: the mesh profile; `ambit` Gateways: an
+//! ingress, with a listener that admits the route and shares a hostname), matches and regexes,
 //! filters (those the waypoint applies; others are refused, never ignored), backends and their
 //! weights, timeouts and retries. A backend Service nothing defines turns `ResolvedRefs`
 //! false: requests for it fail with 500 until it appears, as the Gateway API says.
@@ -6,8 +7,13 @@
 use super::{KnownHosts, RESOLVED_REFS, Validation, check_duration};
 use crate::{
     config::{ConfigSet, ObjectKey, duration},
-    resources::http_route::{HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference},
+    resources::{
+        gateway_api::{INGRESS_CLASS, WAYPOINT_CLASS, intersect_hostnames},
+        http_route::{HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference},
+    },
 };
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -27,7 +33,11 @@ pub(super) fn http_routes(set: &ConfigSet, hosts: &KnownHosts, v: &mut Validatio
             );
         }
         for (i, parent) in spec.parent_refs.iter().enumerate() {
-            parent_ref(v, key, hosts, &format!("spec.parentRefs[{i}]"), parent);
+            let at = format!("spec.parentRefs[{i}]");
+            match parent.is_service() {
+                true => parent_ref(v, key, hosts, &at, parent),
+                false => gateway_parent(set, v, key, &at, parent, &spec.hostnames),
+            }
         }
         for (i, rule) in spec.rules.iter().enumerate() {
             http_rule(v, key, hosts, &format!("spec.rules[{i}]"), rule);
@@ -42,17 +52,6 @@ fn parent_ref(
     at: &str,
     parent: &ParentReference,
 ) {
-    if !parent.is_service() {
-        let kind = parent.kind.as_deref().unwrap_or("Gateway");
-        v.invalid(
-            key,
-            "UnsupportedValue",
-            format!(
-                "{at}: a {kind} parent is not supported; Ambit attaches HTTPRoutes to Services (kind: Service, group: \"\"), and serves ingress from an Istio Gateway"
-            ),
-        );
-        return;
-    }
     if parent.section_name.is_some() {
         v.invalid(
             key,
@@ -68,6 +67,111 @@ fn parent_ref(
             "NoMatchingParent",
             format!("{at}: no Service {namespace}/{}", parent.name),
         );
+    }
+}
+
+/// A Gateway parent: an `ambit` ingress Gateway with a listener the route may attach to (by
+/// `sectionName`, `port`, namespace and hostname). Gateways of other classes belong to other
+/// controllers, which judge the route there.
+fn gateway_parent(
+    set: &ConfigSet,
+    v: &mut Validation,
+    key: &ObjectKey,
+    at: &str,
+    parent: &ParentReference,
+    hostnames: &[String],
+) {
+    let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+    let kind = parent.kind.as_deref().unwrap_or("Gateway");
+    if group != GATEWAY_GROUP || kind != "Gateway" {
+        v.invalid(
+            key,
+            "UnsupportedValue",
+            format!(
+                "{at}: a {group}/{kind} parent; Ambit attaches HTTPRoutes to Services and Gateways"
+            ),
+        );
+        return;
+    }
+    let namespace = parent.namespace.as_deref().unwrap_or(&key.namespace);
+    let gateway = set
+        .k8s_gateways()
+        .find(|(k, _)| k.namespace == namespace && k.name == parent.name);
+    let Some((_, gateway)) = gateway else {
+        v.invalid(
+            key,
+            "NoMatchingParent",
+            format!("{at}: no Gateway {namespace}/{}", parent.name),
+        );
+        return;
+    };
+    match gateway.spec.gateway_class_name.as_str() {
+        INGRESS_CLASS => {}
+        WAYPOINT_CLASS => {
+            v.invalid(
+                key,
+                "UnsupportedValue",
+                format!(
+                    "{at}: {namespace}/{} is a waypoint; attach the route to the Service it serves",
+                    parent.name
+                ),
+            );
+            return;
+        }
+        _ => return,
+    }
+    let listeners: Vec<_> = gateway
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| parent.port.is_none_or(|p| p == l.port))
+        .collect();
+    if listeners.is_empty() {
+        v.invalid(
+            key,
+            "NoMatchingParent",
+            format!(
+                "{at}: Gateway {namespace}/{} has no listener {}",
+                parent.name,
+                listener_wanted(parent)
+            ),
+        );
+        return;
+    }
+    let allowed: Vec<_> = listeners
+        .into_iter()
+        .filter(|l| l.admits_namespace(&key.namespace, namespace))
+        .collect();
+    if allowed.is_empty() {
+        v.invalid(
+            key,
+            "NotAllowedByListeners",
+            format!("{at}: the listeners of Gateway {namespace}/{} do not admit routes from namespace {}", parent.name, key.namespace),
+        );
+        return;
+    }
+    let shared = hostnames.is_empty()
+        || allowed.iter().any(|l| {
+            hostnames
+                .iter()
+                .any(|h| intersect_hostnames(l.hostname.as_deref(), h).is_some())
+        });
+    if !shared {
+        v.invalid(
+            key,
+            "NoMatchingListenerHostname",
+            format!("{at}: none of the route's hostnames is served by the listeners of Gateway {namespace}/{}", parent.name),
+        );
+    }
+}
+
+fn listener_wanted(parent: &ParentReference) -> String {
+    match (&parent.section_name, parent.port) {
+        (Some(name), Some(port)) => format!("{name:?} on port {port}"),
+        (Some(name), None) => format!("{name:?}"),
+        (None, Some(port)) => format!("on port {port}"),
+        (None, None) => "at all".to_owned(),
     }
 }
 

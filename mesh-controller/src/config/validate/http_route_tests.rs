@@ -73,8 +73,8 @@ fn what_the_waypoint_cannot_do_is_refused_with_its_reason() {
     for (name, reason, says) in [
         (
             "on-gateway",
-            "UnsupportedValue",
-            "a Gateway parent is not supported",
+            "NoMatchingParent",
+            "no Gateway bookinfo/ingress",
         ),
         (
             "no-parent",
