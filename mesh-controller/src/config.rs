@@ -10,6 +10,7 @@
 //!   conditions;
 //! - `duration`: Istio's duration strings (`1.5s`, `250ms`, `1m30s`).
 
+pub mod delegate;
 pub mod duration;
 pub mod load;
 pub mod validate;

@@ -14,6 +14,8 @@
 //! - `tests`: compiled behaviour on Istio's tutorial examples.
 
 mod cors;
+#[cfg(test)]
+mod delegate_tests;
 mod fault;
 mod headers;
 mod http_route;
@@ -201,15 +203,29 @@ impl RouteTable {
     ) -> (Self, Vec<String>) {
         let mut table = RouteTable::default();
         let mut errors = Vec::new();
-        for (namespace, name, spec) in virtual_services {
-            if !scope.includes(namespace, &spec.gateways) {
+        let virtual_services: Vec<_> = virtual_services.into_iter().collect();
+        // Delegates (VirtualServices without hosts) by `namespace/name`.
+        let delegates: HashMap<(&str, &str), &VirtualServiceSpec> = virtual_services
+            .iter()
+            .filter(|(_, _, spec)| spec.hosts.is_empty())
+            .map(|(namespace, name, spec)| ((*namespace, *name), *spec))
+            .collect();
+        for (namespace, name, spec) in virtual_services.iter().copied() {
+            if spec.hosts.is_empty() || !scope.includes(namespace, &spec.gateways) {
                 continue;
             }
             let origin = format!("{namespace}/{name}");
             let routes: Result<Vec<Route>, String> = spec
                 .http
                 .iter()
-                .map(|http| virtual_service::compile_route(http, namespace, domain, &origin))
+                .flat_map(|http| match &http.delegate {
+                    None => vec![virtual_service::compile_route(
+                        http, namespace, domain, &origin,
+                    )],
+                    Some(to) => {
+                        virtual_service::compile_delegated(http, to, namespace, &delegates, domain)
+                    }
+                })
                 .collect();
             let at = tcp::At {
                 namespace,

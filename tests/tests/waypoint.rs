@@ -57,6 +57,18 @@ fn routing_splits_and_rewrites_through_the_waypoint() -> Result<()> {
     );
     assert_eq!(client.get("/anything", &[])?.body, "v1 /anything");
 
+    // Delegation: /team/ is delegated to a VirtualService without hosts, whose routes apply
+    // within it (jason to v2, the rest to v1); everything else goes to v2.
+    l7.route(&format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: team, namespace: default}}\nspec:\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n",
+        vs("  - match: [{uri: {prefix: /team/}}]\n    delegate: {name: team}\n  - route: [{destination: {host: reviews, subset: v2}}]\n")
+    ))?;
+    let mut client = l7.client(REVIEWS, "reviews")?;
+    assert_eq!(client.get("/team/a", &[])?.body, "v1 /team/a");
+    let jason = [("end-user", "jason")];
+    assert_eq!(client.get("/team/a", &jason)?.body, "v2 /team/a");
+    assert_eq!(client.get("/elsewhere", &[])?.body, "v2 /elsewhere");
+
     // CORS: a preflight from an allowed origin is answered by the waypoint (the backend never
     // sees it); responses to requests from allowed origins are marked, others are not.
     l7.route(&vs(

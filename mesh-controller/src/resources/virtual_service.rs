@@ -74,6 +74,19 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<CorsPolicy>,
+    /// Another VirtualService (one without hosts) whose routes take this route's place,
+    /// narrowed by its matches. Excludes `route`, `redirect` and `directResponse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<Delegate>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    pub name: String,
+    /// The root VirtualService's namespace when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// Which browser origins may call the route (Istio's `CorsPolicy`).

@@ -5,8 +5,8 @@ use mesh_controller::resources::virtual_service::VirtualServiceSpec;
 
 use super::*;
 
-const DOMAIN: &str = "cluster.local";
-const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
+pub(super) const DOMAIN: &str = "cluster.local";
+pub(super) const REVIEWS: &str = "reviews.bookinfo.svc.cluster.local";
 
 fn table(spec: serde_json::Value) -> RouteTable {
     let spec: VirtualServiceSpec = serde_json::from_value(spec).unwrap();
@@ -16,7 +16,7 @@ fn table(spec: serde_json::Value) -> RouteTable {
     table
 }
 
-struct Req {
+pub(super) struct Req {
     method: &'static str,
     path: &'static str,
     query: Option<&'static str>,
@@ -24,7 +24,7 @@ struct Req {
     labels: BTreeMap<String, String>,
 }
 
-fn get(path: &'static str) -> Req {
+pub(super) fn get(path: &'static str) -> Req {
     Req {
         method: "GET",
         path,
@@ -35,7 +35,7 @@ fn get(path: &'static str) -> Req {
 }
 
 impl Req {
-    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+    pub(super) fn header(mut self, name: &'static str, value: &'static str) -> Self {
         self.headers.append(name, value.parse().unwrap());
         self
     }
@@ -56,7 +56,7 @@ impl Req {
 }
 
 /// The subset a request is routed to (all routes here have one destination).
-fn subset(table: &RouteTable, request: &Req) -> Option<String> {
+pub(super) fn subset(table: &RouteTable, request: &Req) -> Option<String> {
     match table.find(REVIEWS, &request.view()) {
         Lookup::Route(route) => match &route.action {
             Action::Forward(forward) => forward.destinations[0].target.subset.clone(),

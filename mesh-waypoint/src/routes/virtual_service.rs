@@ -3,9 +3,14 @@
 //! edits and CORS.
 
 use http::StatusCode;
-use mesh_controller::resources::{
-    common::{Destination, Percent},
-    virtual_service::{GRPC_STATUSES, HttpRoute},
+use std::collections::HashMap;
+
+use mesh_controller::{
+    config::delegate,
+    resources::{
+        common::{Destination, Percent},
+        virtual_service::{Delegate, GRPC_STATUSES, HttpRoute, VirtualServiceSpec},
+    },
 };
 
 use super::{
@@ -27,6 +32,28 @@ pub(super) fn target(destination: &Destination, namespace: &str, domain: &str) -
             .and_then(|p| p.number)
             .and_then(|n| u16::try_from(n).ok()),
     }
+}
+
+/// A root route's delegate's routes, each narrowed by the root route (`delegate::merge`);
+/// their hosts are the delegate's namespace's. A delegate that is missing yields nothing:
+/// the root route has no effect until it appears.
+pub(super) fn compile_delegated(
+    root: &HttpRoute,
+    to: &Delegate,
+    namespace: &str,
+    delegates: &HashMap<(&str, &str), &VirtualServiceSpec>,
+    domain: &str,
+) -> Vec<Result<Route, String>> {
+    let delegate_namespace = to.namespace.as_deref().unwrap_or(namespace);
+    let Some(spec) = delegates.get(&(delegate_namespace, to.name.as_str())) else {
+        return Vec::new();
+    };
+    let origin = format!("{delegate_namespace}/{}", to.name);
+    spec.http
+        .iter()
+        .filter_map(|leaf| delegate::merge(root, leaf))
+        .map(|merged| compile_route(&merged, delegate_namespace, domain, &origin))
+        .collect()
 }
 
 pub(super) fn compile_route(

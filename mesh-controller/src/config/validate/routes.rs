@@ -1,6 +1,6 @@
 //! VirtualService checks: route actions, weights, matches and regexes, durations, retries,
-//! faults, rewrites and redirects; references to hosts and subsets; one VirtualService per
-//! host inside the mesh.
+//! faults, rewrites and redirects; references to hosts, subsets and delegates; one
+//! VirtualService per host inside the mesh.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +13,7 @@ use crate::{
     resources::{
         common::{Destination, StringMatch},
         networking::HttpRoute,
-        virtual_service::CorsPolicy,
+        virtual_service::{CorsPolicy, Delegate, VirtualServiceSpec},
     },
 };
 
@@ -41,10 +41,13 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
     for (key, vs) in &ordered {
         let spec = &vs.spec;
         if spec.hosts.is_empty() {
-            v.invalid(key, "MissingHosts", "spec.hosts is empty".to_owned());
+            delegate_spec(v, key, spec);
         }
         for (i, route) in spec.http.iter().enumerate() {
             http_route(v, key, &format!("spec.http[{i}]"), route);
+            if let Some(delegate) = &route.delegate {
+                delegate_ref(set, v, key, &format!("spec.http[{i}].delegate"), delegate);
+            }
             let mut destinations: Vec<(&Destination, String)> = route
                 .route
                 .iter()
@@ -117,23 +120,72 @@ pub(super) fn virtual_services(set: &ConfigSet, hosts: &KnownHosts, v: &mut Vali
     conflicts(v, claims.collect::<Vec<_>>(), "host");
 }
 
+/// A VirtualService without hosts is a delegate: its `http` routes apply under a root
+/// route's `delegate`, one level deep, as in Istio.
+fn delegate_spec(v: &mut Validation, key: &ObjectKey, spec: &VirtualServiceSpec) {
+    if spec.http.is_empty() {
+        v.invalid(key, "MissingHosts", "spec.hosts is empty".to_owned());
+    }
+    if !spec.tcp.is_empty() || !spec.tls.is_empty() {
+        v.invalid(
+            key,
+            "InvalidDelegate",
+            "a VirtualService without hosts is a delegate, which has only http routes".to_owned(),
+        );
+    }
+    if spec.http.iter().any(|r| r.delegate.is_some()) {
+        v.invalid(
+            key,
+            "InvalidDelegate",
+            "a delegate cannot delegate again (one level only)".to_owned(),
+        );
+    }
+}
+
+/// A root route's delegate: a VirtualService without hosts. One that does not exist yet
+/// leaves the route without effect (`ResolvedRefs` false) until it does.
+fn delegate_ref(set: &ConfigSet, v: &mut Validation, key: &ObjectKey, at: &str, to: &Delegate) {
+    let namespace = to.namespace.as_deref().unwrap_or(&key.namespace);
+    let found = set
+        .virtual_services()
+        .find(|(k, _)| k.namespace == namespace && k.name == to.name);
+    match found {
+        None => v.report(
+            key,
+            RESOLVED_REFS,
+            "DelegateNotFound",
+            format!("{at}: no VirtualService {namespace}/{}", to.name),
+        ),
+        Some((_, delegate)) if !delegate.spec.hosts.is_empty() => v.invalid(
+            key,
+            "InvalidDelegate",
+            format!(
+                "{at}: {namespace}/{} has hosts; a delegate has none",
+                to.name
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
 fn http_route(v: &mut Validation, key: &ObjectKey, at: &str, route: &HttpRoute) {
     let actions = [
         !route.route.is_empty(),
         route.redirect.is_some(),
         route.direct_response.is_some(),
+        route.delegate.is_some(),
     ];
     match actions.iter().filter(|a| **a).count() {
         0 => v.invalid(
             key,
             "InvalidRoute",
-            format!("{at}: a route needs one of route, redirect or directResponse"),
+            format!("{at}: a route needs one of route, redirect, directResponse or delegate"),
         ),
         1 => {}
         _ => v.invalid(
             key,
             "InvalidRoute",
-            format!("{at}: route, redirect and directResponse exclude each other"),
+            format!("{at}: route, redirect, directResponse and delegate exclude each other"),
         ),
     }
     let weights: Vec<Option<i32>> = route.route.iter().map(|d| d.weight).collect();

@@ -376,3 +376,66 @@ spec:
     assert!(v.accepted(&key(Kind::K8sGateway, "someone-elses")));
     assert!(!v.accepted(&key(Kind::K8sGateway, "broken-waypoint")));
 }
+
+#[test]
+fn delegates_are_checked() {
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    delegate: {name: api}
+  - match: [{uri: {prefix: /later}}]
+    delegate: {name: not-yet}
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: bookinfo}
+spec:
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad-root, namespace: bookinfo}
+spec:
+  hosts: [ratings]
+  http:
+  - delegate: {name: root}
+    route: [{destination: {host: ratings}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nested, namespace: bookinfo}
+spec:
+  http: [{delegate: {name: api}}]
+"#;
+    let (_, v) = validated(yaml);
+    assert!(v.accepted(&key(Kind::VirtualService, "root")));
+    assert!(
+        findings(&v, &key(Kind::VirtualService, "root"))
+            .iter()
+            .any(|f| f.1 == "DelegateNotFound" && f.2.contains("bookinfo/not-yet")),
+    );
+    assert_eq!(findings(&v, &key(Kind::VirtualService, "api")), []);
+    let bad = findings(&v, &key(Kind::VirtualService, "bad-root"));
+    assert!(
+        bad.iter()
+            .any(|f| f.1 == "InvalidRoute" && f.2.contains("exclude")),
+        "{bad:?}"
+    );
+    assert!(
+        bad.iter()
+            .any(|f| f.1 == "InvalidDelegate" && f.2.contains("has hosts")),
+        "{bad:?}"
+    );
+    let nested = findings(&v, &key(Kind::VirtualService, "nested"));
+    assert!(
+        nested
+            .iter()
+            .any(|f| f.1 == "InvalidDelegate" && f.2.contains("one level")),
+        "{nested:?}"
+    );
+}
