@@ -16,7 +16,10 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 
 use crate::{
     config::{ConfigSet, Kind, Resource, validate::Validation},
-    resources::gateway_api::INGRESS_CLASS,
+    resources::{
+        gateway_api::INGRESS_CLASS,
+        http_route::{HttpRouteSpec, ParentReference},
+    },
 };
 
 /// The label that enrolls a namespace or pod (`ambient`; `none` opts a pod out).
@@ -133,7 +136,9 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             }
             Resource::K8sGateway(_) => continue,
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
-            Resource::HttpRoute(r) => Body::IstioJson(json(&r.spec)),
+            Resource::HttpRoute(r) => {
+                Body::IstioJson(json(&listeners_admitting(set, &key.namespace, &r.spec)))
+            }
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
             Resource::PeerAuthentication(r) => Body::IstioJson(json(&r.spec)),
@@ -159,6 +164,45 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
         });
     }
     out
+}
+
+/// An HTTPRoute as the ingress should attach it: a parent naming an `ambit` Gateway without
+/// `sectionName` becomes one parent per listener that admits the route's namespace, so that
+/// the ingress (which sees the Gateway's listeners, not their `allowedRoutes`) attaches the
+/// route only where the Gateway allows it.
+fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -> HttpRouteSpec {
+    let parent_refs = spec
+        .parent_refs
+        .iter()
+        .flat_map(|parent| {
+            let gateway_namespace = parent.namespace.as_deref().unwrap_or(namespace);
+            let gateway = set.k8s_gateways().find(|(k, g)| {
+                k.namespace == gateway_namespace
+                    && k.name == parent.name
+                    && g.spec.gateway_class_name == INGRESS_CLASS
+            });
+            match gateway {
+                Some((_, gateway)) if !parent.is_service() && parent.section_name.is_none() => {
+                    gateway
+                        .spec
+                        .listeners
+                        .iter()
+                        .filter(|l| parent.port.is_none_or(|port| port == l.port))
+                        .filter(|l| l.admits_namespace(namespace, gateway_namespace))
+                        .map(|l| ParentReference {
+                            section_name: Some(l.name.clone()),
+                            ..parent.clone()
+                        })
+                        .collect()
+                }
+                _ => vec![parent.clone()],
+            }
+        })
+        .collect();
+    HttpRouteSpec {
+        parent_refs,
+        ..spec.clone()
+    }
 }
 
 fn json<T: serde::Serialize>(spec: &T) -> String {
@@ -382,5 +426,45 @@ endpoints:
             panic!("legacy is not a service")
         };
         assert_eq!(legacy.endpoints, ["192.0.2.10"], "only ready endpoints");
+    }
+
+    /// A route from another namespace attaches, at the ingress, only to the listeners whose
+    /// `allowedRoutes` admit it.
+    #[test]
+    fn a_gateway_parent_becomes_the_listeners_that_admit_the_route() {
+        let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: edge}
+spec:
+  gatewayClassName: ambit
+  listeners:
+  - {name: own, port: 80, protocol: HTTP}
+  - {name: shared, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop}
+spec:
+  parentRefs: [{name: public, namespace: edge}]
+  rules: [{backendRefs: [{name: legacy, port: 80}]}]
+"#;
+        let mut set = ConfigSet::default();
+        assert!(parse_documents("t.yaml", yaml, &mut set).is_empty());
+        let out = compile(&set, &validate(&set, "cluster.local"), "cluster.local");
+        let route = out
+            .iter()
+            .find(|r| r.key.as_ref().is_some_and(|k| k.kind == "HTTPRoute"))
+            .and_then(|r| r.body.clone());
+        let Some(Body::IstioJson(json)) = route else {
+            panic!("the route is not sent: {route:?}")
+        };
+        let spec: HttpRouteSpec = serde_json::from_str(&json).unwrap();
+        let sections: Vec<_> = spec
+            .parent_refs
+            .iter()
+            .map(|p| p.section_name.as_deref())
+            .collect();
+        assert_eq!(sections, [Some("shared")]);
     }
 }

@@ -85,6 +85,31 @@ struct ClientIdentity {
     key: String,
 }
 
+/// The L7 test bed with [`INGRESS_POD`] made an ingress's pod: out of the mesh's capture,
+/// with an identity of its own, and not behind the namespace's waypoint (gateways take
+/// traffic from outside).
+fn setup_ingress_pod() -> Result<mesh_tests::l7::L7> {
+    let l7 = setup()?;
+    l7.tb.set_service_account(INGRESS_POD, "ingress")?;
+    l7.tb.set_pod_mode(INGRESS_POD, Some("none"))?;
+    l7.tb
+        .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
+    l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
+    Ok(l7)
+}
+
+/// [`get_https`] retried for up to 10 s while the ingress has not taken the certificate yet.
+fn get_https_eventually(client: &Pod, addr: SocketAddr, root: &str, path: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get_https(client, addr, root.as_bytes(), path, None) {
+            Ok(body) => return Ok(body),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// One HTTPS GET with SNI `host`, trusting `root` only, presenting `identity` if given.
 fn get_https(
     client: &Pod,
@@ -134,14 +159,7 @@ fn get_https(
 
 #[test]
 fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
-    let l7 = setup()?;
-    // The ingress pod: out of the mesh's capture, with an identity of its own.
-    l7.tb.set_service_account(INGRESS_POD, "ingress")?;
-    l7.tb.set_pod_mode(INGRESS_POD, Some("none"))?;
-    // Gateways take traffic from outside: not behind the namespace's waypoint.
-    l7.tb
-        .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
-    l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
+    let l7 = setup_ingress_pod()?;
     let (key, cert) = self_signed()?;
     let client_ca = ClientCa::new()?;
     let path = |name: &str| l7.tb.work_dir.join(name).display().to_string();
@@ -188,20 +206,14 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
     for round in 0..2 {
         let (key, cert) = self_signed()?;
         l7.write("credential", &tls_secret(&cert.pem(), &key.serialize_pem()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
         let path = format!("/reviews/secret-{round}");
-        let body = loop {
-            match get_https(client, by_secret, cert.pem().as_bytes(), &path, None) {
-                Ok(body) => break body,
-                Err(error) if Instant::now() > deadline => {
-                    return Err(error.context(format!(
-                        "HTTPS with the Secret's certificate (round {round}); the ingress's log:\n{}",
-                        ingress.log()
-                    )));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let body =
+            get_https_eventually(client, by_secret, &cert.pem(), &path).with_context(|| {
+                format!(
+                    "HTTPS with the Secret's certificate (round {round}); the ingress's log:\n{}",
+                    ingress.log()
+                )
+            })?;
         assert!(body.ends_with(&path), "{body}");
     }
 
@@ -275,12 +287,7 @@ fn the_ingress_gateway_routes_http_and_https_into_the_mesh() -> Result<()> {
 /// certificate is a Secret, and an HTTPRoute attached to both for one hostname.
 #[test]
 fn a_gateway_api_gateway_serves_its_httproutes() -> Result<()> {
-    let l7 = setup()?;
-    l7.tb.set_service_account(INGRESS_POD, "ingress")?;
-    l7.tb.set_pod_mode(INGRESS_POD, Some("none"))?;
-    l7.tb
-        .label_pod(INGRESS_POD, "ambit.io/use-waypoint", Some("none"))?;
-    l7.agents[0].wait_enrolled(&l7.tb.pod(INGRESS_POD).key(), false)?;
+    let l7 = setup_ingress_pod()?;
     l7.write(
         "gateway",
         &format!(
@@ -327,19 +334,13 @@ spec:
         "a hostname the route does not list"
     );
     let https = SocketAddr::from((ingress_ip, 8453));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        match get_https(client, https, cert.pem().as_bytes(), "/reviews/tls", None) {
-            Ok(body) => break body,
-            Err(error) if Instant::now() > deadline => {
-                return Err(error.context(format!(
-                    "HTTPS through the Gateway API ingress; its log:\n{}",
-                    ingress.log()
-                )));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
+    let body =
+        get_https_eventually(client, https, &cert.pem(), "/reviews/tls").with_context(|| {
+            format!(
+                "HTTPS through the Gateway API ingress; its log:\n{}",
+                ingress.log()
+            )
+        })?;
     assert!(body.ends_with("/reviews/tls"), "{body}");
     Ok(())
 }
