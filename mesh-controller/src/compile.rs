@@ -176,25 +176,21 @@ fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -
         .iter()
         .flat_map(|parent| {
             let gateway_namespace = parent.namespace.as_deref().unwrap_or(namespace);
-            let gateway = set.k8s_gateways().find(|(k, g)| {
-                k.namespace == gateway_namespace
-                    && k.name == parent.name
-                    && g.spec.gateway_class_name == INGRESS_CLASS
-            });
+            let gateway = set
+                .k8s_gateway(gateway_namespace, &parent.name)
+                .filter(|g| g.spec.gateway_class_name == INGRESS_CLASS);
             match gateway {
-                Some((_, gateway)) if !parent.is_service() && parent.section_name.is_none() => {
-                    gateway
-                        .spec
-                        .listeners
-                        .iter()
-                        .filter(|l| parent.port.is_none_or(|port| port == l.port))
-                        .filter(|l| l.admits_namespace(namespace, gateway_namespace))
-                        .map(|l| ParentReference {
-                            section_name: Some(l.name.clone()),
-                            ..parent.clone()
-                        })
-                        .collect()
-                }
+                Some(gateway) if parent.is_gateway() && parent.section_name.is_none() => gateway
+                    .spec
+                    .listeners
+                    .iter()
+                    .filter(|l| l.picked_by(parent))
+                    .filter(|l| l.admits_namespace(namespace, gateway_namespace))
+                    .map(|l| ParentReference {
+                        section_name: Some(l.name.clone()),
+                        ..parent.clone()
+                    })
+                    .collect(),
                 _ => vec![parent.clone()],
             }
         })

@@ -154,6 +154,19 @@ impl ConfigSet {
     typed!(http_routes, HttpRoute, http_route::HTTPRoute);
     typed!(secrets, Secret, Secret);
 
+    /// The Gateway API `Gateway` `namespace/name`.
+    pub fn k8s_gateway(&self, namespace: &str, name: &str) -> Option<&gateway_api::Gateway> {
+        let key = ObjectKey {
+            kind: Kind::K8sGateway,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match self.resources.get(&key) {
+            Some(Resource::K8sGateway(gateway)) => Some(gateway),
+            _ => None,
+        }
+    }
+
     /// Adds or replaces a resource.
     pub fn insert(&mut self, resource: Resource) -> ObjectKey {
         let key = resource.key();

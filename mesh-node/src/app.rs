@@ -343,9 +343,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
             None => {}
             Some(Ok(file)) => {
                 last_attempt = std::time::Instant::now();
-                enrollment.reconcile(&file);
+                let relabelled = enrollment.reconcile(&file);
                 *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
-                let closed = policy::enforce(&state);
+                // Only new labels or waypoint bindings of this node's pods change what their
+                // live connections are allowed; other pod changes need no pass over them.
+                let closed = if relabelled > 0 {
+                    policy::enforce(&state)
+                } else {
+                    0
+                };
                 if closed > 0 {
                     tracing::info!(
                         closed,

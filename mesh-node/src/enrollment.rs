@@ -104,15 +104,16 @@ impl Enrollment {
         }
     }
 
-    /// Applies the file. Errors are per pod: one pod that cannot be enrolled leaves the others
-    /// working, and is tried again on the next change.
-    pub fn reconcile(&mut self, file: &PodsFile) {
+    /// Applies the file; how many pods kept their capture with new labels or waypoint binding.
+    /// Errors are per pod: one pod that cannot be enrolled leaves the others working, and is
+    /// tried again on the next change.
+    pub fn reconcile(&mut self, file: &PodsFile) -> usize {
         self.failed = false;
         let node = self.state.config.node_name.clone();
         let desired: BTreeMap<String, &Pod> =
             file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
 
-        let mut stale = Vec::new();
+        let (mut stale, mut relabelled) = (Vec::new(), 0);
         for (key, active) in &mut self.active {
             match desired.get(key) {
                 Some(pod) if **pod == active.spec => {}
@@ -120,6 +121,7 @@ impl Enrollment {
                     tracing::info!(pod = %key, "pod relabelled; capture unchanged");
                     active.context.update(pod);
                     active.spec = (*pod).clone();
+                    relabelled += 1;
                 }
                 _ => stale.push(key.clone()),
             }
@@ -171,6 +173,7 @@ impl Enrollment {
         identities.sort();
         identities.dedup();
         self.state.set_identities(identities);
+        relabelled
     }
 
     fn enroll(&mut self, pod: &Pod) -> Result<ActivePod, Error> {

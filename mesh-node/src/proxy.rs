@@ -39,6 +39,8 @@ const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// What the proxies need to know about an enrolled pod.
 #[derive(Debug)]
 pub struct PodContext {
+    /// `namespace/name`, for logs and connection records: it never changes in place.
+    pub key: String,
     /// The pod's spec. Its labels and waypoint binding change in place, without taking the
     /// pod's listeners down: a relabelled pod keeps its connections and keeps accepting.
     spec: RwLock<Arc<Pod>>,
@@ -51,6 +53,7 @@ pub struct PodContext {
 impl PodContext {
     pub fn new(pod: Pod, netns: NetNs, netns_cookie: u64, identity: Identity) -> Self {
         Self {
+            key: pod.key(),
             spec: RwLock::new(Arc::new(pod)),
             netns,
             netns_cookie,
@@ -81,7 +84,7 @@ async fn accept(
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(error) => {
-                tracing::warn!(%error, pod = %pod.pod().key(), "{what} accept failed");
+                tracing::warn!(%error, pod = %pod.key, "{what} accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

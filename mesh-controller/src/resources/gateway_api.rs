@@ -106,6 +106,12 @@ pub struct RouteGroupKind {
 }
 
 impl Listener {
+    /// Whether `parent` picks this listener: by `sectionName` and `port` where it gives them.
+    pub fn picked_by(&self, parent: &super::http_route::ParentReference) -> bool {
+        parent.section_name.as_ref().is_none_or(|s| *s == self.name)
+            && parent.port.is_none_or(|p| p == self.port)
+    }
+
     /// Whether a route in `namespace` may attach, for a Gateway in `gateway_namespace`.
     pub fn admits_namespace(&self, namespace: &str, gateway_namespace: &str) -> bool {
         let from = self

@@ -50,7 +50,16 @@ pub struct ParentReference {
     pub port: Option<u16>,
 }
 
+/// The Gateway API's group, a parent's when it names none.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
 impl ParentReference {
+    /// Whether it names a Gateway API `Gateway` (the default group and kind).
+    pub fn is_gateway(&self) -> bool {
+        self.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            && self.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+    }
+
     /// Whether it names a Service (the mesh profile), not a Gateway.
     pub fn is_service(&self) -> bool {
         self.kind.as_deref() == Some("Service")

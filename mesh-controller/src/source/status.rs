@@ -42,20 +42,16 @@ fn route_status(set: &ConfigSet, route: &HTTPRoute, conditions: &[Condition]) ->
         .cloned();
     let namespace = route.metadata.namespace.as_deref().unwrap_or_default();
     let ours = route.spec.parent_refs.iter().filter(|parent| {
-        parent.is_service() || {
-            let key = ObjectKey {
-                kind: Kind::K8sGateway,
-                namespace: parent.namespace.as_deref().unwrap_or(namespace).to_owned(),
-                name: parent.name.clone(),
-            };
-            match set.resources.get(&key) {
-                Some(Resource::K8sGateway(gateway)) => matches!(
-                    gateway.spec.gateway_class_name.as_str(),
-                    INGRESS_CLASS | WAYPOINT_CLASS
-                ),
-                _ => true,
-            }
-        }
+        let gateway_namespace = parent.namespace.as_deref().unwrap_or(namespace);
+        parent.is_service()
+            || set
+                .k8s_gateway(gateway_namespace, &parent.name)
+                .is_none_or(|gateway| {
+                    matches!(
+                        gateway.spec.gateway_class_name.as_str(),
+                        INGRESS_CLASS | WAYPOINT_CLASS
+                    )
+                })
     });
     let ours = ours.map(|parent| RouteParentStatus {
         parent_ref: parent.clone(),

@@ -108,7 +108,7 @@ impl HbonePool {
         ip: IpAddr,
         expected: &Identity,
     ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error> {
-        let key = (pod.pod().key(), ip);
+        let key = (pod.key.clone(), ip);
         {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
             let pooled = connections.entry(key.clone()).or_default();

@@ -32,7 +32,7 @@ pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
             if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
-                tracing::info!(%error, pod = %pod.pod().key(), %peer, "HBONE connection refused");
+                tracing::info!(%error, pod = %pod.key, %peer, "HBONE connection refused");
                 record_failure(
                     &state,
                     Reporter::destination,
@@ -103,7 +103,7 @@ async fn handle_connect(
     let target = match hbone::parse_connect(&request, local, &PROXY_PORTS) {
         Ok(target) => target,
         Err(error) => {
-            tracing::info!(%error, %client, pod = %pod.pod().key(), "HBONE request refused");
+            tracing::info!(%error, %client, pod = %pod.key, "HBONE request refused");
             return refuse(respond, error.status());
         }
     };
@@ -115,7 +115,7 @@ async fn handle_connect(
         peer,
         target.port(),
     ) {
-        tracing::info!(%client, pod = %pod.pod().key(), %target, %reason, "HBONE request denied");
+        tracing::info!(%client, pod = %pod.key, %target, %reason, "HBONE request denied");
         record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UAEX);
         return refuse(respond, StatusCode::UNAUTHORIZED);
     }
@@ -123,7 +123,7 @@ async fn handle_connect(
     let upstream = match connect_from_pod(pod, target, Some(source)).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            tracing::info!(%error, %target, pod = %pod.pod().key(), "HBONE delivery to the app failed");
+            tracing::info!(%error, %target, pod = %pod.key, "HBONE delivery to the app failed");
             record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UF);
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
@@ -146,13 +146,13 @@ async fn handle_connect(
     );
     let info = ConnectionInfo {
         direction: "inbound",
-        pod: pod.pod().key(),
+        pod: pod.key.clone(),
         source: peer,
         destination: target,
         peer_identity: Some(client.to_string()),
     };
     let authorized = Authorized {
-        pod: pod.pod().key(),
+        pod: pod.key.clone(),
         client: Some(client.clone()),
         source: peer,
         destination_port: target.port(),

@@ -24,7 +24,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         let (policies, pods) = (state.policies(), state.pods());
         if let Err(reason) = check_inbound(&policies, &pods, &pod.pod(), None, peer, dst.port()) {
             // Dropping the stream resets the client's connection.
-            tracing::info!(pod = %pod.pod().key(), client = %peer, %dst, %reason, "plaintext inbound connection refused");
+            tracing::info!(pod = %pod.key, client = %peer, %dst, %reason, "plaintext inbound connection refused");
             record_failure(
                 &state,
                 Reporter::destination,
@@ -41,14 +41,14 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
             let upstream = match connect_from_pod(&pod, dst, Some(delivery_source)).await {
                 Ok(upstream) => upstream,
                 Err(error) => {
-                    tracing::info!(%error, pod = %pod.pod().key(), %dst, "delivery to the app failed");
+                    tracing::info!(%error, pod = %pod.key, %dst, "delivery to the app failed");
                     record_failure(&state, Reporter::destination, &pod, peer, ResponseFlags::UF);
                     return;
                 }
             };
             let info = ConnectionInfo {
                 direction: "inbound",
-                pod: pod.pod().key(),
+                pod: pod.key.clone(),
                 source: peer,
                 destination: dst,
                 peer_identity: None,
@@ -63,7 +63,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 ResponseFlags::None,
             );
             let authorized = Authorized {
-                pod: pod.pod().key(),
+                pod: pod.key.clone(),
                 client: None,
                 source: peer,
                 destination_port: dst.port(),

@@ -27,7 +27,7 @@ pub async fn serve_outbound(
         let (stream, peer) = super::accept(&listener, &pod, "outbound").await;
         let Some(dst) = orig.take(pod.netns_cookie, peer.port()) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
-            tracing::warn!(pod = %pod.pod().key(), client = %peer, "captured connection has no original destination; refusing it");
+            tracing::warn!(pod = %pod.key, client = %peer, "captured connection has no original destination; refusing it");
             record_failure(&state, Reporter::source, &pod, peer, ResponseFlags::NR);
             continue;
         };
@@ -44,7 +44,7 @@ pub async fn serve_outbound(
                 Plan::Plain(target) => carry_plain(state, pod, stream, source, target).await,
                 Plan::Refuse(reason) => {
                     // Fail closed: dropping the stream resets the app's connection.
-                    tracing::warn!(pod = %pod.pod().key(), %dst, %reason, "outbound connection refused");
+                    tracing::warn!(pod = %pod.key, %dst, %reason, "outbound connection refused");
                     record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::NR);
                 }
             }
@@ -137,12 +137,12 @@ async fn carry_over_hbone(
     let tunnel = match Box::pin(pool.connect(&state, &pod, via, dst, &expected, source)).await {
         Ok(tunnel) => tunnel,
         Err(error) => {
-            tracing::warn!(%error, pod = %pod.pod().key(), %dst, "HBONE connection failed; refusing the app's connection");
+            tracing::warn!(%error, pod = %pod.key, %dst, "HBONE connection failed; refusing the app's connection");
             record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
             return;
         }
     };
-    tracing::debug!(pod = %pod.pod().key(), %dst, "outbound connection captured (HBONE)");
+    tracing::debug!(pod = %pod.key, %dst, "outbound connection captured (HBONE)");
     let carry = super::tunnel::carry(stream, tunnel);
     forward_outbound(state, pod, source, dst, Some(&expected), carry).await;
 }
@@ -157,12 +157,12 @@ async fn carry_plain(
     let upstream = match connect_from_pod(&pod, dst, None).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            tracing::info!(%error, pod = %pod.pod().key(), %dst, "outbound connect failed");
+            tracing::info!(%error, pod = %pod.key, %dst, "outbound connect failed");
             record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
             return;
         }
     };
-    tracing::debug!(pod = %pod.pod().key(), %dst, "outbound connection captured");
+    tracing::debug!(pod = %pod.key, %dst, "outbound connection captured");
     let carry = super::copy::copy_bidirectional(stream, upstream);
     forward_outbound(state, pod, source, dst, None, carry).await;
 }
@@ -178,7 +178,7 @@ async fn forward_outbound(
 ) {
     let info = ConnectionInfo {
         direction: "outbound",
-        pod: pod.pod().key(),
+        pod: pod.key.clone(),
         source,
         destination: dst,
         peer_identity: peer.map(ToString::to_string),

@@ -30,8 +30,6 @@ use super::{
     parse_duration, qualify,
 };
 
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-
 /// Where a route is compiled from.
 pub(super) struct Origin<'a> {
     pub namespace: &'a str,
@@ -73,8 +71,7 @@ pub(super) fn to_gateway<'a>(
     servers: &'a [Server],
 ) -> impl Fn(&ParentReference, &str, &HttpRouteSpec) -> Vec<Attachment> + 'a {
     move |parent, namespace, spec| {
-        let names_gateway = parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-            && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        let names_gateway = parent.is_gateway()
             && (
                 parent.namespace.as_deref().unwrap_or(namespace),
                 parent.name.as_str(),

@@ -9,11 +9,11 @@ use crate::{
     config::{ConfigSet, ObjectKey, duration},
     resources::{
         gateway_api::{INGRESS_CLASS, WAYPOINT_CLASS, intersect_hostnames},
-        http_route::{HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference},
+        http_route::{
+            GATEWAY_GROUP, HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference,
+        },
     },
 };
-
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -81,9 +81,9 @@ fn gateway_parent(
     parent: &ParentReference,
     hostnames: &[String],
 ) {
-    let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-    let kind = parent.kind.as_deref().unwrap_or("Gateway");
-    if group != GATEWAY_GROUP || kind != "Gateway" {
+    if !parent.is_gateway() {
+        let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
         v.invalid(
             key,
             "UnsupportedValue",
@@ -94,10 +94,7 @@ fn gateway_parent(
         return;
     }
     let namespace = parent.namespace.as_deref().unwrap_or(&key.namespace);
-    let gateway = set
-        .k8s_gateways()
-        .find(|(k, _)| k.namespace == namespace && k.name == parent.name);
-    let Some((_, gateway)) = gateway else {
+    let Some(gateway) = set.k8s_gateway(namespace, &parent.name) else {
         v.invalid(
             key,
             "NoMatchingParent",
@@ -124,8 +121,7 @@ fn gateway_parent(
         .spec
         .listeners
         .iter()
-        .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
-        .filter(|l| parent.port.is_none_or(|p| p == l.port))
+        .filter(|l| l.picked_by(parent))
         .collect();
     if listeners.is_empty() {
         v.invalid(
