@@ -17,7 +17,7 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 use crate::{
     config::{ConfigSet, Kind, Resource, validate::Validation},
     resources::{
-        gateway_api::INGRESS_CLASS,
+        gateway_api::GatewayRole,
         http_route::{HttpRouteSpec, ParentReference},
     },
 };
@@ -123,6 +123,7 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             },
             Resource::Service(service) => Body::Service(service_of(service, &context, domain)),
             Resource::Namespace(_)
+            | Resource::GatewayClass(_)
             | Resource::Node(_)
             | Resource::EndpointSlice(_)
             | Resource::ServiceAccount(_) => continue,
@@ -131,7 +132,7 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             // A Gateway API ingress goes out as the Istio Gateway it amounts to (under the
             // same name; validation refuses an Istio Gateway and a Gateway API one sharing
             // it). A waypoint's Gateway is the controller's alone.
-            Resource::K8sGateway(r) if r.spec.gateway_class_name == INGRESS_CLASS => {
+            Resource::K8sGateway(r) if set.gateway_role(r) == Some(GatewayRole::Ingress) => {
                 Body::IstioJson(json(&r.spec.ingress_servers()))
             }
             Resource::K8sGateway(_) => continue,
@@ -178,7 +179,7 @@ fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -
             let gateway_namespace = parent.namespace.as_deref().unwrap_or(namespace);
             let gateway = set
                 .k8s_gateway(gateway_namespace, &parent.name)
-                .filter(|g| g.spec.gateway_class_name == INGRESS_CLASS);
+                .filter(|g| set.gateway_role(g) == Some(GatewayRole::Ingress));
             match gateway {
                 Some(gateway) if parent.is_gateway() && parent.section_name.is_none() => gateway
                     .spec

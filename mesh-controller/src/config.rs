@@ -42,6 +42,8 @@ pub enum Kind {
     ServiceEntry,
     PeerAuthentication,
     AuthorizationPolicy,
+    /// A Gateway API `GatewayClass`: which controller serves Gateways of that class.
+    GatewayClass,
     /// A Gateway API `Gateway` (of class `ambit-waypoint` when it asks for a waypoint).
     K8sGateway,
     /// A Gateway API `HTTPRoute` (on a Service: routes at its waypoint).
@@ -62,6 +64,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway | Kind::K8sGateway => "Gateway",
+            Kind::GatewayClass => "GatewayClass",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::Secret => "Secret",
             Kind::PeerAuthentication => "PeerAuthentication",
@@ -103,6 +106,7 @@ pub enum Resource {
     ServiceEntry(Box<networking::ServiceEntry>),
     PeerAuthentication(Box<security::PeerAuthentication>),
     AuthorizationPolicy(Box<security::AuthorizationPolicy>),
+    GatewayClass(Box<gateway_api::GatewayClass>),
     K8sGateway(Box<gateway_api::Gateway>),
     HttpRoute(Box<http_route::HTTPRoute>),
     Secret(Box<Secret>),
@@ -150,6 +154,7 @@ impl ConfigSet {
         AuthorizationPolicy,
         security::AuthorizationPolicy
     );
+    typed!(gateway_classes, GatewayClass, gateway_api::GatewayClass);
     typed!(k8s_gateways, K8sGateway, gateway_api::Gateway);
     typed!(http_routes, HttpRoute, http_route::HTTPRoute);
     typed!(secrets, Secret, Secret);
@@ -165,6 +170,21 @@ impl ConfigSet {
             Some(Resource::K8sGateway(gateway)) => Some(gateway),
             _ => None,
         }
+    }
+
+    /// What Ambit serves a Gateway API `Gateway` as, if anything: its class must be one Ambit
+    /// serves, and the cluster's GatewayClass of that name (if any) must name Ambit.
+    pub fn gateway_role(&self, gateway: &gateway_api::Gateway) -> Option<gateway_api::GatewayRole> {
+        let key = ObjectKey {
+            kind: Kind::GatewayClass,
+            namespace: String::new(),
+            name: gateway.spec.gateway_class_name.clone(),
+        };
+        let class = match self.resources.get(&key) {
+            Some(Resource::GatewayClass(class)) => Some(&**class),
+            _ => None,
+        };
+        gateway.spec.role(class)
     }
 
     /// Adds or replaces a resource.
@@ -191,6 +211,7 @@ impl Resource {
             Resource::ServiceEntry(r) => r.meta(),
             Resource::PeerAuthentication(r) => r.meta(),
             Resource::AuthorizationPolicy(r) => r.meta(),
+            Resource::GatewayClass(r) => r.meta(),
             Resource::K8sGateway(r) => r.meta(),
             Resource::HttpRoute(r) => r.meta(),
             Resource::Secret(r) => r.meta(),
@@ -211,6 +232,7 @@ impl Resource {
             Resource::ServiceEntry(_) => Kind::ServiceEntry,
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::GatewayClass(_) => Kind::GatewayClass,
             Resource::K8sGateway(_) => Kind::K8sGateway,
             Resource::HttpRoute(_) => Kind::HttpRoute,
             Resource::Secret(_) => Kind::Secret,

@@ -136,16 +136,22 @@ pub async fn publish_once(
     let statuses = set
         .resources
         .keys()
-        .filter(|k| has_status(k))
+        .filter(|k| has_status(&set, k))
         .map(|k| (k.clone(), validation.conditions(k, generation(&set, k))))
         .collect();
     status.report(&set, statuses, &errors).await;
     version
 }
 
-/// Kinds whose status Ambit owns (the Istio and Gateway API kinds, not Kubernetes' own).
-fn has_status(key: &ObjectKey) -> bool {
-    use crate::config::Kind;
+/// Kinds whose status Ambit owns (the Istio and Gateway API kinds, not Kubernetes' own), and
+/// of GatewayClasses only those that name Ambit's controller.
+fn has_status(set: &ConfigSet, key: &ObjectKey) -> bool {
+    use crate::{config::Kind, resources::gateway_api::CONTROLLER_NAME};
+    if key.kind == Kind::GatewayClass {
+        return set
+            .gateway_classes()
+            .any(|(k, class)| k == key && class.spec.controller_name == CONTROLLER_NAME);
+    }
     !matches!(
         key.kind,
         Kind::Namespace

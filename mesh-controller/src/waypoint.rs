@@ -28,7 +28,7 @@ use kube::{
     api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams},
 };
 
-use crate::resources::gateway_api::{Gateway, INGRESS_CLASS, WAYPOINT_CLASS};
+use crate::resources::gateway_api::{Gateway, GatewayClass, GatewayRole};
 
 pub const FINALIZER: &str = "ambit.io/waypoint";
 const MANAGER: &str = "ambit-controller";
@@ -67,9 +67,12 @@ pub async fn reconcile(
     gateway: &Gateway,
     settings: &WaypointSettings,
 ) -> Result<Outcome, kube::Error> {
-    if ![WAYPOINT_CLASS, INGRESS_CLASS].contains(&gateway.spec.gateway_class_name.as_str()) {
+    let class = Api::<GatewayClass>::all(client.clone())
+        .get_opt(&gateway.spec.gateway_class_name)
+        .await?;
+    let Some(role) = gateway.spec.role(class.as_ref()) else {
         return Ok(Outcome::Ignored);
-    }
+    };
     let namespace = gateway.namespace().unwrap_or_default();
     let name = gateway.name_any();
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), &namespace);
@@ -118,11 +121,15 @@ pub async fn reconcile(
         .patch(
             &name,
             &apply,
-            &Patch::Apply(&deployment(gateway, &owner, settings)),
+            &Patch::Apply(&deployment(gateway, role, &owner, settings)),
         )
         .await?;
     Api::<Service>::namespaced(client.clone(), &namespace)
-        .patch(&name, &apply, &Patch::Apply(&service(gateway, &owner)))
+        .patch(
+            &name,
+            &apply,
+            &Patch::Apply(&service(gateway, role, &owner)),
+        )
         .await?;
     Ok(Outcome::Applied)
 }
@@ -199,8 +206,8 @@ fn root_config_map(namespace: &str, root_pem: &str) -> ConfigMap {
 }
 
 /// The ports a Gateway's proxy serves: HBONE for a waypoint, the listeners for an ingress.
-fn serving_ports(gateway: &Gateway) -> Vec<(String, u16)> {
-    match gateway.spec.gateway_class_name == INGRESS_CLASS {
+fn serving_ports(gateway: &Gateway, role: GatewayRole) -> Vec<(String, u16)> {
+    match role == GatewayRole::Ingress {
         true => gateway
             .spec
             .listeners
@@ -211,8 +218,11 @@ fn serving_ports(gateway: &Gateway) -> Vec<(String, u16)> {
     }
 }
 
-fn deployment(
+/// The Deployment that runs a Gateway's proxy (public so that tests check it against the
+/// API server's rules and run its pod template in a container runtime).
+pub fn deployment(
     gateway: &Gateway,
+    role: GatewayRole,
     owner: &OwnerReference,
     settings: &WaypointSettings,
 ) -> Deployment {
@@ -220,13 +230,13 @@ fn deployment(
         &gateway.name_any(),
         &gateway.namespace().unwrap_or_default(),
     );
-    let ingress = gateway.spec.gateway_class_name == INGRESS_CLASS;
-    let role = match ingress {
+    let ingress = role == GatewayRole::Ingress;
+    let mode = match ingress {
         true => format!("--ingress-gateway={namespace}/{name}"),
         false => format!("--waypoint={namespace}/{name}"),
     };
     let args = vec![
-        role,
+        mode,
         format!("--namespace={namespace}"),
         format!("--service-account={name}"),
         format!("--ca-addr={}", settings.ca_addr),
@@ -248,6 +258,9 @@ fn deployment(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.to_owned()),
+                    node_selector: Some(
+                        [("kubernetes.io/os".to_owned(), "linux".to_owned())].into(),
+                    ),
                     containers: vec![Container {
                         name: "waypoint".to_owned(),
                         image: Some(settings.image.clone()),
@@ -279,7 +292,7 @@ fn deployment(
                             },
                         ]),
                         ports: Some(
-                            serving_ports(gateway)
+                            serving_ports(gateway, role)
                                 .into_iter()
                                 .map(|(name, port)| ContainerPort {
                                     name: Some(name),
@@ -354,13 +367,13 @@ fn deployment(
 
 /// The waypoint's Service on HBONE, inside the cluster; an ingress's on its listeners'
 /// ports, as a LoadBalancer for clients outside.
-fn service(gateway: &Gateway, owner: &OwnerReference) -> Service {
+fn service(gateway: &Gateway, role: GatewayRole, owner: &OwnerReference) -> Service {
     let (name, namespace) = (
         &gateway.name_any(),
         &gateway.namespace().unwrap_or_default(),
     );
-    let ingress = gateway.spec.gateway_class_name == INGRESS_CLASS;
-    let ports = serving_ports(gateway)
+    let ingress = role == GatewayRole::Ingress;
+    let ports = serving_ports(gateway, role)
         .into_iter()
         .map(|(port_name, port)| ServicePort {
             name: Some(port_name),

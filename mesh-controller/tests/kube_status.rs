@@ -212,7 +212,7 @@ status:
     );
     assert_eq!(accepted(&other.conditions).0, "True");
     assert_eq!(parents[0].parent_ref.name, "reviews");
-    assert_eq!(parents[0].controller_name, "ambit.io/controller");
+    assert_eq!(parents[0].controller_name, "ambit.io/gateway-controller");
     let (status, reason) = accepted(&parents[0].conditions);
     assert_eq!(
         (status.as_str(), reason.as_str()),

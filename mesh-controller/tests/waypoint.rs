@@ -1,7 +1,10 @@
 //! Waypoint lifecycle against a fake API server (kube-fake-client): a Gateway of class
 //! `ambit-waypoint` gets a ServiceAccount, Deployment and Service it owns, and a finalizer;
 //! a Gateway being deleted has them removed and the finalizer released; an `ambit` Gateway
-//! gets an ingress; other classes are left alone.
+//! gets an ingress; Istio's classes are served alike unless their GatewayClass names another
+//! controller (Istio's, where Istio is installed); other classes are left alone.
+
+mod common;
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -9,7 +12,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, ResourceExt as _};
 use mesh_controller::{
-    resources::gateway_api::Gateway,
+    resources::gateway_api::{Gateway, GatewayClass},
     waypoint::{FINALIZER, Outcome, WaypointSettings, reconcile},
 };
 
@@ -37,6 +40,7 @@ fn settings() -> WaypointSettings {
 
 async fn client(objects: Vec<serde_json::Value>) -> kube::Client {
     kube_fake_client::ClientBuilder::new()
+        .with_resource::<GatewayClass>()
         .with_resource::<Gateway>()
         .with_runtime_objects(objects)
         .build()
@@ -46,11 +50,29 @@ async fn client(objects: Vec<serde_json::Value>) -> kube::Client {
 
 #[tokio::test]
 async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
-    let client = client(vec![
+    let istiod_class = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "istio"},
+        "spec": {"controllerName": "istio.io/gateway-controller"}
+    });
+    let fake = client(vec![
         gateway("waypoint", "ambit-waypoint", serde_json::json!({})),
         gateway("other", "istio", serde_json::json!({})),
+        gateway("istio-style", "istio-waypoint", serde_json::json!({})),
+        gateway("unknown", "some-other-class", serde_json::json!({})),
     ])
     .await;
+    // The fake takes every custom resource for a namespaced one: GatewayClasses (cluster-
+    // scoped) are answered here, as istiod would have made them.
+    let client = common::intercepting(fake, move |method, path| {
+        let name = path.strip_prefix("/apis/gateway.networking.k8s.io/v1/gatewayclasses/")?;
+        match (method.as_str(), name) {
+            ("GET", "istio") => Some((200, istiod_class.clone())),
+            ("GET", other) => common::not_found(&format!("gatewayclasses {other}")),
+            _ => None,
+        }
+    });
     let gateways: Api<Gateway> = Api::namespaced(client.clone(), "bookinfo");
     let gw = gateways.get("waypoint").await.unwrap();
     assert_eq!(
@@ -106,18 +128,27 @@ async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
         Outcome::Applied
     );
 
-    let other = gateways.get("other").await.unwrap();
+    // Istio's waypoint class with no GatewayClass claiming it: Ambit's to serve.
+    let istio_style = gateways.get("istio-style").await.unwrap();
     assert_eq!(
-        reconcile(&client, &other, &settings()).await.unwrap(),
-        Outcome::Ignored
+        reconcile(&client, &istio_style, &settings()).await.unwrap(),
+        Outcome::Applied
     );
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), "bookinfo")
-            .get_opt("other")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    // Class `istio` whose GatewayClass names istiod, and a class Ambit does not serve.
+    for name in ["other", "unknown"] {
+        let other = gateways.get(name).await.unwrap();
+        assert_eq!(
+            reconcile(&client, &other, &settings()).await.unwrap(),
+            Outcome::Ignored
+        );
+        assert!(
+            Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
 
 #[tokio::test]

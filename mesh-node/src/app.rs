@@ -232,10 +232,12 @@ pub fn prepare(config: &Config) -> Result<(), Error> {
 
 pub async fn run(config: Config) -> Result<(), Error> {
     let config = Arc::new(config);
-    let own_cgroup = cgroup::current_dir().map_err(|source| Error::Cgroup {
-        path: "/proc/self/cgroup".into(),
+    let hierarchy = cgroup::discover().map_err(|source| Error::Cgroup {
+        path: "/proc/self/mountinfo".into(),
         source,
     })?;
+    let own_cgroup = hierarchy.own;
+    let cgroup_root = config.cgroup_root.clone().unwrap_or(hierarchy.root);
     let agent_cgroup_id = cgroup::cgroup_id(&own_cgroup).map_err(|source| Error::Cgroup {
         path: own_cgroup.display().to_string(),
         source,
@@ -250,10 +252,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
 
     dataplane::ensure_bpffs()?;
-    let (dataplane, orig) = Dataplane::start(&config.bpf_dir, &config.cgroup_root, node)?;
+    let (dataplane, orig) = Dataplane::start(&config.bpf_dir, &cgroup_root, node)?;
     tracing::info!(
-        bpf_dir = %config.bpf_dir.display(), cgroup_root = %config.cgroup_root.display(),
-        agent_cgroup = %own_cgroup.display(), accelerate = config.accelerate,
+        bpf_dir = %config.bpf_dir.display(), cgroup_root = %cgroup_root.display(),
+        agent_cgroup = %own_cgroup.display(), agent_cgroup_id, accelerate = config.accelerate,
         "eBPF programs attached"
     );
 

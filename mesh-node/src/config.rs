@@ -24,13 +24,10 @@ pub struct Config {
     pub bpf_dir: PathBuf,
 
     /// The cgroup v2 directory the connect and sock_ops programs attach to; it must contain
-    /// every pod's cgroup and the agent's.
-    #[arg(
-        long,
-        env = "AMBIT_CGROUP_ROOT",
-        default_value = "/sys/fs/cgroup/unified"
-    )]
-    pub cgroup_root: PathBuf,
+    /// every pod's cgroup and the agent's. By default the root of the hierarchy, wherever
+    /// `/proc/self/mountinfo` says it is mounted (`/sys/fs/cgroup` on most nodes).
+    #[arg(long, env = "AMBIT_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
 
     /// A cgroup v2 directory the agent moves itself into at start, so that its sockets are
     /// told apart from the pods' by cgroup id. Without it the agent stays where it was

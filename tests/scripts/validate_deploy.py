@@ -1,10 +1,10 @@
 """Validates Kubernetes manifests offline.
 
-Usage: validate_deploy.py --crds DIR [--manifest FILE]... [--custom FILE]...
+Usage: validate_deploy.py --crds DIR... [--manifest FILE]... [--custom FILE]...
 
 --manifest files are checked with kubernetes-validate --strict (built-in kinds and CRDs);
 --custom files hold custom resources, checked against the openAPIV3Schema of the CRDs found
-in --crds, strictly: a field the schema does not name is an error, as with
+in the --crds directories, strictly: a field the schema does not name is an error, as with
 `kubectl apply --validate=strict`; Kubernetes' own kinds among them are checked as --manifest
 files are. Prints one line per problem; exits 1 if there is any.
 """
@@ -60,7 +60,7 @@ def load_crds(directory):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--crds", required=True)
+    parser.add_argument("--crds", action="append", required=True)
     parser.add_argument("--manifest", action="append", default=[])
     parser.add_argument("--custom", action="append", default=[])
     args = parser.parse_args()
@@ -80,7 +80,9 @@ def main():
         for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
             if doc:
                 builtin(path, doc)
-    schemas = load_crds(args.crds)
+    schemas = {}
+    for directory in args.crds:
+        schemas.update(load_crds(directory))
     for path in args.custom:
         for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
             if not doc:

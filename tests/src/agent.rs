@@ -2,13 +2,17 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{sys, testbed::Testbed};
+use crate::{
+    containers::{self, Container, Running},
+    sys,
+    testbed::Testbed,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
@@ -26,14 +30,23 @@ pub struct AgentOptions {
     pub config_from_controller: bool,
 }
 
-/// A running node agent. Killed when dropped.
+/// A running node agent (a process, or a container of its image). Killed when dropped.
 pub struct Agent {
-    child: Option<Child>,
+    process: Option<Running>,
     pub node: String,
     node_netns: PathBuf,
     pub bpf_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Set when the agent runs from its image: the DaemonSet's pod template and what stands
+    /// in for the cluster.
+    image: Option<ImageLaunch>,
+}
+
+struct ImageLaunch {
+    spec: k8s_openapi::api::core::v1::PodSpec,
+    container: k8s_openapi::api::core::v1::Container,
+    substitutions: containers::Substitutions,
 }
 
 /// The agent binary: `AMBIT_MESH_NODE`, else next to the test executable's target directory.
@@ -85,12 +98,84 @@ impl Testbed {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);
         }
         let mut agent = Agent {
-            child: None,
+            process: None,
             node: node.name.clone(),
             node_netns: PathBuf::from("/run/netns").join(&node.netns),
             bpf_dir: node.bpf_dir.clone(),
             log: self.work_dir.join(format!("agent-{}.log", node.name)),
             args,
+            image: None,
+        };
+        agent.start()?;
+        Ok(agent)
+    }
+
+    /// Starts node `node`'s agent from its image, as deploy/node.yaml's DaemonSet runs it:
+    /// that pod template's security context, capabilities, host PID namespace and volume
+    /// mounts, with a private cgroup namespace and the host's cgroup v2 hierarchy mounted at
+    /// /sys/fs/cgroup (where real nodes have it). Only the arguments (this test bed's
+    /// controller address and pin directory) and the environment differ, and the sources of
+    /// the token and root certificate volumes are files of the test bed. It takes pods and
+    /// policies from `controller`'s stream and finds pods in /proc by their cgroups, as in
+    /// Kubernetes: call [`Testbed::start_pause_processes`] first.
+    pub fn start_agent_from_image(
+        &self,
+        node: &str,
+        controller: &crate::controller::Controller,
+    ) -> Result<Agent> {
+        let node = self.node(node);
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.yaml");
+        let (spec, container) = containers::manifest_pod(&manifest, "DaemonSet")?;
+        let stand_ins = self.work_dir.join(format!("stand-ins/{}", node.name));
+        let substitutions = containers::Substitutions {
+            volumes: [
+                (
+                    "token".to_owned(),
+                    containers::stand_in(
+                        &stand_ins.join("token"),
+                        &[("token", &self.token_file(&node.name))],
+                    )?,
+                ),
+                (
+                    "root".to_owned(),
+                    containers::stand_in(
+                        &stand_ins.join("root"),
+                        &[("root-cert.pem", &controller.root)],
+                    )?,
+                ),
+            ]
+            .into(),
+            host_paths: [(
+                "/sys/fs/cgroup".to_owned(),
+                PathBuf::from(crate::testbed::CGROUP_V2),
+            )]
+            .into(),
+            fields: [("spec.nodeName".to_owned(), node.name.clone())].into(),
+        };
+        // The DaemonSet's arguments, pointed at this test bed.
+        let args = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|arg| match arg.split_once('=') {
+                Some(("--bpf-dir", _)) => format!("--bpf-dir={}", node.bpf_dir.display()),
+                Some(("--ca-addr", _)) => format!("--ca-addr={}", crate::controller::CA_ADDR),
+                _ => arg,
+            })
+            .collect();
+        let mut agent = Agent {
+            process: None,
+            node: node.name.clone(),
+            node_netns: PathBuf::from("/run/netns").join(&node.netns),
+            bpf_dir: node.bpf_dir.clone(),
+            log: self.work_dir.join(format!("agent-{}.log", node.name)),
+            args,
+            image: Some(ImageLaunch {
+                spec,
+                container,
+                substitutions,
+            }),
         };
         agent.start()?;
         Ok(agent)
@@ -100,6 +185,30 @@ impl Testbed {
 impl Agent {
     /// (Re)starts the process with the same arguments and waits for readiness.
     pub fn start(&mut self) -> Result<()> {
+        if let Some(launch) = &self.image {
+            // The host's bpffs, as systemd mounts it on a real node; the container sees it
+            // through its hostPath volume.
+            mesh_node::dataplane::ensure_bpffs()?;
+            let placement = containers::Placement {
+                netns: self.node_netns.clone(),
+                args: self.args.clone(),
+                env: vec![(
+                    "AMBIT_LOG".to_owned(),
+                    std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()),
+                )],
+                extra_mounts: Vec::new(),
+                log: self.log.clone(),
+            };
+            let started = Container::start(
+                &containers::image("mesh-node"),
+                &launch.spec,
+                &launch.container,
+                &launch.substitutions,
+                &placement,
+            )?;
+            self.process = Some(Running::Container(started));
+            return self.wait_ready(Duration::from_secs(30));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,29 +225,31 @@ impl Agent {
             .stdout(log.try_clone()?)
             .stderr(log);
         sys::start_inside(&mut command, netns, None);
-        self.child = Some(command.spawn().context("starting mesh-node")?);
+        self.process = Some(Running::Process(
+            command.spawn().context("starting mesh-node")?,
+        ));
         self.wait_ready(Duration::from_secs(20))
     }
 
     /// Stops the agent with SIGTERM, as a DaemonSet rollout would, and waits for it.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill on a pid we own.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(mut process) = self.process.take() {
+            process.stop()?;
         }
         Ok(())
     }
 
     /// The agent's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(Running::pid)
+    }
+
+    /// The container it runs in, when it was started from its image.
+    pub fn container(&self) -> Option<&Container> {
+        match &self.process {
+            Some(Running::Container(container)) => Some(container),
+            _ => None,
+        }
     }
 
     pub fn restart(&mut self) -> Result<()> {
@@ -149,8 +260,8 @@ impl Agent {
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
+            if let Some(process) = self.process.as_mut()
+                && let Some(status) = process.exited()?
             {
                 bail!(
                     "mesh-node on {} exited with {status}; log: {}",
@@ -246,15 +357,6 @@ impl Agent {
                 );
             }
             std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

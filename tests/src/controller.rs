@@ -3,24 +3,37 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
+    os::unix::fs::chown,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Agent, AgentOptions, sys, testbed::Testbed};
+use crate::{
+    Agent, AgentOptions,
+    containers::{self, Container, Running},
+    sys,
+    testbed::Testbed,
+};
 
 /// Where the controller listens, on the fabric bridge.
 pub const CA_ADDR: &str = "198.18.0.254:15012";
 
-/// A running controller. Killed when dropped.
+/// A running controller (a process, or a container of its image). Killed when dropped.
 pub struct Controller {
-    child: Child,
+    process: Running,
     /// The root certificate node agents trust.
     pub root: PathBuf,
     pub log: PathBuf,
+}
+
+/// What local mode reads: the nodes' tokens, the pods file, the CA directory.
+struct LocalMode {
+    tokens_file: PathBuf,
+    ca_dir: PathBuf,
+    log: PathBuf,
 }
 
 /// A workspace binary: `$AMBIT_<NAME>` if set, else next to the running executable.
@@ -64,8 +77,8 @@ impl Testbed {
         Ok((controller, agents))
     }
 
-    /// Starts the controller's CA and waits until it accepts connections.
-    pub fn start_controller(&self) -> Result<Controller> {
+    /// Writes a token per node (what local mode authenticates agents by).
+    fn local_mode(&self) -> Result<LocalMode> {
         let tokens_dir = self.work_dir.join("tokens");
         std::fs::create_dir_all(&tokens_dir)?;
         let mut map = String::new();
@@ -76,8 +89,33 @@ impl Testbed {
         }
         let tokens_file = self.work_dir.join("tokens.yaml");
         std::fs::write(&tokens_file, map)?;
-        let ca_dir = self.work_dir.join("ca");
-        let log = self.work_dir.join("controller.log");
+        Ok(LocalMode {
+            tokens_file,
+            ca_dir: self.work_dir.join("ca"),
+            log: self.work_dir.join("controller.log"),
+        })
+    }
+
+    /// Local mode's arguments.
+    fn controller_args(&self, local: &LocalMode) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--ca-dir", local.ca_dir.display().to_string()),
+            ("--pods-file", self.pods_file_path().display().to_string()),
+            ("--tokens-file", local.tokens_file.display().to_string()),
+            ("--ca-addr", CA_ADDR.to_owned()),
+            // The same Istio YAML the agents read; agents with `--config-source controller`
+            // get it through the configuration stream instead.
+            ("--config-dir", self.config_dir().display().to_string()),
+        ] {
+            args.extend([flag.to_owned(), value]);
+        }
+        args
+    }
+
+    /// Starts the controller's CA and waits until it accepts connections.
+    pub fn start_controller(&self) -> Result<Controller> {
+        let local = self.local_mode()?;
         let cgroup = self.cgroup_dir.join("controller");
         std::fs::create_dir_all(&cgroup)?;
         let procs = std::fs::OpenOptions::new()
@@ -89,23 +127,66 @@ impl Testbed {
             "AMBIT_MESH_CONTROLLER",
         )?);
         command
-            .args(["--ca-dir", &ca_dir.display().to_string()])
-            .args(["--pods-file", &self.pods_file_path().display().to_string()])
-            .args(["--tokens-file", &tokens_file.display().to_string()])
-            .args(["--ca-addr", CA_ADDR])
-            // The same Istio YAML the agents read; agents with `--config-source controller`
-            // get it through the configuration stream instead.
-            .args(["--config-dir", &self.config_dir().display().to_string()])
+            .args(self.controller_args(&local))
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?);
+            .stdout(std::fs::File::create(&local.log)?)
+            .stderr(std::fs::OpenOptions::new().append(true).open(&local.log)?);
         sys::start_inside(&mut command, netns, Some(procs));
         let child = command.spawn().context("starting mesh-controller")?;
-        let controller = Controller {
-            child,
-            root: ca_dir.join("root-cert.pem"),
-            log,
+        self.wait_controller(Controller {
+            process: Running::Process(child),
+            root: local.ca_dir.join("root-cert.pem"),
+            log: local.log,
+        })
+    }
+
+    /// Starts the controller from its image with deploy/controller.yaml's pod template (its
+    /// user, read-only root, no capabilities), in local mode: this machine has no API server,
+    /// so the local mode's files are mounted in (the CA directory writable by its user).
+    pub fn start_controller_from_image(&self) -> Result<Controller> {
+        let local = self.local_mode()?;
+        let manifest =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.yaml");
+        let (spec, container) = containers::manifest_pod(&manifest, "Deployment")?;
+        let uid = container
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.run_as_user)
+            .or(spec.security_context.as_ref().and_then(|sc| sc.run_as_user))
+            .context("controller.yaml sets no runAsUser")? as u32;
+        std::fs::create_dir_all(&local.ca_dir)?;
+        chown(&local.ca_dir, Some(uid), Some(uid))?;
+        let work = self.work_dir.display().to_string();
+        let ca = local.ca_dir.display().to_string();
+        let placement = containers::Placement {
+            netns: self.fabric_netns_path(),
+            args: self.controller_args(&local),
+            env: vec![("AMBIT_LOG".to_owned(), "info".to_owned())],
+            extra_mounts: vec![format!("{work}:{work}:ro"), format!("{ca}:{ca}:rw")],
+            log: local.log.clone(),
         };
+        let started = Container::start(
+            &containers::image("mesh-controller"),
+            &spec,
+            &container,
+            &containers::Substitutions {
+                fields: [
+                    ("metadata.namespace".to_owned(), "ambit-system".to_owned()),
+                    ("metadata.name".to_owned(), "ambit-controller-0".to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            &placement,
+        )?;
+        self.wait_controller(Controller {
+            process: Running::Container(started),
+            root: local.ca_dir.join("root-cert.pem"),
+            log: local.log,
+        })
+    }
+
+    fn wait_controller(&self, mut controller: Controller) -> Result<Controller> {
         let addr: SocketAddr = CA_ADDR.parse()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -114,6 +195,12 @@ impl Testbed {
             })?;
             if up.is_ok() && controller.root.exists() {
                 return Ok(controller);
+            }
+            if let Some(how) = controller.process.exited()? {
+                bail!(
+                    "mesh-controller exited ({how}): {}",
+                    std::fs::read_to_string(&controller.log).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 bail!(
@@ -140,13 +227,14 @@ fn rand_u64() -> u64 {
 
 impl Controller {
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
-}
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The container it runs in, when it was started from its image.
+    pub fn container(&self) -> Option<&Container> {
+        match &self.process {
+            Running::Container(container) => Some(container),
+            Running::Process(_) => None,
+        }
     }
 }

@@ -100,6 +100,26 @@ pub fn setup() -> Result<L7> {
 
 /// As [`setup`], with more flags for the waypoint.
 pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
+    setup_launching(|tb, controller| {
+        tb.start_waypoint(
+            controller,
+            "n0-p1",
+            "default/waypoint",
+            "waypoint",
+            waypoint_args,
+        )
+    })
+}
+
+/// As [`setup`], with the waypoint run from its image as the Deployment the controller
+/// generates runs it.
+pub fn setup_with_waypoint_image() -> Result<L7> {
+    setup_launching(|tb, controller| {
+        tb.start_waypoint_from_image(controller, "n0-p1", "default/waypoint", "waypoint")
+    })
+}
+
+fn setup_launching(launch: impl FnOnce(&Testbed, &Controller) -> Result<Waypoint>) -> Result<L7> {
     let tb = Testbed::new(Topology {
         nodes: 2,
         pods_per_node: 3,
@@ -124,13 +144,7 @@ pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
         config_from_controller: true,
         ..AgentOptions::default()
     })?;
-    let waypoint = tb.start_waypoint(
-        &controller,
-        "n0-p1",
-        "default/waypoint",
-        "waypoint",
-        waypoint_args,
-    )?;
+    let waypoint = launch(&tb, &controller)?;
     waypoint.wait_service("reviews.default.svc.cluster.local")?;
     let mut servers = Vec::new();
     let mut received = Vec::new();

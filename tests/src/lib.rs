@@ -12,10 +12,14 @@
 //! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
-//! - `sys`: running commands and entering namespaces.
+//! - `sys`: running commands and entering namespaces;
+//! - `containers`: Ambit's images run by podman with the manifests' own privileges;
+//! - `api_rules`: the API server's pod-template rules a schema check misses, for deploy/.
 pub mod agent;
+pub mod api_rules;
 pub mod bpf;
 pub mod capture;
+pub mod containers;
 pub mod controller;
 pub mod http;
 pub mod l7;

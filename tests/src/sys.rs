@@ -167,3 +167,22 @@ pub fn loopback_get(netns: &Path, port: u16, path: &str) -> Result<(u16, String)
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Text without the terminal colour codes a log may carry.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

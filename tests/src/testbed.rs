@@ -31,7 +31,8 @@ use crate::sys::{self, ip_in, sysctl_in};
 
 const NETNS_PREFIX: &str = "ambit-t";
 const CGROUP_PREFIX: &str = "ambit-test-";
-const CGROUP_V2: &str = "/sys/fs/cgroup/unified";
+/// Where this machine mounts cgroup v2 (a hybrid host; real nodes use /sys/fs/cgroup).
+pub const CGROUP_V2: &str = "/sys/fs/cgroup/unified";
 const BPF_BASE: &str = "/sys/fs/bpf/ambit";
 
 /// Tests sharing one process run one topology at a time: agents attach to the host's cgroup

@@ -4,32 +4,29 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 
-use crate::{controller::Controller, testbed::Testbed};
+use crate::{
+    containers::{self, Container, Running},
+    controller::Controller,
+    testbed::Testbed,
+};
 
 /// The waypoint binary: `AMBIT_MESH_WAYPOINT`, else next to the test executable's target.
 pub fn mesh_waypoint_binary() -> Result<PathBuf> {
     crate::controller::workspace_binary("mesh-waypoint", "AMBIT_MESH_WAYPOINT")
 }
 
-/// A running waypoint. Killed when dropped.
+/// A running waypoint (a process, or a container of its image). Killed when dropped.
 pub struct Waypoint {
-    child: Child,
+    process: Running,
     pub pod: String,
     netns: PathBuf,
     pub log: PathBuf,
-}
-
-impl Drop for Waypoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Testbed {
@@ -101,12 +98,89 @@ impl Testbed {
             .stderr(std::fs::OpenOptions::new().append(true).open(&log)?);
         let child = pod.spawn(&mut command)?;
         let waypoint = Waypoint {
-            child,
+            process: Running::Process(child),
             pod: pod.name.clone(),
             netns: pod.netns_path(),
             log,
         };
         waypoint.wait_ready(Duration::from_secs(20))?;
+        Ok(waypoint)
+    }
+
+    /// Starts the waypoint `namespace/gateway` from its image in `pod`, as the Deployment the
+    /// controller generates for a Gateway of class `ambit-waypoint` runs it: that Deployment's
+    /// pod template, with the test bed's controller address and the pod's name.
+    pub fn start_waypoint_from_image(
+        &self,
+        controller: &Controller,
+        pod: &str,
+        waypoint: &str,
+        service_account: &str,
+    ) -> Result<Waypoint> {
+        let pod = self.pod(pod);
+        let deployment = containers::gateway_deployment("ambit-waypoint");
+        let (spec, container) = containers::deployment_pod(&deployment)?;
+        let stand_ins = self.work_dir.join(format!("stand-ins/{}", pod.name));
+        let substitutions = containers::Substitutions {
+            volumes: [
+                (
+                    "token".to_owned(),
+                    containers::stand_in(
+                        &stand_ins.join("token"),
+                        &[("token", &self.token_file(&pod.node))],
+                    )?,
+                ),
+                (
+                    "root".to_owned(),
+                    containers::stand_in(
+                        &stand_ins.join("root"),
+                        &[("root-cert.pem", &controller.root)],
+                    )?,
+                ),
+            ]
+            .into(),
+            fields: [("metadata.name".to_owned(), pod.name.clone())].into(),
+            ..Default::default()
+        };
+        // The generated arguments, for this waypoint and this test bed's controller.
+        let args = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|arg| match arg.split_once('=') {
+                Some(("--waypoint", _)) => format!("--waypoint={waypoint}"),
+                Some(("--namespace", _)) => format!("--namespace={}", pod.namespace),
+                Some(("--service-account", _)) => format!("--service-account={service_account}"),
+                Some(("--ca-addr", _)) => format!("--ca-addr={}", crate::controller::CA_ADDR),
+                _ => arg,
+            })
+            .collect();
+        let log = self.work_dir.join(format!("waypoint-{}.log", pod.name));
+        let placement = containers::Placement {
+            netns: pod.netns_path(),
+            args,
+            env: vec![(
+                "AMBIT_LOG".to_owned(),
+                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),
+            )],
+            extra_mounts: Vec::new(),
+            log: log.clone(),
+        };
+        let started = Container::start(
+            &containers::image("mesh-waypoint"),
+            &spec,
+            &container,
+            &substitutions,
+            &placement,
+        )?;
+        let waypoint = Waypoint {
+            process: Running::Container(started),
+            pod: pod.name.clone(),
+            netns: pod.netns_path(),
+            log,
+        };
+        waypoint.wait_ready(Duration::from_secs(30))?;
         Ok(waypoint)
     }
 }
@@ -118,7 +192,15 @@ impl Waypoint {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    /// The container it runs in, when it was started from its image.
+    pub fn container(&self) -> Option<&Container> {
+        match &self.process {
+            Running::Container(container) => Some(container),
+            Running::Process(_) => None,
+        }
     }
 
     pub fn metrics(&self) -> Result<String> {

@@ -1,7 +1,8 @@
 //! deploy/ validated offline: every manifest against the Kubernetes schemas
-//! (kubernetes-validate --strict, from PyPI, installed by `cargo xtask setup`), every example
+//! (kubernetes-validate --strict, from PyPI, installed by `cargo xtask setup`) and against the
+//! API server's own pod-template rules a schema misses (`mesh_tests::api_rules`), every example
 //! against the CRD schemas generated from our types, strictly (unknown fields fail). Broken
-//! copies must fail, so the check is known to bite.
+//! copies must fail, so the checks are known to bite.
 
 use std::{
     path::{Path, PathBuf},
@@ -35,13 +36,34 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The Gateway API CRDs as Ambit's types read them: users install the upstream ones, so they
+/// are not in deploy/, but the examples and GatewayClasses are checked against them.
+fn gateway_api_crds() -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ambit-gateway-api-{}-{call}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for crd in mesh_controller::resources::gateway_api_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.yaml")),
+            serde_yaml::to_string(&crd).unwrap(),
+        )
+        .unwrap();
+    }
+    dir
+}
+
 /// Runs the validator; returns whether it passed and what it printed.
 fn validate(manifests: &[PathBuf], custom: &[PathBuf]) -> (bool, String) {
+    let gateway_api = gateway_api_crds();
     let mut command = Command::new(python());
     command
         .arg(workspace().join("tests/scripts/validate_deploy.py"))
         .arg("--crds")
-        .arg(workspace().join("deploy/crds"));
+        .arg(workspace().join("deploy/crds"))
+        .arg("--crds")
+        .arg(&gateway_api);
     for m in manifests {
         command.arg("--manifest").arg(m);
     }
@@ -49,6 +71,7 @@ fn validate(manifests: &[PathBuf], custom: &[PathBuf]) -> (bool, String) {
         command.arg("--custom").arg(c);
     }
     let out = command.output().expect("running the validator");
+    let _ = std::fs::remove_dir_all(&gateway_api);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -60,22 +83,156 @@ fn validate(manifests: &[PathBuf], custom: &[PathBuf]) -> (bool, String) {
 #[test]
 fn every_manifest_and_example_validates() {
     let deploy = workspace().join("deploy");
+    let not_kustomization = |p: &PathBuf| !p.ends_with("kustomization.yaml");
     let mut manifests: Vec<PathBuf> = yaml_files(&deploy)
         .into_iter()
-        .filter(|p| !p.ends_with("kustomization.yaml"))
+        .filter(not_kustomization)
         .collect();
-    manifests.extend(yaml_files(&deploy.join("crds")));
-    manifests.extend(yaml_files(&deploy.join("crds/gateway-api")));
-    let examples = yaml_files(&deploy.join("examples"));
-    assert!(manifests.len() >= 11 && examples.len() >= 9);
-    let (ok, text) = validate(&manifests, &examples);
+    manifests.extend(
+        yaml_files(&deploy.join("crds"))
+            .into_iter()
+            .filter(not_kustomization),
+    );
+    let mut custom = yaml_files(&deploy.join("examples"));
+    custom.push(deploy.join("gateway-api/gatewayclasses.yaml"));
+    assert!(manifests.len() >= 10 && custom.len() >= 10);
+    let (ok, text) = validate(&manifests, &custom);
     assert!(ok, "{text}");
-    // kustomization.yaml names files that exist.
+    // Each layer's kustomization.yaml names files that exist, and together they name every
+    // manifest.
+    let mut named = Vec::new();
+    for layer in ["", "crds", "gateway-api"] {
+        let dir = deploy.join(layer);
+        let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&kustomization).unwrap();
+        for resource in parsed["resources"].as_sequence().unwrap() {
+            let path = dir.join(resource.as_str().unwrap());
+            assert!(path.exists(), "kustomization names {}", path.display());
+            named.push(path);
+        }
+    }
+    for manifest in manifests {
+        assert!(
+            named.contains(&manifest),
+            "no kustomization names {}",
+            manifest.display()
+        );
+    }
+}
+
+/// The CRDs are a layer of their own: `kubectl delete -k deploy/` must never delete users'
+/// VirtualServices and policies with them.
+#[test]
+fn deleting_the_install_leaves_the_crds() {
+    let deploy = workspace().join("deploy");
     let kustomization = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
     let parsed: serde_yaml::Value = serde_yaml::from_str(&kustomization).unwrap();
     for resource in parsed["resources"].as_sequence().unwrap() {
-        let path = deploy.join(resource.as_str().unwrap());
-        assert!(path.exists(), "kustomization names {}", path.display());
+        let text = std::fs::read_to_string(deploy.join(resource.as_str().unwrap())).unwrap();
+        assert!(
+            !text.contains("kind: CustomResourceDefinition"),
+            "deploy/kustomization.yaml installs a CRD through {resource:?}"
+        );
+    }
+    assert!(
+        !deploy.join("crds/gateway-api").exists(),
+        "the Gateway API CRDs are the upstream release users install, not Ambit's copies"
+    );
+}
+
+/// The manifests' workloads, and those the controller generates for waypoints and ingresses,
+/// pass the API server's rules that a schema check misses.
+#[test]
+fn workloads_pass_the_api_servers_pod_rules() {
+    let deploy = workspace().join("deploy");
+    let mut checked = 0;
+    for file in yaml_files(&deploy) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (what, violations) in mesh_tests::api_rules::check_manifest(&text).unwrap() {
+            assert!(
+                violations.is_empty(),
+                "{}: {what}: {violations:#?}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked, 2,
+        "the node DaemonSet and the controller Deployment"
+    );
+    for class in ["ambit-waypoint", "ambit"] {
+        let deployment = mesh_tests::containers::gateway_deployment(class);
+        let violations = mesh_tests::api_rules::deployment(&deployment);
+        assert!(violations.is_empty(), "{class}: {violations:#?}");
+    }
+}
+
+#[test]
+fn broken_workloads_fail_the_api_servers_pod_rules() {
+    let node = std::fs::read_to_string(workspace().join("deploy/node.yaml")).unwrap();
+    let broken = |from: &str, to: &str| {
+        assert!(node.contains(from), "node.yaml no longer has {from:?}");
+        let text = node.replace(from, to);
+        let found = mesh_tests::api_rules::check_manifest(&text).unwrap();
+        found.into_iter().flat_map(|(_, v)| v).collect::<Vec<_>>()
+    };
+    let cases = [
+        (
+            "mountPropagation: HostToContainer",
+            "mountPropagation: Bidirectional",
+            "spec.template.spec.containers[0].volumeMounts.mountPropagation: Forbidden: \
+             Bidirectional mount propagation is available only to privileged containers",
+        ),
+        (
+            "privileged: false",
+            "privileged: true",
+            "spec.template.spec.containers[0].securityContext: Invalid value: cannot set \
+             `allowPrivilegeEscalation` to false and `privileged` to true",
+        ),
+        (
+            "add: [BPF,",
+            "add: [CAP_SYS_ADMIN, BPF,",
+            "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN",
+        ),
+        (
+            "type: DirectoryOrCreate",
+            "type: DirectoryOrCreated",
+            "spec.template.spec.volumes[0].hostPath.type: Unsupported value: \"DirectoryOrCreated\"",
+        ),
+        (
+            "port: 15021}",
+            "port: http-readiness}",
+            "spec.template.spec.containers[0].readinessProbe.httpGet.port: Not found: \"http-readiness\"",
+        ),
+        (
+            "port: 15021}",
+            "port: 0}",
+            "readinessProbe.httpGet.port: Invalid value: 0: must be between 1 and 65535",
+        ),
+        (
+            "{name: cgroup, mountPath",
+            "{name: cgroups, mountPath",
+            "spec.template.spec.containers[0].volumeMounts[1].name: Not found: \"cgroups\"",
+        ),
+        (
+            "expirationSeconds: 3600",
+            "expirationSeconds: 300",
+            "serviceAccountToken.expirationSeconds: Invalid value: 300: may not specify a \
+             duration less than 10 minutes",
+        ),
+        (
+            "- operator: Exists",
+            "- {operator: Exists, value: x}",
+            "tolerations[0].operator: Invalid value: \"x\": value must be empty when `operator` is 'Exists'",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let violations = broken(from, to);
+        assert!(
+            violations.iter().any(|v| v.contains(expected)),
+            "{to:?}: expected {expected:?} in {violations:#?}"
+        );
     }
 }
 

@@ -60,7 +60,14 @@ impl Cargo {
     }
 
     pub fn run(&self, args: &[&str]) -> Result<()> {
-        run(Command::new(&self.program)
+        run(&mut self.command(args))
+    }
+
+    /// `cargo <args>` in the workspace, with the paths the integration tests take the
+    /// binaries under test from.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
             .args(args)
             .current_dir(&self.workspace)
             .env("AMBIT_MESH_NODE", self.target_dir().join("debug/mesh-node"))
@@ -68,16 +75,23 @@ impl Cargo {
                 "AMBIT_MESH_WAYPOINT",
                 self.target_dir().join("debug/mesh-waypoint"),
             )
-            .env("AMBIT_PYTHON_VENV", self.target_dir().join("tools/venv")))
+            .env(
+                "AMBIT_MESH_CONTROLLER",
+                self.target_dir().join("debug/mesh-controller"),
+            )
+            .env("AMBIT_PYTHON_VENV", self.target_dir().join("tools/venv"));
+        command
     }
 
-    /// Runs a built binary of the workspace, passing the agent built in the same profile.
+    /// Runs a built binary of the workspace as root (through sudo when the user is not),
+    /// passing the agent built in the same profile.
     pub fn exec_binary(&self, profile: &str, name: &str, args: &[&str]) -> Result<()> {
         let dir = self.target_dir().join(profile);
-        run(Command::new(dir.join(name))
+        run(crate::privilege::as_root(&dir.join(name).to_string_lossy())
             .args(args)
             .current_dir(&self.workspace)
             .env("AMBIT_MESH_NODE", dir.join("mesh-node"))
-            .env("AMBIT_MESH_WAYPOINT", dir.join("mesh-waypoint")))
+            .env("AMBIT_MESH_WAYPOINT", dir.join("mesh-waypoint"))
+            .env("AMBIT_MESH_CONTROLLER", dir.join("mesh-controller")))
     }
 }

@@ -2,15 +2,22 @@
 //!
 //! # Layout
 //! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker);
+//! - `images`: OCI images of the agent, the controller and the waypoint;
+//! - `privilege`: what runs as root (through sudo for a user who is not);
 //! - `cmd`: running cargo and other programs with visible progress;
-//! - here: `test`, `demo`, `bench`, each running `setup` first.
+//! - here: `test`, `demo`, `bench`, `images`, each running `setup` first.
 mod cmd;
+mod images;
+mod privilege;
 mod setup;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{Cargo, step};
+use crate::{
+    cmd::{Cargo, step},
+    setup::Purpose,
+};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -21,9 +28,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what this machine lacks: Debian packages, nightly rust-src, bpf-linker.
+    /// Install what this machine lacks for the tests: Debian packages, nightly rust-src,
+    /// bpf-linker, the musl target, kubernetes-validate. (`bench` adds its own packages.)
     Setup,
-    /// Lint and run every test (unit, integration, eBPF on the real kernel). Needs root.
+    /// Build the OCI images (agent, controller with ambitctl, waypoint) from static binaries,
+    /// named as deploy/kustomization.yaml says, exported to target/images/*.tar.
+    Images {
+        /// The integration tests' images instead: dev profile, `localhost/ambit-test/*:dev`.
+        #[arg(long)]
+        test: bool,
+    },
+    /// Lint and run every test (unit, integration, eBPF on the real kernel, the images in
+    /// podman). Runs the tests as root (through sudo for a user who is not).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -47,15 +63,23 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run(Purpose::Test),
+        Command::Images { test } => {
+            setup::run(Purpose::Images)?;
+            privilege::ensure("building images")?;
+            images::run(match test {
+                true => images::Flavour::Test,
+                false => images::Flavour::Release,
+            })
+        }
         Command::Test { args } => test(&args),
-        Command::Demo => release_run("ambit-demo", &[]),
+        Command::Demo => release_run(Purpose::Demo, "ambit-demo", &[]),
         Command::Codegen => codegen(),
         Command::Bench { seconds, args } => {
             let seconds = seconds.to_string();
             let mut all = vec!["--seconds", seconds.as_str()];
             all.extend(args.iter().map(String::as_str));
-            release_run("ambit-bench", &all)?;
+            release_run(Purpose::Bench, "ambit-bench", &all)?;
             step("control plane: 10,000 pods, 1,000 services, 100 subscribers");
             Cargo::new()?.exec_binary("release", "ambit-config-bench", &[])?;
             step("L7: the waypoint beside HAProxy");
@@ -64,9 +88,11 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds the agent and the test-bed programs in release mode and runs one of the programs.
-fn release_run(program: &str, args: &[&str]) -> Result<()> {
-    setup::run()?;
+/// Builds the agent and the test-bed programs in release mode and runs one of the programs
+/// (as root).
+fn release_run(purpose: Purpose, program: &str, args: &[&str]) -> Result<()> {
+    setup::run(purpose)?;
+    privilege::ensure(program)?;
     let cargo = Cargo::new()?;
     step("building (release)");
     cargo.run(&[
@@ -103,7 +129,8 @@ fn codegen() -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    setup::run()?;
+    setup::run(Purpose::Test)?;
+    privilege::ensure("running the tests")?;
     let cargo = Cargo::new()?;
     step("checking formatting (cargo fmt --check)");
     cargo.run(&["fmt", "--all", "--", "--check"])?;
@@ -120,8 +147,13 @@ fn test(extra: &[String]) -> Result<()> {
         "mesh-waypoint",
         "--bins",
     ])?;
-    step("running every test (eBPF and network-namespace tests need root)");
+    images::run(images::Flavour::Test)?;
+    step("running every test (eBPF, network-namespace and container tests run as root)");
     let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
-    cargo.run(&args)
+    let mut command = cargo.command(&args);
+    if let Some(runner) = privilege::runner() {
+        command.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner);
+    }
+    cmd::run(&mut command)
 }

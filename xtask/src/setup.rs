@@ -6,18 +6,45 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-use crate::cmd::{self, output, step};
+use crate::{
+    cmd::{self, output, step},
+    images::MUSL_TARGET,
+    privilege::as_root,
+};
 
-/// Debian packages the tests, the demo and the benchmarks call.
+/// What a command needs beyond building and running the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `demo`: the mesh itself.
+    Demo,
+    /// `images`: buildah and the musl target.
+    Images,
+    /// `test`: images, podman to run them, kubernetes-validate.
+    Test,
+    /// `bench`: the baselines and load generators.
+    Bench,
+}
+
+/// Debian packages every command calls.
 const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting programs and maps"),
     ("iproute2", "network namespaces, veth, bridges"),
-    ("iputils-ping", "demo traffic"),
-    ("iperf3", "throughput benchmarks"),
     ("procps", "sysctl inside namespaces"),
     ("protobuf-compiler", "gRPC code generation (protoc)"),
+];
+/// Building images: static binaries (musl-gcc for the C parts of ring and mimalloc) and
+/// buildah; podman exports them.
+const IMAGE_PACKAGES: &[(&str, &str)] = &[
+    ("musl-tools", "static binaries for the images"),
+    ("buildah", "building the images"),
+    ("podman", "exporting and running the images"),
+    ("runc", "the container runtime podman runs the images with"),
+];
+/// Only `cargo xtask bench` uses these.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("iperf3", "throughput benchmarks"),
     ("haproxy", "the L7 benchmark's baseline proxy"),
     ("wrk", "HTTP load at saturation in the L7 benchmark"),
     ("nginx-light", "fast HTTP backends in the L7 benchmark"),
@@ -27,18 +54,30 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Verified with the image's nightly (LLVM 22); see shared/EBPF-TOOLCHAIN.md.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run() -> Result<()> {
+pub fn run(purpose: Purpose) -> Result<()> {
     step("setup: checking what this machine needs");
-    debian_packages()?;
+    let mut packages: Vec<(&str, &str)> = PACKAGES.to_vec();
+    if matches!(purpose, Purpose::Images | Purpose::Test) {
+        packages.extend(IMAGE_PACKAGES);
+    }
+    if purpose == Purpose::Bench {
+        packages.extend(BENCH_PACKAGES);
+    }
+    debian_packages(&packages)?;
     nightly_rust_src()?;
     bpf_linker()?;
-    python_tools()?;
+    if matches!(purpose, Purpose::Images | Purpose::Test) {
+        musl_target()?;
+    }
+    if purpose == Purpose::Test {
+        python_tools()?;
+    }
     eprintln!("setup: everything in place");
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(name, _)| {
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
@@ -49,7 +88,7 @@ fn debian_packages() -> Result<()> {
     if missing.is_empty() {
         eprintln!(
             "setup: Debian packages present ({})",
-            PACKAGES
+            packages
                 .iter()
                 .map(|(n, _)| *n)
                 .collect::<Vec<_>>()
@@ -57,21 +96,15 @@ fn debian_packages() -> Result<()> {
         );
         return Ok(());
     }
-    for (name, why) in PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+    for (name, why) in packages.iter().filter(|(n, _)| missing.contains(n)) {
         eprintln!("setup: need {name} ({why})");
     }
-    if !is_root() {
-        bail!(
-            "installing {} needs root: run `sudo apt-get install -y {}`",
-            missing.join(", "),
-            missing.join(" ")
-        );
-    }
+    crate::privilege::ensure(&format!("installing {}", missing.join(", ")))?;
     step("setup: apt-get update");
-    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(as_root("apt-get").args(["update", "-q"]))?;
     step(&format!("setup: apt-get install {}", missing.join(" ")));
     cmd::run(
-        Command::new("apt-get")
+        as_root("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
@@ -158,8 +191,16 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+/// The Rust standard library for static musl binaries (what the images hold).
+fn musl_target() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup cannot list the installed targets")?;
+    if installed.lines().any(|line| line.trim() == MUSL_TARGET) {
+        eprintln!("setup: Rust target {MUSL_TARGET} present");
+        return Ok(());
+    }
+    step(&format!("setup: rustup target add {MUSL_TARGET}"));
+    cmd::run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
 }
 
 /// The Python virtualenv holding kubernetes-validate (PyPI), which the deploy/ test runs:

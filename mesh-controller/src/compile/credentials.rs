@@ -11,7 +11,7 @@ use mesh_core::config_pb as pb;
 
 use crate::{
     config::{ConfigSet, validate::Validation},
-    resources::gateway_api::INGRESS_CLASS,
+    resources::gateway_api::GatewayRole,
 };
 
 /// The suffix of a Secret holding only the CA of the Secret it is named after.
@@ -32,7 +32,7 @@ pub fn referenced(set: &ConfigSet, validation: &Validation) -> BTreeSet<(String,
     }
     // A Gateway API ingress's certificates, in its own namespace (validation refuses others).
     for (key, gateway) in set.k8s_gateways() {
-        if !validation.accepted(key) || gateway.spec.gateway_class_name != INGRESS_CLASS {
+        if !validation.accepted(key) || set.gateway_role(gateway) != Some(GatewayRole::Ingress) {
             continue;
         }
         let tls = gateway.spec.listeners.iter().filter_map(|l| l.tls.as_ref());

@@ -106,7 +106,8 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
             ))
         }
     };
-    let cluster_scoped = group.is_empty() && matches!(kind.as_str(), "Namespace" | "Node");
+    let cluster_scoped = (group.is_empty() && matches!(kind.as_str(), "Namespace" | "Node"))
+        || (group == "gateway.networking.k8s.io" && kind == "GatewayClass");
     if !cluster_scoped {
         default_namespace(&mut value);
     }
@@ -142,6 +143,11 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
                 "AuthorizationPolicy" => typed(value).map(Resource::AuthorizationPolicy),
                 other => Err(format!("unsupported kind {other} in security.istio.io")),
             }
+        }
+        ("gateway.networking.k8s.io", "GatewayClass") => {
+            served(&["v1beta1", "v1"])?;
+            set_api_version(&mut value, "gateway.networking.k8s.io/v1");
+            typed(value).map(Resource::GatewayClass)
         }
         ("gateway.networking.k8s.io", "Gateway") => {
             served(&["v1beta1", "v1"])?;

@@ -1,7 +1,8 @@
-//! gateway.networking.k8s.io `Gateway`: with class `ambit-waypoint` it asks for a waypoint (the
-//! controller runs its Deployment, Service and ServiceAccount); with class `ambit` it is an
-//! ingress, whose HTTP and HTTPS listeners serve the HTTPRoutes attached to it. Only the
-//! fields Ambit uses.
+//! gateway.networking.k8s.io `Gateway`: with class `ambit-waypoint` (or Istio's
+//! `istio-waypoint`) it asks for a waypoint (the controller runs its Deployment, Service and
+//! ServiceAccount); with class `ambit` (or Istio's `istio`) it is an ingress, whose HTTP and
+//! HTTPS listeners serve the HTTPRoutes attached to it. `GatewayClass` says which controller
+//! owns a class. Only the fields Ambit uses; others are kept, not refused.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,70 @@ use super::common::Condition;
 pub const WAYPOINT_CLASS: &str = "ambit-waypoint";
 /// The class that makes a Gateway an Ambit ingress.
 pub const INGRESS_CLASS: &str = "ambit";
+/// The `controllerName` of Ambit's GatewayClasses, and of the route statuses it writes.
+pub const CONTROLLER_NAME: &str = "ambit.io/gateway-controller";
+
+/// What a Gateway Ambit serves is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayRole {
+    /// L7 for the services and workloads bound to it, reached over HBONE.
+    Waypoint,
+    /// An ingress gateway: its listeners face clients outside the mesh.
+    Ingress,
+}
+
+/// The classes Ambit serves: its own, and Istio's, so that Istio's YAML applies unchanged.
+const CLASSES: [(&str, GatewayRole); 4] = [
+    (WAYPOINT_CLASS, GatewayRole::Waypoint),
+    ("istio-waypoint", GatewayRole::Waypoint),
+    (INGRESS_CLASS, GatewayRole::Ingress),
+    ("istio", GatewayRole::Ingress),
+];
+
+impl GatewayRole {
+    /// The role of a Gateway of class `class_name`, if Ambit serves that class: one of
+    /// [`CLASSES`], unless the cluster's GatewayClass of that name (`class`) names another
+    /// controller, as istiod's do where Istio is installed; then the Gateway is Istio's.
+    pub fn of(class_name: &str, class: Option<&GatewayClass>) -> Option<Self> {
+        let role = CLASSES
+            .iter()
+            .find(|(name, _)| *name == class_name)
+            .map(|(_, role)| *role)?;
+        match class {
+            Some(class) if class.spec.controller_name != CONTROLLER_NAME => None,
+            _ => Some(role),
+        }
+    }
+}
+
+/// A class of Gateways and the controller that serves them (cluster-scoped).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GatewayClass",
+    plural = "gatewayclasses",
+    derive = "PartialEq",
+    derive = "Default",
+    status = "GatewayClassStatus",
+    shortname = "gc",
+    printcolumn = r#"{"name":"Controller","type":"string","jsonPath":".spec.controllerName"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    pub controller_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_ref: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct GatewayClassStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -171,6 +236,11 @@ pub struct GatewayAddress {
 }
 
 impl GatewaySpec {
+    /// What Ambit serves this Gateway as, given the cluster's GatewayClass of its class.
+    pub fn role(&self, class: Option<&GatewayClass>) -> Option<GatewayRole> {
+        GatewayRole::of(&self.gateway_class_name, class)
+    }
+
     /// An ingress Gateway's listeners as the servers of an Istio Gateway, which is how the
     /// ingress serves them: HTTP as HTTP, HTTPS terminated with the listener's first
     /// certificate (a Secret in the Gateway's namespace). Each server is named after its

@@ -56,6 +56,13 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),
+    // Which classes are Ambit's (cluster-scoped).
+    (
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+    ),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
 ];

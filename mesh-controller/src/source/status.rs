@@ -18,13 +18,10 @@ use crate::{
     config::{ConfigSet, Kind, ObjectKey, Resource, load::LoadError},
     resources::{
         common::Condition,
-        gateway_api::{INGRESS_CLASS, WAYPOINT_CLASS},
+        gateway_api::CONTROLLER_NAME,
         http_route::{HTTPRoute, HttpRouteStatus, RouteParentStatus},
     },
 };
-
-/// Who Ambit is in a Gateway API route's status (`status.parents[].controllerName`).
-pub const CONTROLLER_NAME: &str = "ambit.io/controller";
 
 /// A Gateway API route reports per parent: the same conditions under each of its parents.
 /// Other controllers' entries (another mesh's, an ingress's on the same route) are kept as
@@ -46,12 +43,7 @@ fn route_status(set: &ConfigSet, route: &HTTPRoute, conditions: &[Condition]) ->
         parent.is_service()
             || set
                 .k8s_gateway(gateway_namespace, &parent.name)
-                .is_none_or(|gateway| {
-                    matches!(
-                        gateway.spec.gateway_class_name.as_str(),
-                        INGRESS_CLASS | WAYPOINT_CLASS
-                    )
-                })
+                .is_none_or(|gateway| set.gateway_role(gateway).is_some())
     });
     let ours = ours.map(|parent| RouteParentStatus {
         parent_ref: parent.clone(),
@@ -170,6 +162,11 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
             "AuthorizationPolicy",
             "authorizationpolicies",
         ),
+        Kind::GatewayClass => (
+            "gateway.networking.k8s.io",
+            "GatewayClass",
+            "gatewayclasses",
+        ),
         Kind::K8sGateway => ("gateway.networking.k8s.io", "Gateway", "gateways"),
         Kind::HttpRoute => ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
         Kind::Namespace
@@ -202,8 +199,10 @@ impl StatusSink for KubeStatus {
             let Some(ar) = resource_of(key.kind) else {
                 continue;
             };
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
+            let api: Api<DynamicObject> = match key.namespace.as_str() {
+                "" => Api::all_with(self.client.clone(), &ar),
+                namespace => Api::namespaced_with(self.client.clone(), namespace, &ar),
+            };
             let observed = conditions.first().and_then(|c| c.observed_generation);
             let patch = match set.resources.get(&key) {
                 Some(Resource::HttpRoute(route)) => serde_json::json!({

@@ -1,6 +1,9 @@
 //! What the fake-API-server tests share: a kube-fake-client with Ambit's kinds registered,
 //! and the watch shim for what the fake cannot list (cluster-scoped Namespaces).
 
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
 use futures_util::StreamExt as _;
 use kube::{api::DynamicObject, runtime::watcher::Event};
 use mesh_controller::{
@@ -32,6 +35,7 @@ pub async fn fake_client(objects: &[serde_json::Value]) -> kube::Client {
         .with_resource::<networking::ServiceEntry>()
         .with_resource::<security::PeerAuthentication>()
         .with_resource::<security::AuthorizationPolicy>()
+        .with_resource::<gateway_api::GatewayClass>()
         .with_resource::<gateway_api::Gateway>()
         .with_resource::<http_route::HTTPRoute>()
         .with_status_subresource::<http_route::HTTPRoute>()
@@ -64,4 +68,44 @@ pub fn namespaces_shim(
                 .boxed()
         })
     }
+}
+
+/// What a scripted API server answers: status code and JSON body, or `None` to pass the
+/// request on.
+pub type Answer = Option<(u16, serde_json::Value)>;
+
+/// A client whose requests `answer` may answer itself (what kube-fake-client cannot serve:
+/// cluster-scoped custom resources, discovery); the rest go to `inner`.
+pub fn intercepting(
+    inner: kube::Client,
+    answer: impl Fn(&http::Method, &str) -> Answer + Clone + Send + Sync + 'static,
+) -> kube::Client {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (inner, answer) = (inner.clone(), answer.clone());
+        async move {
+            let path = request.uri().path().to_owned();
+            if let Some((code, body)) = answer(request.method(), &path) {
+                let mut response =
+                    http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body)?)));
+                *response.status_mut() = http::StatusCode::from_u16(code)?;
+                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response);
+            }
+            let response = inner.send(request).await?;
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            Ok(http::Response::from_parts(parts, Full::new(bytes)))
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+/// A Kubernetes `Status` answer for a missing object.
+pub fn not_found(what: &str) -> Answer {
+    Some((
+        404,
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
+    ))
 }

@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use super::{RESOLVED_REFS, Validation};
 use crate::{
     config::{ConfigSet, Kind, ObjectKey},
-    resources::gateway_api::{INGRESS_CLASS, Listener},
+    resources::gateway_api::{GatewayRole, Listener},
 };
 
 pub(super) fn ingress_gateways(set: &ConfigSet, v: &mut Validation) {
     for (key, gateway) in set.k8s_gateways() {
-        if gateway.spec.gateway_class_name != INGRESS_CLASS {
+        if set.gateway_role(gateway) != Some(GatewayRole::Ingress) {
             continue;
         }
         let istio = ObjectKey {

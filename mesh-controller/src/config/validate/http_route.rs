@@ -8,7 +8,7 @@ use super::{KnownHosts, RESOLVED_REFS, Validation, check_duration};
 use crate::{
     config::{ConfigSet, ObjectKey, duration},
     resources::{
-        gateway_api::{INGRESS_CLASS, WAYPOINT_CLASS, intersect_hostnames},
+        gateway_api::{GatewayRole, intersect_hostnames},
         http_route::{
             GATEWAY_GROUP, HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference,
         },
@@ -102,9 +102,9 @@ fn gateway_parent(
         );
         return;
     };
-    match gateway.spec.gateway_class_name.as_str() {
-        INGRESS_CLASS => {}
-        WAYPOINT_CLASS => {
+    match set.gateway_role(gateway) {
+        Some(GatewayRole::Ingress) => {}
+        Some(GatewayRole::Waypoint) => {
             v.invalid(
                 key,
                 "UnsupportedValue",
@@ -115,7 +115,7 @@ fn gateway_parent(
             );
             return;
         }
-        _ => return,
+        None => return,
     }
     let listeners: Vec<_> = gateway
         .spec

@@ -3,7 +3,7 @@
 use super::{Validation, conflicts, networking::by_age};
 use crate::{
     config::ConfigSet,
-    resources::{gateway_api::WAYPOINT_CLASS, security::Action},
+    resources::{gateway_api::GatewayRole, security::Action},
 };
 
 /// `when` keys Istio defines (exact, or a prefix followed by `[name]`).
@@ -171,11 +171,11 @@ fn is_cidr(text: &str) -> bool {
     }
 }
 
-/// Gateways of class `ambit-waypoint` need an HBONE listener on 15008; other classes belong
-/// to other controllers and are not ours to judge.
+/// Waypoint Gateways need an HBONE listener on 15008; other classes belong to other
+/// controllers and are not ours to judge.
 pub(super) fn waypoints(set: &ConfigSet, v: &mut Validation) {
     for (key, gw) in set.k8s_gateways() {
-        if gw.spec.gateway_class_name != WAYPOINT_CLASS {
+        if set.gateway_role(gw) != Some(GatewayRole::Waypoint) {
             continue;
         }
         let hbone = gw
