@@ -115,6 +115,9 @@ pub struct Nack {
 pub struct Distributor {
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// Whether a whole configuration was ever published (an empty one counts): what the
+    /// controller's readiness waits for.
+    published: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Distributor {
@@ -128,6 +131,7 @@ impl Default for Distributor {
                 next_subscriber: 0,
             }),
             version: watch::channel(0).0,
+            published: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -140,6 +144,8 @@ impl Distributor {
     /// Replaces the desired configuration; returns the new version, or `None` when nothing
     /// changed (subscribers are not woken).
     pub fn publish(&self, desired: Vec<Resource>) -> Option<u64> {
+        self.published
+            .store(true, std::sync::atomic::Ordering::Release);
         let desired: BTreeMap<Key, Resource> =
             desired.into_iter().map(|r| (key_of(&r), r)).collect();
         let mut state = self.state();
@@ -185,6 +191,11 @@ impl Distributor {
 
     pub fn version(&self) -> u64 {
         self.state().version
+    }
+
+    /// Whether a whole configuration has been published since start.
+    pub fn published(&self) -> bool {
+        self.published.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {

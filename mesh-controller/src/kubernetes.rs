@@ -226,6 +226,63 @@ impl NodeAuthorizer for KubeAuthorizer {
     }
 }
 
+/// The mesh-waypoint image beside the controller's own: the controller's container image with
+/// `mesh-controller` replaced by `mesh-waypoint` (same registry, same tag), so that the images
+/// deploy/kustomization.yaml names stay together. Falls back to the release's default name.
+pub async fn waypoint_image_beside_own(
+    client: &Client,
+    namespace: &str,
+    pod_name: Option<&str>,
+) -> String {
+    let fallback = format!(
+        "ghcr.io/ambit-mesh/mesh-waypoint:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let Some(pod_name) = pod_name else {
+        tracing::warn!("POD_NAME is not set: waypoints run {fallback}");
+        return fallback;
+    };
+    let own = match Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace)
+        .get(pod_name)
+        .await
+    {
+        Ok(pod) => pod
+            .spec
+            .and_then(|spec| spec.containers.into_iter().find_map(|c| c.image)),
+        Err(error) => {
+            tracing::warn!(%error, "reading the controller's own pod failed: waypoints run {fallback}");
+            None
+        }
+    };
+    own.and_then(|image| sibling_image(&image, "mesh-controller", "mesh-waypoint"))
+        .unwrap_or(fallback)
+}
+
+/// `registry/path/<from>:tag` -> `registry/path/<to>:tag`; `None` when the image is not named
+/// `<from>` or is pinned by digest (another image's digest cannot be derived).
+pub fn sibling_image(image: &str, from: &str, to: &str) -> Option<String> {
+    if image.contains('@') {
+        return None;
+    }
+    let (path, name) = image.rsplit_once('/').unwrap_or(("", image));
+    let (repository, tag) = match name.split_once(':') {
+        Some((repository, tag)) => (repository, Some(tag)),
+        None => (name, None),
+    };
+    if repository != from {
+        return None;
+    }
+    let mut sibling = match path {
+        "" => to.to_owned(),
+        path => format!("{path}/{to}"),
+    };
+    if let Some(tag) = tag {
+        sibling.push(':');
+        sibling.push_str(tag);
+    }
+    Some(sibling)
+}
+
 /// What the waypoint reconciler needs.
 struct WaypointContext {
     client: Client,
@@ -262,4 +319,28 @@ fn waypoint_error(gateway: Arc<Gateway>, error: &kube::Error, _: Arc<WaypointCon
     tracing::warn!(gateway = %kube::ResourceExt::name_any(&*gateway), %error,
         "waypoint not reconciled; retrying in 10 s");
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sibling_image;
+
+    #[test]
+    fn the_waypoint_image_sits_beside_the_controllers() {
+        let sibling = |image| sibling_image(image, "mesh-controller", "mesh-waypoint");
+        assert_eq!(
+            sibling("ghcr.io/ambit-mesh/mesh-controller:0.1.0").as_deref(),
+            Some("ghcr.io/ambit-mesh/mesh-waypoint:0.1.0")
+        );
+        assert_eq!(
+            sibling("localhost:5000/team/mesh-controller:dev").as_deref(),
+            Some("localhost:5000/team/mesh-waypoint:dev")
+        );
+        assert_eq!(sibling("mesh-controller").as_deref(), Some("mesh-waypoint"));
+        assert_eq!(
+            sibling("ghcr.io/ambit-mesh/mesh-controller@sha256:00"),
+            None
+        );
+        assert_eq!(sibling("ghcr.io/other/controller:1"), None);
+    }
 }

@@ -12,6 +12,7 @@
 //! - `distribution`: versioned deltas for subscribers and the `ConfigService` stream;
 //! - `source`: configuration sources (a directory, the Kubernetes API) and the debounced
 //!   publish loop;
+//! - `readiness`: `/healthz/ready`, ready once a whole configuration is published;
 //! - `kubernetes`: Kubernetes mode's CA Secret, node authentication by TokenReview, and the
 //!   waypoint reconciler;
 //! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway;
@@ -24,6 +25,7 @@ pub mod compile;
 pub mod config;
 pub mod distribution;
 pub mod kubernetes;
+pub mod readiness;
 pub mod resources;
 pub mod serve;
 pub mod source;

@@ -13,8 +13,14 @@ use mesh_controller::{
     ca_service::{CaService, LocalAuthorizer, NodeAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
     kubernetes::{self, KubeAuthorizer},
+    readiness::Readiness,
     serve,
-    source::{self, LogStatus, dir::DirSource, kube::KubeSource, status::KubeStatus},
+    source::{
+        self, LogStatus,
+        dir::DirSource,
+        kube::{KindState, KubeSource},
+        status::KubeStatus,
+    },
 };
 use mesh_core::{
     Identity, config_pb::config_service_server::ConfigServiceServer,
@@ -86,13 +92,18 @@ struct Args {
     /// Kubernetes mode: the audience node agents' projected tokens are issued for.
     #[arg(long, env = "AMBIT_TOKEN_AUDIENCE", default_value = "ambit")]
     token_audience: String,
-    /// Kubernetes mode: the image waypoint Deployments run.
+    /// Kubernetes mode: the image waypoint Deployments run. By default the mesh-waypoint image
+    /// beside the controller's own (same registry and tag), so that renaming the images in
+    /// deploy/kustomization.yaml renames it too.
+    #[arg(long, env = "AMBIT_WAYPOINT_IMAGE")]
+    waypoint_image: Option<String>,
+    /// Readiness (`/healthz/ready`): ready once the configuration is published.
     #[arg(
         long,
-        env = "AMBIT_WAYPOINT_IMAGE",
-        default_value = "ghcr.io/ambit-mesh/mesh-waypoint:0.1.0"
+        env = "AMBIT_CONTROLLER_READINESS_ADDR",
+        default_value = "0.0.0.0:15021"
     )]
-    waypoint_image: String,
+    readiness_addr: SocketAddr,
     /// Kubernetes mode: where waypoints reach the controller, `host:port`.
     #[arg(
         long,
@@ -119,11 +130,16 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let distributor = Arc::new(Distributor::default());
     let status = LogStatus::default();
+    let readiness = Readiness::new("starting");
+    readiness
+        .serve(args.readiness_addr)
+        .await
+        .with_context(|| format!("binding readiness {}", args.readiness_addr))?;
     admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
         .await
         .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
     let (ca, authorizer) = if args.kubernetes {
-        kubernetes_mode(&args, &distributor, status).await?
+        kubernetes_mode(&args, &distributor, status, &readiness).await?
     } else {
         local_mode(&args, &distributor, status)?
     };
@@ -147,6 +163,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nodes_read_secrets: !args.kubernetes,
     };
     tracing::info!(addr = %args.ca_addr, %identity, "certificate and configuration services ready");
+    // Without a configuration source there is nothing to wait for.
+    let expects_configuration = args.kubernetes || args.config_dir.is_some();
+    tokio::spawn(ready_when_published(
+        distributor.clone(),
+        readiness.clone(),
+        expects_configuration,
+    ));
     tonic::transport::Server::builder()
         .add_service(IstioCertificateServiceServer::new(service))
         .add_service(ConfigServiceServer::new(config_service))
@@ -156,6 +179,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 type Authority = (CertificateAuthority, Arc<dyn NodeAuthorizer>);
+
+/// Ready once a whole configuration is out (or at once, for a CA without configuration).
+async fn ready_when_published(
+    distributor: Arc<Distributor>,
+    readiness: Readiness,
+    expects_configuration: bool,
+) {
+    while expects_configuration && !distributor.published() {
+        if readiness.check().is_ok() {
+            readiness.waiting_for("the first configuration");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    readiness.ready();
+    tracing::info!("ready: configuration published");
+}
 
 /// The CA root from a directory, tokens and pods from files, configuration (if any) from a
 /// directory.
@@ -191,6 +230,7 @@ async fn kubernetes_mode(
     args: &Args,
     distributor: &Arc<Distributor>,
     status: LogStatus,
+    readiness: &Readiness,
 ) -> anyhow::Result<Authority> {
     let client = kube::Client::try_default()
         .await
@@ -214,28 +254,64 @@ async fn kubernetes_mode(
         status,
     );
     let (distributor, domain) = (distributor.clone(), args.cluster_domain.clone());
+    let listing = readiness.clone();
     tokio::spawn(async move {
-        // Nothing is published from a partial list: a policy missing from it would be
-        // lifted on every node.
+        // Nothing is published from a partial list: a policy missing from it would be lifted
+        // on every node. Kinds the cluster does not serve have none to list.
+        listing.waiting_for("listing the watched kinds");
         while tokio::time::timeout(Duration::from_secs(30), source.ready())
             .await
             .is_err()
         {
+            let pending = kinds_in(&source, KindState::Pending);
             tracing::warn!(
-                "still waiting for the first list of every watched kind: are Ambit's CRDs \
-                 (deploy/crds) and the Gateway API installed, and may the controller list them?"
+                kinds = %pending,
+                "still listing: may the controller list them (deploy/controller-rbac.yaml)?"
+            );
+            listing.waiting_for(format!("listing {pending}"));
+        }
+        let absent = kinds_in(&source, KindState::NotServed);
+        if !absent.is_empty() {
+            tracing::warn!(
+                kinds = %absent,
+                "not served by this cluster; publishing without them, and watching them once \
+                 their CRDs are installed (Ambit's: deploy/crds; the Gateway API: its upstream \
+                 release)"
             );
         }
-        tracing::info!("every watched kind listed; publishing configuration");
+        tracing::info!("every served kind listed; publishing configuration");
         source::run(source, sink, &distributor, &domain).await;
     });
+    let waypoint_image = match &args.waypoint_image {
+        Some(image) => image.clone(),
+        None => {
+            kubernetes::waypoint_image_beside_own(
+                &client,
+                &args.namespace,
+                args.pod_name.as_deref(),
+            )
+            .await
+        }
+    };
+    tracing::info!(image = %waypoint_image, "waypoints run this image");
     let settings = mesh_controller::waypoint::WaypointSettings {
-        image: args.waypoint_image.clone(),
+        image: waypoint_image,
         ca_addr: args.waypoint_ca_addr.clone(),
         root_pem: ca.root_pem().to_owned(),
     };
     tokio::spawn(kubernetes::run_waypoints(client, settings));
     Ok((ca, authorizer))
+}
+
+/// The watched kinds in `state`, for the log.
+fn kinds_in(source: &KubeSource, state: KindState) -> String {
+    source
+        .states()
+        .into_iter()
+        .filter(|(_, s)| *s == state)
+        .map(|(kind, _)| kind)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn shutdown() {

@@ -1,7 +1,16 @@
 //! Kubernetes mode: a reflector (list, then watch, with backoff) per kind, on untyped objects
 //! so that each is read on its own: an object our types reject is reported, the others apply.
+//!
+//! Kinds from custom resources (Istio's, the Gateway API's) are watched only while the cluster
+//! serves them, as discovery says: a cluster without the Gateway API still gets its
+//! configuration, and when the CRDs appear later (or go) the kind is picked up (or dropped)
+//! within [`PROBE_INTERVAL`]. A kind the cluster serves is always listed before anything is
+//! published: a policy missing from a partial list would be lifted on every node.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures_util::StreamExt as _;
 use kube::{
@@ -9,7 +18,7 @@ use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
     runtime::{WatchStreamExt as _, reflector, watcher},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::ConfigSource;
 use crate::config::{ConfigSet, load};
@@ -67,6 +76,9 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
 ];
 
+/// How often discovery is asked again about a kind the cluster does not serve.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Watch events of one kind, as `kube::runtime::watcher` yields them.
 pub type EventStream =
     futures_util::stream::BoxStream<'static, watcher::Result<watcher::Event<DynamicObject>>>;
@@ -86,8 +98,26 @@ fn watch_config(kind: &str) -> watcher::Config {
     }
 }
 
+/// Where a kind stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindState {
+    /// Not known yet: discovery has not answered, or the first list is under way.
+    Pending,
+    /// The cluster does not serve it: there are none.
+    NotServed,
+    /// Listed, and watched since.
+    Listed,
+}
+
+/// One watched kind: its store (replaced when the kind's watch starts over) and state.
+struct Watched {
+    ar: ApiResource,
+    store: Arc<Mutex<reflector::Store<DynamicObject>>>,
+    state: watch::Receiver<KindState>,
+}
+
 pub struct KubeSource {
-    stores: Vec<(ApiResource, reflector::Store<DynamicObject>)>,
+    kinds: Vec<Watched>,
     notify: Arc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -101,58 +131,194 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Starts watching every kind in [`WATCHED`].
+    /// Starts watching every kind in [`WATCHED`] that the cluster serves.
     pub fn start(client: Client) -> Self {
         Self::start_with(client, |_| None)
     }
 
     /// As [`start`](Self::start), but `shim` may supply a kind's watch events itself (tests:
     /// a fake API server that cannot serve a kind, or watches at all).
-    pub fn start_with(client: Client, shim: impl Fn(&ApiResource) -> Option<EventStream>) -> Self {
+    pub fn start_with(
+        client: Client,
+        shim: impl Fn(&ApiResource) -> Option<EventStream> + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_probing(client, shim, PROBE_INTERVAL)
+    }
+
+    /// As [`start_with`](Self::start_with), asking discovery about kinds the cluster does
+    /// not serve every `probe_interval`.
+    pub fn start_probing(
+        client: Client,
+        shim: impl Fn(&ApiResource) -> Option<EventStream> + Send + Sync + 'static,
+        probe_interval: Duration,
+    ) -> Self {
+        let shim = Arc::new(shim);
         let notify = Arc::new(Notify::new());
-        let mut stores = Vec::new();
+        let mut kinds = Vec::new();
         let mut tasks = Vec::new();
         for (group, version, kind, plural) in WATCHED {
             let ar = api_resource(group, version, kind, plural);
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            // The first watch's store is made here, so that a store handed out before the
+            // task runs (the Pods the CA authorizes by) is the one that fills.
             let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-            stores.push((ar.clone(), writer.as_reader()));
-            let events = shim(&ar).unwrap_or_else(|| watcher(api, watch_config(kind)).boxed());
-            let events = reflector(writer, events).default_backoff();
-            let notify = notify.clone();
-            let what = format!("{}/{}", ar.api_version, ar.kind);
+            let store = Arc::new(Mutex::new(writer.as_reader()));
+            let (state_tx, state) = watch::channel(KindState::Pending);
+            kinds.push(Watched {
+                ar: ar.clone(),
+                store: store.clone(),
+                state,
+            });
+            let follower = Follower {
+                client: client.clone(),
+                ar,
+                store,
+                first: Some(writer),
+                probe_interval,
+                state: state_tx,
+                notify: notify.clone(),
+            };
+            let shim = shim.clone();
             tasks.push(tokio::spawn(async move {
-                let mut events = std::pin::pin!(events);
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(_) => notify.notify_one(),
-                        Err(error) => {
-                            tracing::warn!(%error, kind = %what, "watch failed; retrying")
-                        }
-                    }
-                }
+                follower.run(move |ar| shim(ar)).await
             }));
         }
         KubeSource {
-            stores,
+            kinds,
             notify,
             tasks,
         }
     }
 
-    /// The store of one kind (`Pod`, ...), read by other parts of the controller.
+    /// The store of one core kind (`Pod`, ...), read by other parts of the controller.
     pub fn store(&self, kind: &str) -> Option<reflector::Store<DynamicObject>> {
-        self.stores
+        self.kinds
             .iter()
-            .find(|(ar, _)| ar.kind == kind && ar.group.is_empty())
-            .map(|(_, store)| store.clone())
+            .find(|w| w.ar.kind == kind && w.ar.group.is_empty())
+            .map(|w| w.store.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
-    /// Waits until every kind has been listed once.
+    /// Waits until every kind is either listed or known not to be served.
     pub async fn ready(&self) {
-        for (_, store) in &self.stores {
-            let _ = store.wait_until_ready().await;
+        for watched in &self.kinds {
+            let mut state = watched.state.clone();
+            let _ = state.wait_for(|s| *s != KindState::Pending).await;
         }
+    }
+
+    /// `(kind, state)` of every watched kind, for the readiness endpoint and the log.
+    pub fn states(&self) -> Vec<(String, KindState)> {
+        self.kinds
+            .iter()
+            .map(|w| {
+                (
+                    format!("{}/{}", w.ar.api_version, w.ar.kind),
+                    *w.state.borrow(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Follows one kind for as long as the controller runs.
+struct Follower {
+    client: Client,
+    ar: ApiResource,
+    store: Arc<Mutex<reflector::Store<DynamicObject>>>,
+    /// The writer of the store made at start, for the first watch; later watches (after the
+    /// kind's CRD went and came back) start from a new one.
+    first: Option<reflector::store::Writer<DynamicObject>>,
+    probe_interval: Duration,
+    state: watch::Sender<KindState>,
+    notify: Arc<Notify>,
+}
+
+impl Follower {
+    async fn run(mut self, shim: impl Fn(&ApiResource) -> Option<EventStream>) {
+        let what = format!("{}/{}", self.ar.api_version, self.ar.kind);
+        loop {
+            let events = match shim(&self.ar) {
+                Some(events) => events,
+                None => match served(&self.client, &self.ar).await {
+                    Ok(true) => {
+                        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &self.ar);
+                        watcher(api, watch_config(&self.ar.kind)).boxed()
+                    }
+                    Ok(false) => {
+                        self.set(KindState::NotServed, &what);
+                        tokio::time::sleep(self.probe_interval).await;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, kind = %what, "discovery failed; retrying");
+                        tokio::time::sleep(self.probe_interval).await;
+                        continue;
+                    }
+                },
+            };
+            let writer = self
+                .first
+                .take()
+                .unwrap_or_else(|| reflector::store::Writer::new(self.ar.clone()));
+            *self.store.lock().unwrap_or_else(|p| p.into_inner()) = writer.as_reader();
+            self.set(KindState::Pending, &what);
+            let mut events = std::pin::pin!(reflector(writer, events).default_backoff());
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        self.set(KindState::Listed, &what);
+                        self.notify.notify_one();
+                    }
+                    Ok(_) => self.notify.notify_one(),
+                    // Its CRD was deleted: ask discovery again.
+                    Err(error) if gone(&error) => break,
+                    Err(error) => tracing::warn!(%error, kind = %what, "watch failed; retrying"),
+                }
+            }
+        }
+    }
+
+    fn set(&self, state: KindState, what: &str) {
+        let changed = self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+        if !changed {
+            return;
+        }
+        match state {
+            KindState::NotServed => {
+                // None exist: what was listed before the CRD went is dropped.
+                let empty = reflector::store::Writer::<DynamicObject>::new(self.ar.clone());
+                *self.store.lock().unwrap_or_else(|p| p.into_inner()) = empty.as_reader();
+                tracing::info!(kind = %what, "not served by this cluster; asking again every {:?}", self.probe_interval);
+                self.notify.notify_one();
+            }
+            KindState::Listed => tracing::info!(kind = %what, "listed; watching"),
+            KindState::Pending => {}
+        }
+    }
+}
+
+/// Whether the cluster serves `ar` (core kinds always are).
+async fn served(client: &Client, ar: &ApiResource) -> Result<bool, kube::Error> {
+    if ar.group.is_empty() {
+        return Ok(true);
+    }
+    match client.list_api_group_resources(&ar.api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == ar.plural)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// A watch error that means the kind is no longer served.
+fn gone(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        _ => false,
     }
 }
 
@@ -160,7 +326,13 @@ impl ConfigSource for KubeSource {
     fn snapshot(&mut self) -> (ConfigSet, Vec<load::LoadError>) {
         let mut set = ConfigSet::default();
         let mut errors = Vec::new();
-        for (ar, store) in &self.stores {
+        for watched in &self.kinds {
+            let ar = &watched.ar;
+            let store = watched
+                .store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             for object in store.state() {
                 let mut value = match serde_yaml::to_value(&*object) {
                     Ok(value) => value,

@@ -19,8 +19,56 @@ pub fn objects(yaml: &str) -> Vec<serde_json::Value> {
 }
 
 /// A fake API server holding `objects` (Namespaces excepted: see [`namespaces_shim`]), with
-/// every kind Ambit watches registered and a status subresource for the Istio kinds.
+/// every kind Ambit watches registered and served (discovery included), and a status
+/// subresource for the Istio kinds.
 pub async fn fake_client(objects: &[serde_json::Value]) -> kube::Client {
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    fake_client_with(objects, served).await
+}
+
+/// As [`fake_client`], serving the Gateway API group only while `gateway_api` is set (its
+/// CRDs installed); discovery and lists of it answer 404 otherwise.
+pub async fn fake_client_with(
+    objects: &[serde_json::Value],
+    gateway_api: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> kube::Client {
+    let fake = fake_backend(objects).await;
+    intercepting(fake, move |method, path| {
+        let gateway_api_served = gateway_api.load(std::sync::atomic::Ordering::SeqCst);
+        if path.starts_with("/apis/gateway.networking.k8s.io/") && !gateway_api_served {
+            return not_found(path);
+        }
+        let resources: &[&str] = match path {
+            "/apis/networking.istio.io/v1" => &[
+                "virtualservices",
+                "destinationrules",
+                "gateways",
+                "serviceentries",
+            ],
+            "/apis/security.istio.io/v1" => &["peerauthentications", "authorizationpolicies"],
+            "/apis/gateway.networking.k8s.io/v1" => &["gatewayclasses", "gateways", "httproutes"],
+            "/apis/discovery.k8s.io/v1" => &["endpointslices"],
+            _ => return None,
+        };
+        (method == http::Method::GET).then(|| {
+            let (_, group_version) = path.split_at("/apis/".len());
+            let resources: Vec<serde_json::Value> = resources
+                .iter()
+                .map(|name| {
+                    serde_json::json!({"name": name, "singularName": "", "namespaced": true,
+                        "kind": "", "verbs": ["get", "list", "watch"]})
+                })
+                .collect();
+            (
+                200,
+                serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": group_version, "resources": resources}),
+            )
+        })
+    })
+}
+
+async fn fake_backend(objects: &[serde_json::Value]) -> kube::Client {
     let seeded: Vec<serde_json::Value> = objects
         .iter()
         .filter(|o| o["kind"] != "Namespace" && o["kind"] != "Node")
