@@ -4,15 +4,12 @@
 //! AuthorizationPolicies, which nodes enforce failing closed.
 
 mod credentials;
+mod workloads;
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
-use kube::ResourceExt as _;
 use mesh_core::config_pb::{self as pb, resource::Body};
+
+pub use self::workloads::LOCALITY_LABEL;
+use self::workloads::{Context, service_of, workload};
 
 use crate::{
     config::{ConfigSet, Kind, Resource, validate::Validation},
@@ -21,88 +18,6 @@ use crate::{
         http_route::{HttpRouteSpec, ParentReference},
     },
 };
-
-/// The label that enrolls a namespace or pod (`ambient`; `none` opts a pod out).
-pub const DATAPLANE_MODE: &str = "ambit.io/dataplane-mode";
-/// The label naming the waypoint (a Gateway in the same namespace) traffic must pass, on a
-/// namespace, a Service, a ServiceAccount (for the pods running as it) or a pod.
-pub const USE_WAYPOINT: &str = "ambit.io/use-waypoint";
-/// `ambit.io/use-waypoint: none` on a pod or service opts it out of its namespace's waypoint.
-const NO_WAYPOINT: &str = "none";
-/// The label an EndpointSlice names its Service with.
-const SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// A pod's own locality (`region.zone.subzone`: labels cannot hold `/`), over its node's.
-pub const LOCALITY_LABEL: &str = "istio-locality";
-/// A node's topology labels, as Istio reads them.
-const TOPOLOGY: [&str; 3] = [
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-    "topology.istio.io/subzone",
-];
-
-/// What workloads and services are computed from besides themselves.
-struct Context<'a> {
-    namespaces: BTreeMap<String, &'a Namespace>,
-    /// (namespace, service account) -> its `ambit.io/use-waypoint` label.
-    account_waypoints: BTreeMap<(String, String), &'a str>,
-    /// (namespace, service) -> ready endpoint addresses.
-    endpoints: BTreeMap<(String, String), Vec<String>>,
-    /// Node -> its locality, `region/zone/subzone`.
-    localities: BTreeMap<String, String>,
-}
-
-impl<'a> Context<'a> {
-    fn new(set: &'a ConfigSet) -> Self {
-        let namespaces = set
-            .namespaces()
-            .map(|(key, ns)| (key.name.clone(), ns))
-            .collect();
-        let account_waypoints = set
-            .service_accounts()
-            .filter_map(|(key, sa)| {
-                let waypoint = label(sa.labels(), USE_WAYPOINT)?;
-                Some(((key.namespace.clone(), key.name.clone()), waypoint))
-            })
-            .collect();
-        let mut endpoints: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        for (key, slice) in set.endpoint_slices() {
-            let Some(service) = label(slice.labels(), SERVICE_NAME) else {
-                continue;
-            };
-            endpoints
-                .entry((key.namespace.clone(), service.to_owned()))
-                .or_default()
-                .extend(ready_addresses(slice));
-        }
-        for addresses in endpoints.values_mut() {
-            addresses.sort();
-            addresses.dedup();
-        }
-        let localities = set
-            .nodes()
-            .map(|(key, node)| {
-                let labels = node.labels();
-                let parts = TOPOLOGY.map(|l| labels.get(l).map_or("", String::as_str));
-                (key.name.clone(), parts.join("/"))
-            })
-            .collect();
-        Context {
-            namespaces,
-            account_waypoints,
-            endpoints,
-            localities,
-        }
-    }
-}
-
-/// Addresses of a slice's endpoints that are ready (an endpoint without conditions is).
-fn ready_addresses(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
-    slice
-        .endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .flat_map(|e| e.addresses.iter().cloned())
-}
 
 /// Every resource the subscribers may need, in key order.
 pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb::Resource> {
@@ -206,133 +121,9 @@ fn json<T: serde::Serialize>(spec: &T) -> String {
     serde_json::to_string(spec).expect("resource specs serialize")
 }
 
-fn label<'a>(labels: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
-    labels.get(name).map(String::as_str)
-}
-
-/// A running pod as a workload; `None` for pods without an address yet.
-fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
-    let status = pod.status.as_ref()?;
-    let mut addresses: Vec<String> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .map(|ip| ip.ip.clone())
-        .collect();
-    if addresses.is_empty() {
-        addresses.extend(status.pod_ip.clone());
-    }
-    if addresses.is_empty() {
-        return None;
-    }
-    let spec = pod.spec.as_ref();
-    let namespace = pod.namespace().unwrap_or_default();
-    let service_account = spec
-        .and_then(|s| s.service_account_name.clone())
-        .unwrap_or_else(|| "default".to_owned());
-    let ns_labels = context
-        .namespaces
-        .get(&namespace)
-        .map(|ns| ns.labels().clone())
-        .unwrap_or_default();
-    let labels = pod.labels().clone();
-    // The pod's own label wins (`none` opts out of an enrolled namespace).
-    let enrolled =
-        label(&labels, DATAPLANE_MODE).or(label(&ns_labels, DATAPLANE_MODE)) == Some("ambient");
-    // The most specific binding wins: pod, then its service account, then its namespace.
-    let account = (namespace.clone(), service_account.clone());
-    let waypoint = label(&labels, USE_WAYPOINT)
-        .or(context.account_waypoints.get(&account).copied())
-        .or(label(&ns_labels, USE_WAYPOINT))
-        .filter(|w| *w != NO_WAYPOINT)
-        .map(|w| format!("{namespace}/{w}"))
-        .unwrap_or_default();
-    let node = spec.and_then(|s| s.node_name.clone()).unwrap_or_default();
-    let locality = match label(&labels, LOCALITY_LABEL) {
-        Some(own) => own.replace('.', "/"),
-        None => context.localities.get(&node).cloned().unwrap_or_default(),
-    };
-    Some(pb::Workload {
-        name: pod.name_any(),
-        namespace,
-        node,
-        locality,
-        addresses,
-        service_account,
-        labels: labels.into_iter().collect(),
-        enrolled,
-        waypoint,
-        uid: pod.uid().unwrap_or_default(),
-    })
-}
-
-fn service_of(service: &Service, context: &Context, domain: &str) -> pb::Service {
-    let spec = service.spec.clone().unwrap_or_default();
-    let ns = service.namespace().unwrap_or_default();
-    let ns_labels = context
-        .namespaces
-        .get(&ns)
-        .map(|ns| ns.labels().clone())
-        .unwrap_or_default();
-    let endpoints = context
-        .endpoints
-        .get(&(ns.clone(), service.name_any()))
-        .cloned()
-        .unwrap_or_default();
-    let waypoint = label(service.labels(), USE_WAYPOINT)
-        .or(label(&ns_labels, USE_WAYPOINT))
-        .filter(|w| *w != NO_WAYPOINT)
-        .map(|w| format!("{ns}/{w}"))
-        .unwrap_or_default();
-    let mut addresses = spec.cluster_ips.clone().unwrap_or_default();
-    if addresses.is_empty() {
-        addresses.extend(spec.cluster_ip.clone());
-    }
-    addresses.retain(|a| a != "None");
-    pb::Service {
-        name: service.name_any(),
-        namespace: ns.clone(),
-        hostname: format!("{}.{ns}.svc.{domain}", service.name_any()),
-        addresses,
-        ports: spec
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| pb::ServicePort {
-                port: p.port as u32,
-                target_port: match &p.target_port {
-                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
-                        *n as u32
-                    }
-                    _ => p.port as u32,
-                },
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
-                app_protocol: app_protocol(p),
-            })
-            .collect(),
-        selector: spec.selector.unwrap_or_default().into_iter().collect(),
-        waypoint,
-        endpoints,
-    }
-}
-
-/// A port's application protocol as Istio selects it: `appProtocol` (its last path segment:
-/// `kubernetes.io/h2c` is `h2c`), else the name's prefix before `-`.
-fn app_protocol(port: &k8s_openapi::api::core::v1::ServicePort) -> String {
-    let declared = match &port.app_protocol {
-        Some(protocol) => protocol.rsplit('/').next().unwrap_or_default(),
-        None => port
-            .name
-            .as_deref()
-            .map(|name| name.split('-').next().unwrap_or(name))
-            .unwrap_or_default(),
-    };
-    declared.to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{workloads::app_protocol, *};
     use crate::config::{load::parse_documents, validate::validate};
 
     const YAML: &str = r#"

@@ -30,7 +30,7 @@ use mesh_core::Identity;
 use crate::{
     ca::CertificateAuthority,
     ca_service::{Caller, NodeAuthorizer},
-    resources::gateway_api::Gateway,
+    resources::{gateway_api::Gateway, networking},
     waypoint,
 };
 
@@ -289,21 +289,41 @@ struct WaypointContext {
     settings: waypoint::WaypointSettings,
 }
 
-/// Runs the waypoint reconciler until the process ends: every Gateway (and every change to a
-/// Deployment one owns) is reconciled, and again every five minutes.
+/// Runs the proxy reconcilers until the process ends: every Gateway API Gateway and every
+/// Istio Gateway (and every change to a Deployment one owns) is reconciled, and again every
+/// five minutes. A kind the cluster does not serve yet is retried with backoff, so that
+/// installing the Gateway API later needs no restart.
 pub async fn run_waypoints(client: Client, settings: waypoint::WaypointSettings) {
-    let gateways: Api<Gateway> = Api::all(client.clone());
-    let deployments: Api<Deployment> = Api::all(client.clone());
     let context = Arc::new(WaypointContext { client, settings });
-    Controller::new(gateways, watcher::Config::default())
-        .owns(deployments, watcher::Config::default())
-        .run(reconcile_waypoint, waypoint_error, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "waypoint reconcile");
-            }
-        })
-        .await;
+    let gateways = Controller::new(
+        Api::<Gateway>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Deployment>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .run(reconcile_waypoint, waypoint_error, context.clone())
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "waypoint reconcile");
+        }
+    });
+    let istio_gateways = Controller::new(
+        Api::<networking::Gateway>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Deployment>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .run(reconcile_ingress, ingress_error, context)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "ingress reconcile");
+        }
+    });
+    futures_util::future::join(gateways, istio_gateways).await;
 }
 
 #[tracing::instrument(skip_all, fields(gateway = %kube::ResourceExt::name_any(&*gateway)))]
@@ -318,6 +338,25 @@ async fn reconcile_waypoint(
 fn waypoint_error(gateway: Arc<Gateway>, error: &kube::Error, _: Arc<WaypointContext>) -> Action {
     tracing::warn!(gateway = %kube::ResourceExt::name_any(&*gateway), %error,
         "waypoint not reconciled; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[tracing::instrument(skip_all, fields(gateway = %kube::ResourceExt::name_any(&*gateway)))]
+async fn reconcile_ingress(
+    gateway: Arc<networking::Gateway>,
+    context: Arc<WaypointContext>,
+) -> Result<Action, kube::Error> {
+    waypoint::reconcile_istio_gateway(&context.client, &gateway, &context.settings).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn ingress_error(
+    gateway: Arc<networking::Gateway>,
+    error: &kube::Error,
+    _: Arc<WaypointContext>,
+) -> Action {
+    tracing::warn!(gateway = %kube::ResourceExt::name_any(&*gateway), %error,
+        "ingress not reconciled; retrying in 10 s");
     Action::requeue(Duration::from_secs(10))
 }
 

@@ -256,3 +256,90 @@ async fn an_ingress_gateway_gets_a_load_balancer_on_its_listeners() {
     let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
     assert_eq!(ports, [80, 443]);
 }
+
+/// The ingress of Istio's tutorials: an Istio Gateway selecting `istio: ingressgateway` gets
+/// an ingress workload the controller runs (its pods carry the selector, its LoadBalancer
+/// Service the servers' ports); a Gateway selecting other workloads is left to them.
+#[tokio::test]
+async fn an_istio_ingressgateway_gateway_gets_an_ingress() {
+    use mesh_controller::{resources::networking, waypoint::reconcile_istio_gateway};
+    let istio_gateway = |name: &str, selector: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "bookinfo", "uid": format!("uid-{name}")},
+            "spec": {"selector": selector, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]},
+                {"port": {"number": 443, "name": "https", "protocol": "HTTPS", "targetPort": 8443},
+                 "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "bookinfo-cert"}},
+            ]}
+        })
+    };
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<networking::Gateway>()
+        .with_runtime_objects(vec![
+            istio_gateway(
+                "bookinfo-gateway",
+                serde_json::json!({"istio": "ingressgateway"}),
+            ),
+            istio_gateway("elsewhere", serde_json::json!({"app": "my-own-gateway"})),
+        ])
+        .build()
+        .await
+        .unwrap();
+    let gateways: Api<networking::Gateway> = Api::namespaced(client.clone(), "bookinfo");
+    let gw = gateways.get("bookinfo-gateway").await.unwrap();
+    assert_eq!(
+        reconcile_istio_gateway(&client, &gw, &settings())
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+        .get("bookinfo-gateway")
+        .await
+        .unwrap();
+    let template = deployment.spec.unwrap().template;
+    let labels = template.metadata.unwrap().labels.unwrap();
+    assert_eq!(
+        labels.get("istio").map(String::as_str),
+        Some("ingressgateway")
+    );
+    let pod = template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"--ingress-gateway=bookinfo/bookinfo-gateway".to_owned()),
+        "{args:?}"
+    );
+    let listening: Vec<i32> = pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(listening, [80, 8443]);
+    let service = Api::<Service>::namespaced(client.clone(), "bookinfo")
+        .get("bookinfo-gateway")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
+    let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [80, 443]);
+
+    let elsewhere = gateways.get("elsewhere").await.unwrap();
+    assert_eq!(
+        reconcile_istio_gateway(&client, &elsewhere, &settings())
+            .await
+            .unwrap(),
+        Outcome::Ignored
+    );
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), "bookinfo")
+            .get_opt("elsewhere")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

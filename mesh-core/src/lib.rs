@@ -8,6 +8,7 @@
 //!   verifiers that turn a certificate chain into a peer identity;
 //! - `hbone`: building and checking CONNECT requests, with the status codes ztunnel uses;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy at L4, from Istio's YAML;
+//! - `labels`: the labels that enroll workloads and bind waypoints, Ambit's and Istio's;
 //! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes);
 //! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
 //! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`.
@@ -17,6 +18,7 @@ pub mod ca_client;
 pub mod config_client;
 pub mod hbone;
 pub mod identity;
+pub mod labels;
 pub mod pods;
 pub mod policy;
 pub mod process;

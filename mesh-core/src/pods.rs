@@ -1,9 +1,9 @@
 //! Local mode's source of pods: a YAML file of namespaces and pods, as a Kubernetes node would
 //! learn them from the API server. A pod is a network namespace, a cgroup and an identity.
 //!
-//! Joining follows Istio's ambient rules: a namespace labelled
-//! `ambit.io/dataplane-mode=ambient` joins all its pods; a pod's own label overrides its
-//! namespace's (`none` opts it out).
+//! Joining follows Istio's ambient rules ([`crate::labels`]): a namespace labelled
+//! `ambit.io/dataplane-mode=ambient` (or Istio's `istio.io/dataplane-mode=ambient`) joins all
+//! its pods; a pod's own label overrides its namespace's (`none` opts it out).
 
 use std::{
     collections::BTreeMap,
@@ -132,14 +132,10 @@ impl PodsFile {
         if let Some(enrolled) = pod.enrolled {
             return enrolled;
         }
-        if let Some(mode) = pod.labels.get(DATAPLANE_MODE_LABEL) {
-            return mode == DATAPLANE_MODE_AMBIENT;
-        }
-        self.namespaces.iter().any(|ns| {
-            ns.name == pod.namespace
-                && ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
-                    == Some(DATAPLANE_MODE_AMBIENT)
-        })
+        let namespace = self.namespaces.iter().find(|ns| ns.name == pod.namespace);
+        let no_labels = BTreeMap::new();
+        let namespace_labels = namespace.map_or(&no_labels, |ns| &ns.labels);
+        crate::labels::enrolled(&pod.labels, namespace_labels)
     }
 
     /// The pods this node must capture.

@@ -365,9 +365,6 @@ pub fn gateway_deployment(class: &str) -> Deployment {
     );
     gateway.meta_mut().namespace = Some("default".to_owned());
     gateway.meta_mut().uid = Some("5d0c7c1e-0000-4000-8000-000000000001".to_owned());
-    let owner = gateway
-        .controller_owner_ref(&())
-        .expect("the gateway has a uid");
     let settings = mesh_controller::waypoint::WaypointSettings {
         image: image("mesh-waypoint"),
         ca_addr: crate::controller::CA_ADDR.to_owned(),
@@ -377,7 +374,7 @@ pub fn gateway_deployment(class: &str) -> Deployment {
         .spec
         .role(None)
         .unwrap_or_else(|| panic!("{class} is not a class Ambit serves"));
-    mesh_controller::waypoint::deployment(&gateway, role, &owner, &settings)
+    mesh_controller::waypoint::Proxy::of_gateway(&gateway, role).deployment(&settings)
 }
 
 pub fn deployment_pod(deployment: &Deployment) -> Result<(PodSpec, ContainerSpec)> {

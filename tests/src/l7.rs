@@ -100,7 +100,7 @@ pub fn setup() -> Result<L7> {
 
 /// As [`setup`], with more flags for the waypoint.
 pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
-    setup_launching(|tb, controller| {
+    setup_launching("ambit.io", |tb, controller| {
         tb.start_waypoint(
             controller,
             "n0-p1",
@@ -114,19 +114,39 @@ pub fn setup_with(waypoint_args: &[&str]) -> Result<L7> {
 /// As [`setup`], with the waypoint run from its image as the Deployment the controller
 /// generates runs it.
 pub fn setup_with_waypoint_image() -> Result<L7> {
-    setup_launching(|tb, controller| {
+    setup_launching("ambit.io", |tb, controller| {
         tb.start_waypoint_from_image(controller, "n0-p1", "default/waypoint", "waypoint")
     })
 }
 
-fn setup_launching(launch: impl FnOnce(&Testbed, &Controller) -> Result<Waypoint>) -> Result<L7> {
+/// As [`setup`], with the namespace joined and bound to the waypoint by Istio's labels
+/// (`istio.io/dataplane-mode`, `istio.io/use-waypoint`) instead of Ambit's.
+pub fn setup_with_istio_labels() -> Result<L7> {
+    setup_launching("istio.io", |tb, controller| {
+        tb.start_waypoint(controller, "n0-p1", "default/waypoint", "waypoint", &[])
+    })
+}
+
+/// `prefix` spells the labels that join the namespace and bind its waypoint.
+fn setup_launching(
+    prefix: &str,
+    launch: impl FnOnce(&Testbed, &Controller) -> Result<Waypoint>,
+) -> Result<L7> {
     let tb = Testbed::new(Topology {
         nodes: 2,
         pods_per_node: 3,
         namespaces: vec!["default".to_owned()],
     })?;
-    tb.set_namespace_ambient("default", true)?;
-    tb.label_namespace("default", "ambit.io/use-waypoint", Some("waypoint"))?;
+    tb.label_namespace(
+        "default",
+        &format!("{prefix}/dataplane-mode"),
+        Some("ambient"),
+    )?;
+    tb.label_namespace(
+        "default",
+        &format!("{prefix}/use-waypoint"),
+        Some("waypoint"),
+    )?;
     tb.set_service_account("n0-p0", "client")?;
     tb.make_waypoint_pod("n0-p1", "waypoint", "waypoint")?;
     for (pod, app, version) in [
