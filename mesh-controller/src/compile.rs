@@ -55,6 +55,9 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::HttpRoute(r) => {
                 Body::IstioJson(json(&listeners_admitting(set, &key.namespace, &r.spec)))
             }
+            // A rule scoped to some workloads' own proxies has no place at a waypoint, which
+            // serves every client (its status says so).
+            Resource::DestinationRule(r) if r.spec.workload_selector.is_some() => continue,
             Resource::DestinationRule(r) => Body::IstioJson(json(&r.spec)),
             Resource::ServiceEntry(r) => Body::IstioJson(json(&r.spec)),
             Resource::PeerAuthentication(r) => Body::IstioJson(json(&r.spec)),

@@ -7,6 +7,7 @@
 //! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
 //!   bootstrap token and letting each sign only for pods on its node;
 //! - `serve`: the gRPC server on mutual-TLS-free TLS (nodes have no certificate yet);
+//! - `compatibility`: what Ambit does with every field of Istio's kinds (docs/compatibility.md);
 //! - `compile`: a validated configuration as the resources subscribers receive;
 //! - `config`: a configuration set from any source, loading YAML, validation;
 //! - `distribution`: versioned deltas for subscribers and the `ConfigService` stream;
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod ca;
 pub mod ca_service;
+pub mod compatibility;
 pub mod compile;
 pub mod config;
 pub mod distribution;

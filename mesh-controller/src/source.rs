@@ -86,7 +86,7 @@ impl StatusSink for LogStatus {
             errors: errors.iter().map(ToString::to_string).collect(),
         };
         for (key, conditions) in statuses {
-            for c in conditions.iter().filter(|c| c.status != "True") {
+            for c in conditions.iter().filter(|c| c.is_problem()) {
                 lines.push(format!("{key}: {} {}: {}", c.type_, c.reason, c.message));
             }
         }

@@ -1,5 +1,5 @@
-//! deploy/crds/ must be what the resource types generate: a change to a type without
-//! `cargo xtask codegen` fails here.
+//! deploy/crds/ and docs/compatibility.md must be what the resource types generate: a change to
+//! a type (or to the compatibility table) without `cargo xtask codegen` fails here.
 
 use std::path::Path;
 
@@ -50,4 +50,15 @@ fn istio_kinds_are_served_in_every_version_istio_serves() {
     for kind in ["PeerAuthentication", "AuthorizationPolicy"] {
         assert_eq!(versions(kind), stored_v1(&["v1beta1", "v1"]), "{kind}");
     }
+}
+
+#[test]
+fn the_compatibility_table_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/compatibility.md");
+    let on_disk = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask codegen`", path.display()));
+    assert!(
+        on_disk == mesh_controller::compatibility::doc::render(),
+        "docs/compatibility.md differs from what the types and table generate; run `cargo xtask codegen`"
+    );
 }

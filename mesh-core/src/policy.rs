@@ -64,8 +64,8 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default)]
     pub mtls: Option<MtlsSetting>,
-    /// Per-port modes are not enforced at L4 yet; kept so the document is accepted and
-    /// reported rather than dropped.
+    /// Per-port modes of the selected workloads (Istio honours them only with a selector),
+    /// keyed by the workload's port number.
     #[serde(default)]
     pub port_level_mtls: BTreeMap<String, MtlsSetting>,
 }
@@ -153,6 +153,15 @@ pub struct Source {
     pub request_principals: Vec<String>,
     #[serde(default)]
     pub not_request_principals: Vec<String>,
+    /// `<namespace>/<service account>`, or `<service account>` in the policy's namespace.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -24,6 +24,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_INGRESS_GATEWAY")]
     pub ingress_gateway: Option<String>,
 
+    /// The class of this proxy's Gateway: AuthorizationPolicies in the root namespace that
+    /// target the GatewayClass apply here too.
+    #[arg(long, env = "AMBIT_GATEWAY_CLASS")]
+    pub gateway_class: Option<String>,
+
     /// The namespace the waypoint runs in (its identity's).
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,

@@ -50,6 +50,12 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         .and_then(|w| w.split_once('/'))
         .map_or("", |(_, name)| name);
     let mut refs = vec![("Gateway", gateway)];
+    refs.extend(
+        app.config
+            .gateway_class
+            .as_deref()
+            .map(|c| ("GatewayClass", c)),
+    );
     if let Some(service) = &service {
         refs.push(("Service", service.name.as_str()));
     }

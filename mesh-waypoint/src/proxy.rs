@@ -306,10 +306,15 @@ fn authorize<B>(
         Destination::Workload(w) => (w.namespace.as_str(), None),
         Destination::Gateway(_) => (own_namespace, None),
     };
-    let refs: &[(&str, &str)] = match service {
-        Some(name) => &[("Gateway", gateway), ("Service", name)],
-        None => &[("Gateway", gateway)],
-    };
+    let mut refs = vec![("Gateway", gateway)];
+    refs.extend(
+        app.config
+            .gateway_class
+            .as_deref()
+            .map(|c| ("GatewayClass", c)),
+    );
+    refs.extend(service.map(|name| ("Service", name)));
+    let refs = refs.as_slice();
     let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {
         method: request.method().as_str(),

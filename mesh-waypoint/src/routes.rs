@@ -220,12 +220,13 @@ impl RouteTable {
                 .iter()
                 .flat_map(|http| match &http.delegate {
                     None => vec![virtual_service::compile_route(
-                        http, namespace, domain, &origin,
+                        http, namespace, domain, &origin, scope,
                     )],
-                    Some(to) => {
-                        virtual_service::compile_delegated(http, to, namespace, &delegates, domain)
-                    }
+                    Some(to) => virtual_service::compile_delegated(
+                        http, to, namespace, &delegates, domain, scope,
+                    ),
                 })
+                .filter_map(Result::transpose)
                 .collect();
             let at = tcp::At {
                 namespace,

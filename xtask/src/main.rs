@@ -47,7 +47,8 @@ enum Command {
     },
     /// Run the mesh on this machine: nodes and pods in network namespaces. Needs root.
     Demo,
-    /// Regenerate deploy/crds/ from the resource types (a test fails when they drift).
+    /// Regenerate deploy/crds/ and docs/compatibility.md from the resource types (a test fails
+    /// when they drift).
     Codegen,
     /// Measure direct vs captured paths in the test-bed topology. Needs root.
     Bench {
@@ -113,18 +114,20 @@ fn release_run(purpose: Purpose, program: &str, args: &[&str]) -> Result<()> {
 
 fn codegen() -> Result<()> {
     let cargo = Cargo::new()?;
-    step("generating deploy/crds/ from mesh-controller/src/resources");
-    let dir = cargo.workspace_root().join("deploy/crds");
-    let dir = dir.to_string_lossy();
+    step("generating deploy/crds/ and docs/compatibility.md from mesh-controller's types");
+    let root = cargo.workspace_root();
+    let dir = root.join("deploy/crds");
+    let compatibility = root.join("docs/compatibility.md");
     cargo.run(&[
         "run",
         "--quiet",
         "-p",
         "mesh-controller",
         "--bin",
-        "ambit-crds",
+        "ambit-codegen",
         "--",
-        &dir,
+        &dir.to_string_lossy(),
+        &compatibility.to_string_lossy(),
     ])
 }
 

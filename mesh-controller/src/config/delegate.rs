@@ -58,6 +58,10 @@ fn either<T: Clone>(leaf: &Option<T>, root: &Option<T>) -> Option<T> {
 fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> Option<HttpMatchRequest> {
     Some(HttpMatchRequest {
         name: leaf.name.clone().or_else(|| root.name.clone()),
+        stat_prefix: leaf
+            .stat_prefix
+            .clone()
+            .or_else(|| root.stat_prefix.clone()),
         uri: narrower(root.uri.as_ref(), leaf.uri.as_ref())?,
         scheme: narrower(root.scheme.as_ref(), leaf.scheme.as_ref())?,
         method: narrower(root.method.as_ref(), leaf.method.as_ref())?,

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{ConfigSet, Resource};
+use crate::resources::networking;
 
 /// Where resources without `metadata.namespace` go, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -128,7 +129,10 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
             // One schema in every version: read it as the stored one.
             set_api_version(&mut value, "networking.istio.io/v1");
             match kind {
-                "VirtualService" => typed(value).map(Resource::VirtualService),
+                "VirtualService" => typed(value).map(|mut vs: Box<networking::VirtualService>| {
+                    vs.spec.adopt_deprecated_spellings();
+                    Resource::VirtualService(vs)
+                }),
                 "DestinationRule" => typed(value).map(Resource::DestinationRule),
                 "Gateway" => typed(value).map(Resource::Gateway),
                 "ServiceEntry" => typed(value).map(Resource::ServiceEntry),

@@ -5,6 +5,7 @@
 //! to them fails with 503, as in Istio). A resource that is not accepted is left out of what
 //! is distributed; the rest applies.
 
+mod fields;
 mod gateway_api;
 mod http_route;
 mod networking;
@@ -18,11 +19,17 @@ use crate::resources::common::Condition;
 
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
+/// `True` when the resource sets traffic fields Ambit accepts without effect (it still applies).
+pub const IGNORED_FIELDS: &str = "IgnoredFields";
+/// `True` when the resource sets security fields Ambit does not enforce, so that what they
+/// would allow is refused (the rest applies).
+pub const FAILS_CLOSED: &str = "FailsClosed";
 
 /// One problem found in a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
-    /// The condition it turns `False`: [`ACCEPTED`] or [`RESOLVED_REFS`].
+    /// The condition it turns `False` ([`ACCEPTED`], [`RESOLVED_REFS`]), or turns `True`
+    /// ([`IGNORED_FIELDS`], [`FAILS_CLOSED`]).
     pub condition: &'static str,
     /// A CamelCase reason, e.g. `InvalidWeights`, `Conflict`, `UnknownSubset`.
     pub reason: &'static str,
@@ -54,15 +61,25 @@ impl Validation {
         ) {
             types.push(RESOLVED_REFS);
         }
+        // Present only when they hold: a resource that sets no such field has neither.
+        for type_ in [IGNORED_FIELDS, FAILS_CLOSED] {
+            if findings.iter().any(|f| f.condition == type_) {
+                types.push(type_);
+            }
+        }
         types
             .into_iter()
             .map(|type_| {
                 let relevant: Vec<&Finding> =
                     findings.iter().filter(|f| f.condition == type_).collect();
+                let met = match type_ {
+                    IGNORED_FIELDS | FAILS_CLOSED => "True",
+                    _ => "False",
+                };
                 let (status, reason, message) = match relevant.first() {
                     None => ("True", type_.to_owned(), String::new()),
                     Some(first) => (
-                        "False",
+                        met,
                         first.reason.to_owned(),
                         relevant
                             .iter()
@@ -115,6 +132,7 @@ pub fn validate(set: &ConfigSet, domain: &str) -> Validation {
     security::authorization_policies(set, &mut v);
     security::waypoints(set, &mut v);
     gateway_api::ingress_gateways(set, &mut v);
+    fields::ignored_and_closed(set, &mut v);
     v
 }
 

@@ -73,9 +73,11 @@ pub struct TargetRef {
 }
 
 /// What the controller found about a resource: an `Accepted` condition (`True`, or `False`
-/// with the reason), and the generation it looked at.
+/// with the reason), and the generation it looked at. Its schema keeps fields it does not
+/// name (Istio's `validationMessages`, another controller's conditions): nothing is pruned.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -98,4 +100,15 @@ pub struct Condition {
     pub last_transition_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    /// Whether it reports a problem: a condition not met (`Accepted`, `ResolvedRefs`), or one
+    /// that says fields are ignored or fail closed.
+    pub fn is_problem(&self) -> bool {
+        match self.type_.as_str() {
+            "IgnoredFields" | "FailsClosed" => self.status == "True",
+            _ => self.status != "True",
+        }
+    }
 }

@@ -267,6 +267,7 @@ impl GatewaySpec {
                     hosts: vec![listener.hostname.clone().unwrap_or_else(|| "*".to_owned())],
                     tls,
                     name: Some(listener.name.clone()),
+                    default_endpoint: None,
                 }
             })
             .collect();

@@ -41,6 +41,36 @@ pub struct VirtualServiceSpec {
     pub export_to: Vec<String>,
 }
 
+impl VirtualServiceSpec {
+    /// Istio's deprecated percentage spellings, read as their replacements where those are
+    /// unset: `mirrorPercent` (and `mirror_percent`) as `mirrorPercentage`, a fault's integer
+    /// `percent` as its `percentage`.
+    pub fn adopt_deprecated_spellings(&mut self) {
+        let percent = |n: f64| Percent { value: n };
+        for http in &mut self.http {
+            if http.mirror_percentage.is_none() {
+                http.mirror_percentage = http
+                    .mirror_percent
+                    .or(http.mirror_percent_snake)
+                    .map(|n| percent(f64::from(n)));
+            }
+            let Some(fault) = &mut http.fault else {
+                continue;
+            };
+            if let Some(delay) = &mut fault.delay
+                && delay.percentage.is_none()
+            {
+                delay.percentage = delay.percent.map(|n| percent(f64::from(n)));
+            }
+            if let Some(abort) = &mut fault.abort
+                && abort.percentage.is_none()
+            {
+                abort.percentage = abort.percent.map(|n| percent(f64::from(n)));
+            }
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
@@ -68,6 +98,16 @@ pub struct HttpRoute {
     pub mirror: Option<Destination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
+    /// Istio's deprecated integer mirror percentage (camelCase and snake_case spellings,
+    /// both in its schema): read as `mirrorPercentage` when that is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<u32>,
+    #[serde(
+        rename = "mirror_percent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mirror_percent_snake: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +184,8 @@ pub struct HttpMatchRequest {
     pub without_headers: BTreeMap<String, StringMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat_prefix: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -190,6 +232,11 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+    /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derive_port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -241,6 +288,10 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -257,6 +308,9 @@ pub struct HttpFaultInjection {
 pub struct FaultDelay {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<String>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
     /// Deprecated integer percentage.
@@ -294,6 +348,13 @@ pub struct FaultAbort {
     /// A gRPC status name such as `UNAVAILABLE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_error: Option<String>,
+    /// Istio's older integer percentage, since removed from its API; tutorials still write
+    /// it. Read as `percentage` when that is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 }
@@ -355,6 +416,9 @@ pub struct L4MatchAttributes {
     pub gateways: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
+    /// Hidden and deprecated in Istio's API (a source CIDR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subnet: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -90,7 +90,7 @@ impl KubeStatus {
         conditions: &[Condition],
         was_refused: bool,
     ) {
-        let bad: Vec<&Condition> = conditions.iter().filter(|c| c.status != "True").collect();
+        let bad: Vec<&Condition> = conditions.iter().filter(|c| c.is_problem()).collect();
         let mut events: Vec<Event> = bad
             .iter()
             .map(|c| Event {

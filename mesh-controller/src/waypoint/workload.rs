@@ -38,6 +38,8 @@ pub struct Proxy {
     /// The `mesh-waypoint` flag naming what it serves (`--waypoint=ns/name`,
     /// `--ingress-gateway=ns/name`).
     pub mode: String,
+    /// Its Gateway's class, for policies that target the class.
+    pub class: Option<String>,
     pub ports: Vec<ServingPort>,
     /// Labels its pods carry beyond Ambit's own (an Istio Gateway's selector, so that the
     /// Gateway selects the pods that serve it).
@@ -82,6 +84,7 @@ impl Proxy {
             owner: gateway
                 .controller_owner_ref(&())
                 .expect("a Gateway read from the API has a uid"),
+            class: Some(gateway.spec.gateway_class_name.clone()),
             name,
             namespace,
             role,
@@ -122,6 +125,7 @@ impl Proxy {
                 .controller_owner_ref(&())
                 .expect("a Gateway read from the API has a uid"),
             mode: format!("--ingress-gateway={namespace}/{name}"),
+            class: None,
             name,
             namespace,
             role: GatewayRole::Ingress,
@@ -169,7 +173,7 @@ impl Proxy {
     /// server's rules and run its pod template in a container runtime).
     pub fn deployment(&self, settings: &WaypointSettings) -> Deployment {
         let ingress = self.role == GatewayRole::Ingress;
-        let args = vec![
+        let mut args = vec![
             self.mode.clone(),
             format!("--namespace={}", self.namespace),
             format!("--service-account={}", self.name),
@@ -177,6 +181,7 @@ impl Proxy {
             "--ca-root=/var/run/ambit/root/root-cert.pem".to_owned(),
             "--token-file=/var/run/secrets/ambit/token".to_owned(),
         ];
+        args.extend(self.class.as_ref().map(|c| format!("--gateway-class={c}")));
         Deployment {
             metadata: self.meta(),
             spec: Some(DeploymentSpec {

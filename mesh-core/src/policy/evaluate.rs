@@ -4,10 +4,12 @@
 //! - PeerAuthentication: the most specific setting wins (workload selector, then namespace,
 //!   then the root namespace); `UNSET` inherits; the default is PERMISSIVE.
 //! - AuthorizationPolicy: at a node, policies of the workload's namespace and the root
-//!   namespace whose selector matches apply (policies with `targetRefs` are a waypoint's); at
-//!   a waypoint, those whose `targetRef(s)` name the waypoint's Gateway or the destination
-//!   Service. Any matching DENY denies. With no ALLOW policy, allow; otherwise at least one
-//!   ALLOW must match.
+//!   namespace whose selector matches apply (policies whose `targetRefs` name a Gateway, a
+//!   GatewayClass or a Service are a waypoint's); at a waypoint, those whose `targetRef(s)`
+//!   name its Gateway, its class or the destination Service. Any matching DENY denies. With no
+//!   ALLOW policy, allow; otherwise at least one ALLOW must match. A policy whose target Ambit
+//!   cannot attach to (another kind, another namespace) applies at the nodes to every workload
+//!   of its namespace, failing closed, rather than nowhere.
 //! - Fail closed: what cannot be checked where the decision is made (L7 attributes at a
 //!   node; JWT principals and unknown `when` keys anywhere) never matches in an ALLOW policy
 //!   and always matches in a DENY policy. So does a policy that failed validation, and a
@@ -131,6 +133,26 @@ impl PolicySet {
         peer.chain(authz).collect()
     }
 
+    /// The mTLS mode for inbound connections to `workload` on `port`: the port-level mode of
+    /// the first PeerAuthentication selecting the workload, if it sets one, else
+    /// [`mtls_mode`](Self::mtls_mode).
+    pub fn mtls_mode_on(&self, workload: Workload<'_>, port: u16) -> MtlsMode {
+        let port = port.to_string();
+        let port_level = self
+            .peer_authentications
+            .iter()
+            .filter(|pa| pa.metadata.namespace == workload.namespace)
+            .filter(|pa| {
+                pa.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(workload.labels))
+            })
+            .find_map(|pa| pa.spec.port_level_mtls.get(&port).map(|m| m.mode))
+            .filter(|mode| *mode != MtlsMode::Unset);
+        port_level.unwrap_or_else(|| self.mtls_mode(workload))
+    }
+
     /// The mTLS mode for inbound connections to `workload` (never `Unset`).
     pub fn mtls_mode(&self, workload: Workload<'_>) -> MtlsMode {
         let mode_of =
@@ -193,8 +215,39 @@ impl PolicySet {
     }
 }
 
+/// Kinds a waypoint enforces policies for: its Gateway, its class, the destination Service.
+const WAYPOINT_TARGETS: [&str; 3] = ["Gateway", "GatewayClass", "Service"];
+
+/// Whether a waypoint enforces the policy (its targets are all kinds waypoints take, in the
+/// policy's namespace). A policy with other targets is enforced at the nodes instead, for
+/// the whole namespace and failing closed.
 fn targets_a_waypoint(policy: &AuthorizationPolicy) -> bool {
-    target_refs(policy).next().is_some()
+    let mut refs = target_refs_full(policy).peekable();
+    refs.peek().is_some()
+        && refs.all(|r| {
+            WAYPOINT_TARGETS.contains(&r.kind)
+                && r.namespace
+                    .is_none_or(|ns| ns.is_empty() || ns == policy.metadata.namespace)
+        })
+}
+
+/// A `targetRef` as the node reads it.
+struct TargetRef<'a> {
+    kind: &'a str,
+    namespace: Option<&'a str>,
+}
+
+fn target_refs_full(policy: &AuthorizationPolicy) -> impl Iterator<Item = TargetRef<'_>> {
+    let one = policy.spec.target_ref.iter();
+    let many = policy
+        .spec
+        .target_refs
+        .iter()
+        .flat_map(|v| v.as_sequence().into_iter().flatten());
+    one.chain(many).map(|r| TargetRef {
+        kind: r.get("kind").and_then(|k| k.as_str()).unwrap_or_default(),
+        namespace: r.get("namespace").and_then(|n| n.as_str()),
+    })
 }
 
 /// (kind, name) of each of a policy's `targetRef` and `targetRefs`.
@@ -212,6 +265,7 @@ fn target_refs(policy: &AuthorizationPolicy) -> impl Iterator<Item = (&str, &str
 fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
     for enforced in applicable {
         let policy = &enforced.policy;
+        let at = policy.metadata.namespace.as_str();
         let name = || format!("{}/{}", policy.metadata.namespace, policy.metadata.name);
         match policy.spec.action {
             Action::Custom => {
@@ -226,7 +280,7 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
                     reason: "invalid DENY policy applies to everything".into(),
                 };
             }
-            Action::Deny if matches_any(&policy.spec.rules, connection, true) => {
+            Action::Deny if matches_any(&policy.spec.rules, connection, true, at) => {
                 return Decision::Deny {
                     policy: name(),
                     reason: "matched a DENY rule".into(),
@@ -242,10 +296,15 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
     if allows.is_empty() {
         return Decision::Allow;
     }
-    if allows
-        .iter()
-        .any(|e| !e.broken && matches_any(&e.policy.spec.rules, connection, false))
-    {
+    if allows.iter().any(|e| {
+        !e.broken
+            && matches_any(
+                &e.policy.spec.rules,
+                connection,
+                false,
+                &e.policy.metadata.namespace,
+            )
+    }) {
         return Decision::Allow;
     }
     let names: Vec<String> = allows
@@ -258,19 +317,20 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
     }
 }
 
-/// `deny`: whether unverifiable (L7) rules count as matching.
-fn matches_any(rules: &Option<Vec<Rule>>, c: Connection<'_>, deny: bool) -> bool {
+/// `deny`: whether unverifiable (L7) rules count as matching; `at`: the policy's namespace
+/// (where a bare `serviceAccounts` entry is).
+fn matches_any(rules: &Option<Vec<Rule>>, c: Connection<'_>, deny: bool, at: &str) -> bool {
     rules
         .as_ref()
-        .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, c, deny)))
+        .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, c, deny, at)))
 }
 
-fn rule_matches(rule: &Rule, c: Connection<'_>, deny: bool) -> bool {
+fn rule_matches(rule: &Rule, c: Connection<'_>, deny: bool, at: &str) -> bool {
     let Some(request) = c.request else {
         if has_l7(rule) {
             return deny;
         }
-        return l4_matches(rule, c);
+        return l4_matches(rule, c, at);
     };
     // JWT principals are not checked by Ambit yet.
     let jwt = rule.from.iter().flatten().any(|f| {
@@ -290,14 +350,13 @@ fn rule_matches(rule: &Rule, c: Connection<'_>, deny: bool) -> bool {
         .iter()
         .flatten()
         .all(|condition| condition_matches(condition, c, request, deny));
-    l4_matches(rule, c) && to_ok && when_ok
+    l4_matches(rule, c, at) && to_ok && when_ok
 }
 
-fn l4_matches(rule: &Rule, c: Connection<'_>) -> bool {
-    let from_ok = rule
-        .from
-        .as_ref()
-        .is_none_or(|from| from.is_empty() || from.iter().any(|f| source_matches(&f.source, c)));
+fn l4_matches(rule: &Rule, c: Connection<'_>, at: &str) -> bool {
+    let from_ok = rule.from.as_ref().is_none_or(|from| {
+        from.is_empty() || from.iter().any(|f| source_matches(&f.source, c, at))
+    });
     let to_ok = rule.to.as_ref().is_none_or(|to| {
         to.is_empty()
             || to.iter().any(|t| {
@@ -422,7 +481,7 @@ fn has_l7(rule: &Rule) -> bool {
         })
 }
 
-fn source_matches(s: &Source, c: Connection<'_>) -> bool {
+fn source_matches(s: &Source, c: Connection<'_>, at: &str) -> bool {
     // Istio writes principals without the scheme: `cluster.local/ns/a/sa/b`.
     let principal = c
         .source
@@ -444,6 +503,27 @@ fn source_matches(s: &Source, c: Connection<'_>) -> bool {
         && !ip_in(&s.not_ip_blocks)
         && (s.remote_ip_blocks.is_empty() || ip_in(&s.remote_ip_blocks))
         && !ip_in(&s.not_remote_ip_blocks)
+        && service_accounts_match(s, c.source, at)
+        && (s.trust_domains.is_empty()
+            || any(
+                &s.trust_domains,
+                c.source.map(|id| id.trust_domain.as_str()),
+            ))
+        && !any(
+            &s.not_trust_domains,
+            c.source.map(|id| id.trust_domain.as_str()),
+        )
+}
+
+/// `serviceAccounts` are `<namespace>/<name>`, or `<name>` in the policy's namespace `at`,
+/// matched exactly (Istio allows no wildcard there).
+fn service_accounts_match(s: &Source, source: Option<&Identity>, at: &str) -> bool {
+    let is = |entry: &String| {
+        let (namespace, name) = entry.split_once('/').unwrap_or((at, entry.as_str()));
+        source.is_some_and(|id| id.namespace == namespace && id.service_account == name)
+    };
+    (s.service_accounts.is_empty() || s.service_accounts.iter().any(is))
+        && !s.not_service_accounts.iter().any(is)
 }
 
 /// Istio's string match: exact, `*`, `prefix*` or `*suffix`.

@@ -35,9 +35,16 @@ pub(super) async fn carry<IO>(
         destination_port: local.port(),
         request: None,
     };
+    let mut refs = vec![("Gateway", name)];
+    refs.extend(
+        app.config
+            .gateway_class
+            .as_deref()
+            .map(|c| ("GatewayClass", c)),
+    );
     let targets = mesh_core::policy::Targets {
         namespace,
-        refs: &[("Gateway", name)],
+        refs: &refs,
     };
     if !passthrough::admits(&snapshot, &targets, connection) {
         return;

@@ -152,6 +152,7 @@ impl L4Match {
                 source_labels: spec.source_labels.clone(),
                 gateways: spec.gateways.clone(),
                 source_namespace: spec.source_namespace.clone(),
+                source_subnet: None,
             },
             at,
         )?;

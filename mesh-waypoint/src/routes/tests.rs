@@ -447,3 +447,48 @@ fn a_gateways_tls_and_tcp_routes_are_found_without_a_host() {
     assert!(on(443, None).is_none(), "no ClientHello");
     assert!(on(9000, None).is_none(), "no route on that port");
 }
+
+/// A match's own `gateways` say where the route applies: `mesh` only in the mesh, a Gateway
+/// only at that ingress, beside a VirtualService bound to both.
+#[test]
+fn a_matchs_gateways_keep_its_route_where_they_say() {
+    let spec: VirtualServiceSpec = serde_json::from_value(serde_json::json!({
+        "hosts": ["reviews.example.com"],
+        "gateways": ["mesh", "bookinfo-gateway"],
+        "http": [
+            {"match": [{"uri": {"prefix": "/internal"}, "gateways": ["mesh"]}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"uri": {"prefix": "/public"}, "gateways": ["bookinfo-gateway"]}],
+             "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+        ]
+    }))
+    .unwrap();
+    let subsets = |table: &RouteTable, host: &str| -> Vec<Option<String>> {
+        table
+            .routes(host)
+            .unwrap()
+            .iter()
+            .map(|route| match &route.action {
+                Action::Forward(forward) => forward.destinations[0].target.subset.clone(),
+                _ => None,
+            })
+            .collect()
+    };
+    let (mesh, errors) = RouteTable::compile([("bookinfo", "r", &spec)], DOMAIN, Scope::Mesh);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        subsets(&mesh, "reviews.example.com"),
+        [Some("v2".to_owned()), Some("v1".to_owned())]
+    );
+    let gateway = Scope::Gateway {
+        namespace: "bookinfo",
+        name: "bookinfo-gateway",
+    };
+    let (ingress, errors) = RouteTable::compile([("bookinfo", "r", &spec)], DOMAIN, gateway);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        subsets(&ingress, "reviews.example.com"),
+        [Some("v3".to_owned()), Some("v1".to_owned())]
+    );
+}

@@ -14,8 +14,8 @@ use mesh_controller::{
 };
 
 use super::{
-    Action, Cors, Forward, HeaderOps, Match, Mirror, RetryOn, RetryPolicy, Rewrite, Route, Target,
-    Weighted, fault, parse_duration, qualify,
+    Action, Cors, Forward, HeaderOps, Match, Mirror, RetryOn, RetryPolicy, Rewrite, Route, Scope,
+    Target, Weighted, fault, parse_duration, qualify,
 };
 
 pub(super) fn percent(p: Option<&Percent>) -> f64 {
@@ -43,7 +43,8 @@ pub(super) fn compile_delegated(
     namespace: &str,
     delegates: &HashMap<(&str, &str), &VirtualServiceSpec>,
     domain: &str,
-) -> Vec<Result<Route, String>> {
+    scope: Scope<'_>,
+) -> Vec<Result<Option<Route>, String>> {
     let delegate_namespace = to.namespace.as_deref().unwrap_or(namespace);
     let Some(spec) = delegates.get(&(delegate_namespace, to.name.as_str())) else {
         return Vec::new();
@@ -52,23 +53,34 @@ pub(super) fn compile_delegated(
     spec.http
         .iter()
         .filter_map(|leaf| delegate::merge(root, leaf))
-        .map(|merged| compile_route(&merged, delegate_namespace, domain, &origin))
+        .map(|merged| compile_route(&merged, delegate_namespace, domain, &origin, scope))
         .collect()
 }
 
+/// The route as it applies in `scope` (the mesh, or an ingress Gateway): `None` when every
+/// one of its matches names other `gateways` (a route for the mesh only is not served at an
+/// ingress, nor an ingress's in the mesh).
 pub(super) fn compile_route(
     http: &HttpRoute,
     namespace: &str,
     domain: &str,
     origin: &str,
-) -> Result<Route, String> {
+    scope: Scope<'_>,
+) -> Result<Option<Route>, String> {
     let origin = match &http.name {
         Some(name) => format!("{origin}#{name}"),
         None => origin.to_owned(),
     };
-    let matches = http
+    let in_scope: Vec<_> = http
         .matches
         .iter()
+        .filter(|m| m.gateways.is_empty() || scope.includes(namespace, &m.gateways))
+        .collect();
+    if in_scope.is_empty() && !http.matches.is_empty() {
+        return Ok(None);
+    }
+    let matches = in_scope
+        .into_iter()
         .map(Match::compile)
         .collect::<Result<Vec<_>, _>>()?;
     let action = if let Some(redirect) = &http.redirect {
@@ -170,7 +182,7 @@ pub(super) fn compile_route(
     };
     let fault = http.fault.as_ref().map(fault::compile).transpose()?;
     let headers = http.headers.as_ref();
-    Ok(Route {
+    Ok(Some(Route {
         origin,
         matches,
         action,
@@ -179,7 +191,7 @@ pub(super) fn compile_route(
         response_headers: HeaderOps::compile(headers.and_then(|h| h.response.as_ref()))?,
         cors: http.cors_policy.as_ref().map(Cors::compile).transpose()?,
         clients: None,
-    })
+    }))
 }
 
 /// A gRPC status by name (as Istio accepts them, any case) or number.

@@ -97,6 +97,36 @@ pub(super) fn authorization_policies(set: &ConfigSet, v: &mut Validation) {
                         }
                     }
                 }
+                let accounts = !s.service_accounts.is_empty() || !s.not_service_accounts.is_empty();
+                let identities = !s.principals.is_empty()
+                    || !s.not_principals.is_empty()
+                    || !s.namespaces.is_empty()
+                    || !s.not_namespaces.is_empty();
+                if accounts && identities {
+                    v.invalid(
+                        key,
+                        "InvalidSource",
+                        format!("{at}.from[{j}].source: serviceAccounts cannot be set with principals or namespaces"),
+                    );
+                }
+                for (field, values) in [
+                    ("serviceAccounts", &s.service_accounts),
+                    ("notServiceAccounts", &s.not_service_accounts),
+                ] {
+                    for account in values {
+                        let name = account.rsplit('/').next().unwrap_or_default();
+                        if account.contains('*')
+                            || name.is_empty()
+                            || account.matches('/').count() > 1
+                        {
+                            v.invalid(
+                                key,
+                                "InvalidSource",
+                                format!("{at}.from[{j}].source.{field}: {account:?} is not <namespace>/<name> or <name> (no wildcards)"),
+                            );
+                        }
+                    }
+                }
                 for (field, values) in
                     [("principals", &s.principals), ("namespaces", &s.namespaces)]
                 {

@@ -1,15 +1,16 @@
-//! Writes the CRDs generated from the resource types into a directory (deploy/crds/), removing
-//! generated files that no longer have a type. Run by `cargo xtask codegen`.
+//! Writes what is generated from the resource types: the CRDs into a directory
+//! (deploy/crds/), removing generated files that no longer have a type, and the compatibility
+//! table (docs/compatibility.md). Run by `cargo xtask codegen`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::args_os()
-        .nth(1)
-        .context("usage: ambit-crds <directory>")?
-        .into();
+    let mut args = std::env::args_os().skip(1).map(PathBuf::from);
+    let (Some(dir), Some(compatibility)) = (args.next(), args.next()) else {
+        anyhow::bail!("usage: ambit-codegen <crd directory> <compatibility.md>");
+    };
     let files = mesh_controller::resources::crd_files()?;
     for (name, yaml) in &files {
         let path = dir.join(name);
@@ -26,11 +27,20 @@ fn main() -> anyhow::Result<()> {
             println!("removed {}", stale.display());
         }
     }
+    if let Some(parent) = compatibility.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &compatibility,
+        mesh_controller::compatibility::doc::render(),
+    )
+    .with_context(|| format!("writing {}", compatibility.display()))?;
+    println!("wrote {}", compatibility.display());
     Ok(())
 }
 
 /// Files under `dir` that say they were generated.
-fn generated_files(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+fn generated_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
