@@ -66,7 +66,7 @@ pub struct PeerAuthenticationSpec {
     pub mtls: Option<MtlsSetting>,
     /// Per-port modes of the selected workloads (Istio honours them only with a selector),
     /// keyed by the workload's port number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::string_keyed")]
     pub port_level_mtls: BTreeMap<String, MtlsSetting>,
 }
 

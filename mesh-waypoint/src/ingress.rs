@@ -89,43 +89,9 @@ impl Drop for Listeners {
     }
 }
 
-/// TLS settings the ingress does not implement: a server that sets one is not opened, so
-/// that no client is served with less than its settings ask (fail closed).
-fn unimplemented_tls(
-    tls: &mesh_controller::resources::networking::ServerTlsSettings,
-) -> Vec<&'static str> {
-    let mut set = Vec::new();
-    for (name, present) in [
-        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
-        ("cipherSuites", !tls.cipher_suites.is_empty()),
-        ("ecdhCurves", !tls.ecdh_curves.is_empty()),
-        (
-            "verifyCertificateSpki",
-            !tls.verify_certificate_spki.is_empty(),
-        ),
-        (
-            "verifyCertificateHash",
-            !tls.verify_certificate_hash.is_empty(),
-        ),
-        ("caCrl", tls.ca_crl.is_some()),
-        (
-            "caCertCredentialName",
-            tls.ca_cert_credential_name.is_some(),
-        ),
-        ("credentialNames", !tls.credential_names.is_empty()),
-        ("tlsCertificates", !tls.tls_certificates.is_empty()),
-        ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
-    ] {
-        if present {
-            set.push(name);
-        }
-    }
-    set
-}
-
 fn wanted(server: &Server, credentials: &Credentials<'_>) -> Result<Listen, String> {
     if let Some(tls) = &server.tls {
-        let unimplemented = unimplemented_tls(tls);
+        let unimplemented = tls.unimplemented();
         if !unimplemented.is_empty() {
             return Err(format!(
                 "tls.{} not implemented by Ambit's ingress: the server is not opened",

@@ -496,6 +496,38 @@ pub struct TlsCertificate {
     pub ca_certificates: Option<String>,
 }
 
+impl ServerTlsSettings {
+    /// The settings Ambit's ingress does not implement, by field name: a server that sets
+    /// one is not opened, so that no client is served with less than they ask (fail closed).
+    pub fn unimplemented(&self) -> Vec<&'static str> {
+        [
+            ("maxProtocolVersion", self.max_protocol_version.is_some()),
+            ("cipherSuites", !self.cipher_suites.is_empty()),
+            ("ecdhCurves", !self.ecdh_curves.is_empty()),
+            (
+                "verifyCertificateSpki",
+                !self.verify_certificate_spki.is_empty(),
+            ),
+            (
+                "verifyCertificateHash",
+                !self.verify_certificate_hash.is_empty(),
+            ),
+            ("caCrl", self.ca_crl.is_some()),
+            (
+                "caCertCredentialName",
+                self.ca_cert_credential_name.is_some(),
+            ),
+            ("credentialNames", !self.credential_names.is_empty()),
+            ("tlsCertificates", !self.tls_certificates.is_empty()),
+            ("insecureSkipVerify", self.insecure_skip_verify.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
 /// A service the mesh does not discover by itself (external APIs, VMs).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

@@ -29,8 +29,12 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
-    /// Per-port modes, keyed by port number.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Per-port modes, keyed by port number (written as a number or a string).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "mesh_core::string_keyed"
+    )]
     pub port_level_mtls: BTreeMap<String, MutualTls>,
 }
 

@@ -218,7 +218,9 @@ pub(super) fn gateways(set: &ConfigSet, v: &mut Validation) {
                     format!("{at}: an {protocol} server needs tls"),
                 );
             }
-            if let Some(tls) = &server.tls {
+            // A server that asks for TLS settings the ingress lacks is not opened (its
+            // FailsClosed condition says why): what else it would need does not matter.
+            if let Some(tls) = server.tls.as_ref().filter(|t| t.unimplemented().is_empty()) {
                 server_tls(v, key, &format!("{at}.tls"), tls, tls_protocol);
             }
         }
@@ -254,10 +256,12 @@ fn server_tls(
                 );
             }
         }
-        "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => v.invalid(
+        // The server is not opened; the Gateway's other servers are.
+        "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" => v.report(
             key,
-            "UnsupportedField",
-            format!("{at}.mode {mode} is not supported by Ambit's ingress yet"),
+            super::FAILS_CLOSED,
+            "NotEnforced",
+            format!("{at}.mode {mode} is not served by Ambit's ingress: the server is not opened"),
         ),
         other => v.invalid(
             key,

@@ -31,9 +31,11 @@ fn gateway_tls_modes_the_ingress_cannot_serve_are_refused() {
     assert!(v.accepted(&key(Kind::Gateway, "simple")));
     assert!(v.accepted(&key(Kind::Gateway, "mutual")));
     assert!(v.accepted(&key(Kind::Gateway, "passthrough")));
+    // Accepted, its server failing closed: not opened, as its FailsClosed condition says.
+    assert!(v.accepted(&key(Kind::Gateway, "auto")));
     for (name, reason, says) in [
         ("mutual-no-ca", "InvalidGateway", "caCertificates"),
-        ("auto", "UnsupportedField", "AUTO_PASSTHROUGH"),
+        ("auto", "NotEnforced", "AUTO_PASSTHROUGH"),
         ("typo", "InvalidGateway", "SIMPLEST"),
         ("ancient", "InvalidGateway", "SSLV3"),
     ] {
