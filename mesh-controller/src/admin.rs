@@ -66,6 +66,7 @@ fn route(path: &str, distributor: &Distributor, report: &SharedReport) -> Respon
         "/status" => {
             let report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
             json!({
+                "build": format!("mesh-controller {}", env!("CARGO_PKG_VERSION")),
                 "version": distributor.version(),
                 "subscribers": distributor.subscribers(),
                 "resources": report.resources,

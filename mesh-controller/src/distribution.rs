@@ -100,6 +100,8 @@ struct State {
 pub struct SubscriberStatus {
     pub node: String,
     pub role: String,
+    /// Its program and version, as it says (`mesh-node 0.1.0`).
+    pub build: String,
     /// The last version it acknowledged.
     pub acked: u64,
     /// Its last refusal, if the latest update it answered was refused.
@@ -261,7 +263,7 @@ impl Distributor {
         Some(update)
     }
 
-    fn register(&self, node: &str, role: Role) -> u64 {
+    fn register(&self, node: &str, role: Role, build: &str) -> u64 {
         let mut state = self.state();
         state.next_subscriber += 1;
         let id = state.next_subscriber;
@@ -270,6 +272,7 @@ impl Distributor {
             SubscriberStatus {
                 node: node.to_owned(),
                 role: role.as_str_name().to_ascii_lowercase(),
+                build: build.to_owned(),
                 ..SubscriberStatus::default()
             },
         );

@@ -97,6 +97,7 @@ pub async fn follow(
     let subscribe = Message::Subscribe(Subscribe {
         role: role as i32,
         resume_from: view.version,
+        build: build_name(role),
     });
     let send = |message| SubscriberMessage {
         message: Some(message),
@@ -130,4 +131,14 @@ pub async fn follow(
             .map_err(|_| tonic::Status::cancelled("stream closed"))?;
     }
     Ok(())
+}
+
+/// The subscriber's program and version, as `ambitctl version` lists them (mesh-core is
+/// built at the same version as the agent and the waypoint).
+fn build_name(role: Role) -> String {
+    let program = match role {
+        Role::Waypoint => "mesh-waypoint",
+        _ => "mesh-node",
+    };
+    format!("{program} {}", env!("CARGO_PKG_VERSION"))
 }

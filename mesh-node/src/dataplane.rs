@@ -27,7 +27,7 @@ use mesh_common::{
     EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, PodAddr, maps, programs,
 };
 
-pub use pins::ensure_bpffs;
+pub use pins::{ensure_bpffs, is_bpffs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -10,6 +10,7 @@
 //! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
 //! - `control`: policies and workloads from the controller's configuration stream;
 //! - `sandbox`: where this node's pods live (their network namespaces);
+//! - `precheck`: whether this host can run the agent (`ambitctl precheck`);
 //! - `services`: service addresses, their endpoints and waypoints;
 //! - `netns`, `cgroup`: kernel handles the agent works through;
 //! - `proxy`: in-pod listeners and forwarding;
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod metrics;
 pub mod netns;
 pub mod policy;
+pub mod precheck;
 pub mod proxy;
 pub mod sandbox;
 pub mod services;

@@ -72,7 +72,7 @@ pub fn run(flavour: Flavour) -> Result<()> {
         "building static binaries for the images ({MUSL_TARGET}, {profile} profile)"
     ));
     let mut args = vec!["build", "--target", MUSL_TARGET, "--profile", profile];
-    for package in ["mesh-node", "mesh-controller", "mesh-waypoint"] {
+    for package in ["mesh-node", "mesh-controller", "mesh-waypoint", "ambitctl"] {
         args.extend(["-p", package]);
     }
     args.push("--bins");

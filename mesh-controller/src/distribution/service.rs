@@ -73,7 +73,7 @@ impl ConfigService for ConfigStreamService {
         let (tx, rx) = mpsc::channel(1);
         let distributor = self.distributor.clone();
         tokio::spawn(async move {
-            let id = distributor.register(&node, role);
+            let id = distributor.register(&node, role, &subscribe.build);
             if let Err(reason) = serve_subscriber(
                 &distributor,
                 id,

@@ -20,8 +20,22 @@ use super::Error;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const SK_LOOKUP_PREFIX: &str = "sk_lookup-";
 
+/// Whether a bpffs is mounted at `path`.
+pub fn is_bpffs(path: &Path) -> std::io::Result<bool> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: statfs writes only into `stat`, which outlives the call.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a valid out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+}
+
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet (a fresh machine, or a
-/// container that was given the directory but not the mount).
+/// container that was given the directory but not the mount). Pins in a bpffs of the
+/// agent's own do not outlive it: that is said in the log.
 pub fn ensure_bpffs() -> Result<(), Error> {
     let root = Path::new("/sys/fs/bpf");
     let io = |what, source| Error::Io {
@@ -31,15 +45,13 @@ pub fn ensure_bpffs() -> Result<(), Error> {
     };
     std::fs::create_dir_all(root).map_err(|e| io("creating", e))?;
     let path = c"/sys/fs/bpf";
-    // SAFETY: statfs writes only into `stat`, which outlives the call.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer.
-    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(io("statfs", std::io::Error::last_os_error()));
-    }
-    if stat.f_type as i64 == BPF_FS_MAGIC {
+    if is_bpffs(root).map_err(|e| io("statfs", e))? {
         return Ok(());
     }
+    tracing::warn!(
+        "no bpffs at /sys/fs/bpf: mounting one; if this is a container, its pins will not \
+         outlive it (mount bpffs on the host, as systemd does, and give the agent that mount)"
+    );
     // SAFETY: all strings are NUL-terminated constants.
     let rc = unsafe {
         libc::mount(

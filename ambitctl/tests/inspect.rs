@@ -1,5 +1,5 @@
-//! `ambitctl` against a running controller in local mode: tables, JSON, and `check` explaining
-//! which policy allows or denies a connection.
+//! `ambitctl` against a running controller in local mode: tables, JSON, `check` explaining
+//! which policy allows or denies a connection, and `version`.
 
 use std::{
     path::Path,
@@ -78,6 +78,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The controller binary: `AMBIT_MESH_CONTROLLER` (as `cargo xtask test` sets it), else the
+/// one built beside this test.
+fn mesh_controller() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("AMBIT_MESH_CONTROLLER") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("mesh-controller"))
+        .find(|candidate| candidate.is_file())
+        .expect("mesh-controller is not built: run `cargo xtask test` (or `cargo build -p mesh-controller`)")
+}
+
 fn ambitctl(admin: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ambitctl"))
         .arg("--controller")
@@ -99,12 +114,13 @@ fn start(dir: &Path) -> (Controller, String) {
     std::fs::write(dir.join("pods.yaml"), "").unwrap();
     std::fs::write(dir.join("tokens"), "n0: secret\n").unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+    let child = Command::new(mesh_controller())
         .args(["--ca-dir", &dir.join("ca").display().to_string()])
         .args(["--pods-file", &dir.join("pods.yaml").display().to_string()])
         .args(["--tokens-file", &dir.join("tokens").display().to_string()])
         .args(["--ca-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--admin-addr", &admin])
+        .args(["--readiness-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--config-dir", &dir.join("config").display().to_string()])
         .env("AMBIT_LOG", "warn")
         .spawn()
@@ -182,5 +198,12 @@ fn ambitctl_lists_and_explains() {
         !ok && missing.contains("no workload shop/nobody"),
         "{missing}"
     );
+    let (ok, version) = ambitctl(&admin, &["version"]);
+    assert!(ok, "{version}");
+    let expected = format!(
+        "client version: ambitctl {v}\ncontrol plane version: mesh-controller {v}\n",
+        v = env!("CARGO_PKG_VERSION")
+    );
+    assert!(version.starts_with(&expected), "{version}");
     let _ = std::fs::remove_dir_all(&dir);
 }

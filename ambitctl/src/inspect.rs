@@ -1,44 +1,21 @@
-//! `ambitctl`: what the mesh is doing, from the controller's admin endpoint (and a node
-//! agent's, for certificates). Human tables by default, `-o json|yaml` for scripts.
+//! What the mesh is doing, from the controller's admin endpoint (and a node agent's, for
+//! certificates). Human tables by default, `-o json|yaml` for scripts.
 
 use std::{io::Read as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Subcommand;
 use mesh_core::{
     Identity,
     policy::{Connection, Decision, PolicySet, Workload},
 };
 use serde_json::Value;
 
-#[derive(Parser)]
-#[command(name = "ambitctl", version, about = "Inspect an Ambit mesh")]
-struct Cli {
-    /// The controller's admin endpoint.
-    #[arg(
-        long,
-        env = "AMBIT_CONTROLLER_ADMIN",
-        default_value = "127.0.0.1:15014"
-    )]
-    controller: SocketAddr,
-    /// A node agent's admin endpoint (for `certs`).
-    #[arg(long, env = "AMBIT_NODE_ADMIN", default_value = "127.0.0.1:15000")]
-    node: SocketAddr,
-    #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    output: Output,
-    #[command(subcommand)]
-    command: Command,
-}
+use crate::{Cli, Output};
 
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Output {
-    Table,
-    Json,
-    Yaml,
-}
-
+/// What a running mesh is doing.
 #[derive(Subcommand)]
-enum Command {
+pub enum Inspect {
     /// Configuration version, subscribers (acknowledged version, last refusal), and resources
     /// that are not accepted.
     Status,
@@ -65,24 +42,24 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum ConfigWhat {
+pub enum ConfigWhat {
     /// Every resource the controller publishes.
     Dump,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let value = match &cli.command {
-        Command::Status => get(cli.controller, "/status")?,
-        Command::Workloads | Command::Services | Command::Config { .. } | Command::Check { .. } => {
+/// Runs an inspection command against the admin endpoints.
+pub fn run(cli: &Cli, command: &Inspect) -> Result<()> {
+    let value = match command {
+        Inspect::Status => get(cli.controller, "/status")?,
+        Inspect::Workloads | Inspect::Services | Inspect::Config { .. } | Inspect::Check { .. } => {
             get(cli.controller, "/config_dump")?
         }
-        Command::Policies => get(cli.controller, "/status")?,
-        Command::Certs => get(cli.node, "/certs")?,
+        Inspect::Policies => get(cli.controller, "/status")?,
+        Inspect::Certs => get(cli.node, "/certs")?,
     };
-    let (headers, rows, data) = match &cli.command {
-        Command::Status => status(&value),
-        Command::Workloads => listing(
+    let (headers, rows, data) = match command {
+        Inspect::Status => status(&value),
+        Inspect::Workloads => listing(
             &value,
             "Workload",
             &[
@@ -107,7 +84,7 @@ fn main() -> Result<()> {
                 ]
             },
         ),
-        Command::Services => listing(
+        Inspect::Services => listing(
             &value,
             "Service",
             &[
@@ -136,10 +113,10 @@ fn main() -> Result<()> {
                 ]
             },
         ),
-        Command::Policies => policies(&value),
-        Command::Certs => (Vec::new(), Vec::new(), value.clone()),
-        Command::Config { .. } => (Vec::new(), Vec::new(), value.clone()),
-        Command::Check {
+        Inspect::Policies => policies(&value),
+        Inspect::Certs => (Vec::new(), Vec::new(), value.clone()),
+        Inspect::Config { .. } => (Vec::new(), Vec::new(), value.clone()),
+        Inspect::Check {
             source,
             destination,
         } => check(&value, source, destination)?,
@@ -154,7 +131,7 @@ fn main() -> Result<()> {
 }
 
 /// `GET path` over HTTP/1.0 (the admin endpoints are plain HTTP on loopback).
-fn get(addr: SocketAddr, path: &str) -> Result<Value> {
+pub fn get(addr: SocketAddr, path: &str) -> Result<Value> {
     use std::io::Write as _;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the admin endpoint at {addr}"))?;
