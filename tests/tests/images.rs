@@ -20,10 +20,13 @@ fn the_agent_image_with_the_daemonsets_privileges_carries_hbone() -> Result<()> 
     let tb = Testbed::new(Topology::default())?;
     tb.set_namespace_ambient("default", true)?;
     let controller = tb.start_controller_from_image()?;
-    controller
-        .container()
-        .context("controller from its image")?
-        .check_privileges()?;
+    let container = controller.container().context("controller from its image")?;
+    container.check_privileges()?;
+    // Its Deployment's readiness probe: ready once a whole configuration is published.
+    container.wait_until(std::time::Duration::from_secs(20), || {
+        mesh_tests::sys::loopback_get(&tb.fabric_netns_path(), 15021, "/healthz/ready")
+            .is_ok_and(|(status, body)| status == 200 && body == "ready\n")
+    })?;
     tb.start_pause_processes()?;
     let containerised = tb.start_agent_from_image("n0", &controller)?;
     let plain = tb.start_agent(
