@@ -20,7 +20,9 @@ fn the_agent_image_with_the_daemonsets_privileges_carries_hbone() -> Result<()> 
     let tb = Testbed::new(Topology::default())?;
     tb.set_namespace_ambient("default", true)?;
     let controller = tb.start_controller_from_image()?;
-    let container = controller.container().context("controller from its image")?;
+    let container = controller
+        .container()
+        .context("controller from its image")?;
     container.check_privileges()?;
     // Its Deployment's readiness probe: ready once a whole configuration is published.
     container.wait_until(std::time::Duration::from_secs(20), || {

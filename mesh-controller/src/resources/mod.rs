@@ -3,6 +3,7 @@
 //! CRDs to deploy/crds/ from these types, and a test fails when the two drift apart.
 
 pub mod common;
+pub mod destination_rule;
 pub mod gateway_api;
 pub mod http_route;
 pub mod networking;
