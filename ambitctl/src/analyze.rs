@@ -84,6 +84,25 @@ pub fn run(paths: &[PathBuf], threshold: Level, domain: &str, output: Output) ->
                 }
             };
             let described = describe(&value);
+            let api_version = value
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let group = api_version.split_once('/').map_or("", |(g, _)| g);
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
+            if let Some(why) = mesh_controller::compatibility::not_served(group, kind) {
+                messages.push(problem(
+                    Level::Warning,
+                    "NotServed",
+                    &described,
+                    &origin,
+                    format!("{kind} is not served by Ambit: {why}"),
+                ));
+                continue;
+            }
             match parse_resource(value) {
                 Ok(resource) => {
                     let key = set.insert(resource);

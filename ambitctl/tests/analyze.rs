@@ -84,3 +84,22 @@ fn broken_copies_report_every_problem_with_file_document_and_field() {
     assert!(text.contains("Error [NotYaml]"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Istio kinds Ambit does not serve are named, as warnings: they fail nothing.
+#[test]
+fn kinds_ambit_does_not_serve_are_warned_about() {
+    let dir = std::env::temp_dir().join(format!("ambitctl-not-served-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sidecar.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: bookinfo}\nspec: {egress: [{hosts: [\"./*\"]}]}\n",
+    )
+    .unwrap();
+    let (code, text) = analyze(&[&dir.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Warning [NotServed] (Sidecar bookinfo/default"),
+        "{text}"
+    );
+}

@@ -28,6 +28,14 @@ pub enum Support {
     FailsClosed(&'static str),
 }
 
+/// Why Ambit does not serve `kind` of `group`, if it is one of Istio's kinds it does not.
+pub fn not_served(group: &str, kind: &str) -> Option<&'static str> {
+    doc::NOT_SERVED
+        .iter()
+        .find(|(g, k, _)| *g == group && *k == kind)
+        .map(|(_, _, why)| *why)
+}
+
 /// What Ambit does with `path` of `kind` (paths as [`fields`] writes them).
 pub fn support(kind: &str, path: &str) -> Support {
     TABLE

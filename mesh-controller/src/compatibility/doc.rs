@@ -7,8 +7,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSche
 
 use super::{Support, fields, support};
 
-/// Istio kinds Ambit does not serve, and why.
-const NOT_SERVED: &[(&str, &str, &str)] = &[
+/// Istio kinds Ambit does not serve, and why: (group, kind, why).
+pub const NOT_SERVED: &[(&str, &str, &str)] = &[
     (
         "networking.istio.io",
         "Sidecar",

@@ -112,6 +112,9 @@ pub fn parse_resource(mut value: Value) -> Result<Resource, String> {
     if !cluster_scoped {
         default_namespace(&mut value);
     }
+    if let Some(why) = crate::compatibility::not_served(group, &kind) {
+        return Err(format!("{kind} ({group}) is not served by Ambit: {why}"));
+    }
     match (group, kind.as_str()) {
         ("", "Namespace") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Namespace)),
         ("", "Node") => served(&["v1"]).and_then(|()| typed(value).map(Resource::Node)),
