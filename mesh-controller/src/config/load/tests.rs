@@ -112,7 +112,7 @@ spec: {hosts: [cart]}
         "broken.yaml: document 2 (VirtualService shop/wrong-type): spec.http[0].route[0].weight: invalid type: string \"ninety\"",
         "broken.yaml: document 3 (PeerAuthentication shop/bad-mode): spec.mtls.mode: unknown variant `STRICTEST`",
         "broken.yaml: document 4 (AuthorizationPolicy shop/old): AuthorizationPolicy is served as security.istio.io/v1beta1, v1, not security.istio.io/v1alpha1",
-        "broken.yaml: document 5 (Sidecar shop/unknown-kind): unsupported kind Sidecar in networking.istio.io",
+        "broken.yaml: document 5 (Sidecar shop/unknown-kind): Sidecar (networking.istio.io) is not served by Ambit: configures sidecar proxies",
         "broken.yaml: document 6 (VirtualService shop/?): metadata.name is required",
         "garbage.yaml: document 1 (? ?): not YAML:",
     ];
