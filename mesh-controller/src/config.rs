@@ -218,6 +218,22 @@ impl Resource {
         }
     }
 
+    /// The `spec` of an Istio kind as its CRD's schema reads it (the kinds whose every
+    /// field the compatibility table lists); `None` for other kinds.
+    pub fn istio_spec(&self) -> Option<serde_json::Value> {
+        let spec = match self {
+            Resource::VirtualService(r) => serde_json::to_value(&r.spec),
+            Resource::DestinationRule(r) => serde_json::to_value(&r.spec),
+            Resource::Gateway(r) => serde_json::to_value(&r.spec),
+            Resource::ServiceEntry(r) => serde_json::to_value(&r.spec),
+            Resource::PeerAuthentication(r) => serde_json::to_value(&r.spec),
+            Resource::AuthorizationPolicy(r) => serde_json::to_value(&r.spec),
+            _ => return None,
+        };
+        // Serializing a typed spec cannot fail: every map key is a string.
+        spec.ok()
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Namespace(_) => Kind::Namespace,

@@ -106,16 +106,9 @@ fn path_has_named_children(other: &str, path: &str) -> bool {
 }
 
 fn spec_of(resource: &Resource) -> serde_json::Value {
-    match resource {
-        Resource::VirtualService(r) => serde_json::to_value(&r.spec),
-        Resource::DestinationRule(r) => serde_json::to_value(&r.spec),
-        Resource::Gateway(r) => serde_json::to_value(&r.spec),
-        Resource::ServiceEntry(r) => serde_json::to_value(&r.spec),
-        Resource::PeerAuthentication(r) => serde_json::to_value(&r.spec),
-        Resource::AuthorizationPolicy(r) => serde_json::to_value(&r.spec),
-        other => panic!("unexpected {:?}", other.key()),
-    }
-    .unwrap()
+    resource
+        .istio_spec()
+        .unwrap_or_else(|| panic!("unexpected {:?}", resource.key()))
 }
 
 /// The CRDs' schemas name every field the corpus sets (an API server would prune nothing),

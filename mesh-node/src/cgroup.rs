@@ -123,12 +123,16 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
-            digits
-                .iter()
-                .all(|d| (b'0'..=b'7').contains(d))
-                .then(|| digits.iter().fold(0u8, |n, d| n * 8 + (d - b'0')))
-        });
+        // Only a backslash starts an escape; the value is read wide, since digits that are
+        // not one (`\777`) stay as written rather than wrap.
+        let octal = (bytes[i] == b'\\')
+            .then(|| bytes.get(i + 1..i + 4))
+            .flatten()
+            .filter(|digits| digits.iter().all(|d| (b'0'..=b'7').contains(d)))
+            .and_then(|digits| {
+                let value = digits.iter().fold(0u16, |n, d| n * 8 + u16::from(d - b'0'));
+                u8::try_from(value).ok()
+            });
         match (bytes[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);

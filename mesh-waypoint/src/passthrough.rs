@@ -49,16 +49,9 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         .as_deref()
         .and_then(|w| w.split_once('/'))
         .map_or("", |(_, name)| name);
-    let mut refs = vec![("Gateway", gateway)];
-    refs.extend(
-        app.config
-            .gateway_class
-            .as_deref()
-            .map(|c| ("GatewayClass", c)),
-    );
-    if let Some(service) = &service {
-        refs.push(("Service", service.name.as_str()));
-    }
+    let refs = app
+        .config
+        .policy_targets(gateway, service.as_ref().map(|s| s.name.as_str()));
     let connection = mesh_core::policy::Connection {
         source: downstream.client.as_ref(),
         source_ip: downstream.source.ip(),

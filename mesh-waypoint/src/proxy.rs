@@ -306,14 +306,7 @@ fn authorize<B>(
         Destination::Workload(w) => (w.namespace.as_str(), None),
         Destination::Gateway(_) => (own_namespace, None),
     };
-    let mut refs = vec![("Gateway", gateway)];
-    refs.extend(
-        app.config
-            .gateway_class
-            .as_deref()
-            .map(|c| ("GatewayClass", c)),
-    );
-    refs.extend(service.map(|name| ("Service", name)));
+    let refs = app.config.policy_targets(gateway, service);
     let refs = refs.as_slice();
     let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {

@@ -97,17 +97,7 @@ impl Testbed {
         if options.accelerate {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);
         }
-        let mut agent = Agent {
-            process: None,
-            node: node.name.clone(),
-            node_netns: PathBuf::from("/run/netns").join(&node.netns),
-            bpf_dir: node.bpf_dir.clone(),
-            log: self.work_dir.join(format!("agent-{}.log", node.name)),
-            args,
-            image: None,
-        };
-        agent.start()?;
-        Ok(agent)
+        self.launch_agent(node, args, None)
     }
 
     /// Starts node `node`'s agent from its image, as deploy/node.yaml's DaemonSet runs it:
@@ -128,23 +118,11 @@ impl Testbed {
         let (spec, container) = containers::manifest_pod(&manifest, "DaemonSet")?;
         let stand_ins = self.work_dir.join(format!("stand-ins/{}", node.name));
         let substitutions = containers::Substitutions {
-            volumes: [
-                (
-                    "token".to_owned(),
-                    containers::stand_in(
-                        &stand_ins.join("token"),
-                        &[("token", &self.token_file(&node.name))],
-                    )?,
-                ),
-                (
-                    "root".to_owned(),
-                    containers::stand_in(
-                        &stand_ins.join("root"),
-                        &[("root-cert.pem", &controller.root)],
-                    )?,
-                ),
-            ]
-            .into(),
+            volumes: containers::mesh_volumes(
+                &stand_ins,
+                &self.token_file(&node.name),
+                &controller.root,
+            )?,
             host_paths: [(
                 "/sys/fs/cgroup".to_owned(),
                 PathBuf::from(crate::testbed::CGROUP_V2),
@@ -164,6 +142,21 @@ impl Testbed {
                 _ => arg,
             })
             .collect();
+        let launch = ImageLaunch {
+            spec,
+            container,
+            substitutions,
+        };
+        self.launch_agent(node, args, Some(launch))
+    }
+
+    /// Starts node `node`'s agent with `args`, as a process or from its image.
+    fn launch_agent(
+        &self,
+        node: &crate::testbed::Node,
+        args: Vec<String>,
+        image: Option<ImageLaunch>,
+    ) -> Result<Agent> {
         let mut agent = Agent {
             process: None,
             node: node.name.clone(),
@@ -171,11 +164,7 @@ impl Testbed {
             bpf_dir: node.bpf_dir.clone(),
             log: self.work_dir.join(format!("agent-{}.log", node.name)),
             args,
-            image: Some(ImageLaunch {
-                spec,
-                container,
-                substitutions,
-            }),
+            image,
         };
         agent.start()?;
         Ok(agent)

@@ -11,13 +11,13 @@
 mod container;
 mod names;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
     core::v1::{PodSpec, PodTemplateSpec, Volume},
 };
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString};
 
 use self::{
     container::{id_in_range, profile_type},
@@ -33,17 +33,7 @@ pub fn daemon_set(ds: &DaemonSet) -> Violations {
         out.push("spec: Required value".to_owned());
         return out;
     };
-    selector_matches(
-        &spec.selector.match_labels,
-        spec.selector
-            .match_expressions
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty(),
-        &spec.template,
-        "daemonset",
-        &mut out,
-    );
+    selector_matches(&spec.selector, &spec.template, "daemonset", &mut out);
     if let Some(rolling) = spec
         .update_strategy
         .as_ref()
@@ -83,29 +73,23 @@ pub fn deployment(deployment: &Deployment) -> Violations {
         out.push("spec: Required value".to_owned());
         return out;
     };
-    selector_matches(
-        &spec.selector.match_labels,
-        spec.selector
-            .match_expressions
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty(),
-        &spec.template,
-        "deployment",
-        &mut out,
-    );
+    selector_matches(&spec.selector, &spec.template, "deployment", &mut out);
     template(&spec.template, &mut out);
     out
 }
 
 fn selector_matches(
-    match_labels: &Option<BTreeMap<String, String>>,
-    no_expressions: bool,
+    selector: &LabelSelector,
     template: &PodTemplateSpec,
     what: &str,
     out: &mut Violations,
 ) {
-    let selector = match_labels.clone().unwrap_or_default();
+    let no_expressions = selector
+        .match_expressions
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty();
+    let selector = selector.match_labels.clone().unwrap_or_default();
     if selector.is_empty() && no_expressions {
         out.push(format!(
             "spec.selector: Invalid value: empty selector is invalid for {what}"

@@ -28,7 +28,7 @@ use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Container as ContainerSpec, PodSpec};
 
 pub use self::{
-    manifests::{deployment_pod, gateway_deployment, manifest_pod, stand_in},
+    manifests::{deployment_pod, gateway_deployment, manifest_pod, mesh_volumes},
     translate::{Expected, Placement, Substitutions, podman_flags},
 };
 

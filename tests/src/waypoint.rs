@@ -122,23 +122,11 @@ impl Testbed {
         let (spec, container) = containers::deployment_pod(&deployment)?;
         let stand_ins = self.work_dir.join(format!("stand-ins/{}", pod.name));
         let substitutions = containers::Substitutions {
-            volumes: [
-                (
-                    "token".to_owned(),
-                    containers::stand_in(
-                        &stand_ins.join("token"),
-                        &[("token", &self.token_file(&pod.node))],
-                    )?,
-                ),
-                (
-                    "root".to_owned(),
-                    containers::stand_in(
-                        &stand_ins.join("root"),
-                        &[("root-cert.pem", &controller.root)],
-                    )?,
-                ),
-            ]
-            .into(),
+            volumes: containers::mesh_volumes(
+                &stand_ins,
+                &self.token_file(&pod.node),
+                &controller.root,
+            )?,
             fields: [("metadata.name".to_owned(), pod.name.clone())].into(),
             ..Default::default()
         };

@@ -100,9 +100,12 @@ pub fn render() -> String {
          `IgnoredFields` status condition (and a Warning event) names it;\n\
          - **fails closed**: a security field Ambit does not enforce, so what it would allow \
          is refused; the resource's `FailsClosed` condition names it.\n\n\
-         A field of no kind here, or a misspelt one, is refused in the resource's status \
-         (`Accepted: False`), and the rest of the configuration applies. `ambitctl analyze` \
-         reports the same offline.\n\n## Totals\n\n\
+         A field of no kind here, or a misspelt one, does not reach Ambit on a cluster: the \
+         CRDs' schemas name every field, so `kubectl apply` refuses it (server-side field \
+         validation, strict by default) or the API server prunes it when validation is off. \
+         From a configuration directory (local mode), Ambit refuses such a resource in its \
+         status (`Accepted: False`) and the rest of the configuration applies; \
+         `ambitctl analyze` reports it offline either way.\n\n## Totals\n\n\
          | kind | served as | fields | implemented | ignored | fails closed |\n\
          |---|---|---|---|---|---|\n",
     );

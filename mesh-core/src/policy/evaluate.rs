@@ -200,8 +200,12 @@ impl PolicySet {
         let applicable: Vec<&Enforced> = self
             .scoped(targets.namespace)
             .filter(|e| {
-                target_refs(&e.policy)
-                    .any(|(kind, name)| targets.refs.iter().any(|(k, n)| *k == kind && *n == name))
+                target_refs(&e.policy).any(|r| {
+                    targets
+                        .refs
+                        .iter()
+                        .any(|(kind, name)| *kind == r.kind && Some(*name) == r.name)
+                })
             })
             .collect();
         decide(&applicable, connection)
@@ -222,7 +226,7 @@ const WAYPOINT_TARGETS: [&str; 3] = ["Gateway", "GatewayClass", "Service"];
 /// policy's namespace). A policy with other targets is enforced at the nodes instead, for
 /// the whole namespace and failing closed.
 fn targets_a_waypoint(policy: &AuthorizationPolicy) -> bool {
-    let mut refs = target_refs_full(policy).peekable();
+    let mut refs = target_refs(policy).peekable();
     refs.peek().is_some()
         && refs.all(|r| {
             WAYPOINT_TARGETS.contains(&r.kind)
@@ -231,13 +235,15 @@ fn targets_a_waypoint(policy: &AuthorizationPolicy) -> bool {
         })
 }
 
-/// A `targetRef` as the node reads it.
+/// One of a policy's `targetRef` and `targetRefs`, as written (a missing field reads as
+/// empty or `None`, and so matches nothing).
 struct TargetRef<'a> {
     kind: &'a str,
+    name: Option<&'a str>,
     namespace: Option<&'a str>,
 }
 
-fn target_refs_full(policy: &AuthorizationPolicy) -> impl Iterator<Item = TargetRef<'_>> {
+fn target_refs(policy: &AuthorizationPolicy) -> impl Iterator<Item = TargetRef<'_>> {
     let one = policy.spec.target_ref.iter();
     let many = policy
         .spec
@@ -246,20 +252,9 @@ fn target_refs_full(policy: &AuthorizationPolicy) -> impl Iterator<Item = Target
         .flat_map(|v| v.as_sequence().into_iter().flatten());
     one.chain(many).map(|r| TargetRef {
         kind: r.get("kind").and_then(|k| k.as_str()).unwrap_or_default(),
+        name: r.get("name").and_then(|n| n.as_str()),
         namespace: r.get("namespace").and_then(|n| n.as_str()),
     })
-}
-
-/// (kind, name) of each of a policy's `targetRef` and `targetRefs`.
-fn target_refs(policy: &AuthorizationPolicy) -> impl Iterator<Item = (&str, &str)> {
-    let one = policy.spec.target_ref.iter();
-    let many = policy
-        .spec
-        .target_refs
-        .iter()
-        .flat_map(|v| v.as_sequence().into_iter().flatten());
-    one.chain(many)
-        .filter_map(|r| Some((r.get("kind")?.as_str()?, r.get("name")?.as_str()?)))
 }
 
 fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {

@@ -138,6 +138,9 @@ fn a_process_not_listed_anywhere_is_an_error_not_a_guess() {
 fn mountinfo_escapes_are_decoded() {
     assert_eq!(unescape("/a\\040b\\011c\\134d"), "/a b\tc\\d");
     assert_eq!(unescape("/plain\\x"), "/plain\\x");
+    // Digits are only an escape after a backslash, and one past a byte stays as written.
+    assert_eq!(unescape("/pod-7777/999"), "/pod-7777/999");
+    assert_eq!(unescape("/a\\777"), "/a\\777");
     assert_eq!(levels_above("/"), Some(0));
     assert_eq!(levels_above("/../.."), Some(2));
     assert_eq!(levels_above("/a/b"), None);

@@ -35,13 +35,7 @@ pub(super) async fn carry<IO>(
         destination_port: local.port(),
         request: None,
     };
-    let mut refs = vec![("Gateway", name)];
-    refs.extend(
-        app.config
-            .gateway_class
-            .as_deref()
-            .map(|c| ("GatewayClass", c)),
-    );
+    let refs = app.config.policy_targets(name, None);
     let targets = mesh_core::policy::Targets {
         namespace,
         refs: &refs,

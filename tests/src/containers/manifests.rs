@@ -1,7 +1,10 @@
 //! The pod templates the tests run: deploy/'s manifests, and the Deployments the controller
 //! generates for Gateways; and the files that stand in for a cluster's volumes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::{
@@ -13,13 +16,30 @@ use super::image;
 
 /// A directory holding copies of `files` (`name`, source): what a projected token or a
 /// ConfigMap volume would show the container.
-pub fn stand_in(dir: &Path, files: &[(&str, &Path)]) -> Result<PathBuf> {
+fn stand_in(dir: &Path, files: &[(&str, &Path)]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     for (name, source) in files {
         std::fs::copy(source, dir.join(name))
             .with_context(|| format!("copying {}", source.display()))?;
     }
     Ok(dir.to_owned())
+}
+
+/// The two volumes every Ambit pod mounts from its cluster, by their names in the manifests:
+/// `token`, the projected service-account token the controller checks, and `root`, the
+/// mesh's root certificate (the ConfigMap `ambit-ca-root`). Their stand-ins go under `dir`.
+pub fn mesh_volumes(dir: &Path, token: &Path, root: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    Ok([
+        (
+            "token".to_owned(),
+            stand_in(&dir.join("token"), &[("token", token)])?,
+        ),
+        (
+            "root".to_owned(),
+            stand_in(&dir.join("root"), &[("root-cert.pem", root)])?,
+        ),
+    ]
+    .into())
 }
 
 /// The pod template and the one container of a DaemonSet or Deployment in a deploy/ file.

@@ -13,17 +13,8 @@ use super::{FAILS_CLOSED, IGNORED_FIELDS, Validation};
 pub(super) fn ignored_and_closed(set: &ConfigSet, v: &mut Validation) {
     let schemas = fields::spec_schemas();
     for (key, resource) in &set.resources {
-        let spec = match resource {
-            Resource::VirtualService(r) => serde_json::to_value(&r.spec),
-            Resource::DestinationRule(r) => serde_json::to_value(&r.spec),
-            Resource::Gateway(r) => serde_json::to_value(&r.spec),
-            Resource::ServiceEntry(r) => serde_json::to_value(&r.spec),
-            Resource::PeerAuthentication(r) => serde_json::to_value(&r.spec),
-            Resource::AuthorizationPolicy(r) => serde_json::to_value(&r.spec),
-            _ => continue,
-        };
-        let (Ok(spec), Some((kind, schema))) = (
-            spec,
+        let (Some(spec), Some((kind, schema))) = (
+            resource.istio_spec(),
             schemas.iter().find(|(kind, _)| kind == key.kind.name()),
         ) else {
             continue;
