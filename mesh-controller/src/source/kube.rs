@@ -5,18 +5,21 @@
 //! serves them, as discovery says: a cluster without the Gateway API still gets its
 //! configuration, and when the CRDs appear later (or go) the kind is picked up (or dropped)
 //! within [`PROBE_INTERVAL`]. A kind the cluster serves is always listed before anything is
-//! published: a policy missing from a partial list would be lifted on every node.
+//! published: a policy missing from a partial list would be lifted on every node. For the same
+//! reason a kind's store lives as long as the controller: when its watch starts over, the
+//! objects already known stay until the new list replaces them whole.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use kube::{
     Client,
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
-    runtime::{WatchStreamExt as _, reflector, watcher},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, store::Writer},
+        watcher,
+    },
 };
 use tokio::sync::{Notify, watch};
 
@@ -109,10 +112,10 @@ pub enum KindState {
     Listed,
 }
 
-/// One watched kind: its store (replaced when the kind's watch starts over) and state.
+/// One watched kind: its store and state.
 struct Watched {
     ar: ApiResource,
-    store: Arc<Mutex<reflector::Store<DynamicObject>>>,
+    store: reflector::Store<DynamicObject>,
     state: watch::Receiver<KindState>,
 }
 
@@ -158,21 +161,17 @@ impl KubeSource {
         let mut tasks = Vec::new();
         for (group, version, kind, plural) in WATCHED {
             let ar = api_resource(group, version, kind, plural);
-            // The first watch's store is made here, so that a store handed out before the
-            // task runs (the Pods the CA authorizes by) is the one that fills.
-            let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-            let store = Arc::new(Mutex::new(writer.as_reader()));
+            let writer = Writer::<DynamicObject>::new(ar.clone());
             let (state_tx, state) = watch::channel(KindState::Pending);
             kinds.push(Watched {
                 ar: ar.clone(),
-                store: store.clone(),
+                store: writer.as_reader(),
                 state,
             });
             let follower = Follower {
                 client: client.clone(),
                 ar,
-                store,
-                first: Some(writer),
+                writer,
                 probe_interval,
                 state: state_tx,
                 notify: notify.clone(),
@@ -194,7 +193,7 @@ impl KubeSource {
         self.kinds
             .iter()
             .find(|w| w.ar.kind == kind && w.ar.group.is_empty())
-            .map(|w| w.store.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|w| w.store.clone())
     }
 
     /// Waits until every kind is either listed or known not to be served.
@@ -223,10 +222,8 @@ impl KubeSource {
 struct Follower {
     client: Client,
     ar: ApiResource,
-    store: Arc<Mutex<reflector::Store<DynamicObject>>>,
-    /// The writer of the store made at start, for the first watch; later watches (after the
-    /// kind's CRD went and came back) start from a new one.
-    first: Option<reflector::store::Writer<DynamicObject>>,
+    /// The kind's one store, across watches: a new list is buffered and swapped in whole.
+    writer: Writer<DynamicObject>,
     probe_interval: Duration,
     state: watch::Sender<KindState>,
     notify: Arc<Notify>,
@@ -255,19 +252,19 @@ impl Follower {
                     }
                 },
             };
-            let writer = self
-                .first
-                .take()
-                .unwrap_or_else(|| reflector::store::Writer::new(self.ar.clone()));
-            *self.store.lock().unwrap_or_else(|p| p.into_inner()) = writer.as_reader();
             self.set(KindState::Pending, &what);
-            let mut events = std::pin::pin!(reflector(writer, events).default_backoff());
+            let mut events = std::pin::pin!(events.default_backoff());
             while let Some(event) = events.next().await {
+                if let Ok(event) = &event {
+                    self.writer.apply_watcher_event(event);
+                }
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         self.set(KindState::Listed, &what);
                         self.notify.notify_one();
                     }
+                    // A list under way is not published until it is whole.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                     Ok(_) => self.notify.notify_one(),
                     // Its CRD was deleted: ask discovery again.
                     Err(error) if gone(&error) => break,
@@ -277,7 +274,7 @@ impl Follower {
         }
     }
 
-    fn set(&self, state: KindState, what: &str) {
+    fn set(&mut self, state: KindState, what: &str) {
         let changed = self.state.send_if_modified(|current| {
             let changed = *current != state;
             *current = state;
@@ -288,9 +285,9 @@ impl Follower {
         }
         match state {
             KindState::NotServed => {
-                // None exist: what was listed before the CRD went is dropped.
-                let empty = reflector::store::Writer::<DynamicObject>::new(self.ar.clone());
-                *self.store.lock().unwrap_or_else(|p| p.into_inner()) = empty.as_reader();
+                // None exist: what was listed before the CRD went is dropped (an empty list).
+                self.writer.apply_watcher_event(&watcher::Event::Init);
+                self.writer.apply_watcher_event(&watcher::Event::InitDone);
                 tracing::info!(kind = %what, "not served by this cluster; asking again every {:?}", self.probe_interval);
                 self.notify.notify_one();
             }
@@ -328,12 +325,7 @@ impl ConfigSource for KubeSource {
         let mut errors = Vec::new();
         for watched in &self.kinds {
             let ar = &watched.ar;
-            let store = watched
-                .store
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for object in store.state() {
+            for object in watched.store.state() {
                 let mut value = match serde_yaml::to_value(&*object) {
                     Ok(value) => value,
                     Err(error) => {
