@@ -90,6 +90,7 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
 /// the ingress (which sees the Gateway's listeners, not their `allowedRoutes`) attaches the
 /// route only where the Gateway allows it.
 fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -> HttpRouteSpec {
+    let labels = set.namespace_labels(namespace);
     let parent_refs = spec
         .parent_refs
         .iter()
@@ -104,7 +105,7 @@ fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -
                     .listeners
                     .iter()
                     .filter(|l| l.picked_by(parent))
-                    .filter(|l| l.admits_namespace(namespace, gateway_namespace))
+                    .filter(|l| l.admits_namespace(namespace, &labels, gateway_namespace))
                     .map(|l| ParentReference {
                         section_name: Some(l.name.clone()),
                         ..parent.clone()

@@ -172,19 +172,37 @@ impl ConfigSet {
         }
     }
 
-    /// What Ambit serves a Gateway API `Gateway` as, if anything: its class must be one Ambit
-    /// serves, and the cluster's GatewayClass of that name (if any) must name Ambit.
-    pub fn gateway_role(&self, gateway: &gateway_api::Gateway) -> Option<gateway_api::GatewayRole> {
+    /// The cluster's GatewayClass `name` (cluster-scoped), if it has one.
+    pub fn gateway_class(&self, name: &str) -> Option<&gateway_api::GatewayClass> {
         let key = ObjectKey {
             kind: Kind::GatewayClass,
             namespace: String::new(),
-            name: gateway.spec.gateway_class_name.clone(),
+            name: name.to_owned(),
         };
-        let class = match self.resources.get(&key) {
-            Some(Resource::GatewayClass(class)) => Some(&**class),
+        match self.resources.get(&key) {
+            Some(Resource::GatewayClass(class)) => Some(class),
             _ => None,
+        }
+    }
+
+    /// What Ambit serves a Gateway API `Gateway` as, if anything: its class must be one Ambit
+    /// serves, and not claimed by another controller (see [`gateway_api::GatewayRole::of`]).
+    pub fn gateway_role(&self, gateway: &gateway_api::Gateway) -> Option<gateway_api::GatewayRole> {
+        let class_name = &gateway.spec.gateway_class_name;
+        gateway_api::GatewayRole::of(class_name, self.gateway_class(class_name))
+    }
+
+    /// The labels of namespace `name` (none when it is not known).
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        let key = ObjectKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: name.to_owned(),
         };
-        gateway.spec.role(class)
+        match self.resources.get(&key) {
+            Some(Resource::Namespace(ns)) => ns.metadata.labels.clone().unwrap_or_default(),
+            _ => BTreeMap::new(),
+        }
     }
 
     /// Adds or replaces a resource.

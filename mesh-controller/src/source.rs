@@ -149,8 +149,8 @@ fn has_status(set: &ConfigSet, key: &ObjectKey) -> bool {
     use crate::{config::Kind, resources::gateway_api::CONTROLLER_NAME};
     if key.kind == Kind::GatewayClass {
         return set
-            .gateway_classes()
-            .any(|(k, class)| k == key && class.spec.controller_name == CONTROLLER_NAME);
+            .gateway_class(&key.name)
+            .is_some_and(|class| class.spec.controller_name == CONTROLLER_NAME);
     }
     !matches!(
         key.kind,

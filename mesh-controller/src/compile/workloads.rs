@@ -18,7 +18,7 @@ use mesh_core::{
 
 use crate::{
     config::ConfigSet,
-    resources::gateway_api::{GatewayRole, WAYPOINT_CLASS},
+    resources::gateway_api::{GatewayRole, Listener, WAYPOINT_CLASS},
 };
 
 /// The label an EndpointSlice names its Service with.
@@ -33,12 +33,10 @@ const TOPOLOGY: [&str; 3] = [
 ];
 
 /// What a waypoint Gateway says about who may use it.
-struct Waypoint {
+struct Waypoint<'a> {
     traffic: TrafficType,
-    /// `allowedRoutes.namespaces` of its HBONE listener: `Same` (the default), `All`, or
-    /// `Selector` (its `matchLabels`).
-    from: String,
-    selector: BTreeMap<String, String>,
+    /// Its HBONE listener, whose `allowedRoutes.namespaces` admits other namespaces.
+    hbone: Option<&'a Listener>,
 }
 
 /// What workloads and services are computed from besides themselves.
@@ -51,7 +49,7 @@ pub(super) struct Context<'a> {
     /// Node -> its locality, `region/zone/subzone`.
     localities: BTreeMap<String, String>,
     /// The waypoint Gateways, by (namespace, name).
-    waypoints: BTreeMap<(String, String), Waypoint>,
+    waypoints: BTreeMap<(String, String), Waypoint<'a>>,
 }
 
 impl<'a> Context<'a> {
@@ -95,9 +93,8 @@ impl<'a> Context<'a> {
             .filter(|(_, gw)| set.gateway_role(gw) == Some(GatewayRole::Waypoint))
             .map(|(key, gw)| {
                 let class = set
-                    .gateway_classes()
-                    .find(|(k, _)| k.name == gw.spec.gateway_class_name)
-                    .map(|(_, class)| class.labels());
+                    .gateway_class(&gw.spec.gateway_class_name)
+                    .map(|class| class.labels());
                 // Istio's default is `service`; Ambit's own class binds workloads too, so
                 // that a pod behind it cannot be reached around it.
                 let default = match gw.spec.gateway_class_name.as_str() {
@@ -107,25 +104,9 @@ impl<'a> Context<'a> {
                 let traffic = labels::first(gw.labels(), &labels::WAYPOINT_FOR)
                     .or(class.and_then(|c| labels::first(c, &labels::WAYPOINT_FOR)))
                     .unwrap_or(default);
-                let hbone = gw
-                    .spec
-                    .listeners
-                    .iter()
-                    .find(|l| l.protocol == "HBONE" && l.port == mesh_core::hbone::PORT);
-                let namespaces = hbone
-                    .and_then(|l| l.allowed_routes.as_ref())
-                    .and_then(|a| a.namespaces.as_ref());
-                let selector = namespaces
-                    .and_then(|n| n.selector.as_ref())
-                    .and_then(|s| s.get("matchLabels"))
-                    .and_then(|m| serde_json::from_value(m.clone()).ok())
-                    .unwrap_or_default();
                 let waypoint = Waypoint {
                     traffic: TrafficType::parse(traffic),
-                    from: namespaces
-                        .and_then(|n| n.from.clone())
-                        .unwrap_or_else(|| "Same".to_owned()),
-                    selector,
+                    hbone: gw.spec.hbone_listener(),
                 };
                 ((key.namespace.clone(), key.name.clone()), waypoint)
             })
@@ -165,18 +146,11 @@ impl<'a> Context<'a> {
             if !takes {
                 return None;
             }
+            // Its own namespace always; others as its listener admits routes.
             let admitted = wp_namespace == namespace
-                || match waypoint.from.as_str() {
-                    "All" => true,
-                    "Selector" => {
-                        let labels = self.namespace_labels(namespace);
-                        waypoint
-                            .selector
-                            .iter()
-                            .all(|(k, v)| labels.get(k) == Some(v))
-                    }
-                    _ => false,
-                };
+                || waypoint.hbone.is_some_and(|l| {
+                    l.admits_namespace(namespace, &self.namespace_labels(namespace), &wp_namespace)
+                });
             if !admitted {
                 tracing::warn!(
                     waypoint = %format!("{wp_namespace}/{name}"), %namespace,

@@ -112,3 +112,33 @@ impl Condition {
         }
     }
 }
+
+/// Whether a Kubernetes label selector (`matchLabels` and `matchExpressions`, as in a
+/// Gateway listener's `allowedRoutes.namespaces.selector`) selects `labels`. A selector that
+/// does not parse, or uses an operator Kubernetes does not define, selects nothing.
+pub fn label_selector_selects(
+    selector: &serde_json::Value,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let Ok(selector) = serde_json::from_value::<LabelSelector>(selector.clone()) else {
+        return false;
+    };
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}

@@ -170,6 +170,15 @@ pub struct RouteGroupKind {
     pub kind: String,
 }
 
+impl GatewaySpec {
+    /// The listener a waypoint takes mesh traffic on: protocol HBONE on port 15008.
+    pub fn hbone_listener(&self) -> Option<&Listener> {
+        self.listeners
+            .iter()
+            .find(|l| l.protocol == "HBONE" && l.port == mesh_core::hbone::PORT)
+    }
+}
+
 impl Listener {
     /// Whether `parent` picks this listener: by `sectionName` and `port` where it gives them.
     pub fn picked_by(&self, parent: &super::http_route::ParentReference) -> bool {
@@ -177,14 +186,24 @@ impl Listener {
             && parent.port.is_none_or(|p| p == self.port)
     }
 
-    /// Whether a route in `namespace` may attach, for a Gateway in `gateway_namespace`.
-    pub fn admits_namespace(&self, namespace: &str, gateway_namespace: &str) -> bool {
+    /// Whether a route in `namespace` (whose labels are `namespace_labels`) may attach, for
+    /// a Gateway in `gateway_namespace`: `allowedRoutes.namespaces.from` `Same` (the
+    /// default), `All`, or `Selector` with its label selector.
+    pub fn admits_namespace(
+        &self,
+        namespace: &str,
+        namespace_labels: &BTreeMap<String, String>,
+        gateway_namespace: &str,
+    ) -> bool {
         let from = self
             .allowed_routes
             .as_ref()
             .and_then(|a| a.namespaces.as_ref());
         match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
             "All" => true,
+            "Selector" => from
+                .and_then(|n| n.selector.as_ref())
+                .is_some_and(|s| super::common::label_selector_selects(s, namespace_labels)),
             _ => namespace == gateway_namespace,
         }
     }

@@ -140,12 +140,24 @@ apiVersion: v1
 kind: Service
 metadata: {{name: cart, namespace: shop}}
 spec: {{clusterIP: 10.96.0.2, ports: [{{port: 80}}]}}
-{}{}{}{}{}"#,
+{}{}{}{}{}{}{}"#,
             gateway("istio-default", "istio-waypoint", None, "All"),
             gateway("istio-all", "istio-waypoint", Some("all"), "All"),
             gateway("istio-workload", "istio-waypoint", Some("workload"), "All"),
             gateway("ambit-default", "ambit-waypoint", None, "All"),
             gateway("same-only", "istio-waypoint", Some("all"), "Same"),
+            gateway(
+                "selecting",
+                "istio-waypoint",
+                Some("all"),
+                "Selector, selector: {matchExpressions: [{key: istio.io/dataplane-mode, operator: In, values: [ambient]}]}",
+            ),
+            gateway(
+                "selecting-others",
+                "istio-waypoint",
+                Some("all"),
+                "Selector, selector: {matchLabels: {istio.io/dataplane-mode: ambient}, matchExpressions: [{key: team, operator: Exists}]}",
+            ),
         )
     };
     let bound = |waypoint: &str| -> (String, String) {
@@ -171,5 +183,8 @@ spec: {{clusterIP: 10.96.0.2, ports: [{{port: 80}}]}}
         bound("ambit-default"),
         (to("ambit-default"), to("ambit-default"))
     );
-    assert_eq!(bound("same-only"), (none.clone(), none));
+    assert_eq!(bound("same-only"), (none.clone(), none.clone()));
+    // A selector admits the namespaces it selects, by labels and expressions both.
+    assert_eq!(bound("selecting"), (to("selecting"), to("selecting")));
+    assert_eq!(bound("selecting-others"), (none.clone(), none));
 }

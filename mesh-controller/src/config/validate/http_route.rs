@@ -137,7 +137,13 @@ fn gateway_parent(
     }
     let allowed: Vec<_> = listeners
         .into_iter()
-        .filter(|l| l.admits_namespace(&key.namespace, namespace))
+        .filter(|l| {
+            l.admits_namespace(
+                &key.namespace,
+                &set.namespace_labels(&key.namespace),
+                namespace,
+            )
+        })
         .collect();
     if allowed.is_empty() {
         v.invalid(

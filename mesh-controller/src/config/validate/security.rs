@@ -208,12 +208,7 @@ pub(super) fn waypoints(set: &ConfigSet, v: &mut Validation) {
         if set.gateway_role(gw) != Some(GatewayRole::Waypoint) {
             continue;
         }
-        let hbone = gw
-            .spec
-            .listeners
-            .iter()
-            .any(|l| l.protocol == "HBONE" && l.port == mesh_core::hbone::PORT);
-        if !hbone {
+        if gw.spec.hbone_listener().is_none() {
             v.invalid(
                 key,
                 "InvalidListeners",
