@@ -292,7 +292,7 @@ pub(super) const TABLE: &[Entry] = &[
     closed(
         DR,
         "spec.**.tls",
-        "Ambit does not originate TLS: requests to the host are refused (503) rather than sent in plaintext",
+        "Ambit neither originates TLS nor checks servers beyond their mesh identity: requests to the host are refused (503) rather than sent with less protection than asked",
     ),
     // Gateway
     noted(

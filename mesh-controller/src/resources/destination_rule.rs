@@ -382,6 +382,33 @@ pub struct ClientTlsSettings {
     pub ca_crl: Option<String>,
 }
 
+impl ClientTlsSettings {
+    /// SIMPLE or MUTUAL: TLS the client's proxy would originate itself, which Ambit does not
+    /// (ISTIO_MUTUAL and DISABLE are the mesh's own mutual TLS, HBONE).
+    pub fn originates(&self) -> bool {
+        matches!(self.mode.as_str(), "SIMPLE" | "MUTUAL")
+    }
+
+    /// Why requests under this setting are refused, if they are: it asks for TLS Ambit does
+    /// not originate, or for checks Ambit does not make (server names, certificates, SNI).
+    /// Sent anyway, they would have less protection than the rule asks for.
+    pub fn refusal(&self) -> Option<String> {
+        if self.originates() {
+            return Some(format!(
+                "tls.mode {}: TLS that Ambit does not originate",
+                self.mode
+            ));
+        }
+        let mode_only = ClientTlsSettings {
+            mode: self.mode.clone(),
+            ..Default::default()
+        };
+        (*self != mode_only).then(|| {
+            "tls sets subjectAltNames, certificates or sni, which Ambit does not enforce".to_owned()
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {

@@ -68,6 +68,8 @@ pub struct Policy {
     pub outlier: Option<Outlier>,
     /// Locality-aware load balancing: only with outlier detection, as in Istio.
     pub locality: Option<LocalityLbSetting>,
+    /// Why requests are refused, when the rule's `tls` asks for what Ambit does not do.
+    pub tls_refusal: Option<String>,
 }
 
 impl Default for Policy {
@@ -78,6 +80,7 @@ impl Default for Policy {
             limits: Limits::default(),
             outlier: None,
             locality: None,
+            tls_refusal: None,
         }
     }
 }
@@ -126,6 +129,12 @@ impl Policy {
                 .or(level.outlier_detection.as_ref());
             if let Some(outlier) = outlier {
                 policy.outlier = Some(outlier_of(outlier));
+            }
+            let tls = port_level
+                .and_then(|p| p.tls.as_ref())
+                .or(level.tls.as_ref());
+            if let Some(tls) = tls {
+                policy.tls_refusal = tls.refusal();
             }
         }
         // As Istio's mesh default: on (failover by nearness) wherever outliers are ejected,

@@ -79,6 +79,19 @@ impl Upstreams {
             ),
             None => None,
         };
+        let policy = Policy::from_rule(
+            rule.and_then(|r| r.traffic_policy.as_ref()),
+            subset.and_then(|s| s.traffic_policy.as_ref()),
+            port,
+        );
+        if let Some(why) = &policy.tls_refusal {
+            // Sent as Ambit sends it, the request would have less protection than its rule
+            // asks for.
+            return Err(Failure::NoHealthyUpstream(format!(
+                "{}: its DestinationRule's {why}; refused",
+                target.host
+            )));
+        }
         let through = service
             .waypoint
             .as_ref()
@@ -103,19 +116,6 @@ impl Upstreams {
             }
             None => snapshot.endpoints(service, port, subset.map(|s| &s.labels)),
         };
-        let (top, of_subset) = (
-            rule.and_then(|r| r.traffic_policy.as_ref()),
-            subset.and_then(|s| s.traffic_policy.as_ref()),
-        );
-        if let Some(mode) = tls_origination(top, of_subset, port) {
-            // Sent in plaintext, the request would leave unprotected what its rule protects.
-            return Err(Failure::NoHealthyUpstream(format!(
-                "{}: its DestinationRule asks for tls.mode {mode}, TLS that Ambit does not \
-                 originate; refused rather than sent in plaintext",
-                target.host
-            )));
-        }
-        let policy = Policy::from_rule(top, of_subset, port);
         let mut endpoints = endpoints;
         if let (Some(setting), Some(own)) = (&policy.locality, self.own_workload(snapshot)) {
             let proxy = Proxy {
@@ -190,28 +190,6 @@ impl Upstreams {
             port: target.port(),
         })
     }
-}
-
-/// The TLS a DestinationRule asks the proxy to originate for `port` (`SIMPLE`, `MUTUAL`),
-/// the subset's and port-level settings winning; `None` for the mesh's own mutual TLS
-/// (`ISTIO_MUTUAL`, `DISABLE`, unset).
-fn tls_origination<'p>(
-    top: Option<&'p mesh_controller::resources::networking::TrafficPolicy>,
-    subset: Option<&'p mesh_controller::resources::networking::TrafficPolicy>,
-    port: u16,
-) -> Option<&'p str> {
-    let mut mode = None;
-    for level in [top, subset].into_iter().flatten() {
-        let port_level = level
-            .port_level_settings
-            .iter()
-            .find(|p| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)))
-            .and_then(|p| p.tls.as_ref());
-        if let Some(tls) = port_level.or(level.tls.as_ref()) {
-            mode = Some(tls.mode.as_str());
-        }
-    }
-    mode.filter(|m| matches!(*m, "SIMPLE" | "MUTUAL"))
 }
 
 /// Resolutions against the snapshot they were made from.

@@ -37,3 +37,28 @@ async fn idle_connections_stay_with_their_worker() {
     assert_eq!(own.worker, None);
     assert!(upstreams.take_idle(addr, false).is_none());
 }
+
+/// A DestinationRule's `tls` refuses requests when it asks for TLS Ambit does not originate
+/// or for checks it does not make; the mesh's own mutual TLS does not. The subset's and the
+/// port's settings win over the rule's.
+#[test]
+fn tls_the_rule_asks_for_and_ambit_cannot_give_refuses_requests() {
+    use mesh_controller::resources::networking::TrafficPolicy;
+    let policy = |yaml: &str| serde_yaml::from_str::<TrafficPolicy>(yaml).unwrap();
+    let refused = |top: &TrafficPolicy, subset: Option<&TrafficPolicy>, port| {
+        cluster::Policy::from_rule(Some(top), subset, port).tls_refusal
+    };
+    let mesh = policy("{tls: {mode: ISTIO_MUTUAL}}");
+    let simple = policy("{tls: {mode: SIMPLE}}");
+    let named = policy("{tls: {mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://x/ns/a/sa/b]}}");
+    let on_443 = policy(
+        "{tls: {mode: DISABLE}, portLevelSettings: [{port: {number: 443}, tls: {mode: MUTUAL}}]}",
+    );
+    assert_eq!(refused(&mesh, None, 80), None);
+    assert!(refused(&simple, None, 80).is_some_and(|why| why.contains("SIMPLE")));
+    assert_eq!(refused(&simple, Some(&mesh), 80), None, "the subset's wins");
+    assert!(refused(&mesh, Some(&simple), 80).is_some());
+    assert!(refused(&named, None, 80).is_some_and(|why| why.contains("subjectAltNames")));
+    assert_eq!(refused(&on_443, None, 80), None);
+    assert!(refused(&on_443, None, 443).is_some_and(|why| why.contains("MUTUAL")));
+}

@@ -6,6 +6,7 @@
 use crate::{
     compatibility::{Support, fields, support},
     config::{ConfigSet, ObjectKey, Resource},
+    resources::networking::DestinationRuleSpec,
 };
 
 use super::{FAILS_CLOSED, IGNORED_FIELDS, Validation};
@@ -21,8 +22,8 @@ pub(super) fn ignored_and_closed(set: &ConfigSet, v: &mut Validation) {
         };
         let set_paths = fields::set_paths(schema, &spec, ("spec", "spec"));
         report(v, key, kind, &set_paths);
-        if let Resource::DestinationRule(_) = resource {
-            tls_origination(v, key, &spec);
+        if let Resource::DestinationRule(rule) = resource {
+            tls_origination(v, key, &rule.spec);
         }
     }
 }
@@ -53,42 +54,38 @@ fn report(v: &mut Validation, key: &ObjectKey, kind: &str, set_paths: &[(String,
 }
 
 /// `tls.mode` SIMPLE or MUTUAL asks the proxy to originate TLS, which Ambit does not: its
-/// requests are refused rather than sent in plaintext. ISTIO_MUTUAL and DISABLE are the mesh's
-/// own mutual TLS.
-fn tls_origination(v: &mut Validation, key: &ObjectKey, spec: &serde_json::Value) {
-    let mut policies = vec![("spec.trafficPolicy".to_owned(), &spec["trafficPolicy"])];
-    for (i, subset) in spec["subsets"].as_array().into_iter().flatten().enumerate() {
-        policies.push((
+/// requests are refused rather than sent in plaintext. (The table covers `tls`'s other
+/// fields; the mode is a matter of its value.)
+fn tls_origination(v: &mut Validation, key: &ObjectKey, rule: &DestinationRuleSpec) {
+    let subsets = rule.subsets.iter().enumerate().map(|(i, s)| {
+        (
             format!("spec.subsets[{i}].trafficPolicy"),
-            &subset["trafficPolicy"],
-        ));
-    }
-    let mut modes = Vec::new();
-    for (at, policy) in policies {
-        modes.push((format!("{at}.tls.mode"), &policy["tls"]["mode"]));
-        for (j, port) in policy["portLevelSettings"]
-            .as_array()
-            .into_iter()
-            .flatten()
+            &s.traffic_policy,
+        )
+    });
+    let levels = std::iter::once(("spec.trafficPolicy".to_owned(), &rule.traffic_policy))
+        .chain(subsets)
+        .filter_map(|(at, policy)| Some((at, policy.as_ref()?)));
+    for (at, policy) in levels {
+        let ports = policy
+            .port_level_settings
+            .iter()
             .enumerate()
-        {
-            modes.push((
-                format!("{at}.portLevelSettings[{j}].tls.mode"),
-                &port["tls"]["mode"],
-            ));
-        }
-    }
-    for (at, mode) in modes {
-        if let Some(mode @ ("SIMPLE" | "MUTUAL")) = mode.as_str() {
-            v.report(
-                key,
-                FAILS_CLOSED,
-                "NotEnforced",
-                format!(
-                    "{at} {mode}: Ambit does not originate TLS: requests to the host are refused \
-                     (503) rather than sent in plaintext"
-                ),
-            );
+            .map(|(j, p)| (format!("{at}.portLevelSettings[{j}].tls.mode"), &p.tls));
+        let modes = std::iter::once((format!("{at}.tls.mode"), &policy.tls)).chain(ports);
+        for (at, tls) in modes {
+            if let Some(tls) = tls.as_ref().filter(|t| t.originates()) {
+                v.report(
+                    key,
+                    FAILS_CLOSED,
+                    "NotEnforced",
+                    format!(
+                        "{at} {}: Ambit does not originate TLS: requests to the host are \
+                         refused (503) rather than sent in plaintext",
+                        tls.mode
+                    ),
+                );
+            }
         }
     }
 }
