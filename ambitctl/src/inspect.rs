@@ -5,6 +5,7 @@ use std::{io::Read as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
+use mesh_controller::resources::common::Condition;
 use mesh_core::{
     Identity,
     policy::{Connection, Decision, PolicySet, Workload},
@@ -176,16 +177,15 @@ fn listing(
     (headers.to_vec(), rows, Value::Array(items))
 }
 
+/// The first problem a resource's conditions report (not accepted, refs unresolved, fields
+/// ignored or failing closed), as the status column and its detail.
 fn accepted(resource: &Value) -> (String, String) {
-    let conditions = resource["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let bad = conditions.iter().find(|c| c["status"] != "True");
-    match bad {
+    let conditions: Vec<Condition> =
+        serde_json::from_value(resource["conditions"].clone()).unwrap_or_default();
+    match conditions.iter().find(|c| c.is_problem()) {
         Some(c) => (
-            format!("{}={}", text(&c["type"]), text(&c["status"])),
-            format!("{}: {}", text(&c["reason"]), text(&c["message"])),
+            format!("{}={}", c.type_, c.status),
+            format!("{}: {}", c.reason, c.message),
         ),
         None => ("Accepted".to_owned(), String::new()),
     }
@@ -321,7 +321,7 @@ fn check(dump: &Value, source: &str, destination: &str) -> Result<Table> {
     let source_ip = text(&src["spec"]["addresses"][0])
         .parse()
         .unwrap_or([0, 0, 0, 0].into());
-    let mode = policies.mtls_mode(target);
+    let mode = policies.mtls_mode(target, port);
     let mut rows = vec![
         vec![
             "source".to_owned(),

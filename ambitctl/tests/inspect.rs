@@ -45,6 +45,18 @@ metadata: {name: default, namespace: shop}
 spec: {mtls: {mode: STRICT}}
 ---
 apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: server-metrics, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  portLevelMtls: {9100: {mode: PERMISSIVE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: server-tls, namespace: shop}
+spec: {host: server, trafficPolicy: {tls: {mode: SIMPLE}}}
+---
+apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: no-admin-port, namespace: shop}
 spec:
@@ -171,6 +183,13 @@ fn ambitctl_lists_and_explains() {
         status.contains("AuthorizationPolicy shop/broken"),
         "{status}"
     );
+    // Accepted, but with fields that fail closed: listed too.
+    assert!(
+        status.lines().any(
+            |l| l.contains("DestinationRule shop/server-tls") && l.contains("FailsClosed=True")
+        ),
+        "{status}"
+    );
 
     let (_, allowed) = ambitctl(&admin, &["check", "shop/client", "shop/server:8080"]);
     let verdict = allowed
@@ -193,6 +212,10 @@ fn ambitctl_lists_and_explains() {
     );
     let (_, plaintext) = ambitctl(&admin, &["check", "legacy/old", "shop/server:8080"]);
     assert!(plaintext.contains("requires mutual TLS"), "{plaintext}");
+    // Except on the port its PeerAuthentication opens to plaintext.
+    let (_, metrics) = ambitctl(&admin, &["check", "legacy/old", "shop/server:9100"]);
+    assert!(metrics.contains("mTLS mode Permissive"), "{metrics}");
+    assert!(!metrics.contains("requires mutual TLS"), "{metrics}");
     let (ok, missing) = ambitctl(&admin, &["check", "shop/nobody", "shop/server:8080"]);
     assert!(
         !ok && missing.contains("no workload shop/nobody"),

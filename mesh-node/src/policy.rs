@@ -79,7 +79,7 @@ pub fn check_inbound(
         namespace: &pod.namespace,
         labels: &pod.labels,
     };
-    if client.is_none() && policies.mtls_mode_on(workload, port) == MtlsMode::Strict {
+    if client.is_none() && policies.mtls_mode(workload, port) == MtlsMode::Strict {
         return Err("PeerAuthentication STRICT: plaintext refused".to_owned());
     }
     let connection = Connection {

@@ -17,13 +17,7 @@ use std::collections::BTreeMap;
 use super::{ConfigSet, Kind, ObjectKey};
 use crate::resources::common::Condition;
 
-pub const ACCEPTED: &str = "Accepted";
-pub const RESOLVED_REFS: &str = "ResolvedRefs";
-/// `True` when the resource sets traffic fields Ambit accepts without effect (it still applies).
-pub const IGNORED_FIELDS: &str = "IgnoredFields";
-/// `True` when the resource sets security fields Ambit does not enforce, so that what they
-/// would allow is refused (the rest applies).
-pub const FAILS_CLOSED: &str = "FailsClosed";
+pub use crate::resources::common::{ACCEPTED, FAILS_CLOSED, IGNORED_FIELDS, RESOLVED_REFS};
 
 /// One problem found in a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -102,12 +102,20 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+/// `True` when the resource sets traffic fields Ambit accepts without effect (it still applies).
+pub const IGNORED_FIELDS: &str = "IgnoredFields";
+/// `True` when the resource sets security fields Ambit does not enforce, so that what they
+/// would allow is refused (the rest applies).
+pub const FAILS_CLOSED: &str = "FailsClosed";
+
 impl Condition {
     /// Whether it reports a problem: a condition not met (`Accepted`, `ResolvedRefs`), or one
     /// that says fields are ignored or fail closed.
     pub fn is_problem(&self) -> bool {
         match self.type_.as_str() {
-            "IgnoredFields" | "FailsClosed" => self.status == "True",
+            IGNORED_FIELDS | FAILS_CLOSED => self.status == "True",
             _ => self.status != "True",
         }
     }

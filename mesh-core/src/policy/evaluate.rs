@@ -65,11 +65,30 @@ pub enum Decision {
 }
 
 /// An AuthorizationPolicy as enforced: `broken` when it failed validation (it then matches
-/// everything if DENY, nothing if ALLOW).
+/// everything if DENY, nothing if ALLOW); where it applies is read once, when it is loaded.
 #[derive(Clone, Debug)]
 pub(super) struct Enforced {
     pub policy: AuthorizationPolicy,
     pub broken: bool,
+    /// `(kind, name)` of each of its `targetRef` and `targetRefs` that names something.
+    refs: Vec<(String, String)>,
+    /// Whether waypoints, not the nodes, enforce it (see [`targets_a_waypoint`]).
+    at_waypoint: bool,
+}
+
+impl Enforced {
+    pub(super) fn new(policy: AuthorizationPolicy, broken: bool) -> Self {
+        let refs = target_refs(&policy)
+            .filter_map(|r| Some((r.kind.to_owned(), r.name?.to_owned())))
+            .collect();
+        let at_waypoint = targets_a_waypoint(&policy);
+        Enforced {
+            policy,
+            broken,
+            refs,
+            at_waypoint,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,10 +115,7 @@ impl PolicySet {
         self.authorizations
             .entry(namespace)
             .or_default()
-            .push(Enforced {
-                policy,
-                broken: false,
-            });
+            .push(Enforced::new(policy, false));
     }
 
     pub fn with_root_namespace(root_namespace: &str) -> Self {
@@ -133,56 +149,59 @@ impl PolicySet {
         peer.chain(authz).collect()
     }
 
-    /// The mTLS mode for inbound connections to `workload` on `port`: the port-level mode of
-    /// the first PeerAuthentication selecting the workload, if it sets one, else
-    /// [`mtls_mode`](Self::mtls_mode).
-    pub fn mtls_mode_on(&self, workload: Workload<'_>, port: u16) -> MtlsMode {
-        let port = port.to_string();
-        let port_level = self
-            .peer_authentications
-            .iter()
-            .filter(|pa| pa.metadata.namespace == workload.namespace)
-            .filter(|pa| {
-                pa.spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(workload.labels))
-            })
-            .find_map(|pa| pa.spec.port_level_mtls.get(&port).map(|m| m.mode))
-            .filter(|mode| *mode != MtlsMode::Unset);
-        port_level.unwrap_or_else(|| self.mtls_mode(workload))
-    }
-
-    /// The mTLS mode for inbound connections to `workload` (never `Unset`).
-    pub fn mtls_mode(&self, workload: Workload<'_>) -> MtlsMode {
+    /// The mTLS mode for inbound connections to `workload` on `port` (never `Unset`): the
+    /// port-level mode of the first PeerAuthentication selecting the workload that sets one
+    /// for `port`, else the workload's, the namespace's, then the mesh's mode.
+    pub fn mtls_mode(&self, workload: Workload<'_>, port: u16) -> MtlsMode {
         let mode_of =
             |pa: &PeerAuthentication| pa.spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default();
         let first_set = |namespace: &str, selected: bool| {
-            self.peer_authentications
-                .iter()
-                .filter(|pa| pa.metadata.namespace == namespace)
-                .filter(|pa| match (&pa.spec.selector, selected) {
-                    (Some(selector), true) => selector.matches(workload.labels),
-                    (None, false) => true,
-                    _ => false,
-                })
+            self.peer_authentications_of(namespace, selected.then_some(workload))
                 .map(mode_of)
                 .find(|m| *m != MtlsMode::Unset)
         };
-        let workload_level = first_set(workload.namespace, true);
+        let port_level = self
+            .peer_authentications_of(workload.namespace, Some(workload))
+            .find_map(|pa| {
+                pa.spec
+                    .port_level_mtls
+                    .iter()
+                    .find(|(key, _)| key.parse::<u16>().ok() == Some(port))
+                    .map(|(_, m)| m.mode)
+            })
+            .filter(|mode| *mode != MtlsMode::Unset);
+        let workload_level = || first_set(workload.namespace, true);
         let namespace_level = || first_set(workload.namespace, false);
         let mesh_level = || first_set(&self.root_namespace, false);
-        workload_level
+        port_level
+            .or_else(workload_level)
             .or_else(namespace_level)
             .or_else(mesh_level)
             .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// The PeerAuthentications of `namespace`: those selecting `workload` if given, else
+    /// the namespace-wide ones (without a selector).
+    fn peer_authentications_of<'s>(
+        &'s self,
+        namespace: &'s str,
+        workload: Option<Workload<'s>>,
+    ) -> impl Iterator<Item = &'s PeerAuthentication> + 's {
+        self.peer_authentications
+            .iter()
+            .filter(move |pa| pa.metadata.namespace == namespace)
+            .filter(move |pa| match (&pa.spec.selector, workload) {
+                (Some(selector), Some(workload)) => selector.matches(workload.labels),
+                (None, None) => true,
+                _ => false,
+            })
     }
 
     /// Whether `connection` to `workload` is authorized (at its node).
     pub fn authorize(&self, workload: Workload<'_>, connection: Connection<'_>) -> Decision {
         let applicable: Vec<&Enforced> = self
             .scoped(workload.namespace)
-            .filter(|e| !targets_a_waypoint(&e.policy))
+            .filter(|e| !e.at_waypoint)
             .filter(|e| {
                 e.policy
                     .spec
@@ -200,12 +219,9 @@ impl PolicySet {
         let applicable: Vec<&Enforced> = self
             .scoped(targets.namespace)
             .filter(|e| {
-                target_refs(&e.policy).any(|r| {
-                    targets
-                        .refs
-                        .iter()
-                        .any(|(kind, name)| *kind == r.kind && Some(*name) == r.name)
-                })
+                e.refs
+                    .iter()
+                    .any(|(kind, name)| targets.refs.contains(&(kind.as_str(), name.as_str())))
             })
             .collect();
         decide(&applicable, connection)

@@ -137,10 +137,7 @@ pub fn parse_documents(file: &str, text: &str, set: &mut PolicySet) -> Vec<LoadE
                         set.authorizations
                             .entry(namespace)
                             .or_default()
-                            .push(Enforced {
-                                policy,
-                                broken: true,
-                            });
+                            .push(Enforced::new(policy, true));
                     }
                 }
             }

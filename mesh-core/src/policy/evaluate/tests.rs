@@ -59,31 +59,43 @@ spec: { mtls: { mode: UNSET } }
     let none = labels(&[]);
     let db = labels(&[("app", "db")]);
     assert_eq!(
-        policies.mtls_mode(Workload {
-            namespace: "shop",
-            labels: &none
-        }),
+        policies.mtls_mode(
+            Workload {
+                namespace: "shop",
+                labels: &none
+            },
+            80
+        ),
         MtlsMode::Strict
     );
     assert_eq!(
-        policies.mtls_mode(Workload {
-            namespace: "legacy",
-            labels: &none
-        }),
+        policies.mtls_mode(
+            Workload {
+                namespace: "legacy",
+                labels: &none
+            },
+            80
+        ),
         MtlsMode::Permissive
     );
     assert_eq!(
-        policies.mtls_mode(Workload {
-            namespace: "legacy",
-            labels: &db
-        }),
+        policies.mtls_mode(
+            Workload {
+                namespace: "legacy",
+                labels: &db
+            },
+            80
+        ),
         MtlsMode::Strict
     );
     assert_eq!(
-        PolicySet::default().mtls_mode(Workload {
-            namespace: "x",
-            labels: &none
-        }),
+        PolicySet::default().mtls_mode(
+            Workload {
+                namespace: "x",
+                labels: &none
+            },
+            80
+        ),
         MtlsMode::Permissive
     );
 }

@@ -84,15 +84,15 @@ spec:
         namespace: "shop",
         labels: &db,
     };
-    assert_eq!(policies.mtls_mode_on(w, 5432), MtlsMode::Strict);
-    assert_eq!(policies.mtls_mode_on(w, 9100), MtlsMode::Permissive);
-    assert_eq!(policies.mtls_mode_on(w, 8080), MtlsMode::Permissive);
+    assert_eq!(policies.mtls_mode(w, 5432), MtlsMode::Strict);
+    assert_eq!(policies.mtls_mode(w, 9100), MtlsMode::Permissive);
+    assert_eq!(policies.mtls_mode(w, 8080), MtlsMode::Permissive);
     let other = labels(&[("app", "web")]);
     let web = Workload {
         namespace: "shop",
         labels: &other,
     };
-    assert_eq!(policies.mtls_mode_on(web, 5432), MtlsMode::Permissive);
+    assert_eq!(policies.mtls_mode(web, 5432), MtlsMode::Permissive);
 }
 
 /// A policy whose target a waypoint cannot take (a ServiceEntry, another namespace) is not
