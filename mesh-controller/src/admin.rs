@@ -3,14 +3,12 @@
 //! conditions, objects that could not be read) and `/config_dump` (every published resource).
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, body::Bytes};
 use mesh_core::config_pb::{self as pb, resource::Body};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -40,25 +38,10 @@ pub async fn serve(
     distributor: Arc<Distributor>,
     report: SharedReport,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (distributor, report) = (distributor.clone(), report.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = route(req.uri().path(), &distributor, &report);
-                    async move { Ok::<_, Infallible>(body) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(())
+    mesh_core::endpoint::serve(addr, move |req| {
+        route(req.uri().path(), &distributor, &report)
+    })
+    .await
 }
 
 fn route(path: &str, distributor: &Distributor, report: &SharedReport) -> Response<Full<Bytes>> {

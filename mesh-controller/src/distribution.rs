@@ -119,7 +119,7 @@ pub struct Distributor {
     version: watch::Sender<u64>,
     /// Whether a whole configuration was ever published (an empty one counts): what the
     /// controller's readiness waits for.
-    published: std::sync::atomic::AtomicBool,
+    published: watch::Sender<bool>,
 }
 
 impl Default for Distributor {
@@ -133,7 +133,7 @@ impl Default for Distributor {
                 next_subscriber: 0,
             }),
             version: watch::channel(0).0,
-            published: std::sync::atomic::AtomicBool::new(false),
+            published: watch::channel(false).0,
         }
     }
 }
@@ -146,8 +146,14 @@ impl Distributor {
     /// Replaces the desired configuration; returns the new version, or `None` when nothing
     /// changed (subscribers are not woken).
     pub fn publish(&self, desired: Vec<Resource>) -> Option<u64> {
+        let version = self.replace(desired);
+        // After the state: whoever sees it published reads this configuration.
         self.published
-            .store(true, std::sync::atomic::Ordering::Release);
+            .send_if_modified(|published| !std::mem::replace(published, true));
+        version
+    }
+
+    fn replace(&self, desired: Vec<Resource>) -> Option<u64> {
         let desired: BTreeMap<Key, Resource> =
             desired.into_iter().map(|r| (key_of(&r), r)).collect();
         let mut state = self.state();
@@ -197,7 +203,12 @@ impl Distributor {
 
     /// Whether a whole configuration has been published since start.
     pub fn published(&self) -> bool {
-        self.published.load(std::sync::atomic::Ordering::Acquire)
+        *self.published.borrow()
+    }
+
+    /// Returns once a whole configuration has been published.
+    pub async fn wait_published(&self) {
+        let _ = self.published.subscribe().wait_for(|p| *p).await;
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {

@@ -283,6 +283,13 @@ pub fn sibling_image(image: &str, from: &str, to: &str) -> Option<String> {
     Some(sibling)
 }
 
+/// Only the Deployments Ambit runs for Gateways: those are the ones a reconcile follows, and
+/// the cluster's others need not be listed and decoded (twice: once per reconciler).
+fn ambit_managed() -> watcher::Config {
+    let (label, value) = waypoint::MANAGED_BY;
+    watcher::Config::default().labels(&format!("{label}={value}"))
+}
+
 /// What the waypoint reconciler needs.
 struct WaypointContext {
     client: Client,
@@ -301,7 +308,7 @@ pub async fn run_waypoints(client: Client, settings: waypoint::WaypointSettings)
     )
     .owns(
         Api::<Deployment>::all(context.client.clone()),
-        watcher::Config::default(),
+        ambit_managed(),
     )
     .run(reconcile_waypoint, waypoint_error, context.clone())
     .for_each(|result| async move {
@@ -315,7 +322,7 @@ pub async fn run_waypoints(client: Client, settings: waypoint::WaypointSettings)
     )
     .owns(
         Api::<Deployment>::all(context.client.clone()),
-        watcher::Config::default(),
+        ambit_managed(),
     )
     .run(reconcile_ingress, ingress_error, context)
     .for_each(|result| async move {

@@ -186,11 +186,8 @@ async fn ready_when_published(
     readiness: Readiness,
     expects_configuration: bool,
 ) {
-    while expects_configuration && !distributor.published() {
-        if readiness.check().is_ok() {
-            readiness.waiting_for("the first configuration");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if expects_configuration {
+        distributor.wait_published().await;
     }
     readiness.ready();
     tracing::info!("ready: configuration published");
@@ -280,6 +277,7 @@ async fn kubernetes_mode(
             );
         }
         tracing::info!("every served kind listed; publishing configuration");
+        listing.waiting_for("the first configuration");
         source::run(source, sink, &distributor, &domain).await;
     });
     let waypoint_image = match &args.waypoint_image {

@@ -4,14 +4,12 @@
 //! connects never starts from a partial one. Until then it answers 503 with what it waits for.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, body::Bytes};
 
 /// What the controller still waits for; `None` once it is ready.
 #[derive(Clone)]
@@ -44,39 +42,21 @@ impl Readiness {
 
     /// Binds now (a port conflict fails start-up) and serves in the background.
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         let readiness = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let readiness = readiness.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let answer = match (req.uri().path(), readiness.check()) {
-                            ("/healthz/ready", Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
-                            ("/healthz/ready", Err(what)) => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                format!("waiting: {what}\n"),
-                            ),
-                            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                        };
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(answer.0)
-                                    .body(Full::new(Bytes::from(answer.1)))
-                                    .expect("static response"),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(())
+        mesh_core::endpoint::serve(addr, move |req| {
+            let (status, body) = match (req.uri().path(), readiness.check()) {
+                ("/healthz/ready", Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+                ("/healthz/ready", Err(what)) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("waiting: {what}\n"),
+                ),
+                _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+            };
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response")
+        })
+        .await
     }
 }

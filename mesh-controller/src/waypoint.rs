@@ -30,14 +30,16 @@ use serde::{Serialize, de::DeserializeOwned};
 
 pub use self::workload::Proxy;
 use crate::resources::{
-    gateway_api::{Gateway, GatewayClass},
+    gateway_api::{Gateway, GatewayClass, GatewayRole},
     networking,
 };
 
 pub const FINALIZER: &str = "ambit.io/waypoint";
 const MANAGER: &str = "ambit-controller";
+/// The label, and its value, on every object the reconcilers make.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ambit");
 /// Labels the proxy's objects carry (and its pods are selected by).
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+pub use mesh_core::labels::GATEWAY_NAME as GATEWAY_NAME_LABEL;
 /// Where the proxy's pods find the mesh root: a ConfigMap in their own namespace (a pod
 /// cannot mount one from another), published there by the reconciler.
 pub const ROOT_CONFIG_MAP: &str = "ambit-ca-root";
@@ -73,13 +75,19 @@ pub async fn reconcile(
     gateway: &Gateway,
     settings: &WaypointSettings,
 ) -> Result<Outcome, kube::Error> {
-    let class = Api::<GatewayClass>::all(client.clone())
-        .get_opt(&gateway.spec.gateway_class_name)
-        .await?;
-    let proxy = gateway
-        .spec
-        .role(class.as_ref())
-        .map(|role| Proxy::of_gateway(gateway, role));
+    let class_name = &gateway.spec.gateway_class_name;
+    // Only a class Ambit serves is worth reading: whether the cluster gives it to another
+    // controller. Other controllers' Gateways cost no request.
+    let role = match GatewayRole::of(class_name, None) {
+        Some(_) => {
+            let class = Api::<GatewayClass>::all(client.clone())
+                .get_opt(class_name)
+                .await?;
+            gateway.spec.role(class.as_ref())
+        }
+        None => None,
+    };
+    let proxy = role.map(|role| Proxy::of_gateway(gateway, role));
     reconcile_proxy(client, gateway, proxy, settings).await
 }
 

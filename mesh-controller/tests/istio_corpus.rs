@@ -129,7 +129,7 @@ fn the_crds_keep_every_field_and_the_corpus_sets_every_field() {
             .or_default()
             .extend(paths.into_iter().map(|(_, general)| general));
     }
-    for (kind, schema) in &schemas {
+    for (kind, schema) in schemas {
         let mut all = Vec::new();
         fields::all_paths(schema, "spec", &mut all);
         let all: BTreeSet<String> = all.into_iter().collect();

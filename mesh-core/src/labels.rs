@@ -26,6 +26,8 @@ pub const USE_WAYPOINT_NAMESPACE: [&str; 2] = [
 pub const NO_WAYPOINT: &str = "none";
 /// On a waypoint's Gateway or GatewayClass: which traffic the waypoint takes.
 pub const WAYPOINT_FOR: [&str; 2] = ["ambit.io/waypoint-for", "istio.io/waypoint-for"];
+/// On a waypoint's pods (and the objects run for its Gateway): the name of their Gateway.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 /// Set on a pod that has an Istio sidecar: Ambit never captures such a pod (the sidecar
 /// already does; both would loop), as Istio's own ambient mode skips it.
 pub const ISTIO_SIDECAR_STATUS: &str = "sidecar.istio.io/status";
@@ -40,7 +42,7 @@ pub fn first<'a>(labels: &'a BTreeMap<String, String>, names: &[&str]) -> Option
 
 /// Whether a pod with these labels, in a namespace with `namespace` labels, is in the mesh.
 pub fn enrolled(pod: &BTreeMap<String, String>, namespace: &BTreeMap<String, String>) -> bool {
-    first(pod, &DATAPLANE_MODE).or(first(namespace, &DATAPLANE_MODE)) == Some(AMBIENT)
+    first(pod, &DATAPLANE_MODE).or_else(|| first(namespace, &DATAPLANE_MODE)) == Some(AMBIENT)
 }
 
 /// What an object's labels say about its waypoint.

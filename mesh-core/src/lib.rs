@@ -11,11 +11,13 @@
 //! - `labels`: the labels that enroll workloads and bind waypoints, Ambit's and Istio's;
 //! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes);
 //! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
-//! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`.
+//! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`;
+//! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin).
 #![deny(unsafe_code)]
 
 pub mod ca_client;
 pub mod config_client;
+pub mod endpoint;
 pub mod hbone;
 pub mod identity;
 pub mod labels;

@@ -15,11 +15,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 /// The label a waypoint's pods carry: the name of their Gateway.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-
-/// The label that puts a namespace or a pod into the mesh.
-pub const DATAPLANE_MODE_LABEL: &str = "ambit.io/dataplane-mode";
-pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+pub use crate::labels::GATEWAY_NAME as GATEWAY_NAME_LABEL;
+/// The label that puts a namespace or a pod into the mesh (Ambit's spelling).
+pub const DATAPLANE_MODE_LABEL: &str = crate::labels::DATAPLANE_MODE[0];
+pub use crate::labels::AMBIENT as DATAPLANE_MODE_AMBIENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

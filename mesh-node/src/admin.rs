@@ -2,12 +2,10 @@
 //! metrics (`/metrics`, `/stats/prometheus`), readiness (`/healthz/ready`), and on loopback
 //! the admin view (`/config_dump`, `/connections`).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::{Request, Response, StatusCode, body::Bytes};
 
 use crate::app::State;
 
@@ -20,25 +18,7 @@ pub enum Endpoint {
 
 /// Binds now (so a port conflict fails start-up with a clear error) and serves in the background.
 pub async fn serve(addr: SocketAddr, endpoint: Endpoint, state: Arc<State>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(endpoint, &state, &req)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(())
+    mesh_core::endpoint::serve(addr, move |req| route(endpoint, &state, req)).await
 }
 
 fn route<B>(endpoint: Endpoint, state: &State, req: &Request<B>) -> Response<Full<Bytes>> {

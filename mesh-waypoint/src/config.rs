@@ -103,22 +103,6 @@ pub struct Config {
     pub worker_threads: usize,
 }
 
-impl Config {
-    /// What an AuthorizationPolicy may target to apply to traffic through this proxy: its
-    /// Gateway (by name, in the policy's namespace), its GatewayClass, and the destination
-    /// Service when there is one.
-    pub fn policy_targets<'a>(
-        &'a self,
-        gateway: &'a str,
-        service: Option<&'a str>,
-    ) -> Vec<(&'static str, &'a str)> {
-        let mut refs = vec![("Gateway", gateway)];
-        refs.extend(self.gateway_class.as_deref().map(|c| ("GatewayClass", c)));
-        refs.extend(service.map(|name| ("Service", name)));
-        refs
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLog {

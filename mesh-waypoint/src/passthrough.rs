@@ -49,9 +49,6 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         .as_deref()
         .and_then(|w| w.split_once('/'))
         .map_or("", |(_, name)| name);
-    let refs = app
-        .config
-        .policy_targets(gateway, service.as_ref().map(|s| s.name.as_str()));
     let connection = mesh_core::policy::Connection {
         source: downstream.client.as_ref(),
         source_ip: downstream.source.ip(),
@@ -60,7 +57,9 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
     };
     let targets = mesh_core::policy::Targets {
         namespace: &namespace,
-        refs: &refs,
+        gateway,
+        class: app.config.gateway_class.as_deref(),
+        service: service.as_ref().map(|s| s.name.as_str()),
     };
     if !admits(&snapshot, &targets, connection) {
         return;

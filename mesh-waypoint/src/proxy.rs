@@ -306,8 +306,6 @@ fn authorize<B>(
         Destination::Workload(w) => (w.namespace.as_str(), None),
         Destination::Gateway(_) => (own_namespace, None),
     };
-    let refs = app.config.policy_targets(gateway, service);
-    let refs = refs.as_slice();
     let host = bare_host(authority);
     let attributes = mesh_core::policy::Request {
         method: request.method().as_str(),
@@ -321,7 +319,12 @@ fn authorize<B>(
         destination_port: downstream.target.port(),
         request: Some(&attributes),
     };
-    let targets = mesh_core::policy::Targets { namespace, refs };
+    let targets = mesh_core::policy::Targets {
+        namespace,
+        gateway,
+        class: app.config.gateway_class.as_deref(),
+        service,
+    };
     match snapshot.policies.authorize_request(&targets, connection) {
         mesh_core::policy::Decision::Allow => None,
         mesh_core::policy::Decision::Deny { policy, reason } => {

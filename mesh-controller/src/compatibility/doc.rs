@@ -111,7 +111,7 @@ pub fn render() -> String {
     );
     let mut sections = String::new();
     let mut totals = [0usize; 4];
-    for (kind, schema) in &kinds {
+    for (kind, schema) in kinds {
         let rows = rows(kind, schema);
         let count = |want: fn(&Support) -> bool| rows.iter().filter(|(_, s)| want(s)).count();
         let implemented = count(|s| matches!(s, Support::Implemented(_)));

@@ -8,18 +8,23 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use serde_json::Value;
 
-/// The Istio kinds Ambit serves, by kind name, with their `spec` schemas.
-pub fn spec_schemas() -> Vec<(String, JSONSchemaProps)> {
-    crate::resources::crds()
-        .into_iter()
-        .filter_map(|crd| {
-            let kind = crd.spec.names.kind.clone();
-            let version = crd.spec.versions.into_iter().last()?;
-            let schema = version.schema?.open_api_v3_schema?;
-            let spec = schema.properties?.remove("spec")?;
-            Some((kind, spec))
-        })
-        .collect()
+/// The Istio kinds Ambit serves, by kind name, with their `spec` schemas: generated from the
+/// types once per process (the validator walks them on every round).
+pub fn spec_schemas() -> &'static [(String, JSONSchemaProps)] {
+    static SCHEMAS: std::sync::LazyLock<Vec<(String, JSONSchemaProps)>> =
+        std::sync::LazyLock::new(|| {
+            crate::resources::crds()
+                .into_iter()
+                .filter_map(|crd| {
+                    let kind = crd.spec.names.kind.clone();
+                    let version = crd.spec.versions.into_iter().last()?;
+                    let schema = version.schema?.open_api_v3_schema?;
+                    let spec = schema.properties?.remove("spec")?;
+                    Some((kind, spec))
+                })
+                .collect()
+        });
+    &SCHEMAS
 }
 
 /// Every field path under `schema` (which is at `path`), in schema order.
@@ -53,6 +58,19 @@ pub fn set_paths(
     let mut out = Vec::new();
     walk_value(schema, value, at.0, at.1, &mut out);
     out
+}
+
+/// The innermost of [`set_paths`]' fields (`tls.sni`, not `tls` as well). The walk writes a
+/// field before what it holds, so a field is innermost when the next one is not inside it.
+pub fn leaves(set_paths: &[(String, String)]) -> impl Iterator<Item = &(String, String)> {
+    set_paths.iter().enumerate().filter_map(|(i, entry)| {
+        let path = entry.0.as_str();
+        let holds_next = set_paths.get(i + 1).is_some_and(|(next, _)| {
+            next.strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        });
+        (!holds_next).then_some(entry)
+    })
 }
 
 fn walk_value(
@@ -137,9 +155,9 @@ fn values(field: &JSONSchemaProps) -> Option<&JSONSchemaProps> {
 mod tests {
     use super::*;
 
-    fn schema(kind: &str) -> JSONSchemaProps {
+    fn schema(kind: &str) -> &'static JSONSchemaProps {
         spec_schemas()
-            .into_iter()
+            .iter()
             .find(|(k, _)| k == kind)
             .map(|(_, s)| s)
             .unwrap()
@@ -147,10 +165,10 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_fields_walked() {
-        let kinds: Vec<String> = spec_schemas().into_iter().map(|(k, _)| k).collect();
+        let kinds: Vec<&String> = spec_schemas().iter().map(|(k, _)| k).collect();
         assert_eq!(kinds.len(), 6, "{kinds:?}");
         let mut paths = Vec::new();
-        all_paths(&schema("DestinationRule"), "spec", &mut paths);
+        all_paths(schema("DestinationRule"), "spec", &mut paths);
         for expected in [
             "spec.subsets[].trafficPolicy.portLevelSettings[].tls.sni",
             "spec.workloadSelector.matchLabels{}",
@@ -174,7 +192,7 @@ mod tests {
                  "match": [{"headers": {"x-user": {"exact": "a"}}}]}
             ]
         });
-        let set = set_paths(&schema("VirtualService"), &value, ("spec", "spec"));
+        let set = set_paths(schema("VirtualService"), &value, ("spec", "spec"));
         let general: Vec<&str> = set.iter().map(|(_, g)| g.as_str()).collect();
         assert!(general.contains(&"spec.http[].retries.backoff"));
         assert!(general.contains(&"spec.http[].match[].headers{}.exact"));

@@ -21,8 +21,9 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource as _, ResourceExt as _, api::ObjectMeta};
+use mesh_core::labels;
 
-use super::{GATEWAY_NAME_LABEL, ROOT_CONFIG_MAP, WaypointSettings};
+use super::{GATEWAY_NAME_LABEL, MANAGED_BY, ROOT_CONFIG_MAP, WaypointSettings};
 use crate::resources::{
     gateway_api::{Gateway, GatewayRole},
     networking,
@@ -35,9 +36,6 @@ pub struct Proxy {
     pub name: String,
     pub namespace: String,
     pub role: GatewayRole,
-    /// The `mesh-waypoint` flag naming what it serves (`--waypoint=ns/name`,
-    /// `--ingress-gateway=ns/name`).
-    pub mode: String,
     /// Its Gateway's class, for policies that target the class.
     pub class: Option<String>,
     pub ports: Vec<ServingPort>,
@@ -76,10 +74,6 @@ impl Proxy {
                 target_port: mesh_core::hbone::PORT,
             }],
         };
-        let mode = match role {
-            GatewayRole::Ingress => format!("--ingress-gateway={namespace}/{name}"),
-            GatewayRole::Waypoint => format!("--waypoint={namespace}/{name}"),
-        };
         Proxy {
             owner: gateway
                 .controller_owner_ref(&())
@@ -88,7 +82,6 @@ impl Proxy {
             name,
             namespace,
             role,
-            mode,
             ports,
             pod_labels: BTreeMap::new(),
         }
@@ -124,7 +117,6 @@ impl Proxy {
             owner: gateway
                 .controller_owner_ref(&())
                 .expect("a Gateway read from the API has a uid"),
-            mode: format!("--ingress-gateway={namespace}/{name}"),
             class: None,
             name,
             namespace,
@@ -138,12 +130,12 @@ impl Proxy {
         // Neither captured nor behind the namespace's waypoint: it is the proxy.
         let mut labels: BTreeMap<String, String> = [
             (GATEWAY_NAME_LABEL.to_owned(), self.name.clone()),
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (labels::DATAPLANE_MODE[0].to_owned(), "none".to_owned()),
             (
-                "app.kubernetes.io/managed-by".to_owned(),
-                "ambit".to_owned(),
+                labels::USE_WAYPOINT[0].to_owned(),
+                labels::NO_WAYPOINT.to_owned(),
             ),
-            ("ambit.io/dataplane-mode".to_owned(), "none".to_owned()),
-            ("ambit.io/use-waypoint".to_owned(), "none".to_owned()),
         ]
         .into();
         for (key, value) in &self.pod_labels {
@@ -173,8 +165,13 @@ impl Proxy {
     /// server's rules and run its pod template in a container runtime).
     pub fn deployment(&self, settings: &WaypointSettings) -> Deployment {
         let ingress = self.role == GatewayRole::Ingress;
+        // The flag naming what it serves.
+        let mode = match self.role {
+            GatewayRole::Ingress => "ingress-gateway",
+            GatewayRole::Waypoint => "waypoint",
+        };
         let mut args = vec![
-            self.mode.clone(),
+            format!("--{mode}={}/{}", self.namespace, self.name),
             format!("--namespace={}", self.namespace),
             format!("--service-account={}", self.name),
             format!("--ca-addr={}", settings.ca_addr),

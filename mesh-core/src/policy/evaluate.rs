@@ -50,12 +50,26 @@ pub struct Request<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// What a waypoint enforces for: the namespace of the destination, and the kinds and names
-/// `targetRefs` may name (its Gateway, the destination Service).
-#[derive(Clone, Debug)]
+/// What a waypoint enforces for: the namespace of the destination, and what `targetRefs` may
+/// name: its Gateway, the Gateway's class, the destination Service.
+#[derive(Clone, Copy, Debug)]
 pub struct Targets<'a> {
     pub namespace: &'a str,
-    pub refs: &'a [(&'a str, &'a str)],
+    pub gateway: &'a str,
+    pub class: Option<&'a str>,
+    pub service: Option<&'a str>,
+}
+
+impl Targets<'_> {
+    /// Whether a `targetRef` of `kind` and `name` names one of these.
+    fn named(&self, kind: &str, name: &str) -> bool {
+        match kind {
+            "Gateway" => name == self.gateway,
+            "GatewayClass" => self.class == Some(name),
+            "Service" => self.service == Some(name),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,11 +232,7 @@ impl PolicySet {
     pub fn authorize_request(&self, targets: &Targets<'_>, connection: Connection<'_>) -> Decision {
         let applicable: Vec<&Enforced> = self
             .scoped(targets.namespace)
-            .filter(|e| {
-                e.refs
-                    .iter()
-                    .any(|(kind, name)| targets.refs.contains(&(kind.as_str(), name.as_str())))
-            })
+            .filter(|e| e.refs.iter().any(|(kind, name)| targets.named(kind, name)))
             .collect();
         decide(&applicable, connection)
     }

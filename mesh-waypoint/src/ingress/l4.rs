@@ -35,10 +35,11 @@ pub(super) async fn carry<IO>(
         destination_port: local.port(),
         request: None,
     };
-    let refs = app.config.policy_targets(name, None);
     let targets = mesh_core::policy::Targets {
         namespace,
-        refs: &refs,
+        gateway: name,
+        class: app.config.gateway_class.as_deref(),
+        service: None,
     };
     if !passthrough::admits(&snapshot, &targets, connection) {
         return;

@@ -16,12 +16,9 @@ pub(super) fn compile(f: &HttpFaultInjection) -> Result<Fault, String> {
         .map(|d| {
             let fixed = parse_duration(d.fixed_delay.as_ref(), "fault delay")?
                 .ok_or("fault delay without fixedDelay")?;
-            let share = match (&d.percentage, d.percent) {
-                (Some(p), _) => p.value,
-                (None, Some(p)) => f64::from(p),
-                (None, None) => 100.0,
-            };
-            Ok::<_, String>((fixed, share.clamp(0.0, 100.0)))
+            // The deprecated integer `percent` is read as `percentage` when the controller
+            // loads the VirtualService.
+            Ok::<_, String>((fixed, percent(d.percentage.as_ref())))
         })
         .transpose()?;
     let abort = f

@@ -30,14 +30,7 @@ pub(super) fn ignored_and_closed(set: &ConfigSet, v: &mut Validation) {
 
 /// One finding per field set (its innermost fields only: `tls.sni`, not `tls` as well).
 fn report(v: &mut Validation, key: &ObjectKey, kind: &str, set_paths: &[(String, String)]) {
-    for (i, (path, general)) in set_paths.iter().enumerate() {
-        let has_children = set_paths[i + 1..].iter().any(|(p, _)| {
-            p.strip_prefix(path.as_str())
-                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-        });
-        if has_children {
-            continue;
-        }
+    for (path, general) in fields::leaves(set_paths) {
         match support(kind, general) {
             Support::Implemented(_) => {}
             Support::Ignored(why) => v.report(

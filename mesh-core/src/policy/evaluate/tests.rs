@@ -378,7 +378,9 @@ fn a_waypoint_enforces_l7_rules_of_the_policies_that_target_it() {
     let client = id("spiffe://cluster.local/ns/shop/sa/web");
     let targets = Targets {
         namespace: "shop",
-        refs: &[("Gateway", "waypoint"), ("Service", "cart")],
+        gateway: "waypoint",
+        class: None,
+        service: Some("cart"),
     };
     let decide = |method: &str, path: &str, h: &http::HeaderMap| {
         let request = request(method, path, h);
@@ -434,7 +436,9 @@ fn a_waypoint_enforces_l7_rules_of_the_policies_that_target_it() {
     // Another waypoint's destination is not governed by them either.
     let elsewhere = Targets {
         namespace: "shop",
-        refs: &[("Gateway", "other"), ("Service", "orders")],
+        gateway: "other",
+        class: None,
+        service: Some("orders"),
     };
     let none = headers(&[]);
     let r = request("DELETE", "/admin", &none);
