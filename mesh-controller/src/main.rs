@@ -26,7 +26,6 @@ use mesh_core::{
     Identity, config_pb::config_service_server::ConfigServiceServer,
     pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
 };
-use tracing_subscriber::EnvFilter;
 
 /// How long the controller's own serving certificate lasts; it is re-issued at every start.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -114,11 +113,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    mesh_core::process::init_logging();
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,4 +1,17 @@
-//! What the agent's and the waypoint's `main` share: their runtime and their shutdown signal.
+//! What the binaries' `main` share: their log, their runtime and their shutdown signal.
+
+/// Logs to stderr, filtered by `AMBIT_LOG` (`info` by default). Colours only on a terminal:
+/// `kubectl logs` and log collectors get plain text.
+pub fn init_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
 
 /// A current-thread runtime for one worker (its tasks wake each other without crossing
 /// threads: measured faster than a one-worker multi-thread runtime on the HBONE path), else a

@@ -1,13 +1,8 @@
 use clap::Parser as _;
 use mesh_node::{app, config::Config};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    mesh_core::process::init_logging();
     let config = Config::parse();
     app::prepare(&config)?;
     let runtime = mesh_core::process::runtime(config.worker_threads)?;

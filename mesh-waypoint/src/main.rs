@@ -1,6 +1,5 @@
 use clap::Parser as _;
 use mesh_waypoint::{app, config::Config};
-use tracing_subscriber::EnvFilter;
 
 /// Per request the proxy makes and frees many small buffers (headers, frames, futures):
 /// mimalloc's thread-local free lists measured a third cheaper than glibc's malloc here.
@@ -8,11 +7,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("AMBIT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    mesh_core::process::init_logging();
     let config = Config::parse();
     // The main thread's runtime runs the control plane; requests run on `workers`.
     mesh_core::process::runtime(1)?.block_on(app::run(config))?;

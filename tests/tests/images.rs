@@ -53,7 +53,7 @@ fn the_agent_image_with_the_daemonsets_privileges_carries_hbone() -> Result<()> 
     // It found its own cgroup through the host's hierarchy, from a private cgroup namespace
     // (check_privileges made sure it has one): the cgroup runc made for the container, whose
     // id its programs skip.
-    let log = mesh_tests::sys::strip_ansi(&containerised.log());
+    let log = containerised.log();
     let agent_cgroup = log
         .split("agent_cgroup=")
         .nth(1)
