@@ -55,6 +55,28 @@ fn published_kinds(distributor: &Distributor) -> Vec<String> {
         .collect()
 }
 
+fn is_gateway_api(kind: &str) -> bool {
+    kind.starts_with("gateway.networking.k8s.io/")
+}
+
+/// Waits until every Gateway API kind is in `state`.
+async fn wait_gateway_api(
+    source: &mut KubeSource,
+    state: KindState,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !source
+            .states()
+            .iter()
+            .filter(|(kind, _)| is_gateway_api(kind))
+            .all(|(_, s)| *s == state)
+        {
+            source.changed().await;
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn publishes_without_the_gateway_api_then_watches_it_once_installed() {
     let objects = common::objects(YAML);
@@ -70,7 +92,7 @@ async fn publishes_without_the_gateway_api_then_watches_it_once_installed() {
         .expect("ready without the Gateway API");
     let states = source.states();
     for (kind, state) in &states {
-        let expected = match kind.starts_with("gateway.networking.k8s.io/") {
+        let expected = match is_gateway_api(kind) {
             true => KindState::NotServed,
             false => KindState::Listed,
         };
@@ -92,21 +114,9 @@ async fn publishes_without_the_gateway_api_then_watches_it_once_installed() {
 
     // The Gateway API's CRDs are installed: the kinds are listed and the route published.
     gateway_api.store(true, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let listed = source
-                .states()
-                .iter()
-                .filter(|(kind, _)| kind.starts_with("gateway.networking.k8s.io/"))
-                .all(|(_, state)| *state == KindState::Listed);
-            if listed {
-                break;
-            }
-            source.changed().await;
-        }
-    })
-    .await
-    .expect("the Gateway API kinds listed once installed");
+    wait_gateway_api(&mut source, KindState::Listed)
+        .await
+        .expect("the Gateway API kinds listed once installed");
     publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
     let second = published_kinds(&distributor);
     assert!(
@@ -116,21 +126,9 @@ async fn publishes_without_the_gateway_api_then_watches_it_once_installed() {
 
     // And uninstalled again: its objects go with it.
     gateway_api.store(false, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let gone = source
-                .states()
-                .iter()
-                .filter(|(kind, _)| kind.starts_with("gateway.networking.k8s.io/"))
-                .all(|(_, state)| *state == KindState::NotServed);
-            if gone {
-                break;
-            }
-            source.changed().await;
-        }
-    })
-    .await
-    .expect("the Gateway API kinds dropped once uninstalled");
+    wait_gateway_api(&mut source, KindState::NotServed)
+        .await
+        .expect("the Gateway API kinds dropped once uninstalled");
     publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
     let third = published_kinds(&distributor);
     assert!(

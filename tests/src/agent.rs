@@ -131,17 +131,13 @@ impl Testbed {
             fields: [("spec.nodeName".to_owned(), node.name.clone())].into(),
         };
         // The DaemonSet's arguments, pointed at this test bed.
-        let args = container
-            .args
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|arg| match arg.split_once('=') {
-                Some(("--bpf-dir", _)) => format!("--bpf-dir={}", node.bpf_dir.display()),
-                Some(("--ca-addr", _)) => format!("--ca-addr={}", crate::controller::CA_ADDR),
-                _ => arg,
-            })
-            .collect();
+        let args = containers::override_args(
+            container.args.as_deref().unwrap_or_default(),
+            &[
+                ("--bpf-dir", node.bpf_dir.display().to_string()),
+                ("--ca-addr", crate::controller::CA_ADDR.to_owned()),
+            ],
+        );
         let launch = ImageLaunch {
             spec,
             container,
@@ -181,10 +177,7 @@ impl Agent {
             let placement = containers::Placement {
                 netns: self.node_netns.clone(),
                 args: self.args.clone(),
-                env: vec![(
-                    "AMBIT_LOG".to_owned(),
-                    std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()),
-                )],
+                env: vec![containers::log_filter("mesh_node")],
                 extra_mounts: Vec::new(),
                 log: self.log.clone(),
             };
@@ -206,17 +199,14 @@ impl Agent {
         let mut command = Command::new(mesh_node_binary()?);
         command
             .args(&self.args)
-            .env(
-                "AMBIT_LOG",
-                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_node=debug".into()),
-            )
+            .envs([containers::log_filter("mesh_node")])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         sys::start_inside(&mut command, netns, None);
-        self.process = Some(Running::Process(
+        self.process = Some(Running::Process(crate::sys::KillOnDrop(
             command.spawn().context("starting mesh-node")?,
-        ));
+        )));
         self.wait_ready(Duration::from_secs(20))
     }
 
@@ -235,10 +225,7 @@ impl Agent {
 
     /// The container it runs in, when it was started from its image.
     pub fn container(&self) -> Option<&Container> {
-        match &self.process {
-            Some(Running::Container(container)) => Some(container),
-            _ => None,
-        }
+        self.process.as_ref().and_then(Running::container)
     }
 
     pub fn restart(&mut self) -> Result<()> {

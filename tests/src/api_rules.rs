@@ -276,35 +276,70 @@ fn volumes(volumes: &[Volume], path: &str, out: &mut Violations) -> BTreeSet<Str
     valid
 }
 
-/// The workloads in multi-document YAML with what the API server would say of each: `Kind
-/// name` and its violations (DaemonSets and Deployments; other kinds are not checked here).
-pub fn check_manifest(yaml: &str) -> anyhow::Result<Vec<(String, Violations)>> {
+/// A workload a manifest declares: what has a pod template.
+pub enum Workload {
+    DaemonSet(DaemonSet),
+    Deployment(Deployment),
+}
+
+impl Workload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Workload::DaemonSet(_) => "DaemonSet",
+            Workload::Deployment(_) => "Deployment",
+        }
+    }
+
+    /// `Kind name`.
+    pub fn describe(&self) -> String {
+        let meta = match self {
+            Workload::DaemonSet(ds) => &ds.metadata,
+            Workload::Deployment(d) => &d.metadata,
+        };
+        format!(
+            "{} {}",
+            self.kind(),
+            meta.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    pub fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        match self {
+            Workload::DaemonSet(ds) => ds.spec.as_ref().map(|s| &s.template),
+            Workload::Deployment(d) => d.spec.as_ref().map(|s| &s.template),
+        }
+    }
+
+    /// Every rule the API server would find broken.
+    pub fn violations(&self) -> Violations {
+        match self {
+            Workload::DaemonSet(ds) => daemon_set(ds),
+            Workload::Deployment(d) => deployment(d),
+        }
+    }
+}
+
+/// The DaemonSets and Deployments in multi-document YAML (other kinds are skipped).
+pub fn workloads(yaml: &str) -> anyhow::Result<Vec<Workload>> {
     let mut found = Vec::new();
     for document in serde_yaml::Deserializer::from_str(yaml) {
         let value: serde_yaml::Value = serde::Deserialize::deserialize(document)?;
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or_default();
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        match kind {
-            "DaemonSet" => {
-                let ds: DaemonSet = serde_yaml::from_value(value)?;
-                found.push((format!("DaemonSet {name}"), daemon_set(&ds)));
-            }
-            "Deployment" => {
-                let d: Deployment = serde_yaml::from_value(value)?;
-                found.push((format!("Deployment {name}"), deployment(&d)));
-            }
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("DaemonSet") => found.push(Workload::DaemonSet(serde_yaml::from_value(value)?)),
+            Some("Deployment") => found.push(Workload::Deployment(serde_yaml::from_value(value)?)),
             _ => {}
         }
     }
     Ok(found)
+}
+
+/// The workloads in multi-document YAML with what the API server would say of each: `Kind
+/// name` and its violations (DaemonSets and Deployments; other kinds are not checked here).
+pub fn check_manifest(yaml: &str) -> anyhow::Result<Vec<(String, Violations)>> {
+    Ok(workloads(yaml)?
+        .iter()
+        .map(|w| (w.describe(), w.violations()))
+        .collect())
 }
 
 #[cfg(test)]

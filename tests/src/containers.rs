@@ -41,6 +41,27 @@ pub fn image(component: &str) -> String {
     format!("localhost/ambit-test/{component}:dev")
 }
 
+/// `AMBIT_LOG` for a component under test: the caller's, else `info` with debug for its own
+/// crate (`mesh_node`, `mesh_waypoint`).
+pub fn log_filter(own_crate: &str) -> (String, String) {
+    let filter = std::env::var("AMBIT_LOG").unwrap_or_else(|_| format!("info,{own_crate}=debug"));
+    ("AMBIT_LOG".to_owned(), filter)
+}
+
+/// A manifest's arguments with the `--flag=value` of each of `values` replaced (the test
+/// bed's addresses and names for a cluster's).
+pub fn override_args(args: &[String], values: &[(&str, String)]) -> Vec<String> {
+    args.iter()
+        .map(|arg| {
+            let flag = arg.split_once('=').map(|(flag, _)| flag);
+            match values.iter().find(|(f, _)| Some(*f) == flag) {
+                Some((flag, value)) => format!("{flag}={value}"),
+                None => arg.clone(),
+            }
+        })
+        .collect()
+}
+
 /// A container running in the background. Removed when dropped.
 pub struct Container {
     pub name: String,
@@ -52,7 +73,7 @@ pub struct Container {
 
 /// A component under test: a process the test bed started, or a container running its image.
 pub enum Running {
-    Process(std::process::Child),
+    Process(crate::sys::KillOnDrop),
     Container(Container),
 }
 
@@ -64,10 +85,18 @@ impl Running {
         }
     }
 
+    /// The container, when it runs from its image.
+    pub fn container(&self) -> Option<&Container> {
+        match self {
+            Running::Container(container) => Some(container),
+            Running::Process(_) => None,
+        }
+    }
+
     /// `Some(how)` once it has ended.
     pub fn exited(&mut self) -> Result<Option<String>> {
         Ok(match self {
-            Running::Process(child) => child.try_wait()?.map(|status| status.to_string()),
+            Running::Process(child) => child.0.try_wait()?.map(|status| status.to_string()),
             Running::Container(container) => {
                 (!container.running()).then(|| "the container exited".to_owned())
             }
@@ -81,9 +110,9 @@ impl Running {
                 // SAFETY: kill on a pid we own.
                 unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while child.try_wait()?.is_none() {
+                while child.0.try_wait()?.is_none() {
                     if Instant::now() > deadline {
-                        child.kill()?;
+                        child.0.kill()?;
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -98,15 +127,6 @@ impl Running {
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Running::Process(child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 impl Container {
     /// Starts `image` as `container` of `pod`, placed as `placement` says.
     pub fn start(
@@ -116,12 +136,11 @@ impl Container {
         substitutions: &Substitutions,
         placement: &Placement,
     ) -> Result<Self> {
-        sweep_leftovers();
-        require_image(image)?;
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_leftovers);
+        let image_uid = image_user(image)?;
         let (flags, mut expected) = podman_flags(pod, container, substitutions)?;
-        if expected.uid.is_none() {
-            expected.uid = Some(image_user(image)?);
-        }
+        expected.uid = expected.uid.or(Some(image_uid));
         if expected.non_root && expected.uid == Some(0) {
             bail!("runAsNonRoot, but {image} runs as root: the kubelet would refuse to start it");
         }
@@ -171,12 +190,10 @@ impl Container {
         Ok(started)
     }
 
-    /// Whether the container still runs.
+    /// Whether the container still runs: its main process does (the test polls this; asking
+    /// podman would start a process per poll).
     pub fn running(&self) -> bool {
-        podman()
-            .args(["inspect", "--format", "{{.State.Running}}", &self.name])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+        crate::sys::pid_alive(self.pid)
     }
 
     pub fn logs(&self) -> String {
@@ -270,50 +287,7 @@ impl Drop for Container {
 
 /// Capability bits (man 7 capabilities) as names without `CAP_`.
 fn capability_names(mask: u64) -> BTreeSet<String> {
-    const NAMES: [&str; 41] = [
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES
+    crate::sys::CAPABILITIES
         .iter()
         .enumerate()
         .filter(|(bit, _)| mask & (1 << bit) != 0)
@@ -324,38 +298,38 @@ fn capability_names(mask: u64) -> BTreeSet<String> {
 /// podman, rootful, with runc (crun refuses this machine's hybrid cgroup layout) and limits
 /// this sandbox's root may set (it lacks CAP_SYS_RESOURCE): a containers.conf of our own.
 pub fn podman() -> Command {
-    let conf = std::env::temp_dir().join("ambit-containers.conf");
-    if !conf.exists() {
+    static CONF: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let conf = CONF.get_or_init(|| {
+        let conf = std::env::temp_dir().join("ambit-containers.conf");
+        // Written whole under another name, then renamed: a concurrent reader never sees
+        // half a file.
+        let partial = conf.with_extension(format!("{}.partial", std::process::id()));
         let _ = std::fs::write(
-            &conf,
+            &partial,
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
              [engine]\nruntime = \"runc\"\n",
-        );
-    }
+        )
+        .and_then(|()| std::fs::rename(&partial, &conf));
+        conf
+    });
     let mut command = Command::new("podman");
     command.env("CONTAINERS_CONF", conf);
     command
 }
 
-fn require_image(image: &str) -> Result<()> {
-    let exists = podman()
-        .args(["image", "exists", image])
-        .status()
+/// The numeric user an image's `USER` names (root when it names none); an error naming how to
+/// build the image when it is missing.
+fn image_user(image: &str) -> Result<u32> {
+    let out = podman()
+        .args(["image", "inspect", "--format", "{{.Config.User}}", image])
+        .output()
         .context("podman is missing: `cargo xtask setup` installs it")?;
-    if !exists.success() {
+    if !out.status.success() {
         bail!(
             "image {image} is missing: `cargo xtask test` builds the test images first \
              (or run `cargo xtask images --test`)"
         );
     }
-    Ok(())
-}
-
-/// The numeric user an image's `USER` names (root when it names none).
-fn image_user(image: &str) -> Result<u32> {
-    let out = podman()
-        .args(["image", "inspect", "--format", "{{.Config.User}}", image])
-        .output()?;
     let user = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     match user.split(':').next().unwrap_or_default() {
         "" | "root" => Ok(0),

@@ -134,7 +134,7 @@ impl Testbed {
         sys::start_inside(&mut command, netns, Some(procs));
         let child = command.spawn().context("starting mesh-controller")?;
         self.wait_controller(Controller {
-            process: Running::Process(child),
+            process: Running::Process(crate::sys::KillOnDrop(child)),
             root: local.ca_dir.join("root-cert.pem"),
             log: local.log,
         })
@@ -232,9 +232,6 @@ impl Controller {
 
     /// The container it runs in, when it was started from its image.
     pub fn container(&self) -> Option<&Container> {
-        match &self.process {
-            Running::Container(container) => Some(container),
-            Running::Process(_) => None,
-        }
+        self.process.container()
     }
 }

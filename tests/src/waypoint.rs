@@ -89,16 +89,13 @@ impl Testbed {
                 "--token-file",
                 &self.token_file(&pod.node).display().to_string(),
             ])
-            .env(
-                "AMBIT_LOG",
-                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),
-            )
+            .envs([containers::log_filter("mesh_waypoint")])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::OpenOptions::new().append(true).open(&log)?);
         let child = pod.spawn(&mut command)?;
         let waypoint = Waypoint {
-            process: Running::Process(child),
+            process: Running::Process(crate::sys::KillOnDrop(child)),
             pod: pod.name.clone(),
             netns: pod.netns_path(),
             log,
@@ -131,27 +128,20 @@ impl Testbed {
             ..Default::default()
         };
         // The generated arguments, for this waypoint and this test bed's controller.
-        let args = container
-            .args
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|arg| match arg.split_once('=') {
-                Some(("--waypoint", _)) => format!("--waypoint={waypoint}"),
-                Some(("--namespace", _)) => format!("--namespace={}", pod.namespace),
-                Some(("--service-account", _)) => format!("--service-account={service_account}"),
-                Some(("--ca-addr", _)) => format!("--ca-addr={}", crate::controller::CA_ADDR),
-                _ => arg,
-            })
-            .collect();
+        let args = containers::override_args(
+            container.args.as_deref().unwrap_or_default(),
+            &[
+                ("--waypoint", waypoint.to_owned()),
+                ("--namespace", pod.namespace.clone()),
+                ("--service-account", service_account.to_owned()),
+                ("--ca-addr", crate::controller::CA_ADDR.to_owned()),
+            ],
+        );
         let log = self.work_dir.join(format!("waypoint-{}.log", pod.name));
         let placement = containers::Placement {
             netns: pod.netns_path(),
             args,
-            env: vec![(
-                "AMBIT_LOG".to_owned(),
-                std::env::var("AMBIT_LOG").unwrap_or_else(|_| "info,mesh_waypoint=debug".into()),
-            )],
+            env: vec![containers::log_filter("mesh_waypoint")],
             extra_mounts: Vec::new(),
             log: log.clone(),
         };
@@ -185,10 +175,7 @@ impl Waypoint {
 
     /// The container it runs in, when it was started from its image.
     pub fn container(&self) -> Option<&Container> {
-        match &self.process {
-            Running::Container(container) => Some(container),
-            Running::Process(_) => None,
-        }
+        self.process.container()
     }
 
     pub fn metrics(&self) -> Result<String> {

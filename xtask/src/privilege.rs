@@ -11,7 +11,8 @@ use anyhow::{Result, bail};
 use crate::cmd::output;
 
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| output(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0"))
 }
 
 /// `program` as root: itself when we are root, else through `sudo -E` (the environment, such

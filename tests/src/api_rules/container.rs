@@ -166,51 +166,6 @@ fn privileged(sc: Option<&SecurityContext>) -> bool {
     sc.and_then(|sc| sc.privileged) == Some(true)
 }
 
-/// Capabilities a container runtime knows (man 7 capabilities), without the `CAP_` prefix.
-const CAPABILITIES: [&str; 41] = [
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "PERFMON",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYSLOG",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "WAKE_ALARM",
-];
-
 fn security_context(sc: &SecurityContext, at: &str, out: &mut Violations) {
     id_in_range(sc.run_as_user, &format!("{at}.runAsUser"), out);
     id_in_range(sc.run_as_group, &format!("{at}.runAsGroup"), out);
@@ -244,7 +199,7 @@ fn security_context(sc: &SecurityContext, at: &str, out: &mut Violations) {
         ("drop", dropped.iter().map(String::as_str).collect()),
     ] {
         for name in names {
-            if name != "ALL" && !CAPABILITIES.contains(&name) {
+            if name != "ALL" && !crate::sys::CAPABILITIES.contains(&name) {
                 out.push(format!(
                     "{at}.capabilities.{field}: Invalid value: {name:?}: not a capability the \
                      container runtime knows (it adds the CAP_ prefix itself) (runtime rule)"

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment},
+    apps::v1::Deployment,
     core::v1::{Container as ContainerSpec, PodSpec},
 };
 
@@ -45,23 +45,11 @@ pub fn mesh_volumes(dir: &Path, token: &Path, root: &Path) -> Result<BTreeMap<St
 /// The pod template and the one container of a DaemonSet or Deployment in a deploy/ file.
 pub fn manifest_pod(file: &Path, kind: &str) -> Result<(PodSpec, ContainerSpec)> {
     let text = std::fs::read_to_string(file)?;
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(document)?;
-        if value.get("kind").and_then(|k| k.as_str()) != Some(kind) {
-            continue;
-        }
-        let template = match kind {
-            "DaemonSet" => serde_yaml::from_value::<DaemonSet>(value)?
-                .spec
-                .map(|s| s.template),
-            "Deployment" => serde_yaml::from_value::<Deployment>(value)?
-                .spec
-                .map(|s| s.template),
-            _ => bail!("{kind} has no pod template"),
-        };
-        return one_container(template.and_then(|t| t.spec));
-    }
-    bail!("no {kind} in {}", file.display())
+    let workload = crate::api_rules::workloads(&text)?
+        .into_iter()
+        .find(|w| w.kind() == kind)
+        .with_context(|| format!("no {kind} in {}", file.display()))?;
+    one_container(workload.pod_template().and_then(|t| t.spec.clone()))
 }
 
 /// The pod spec of the Deployment the controller generates for a Gateway of `class`.
