@@ -50,6 +50,8 @@ pub(super) struct Context<'a> {
     localities: BTreeMap<String, String>,
     /// The waypoint Gateways, by (namespace, name).
     waypoints: BTreeMap<(String, String), Waypoint<'a>>,
+    /// (waypoint, namespace) pairs refused so far: logged once per compile, not per object.
+    refused: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl<'a> Context<'a> {
@@ -117,6 +119,7 @@ impl<'a> Context<'a> {
             endpoints,
             localities,
             waypoints,
+            refused: Default::default(),
         }
     }
 
@@ -151,12 +154,18 @@ impl<'a> Context<'a> {
                 || waypoint.hbone.is_some_and(|l| {
                     l.admits_namespace(namespace, &self.namespace_labels(namespace), &wp_namespace)
                 });
-            if !admitted {
+            let first = || {
+                let pair = (format!("{wp_namespace}/{name}"), namespace.to_owned());
+                self.refused.borrow_mut().insert(pair)
+            };
+            if !admitted && first() {
                 tracing::warn!(
                     waypoint = %format!("{wp_namespace}/{name}"), %namespace,
                     "the waypoint's HBONE listener does not admit this namespace \
                      (allowedRoutes.namespaces); not bound"
                 );
+            }
+            if !admitted {
                 return None;
             }
         }
