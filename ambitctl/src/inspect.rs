@@ -283,19 +283,22 @@ fn check(dump: &Value, source: &str, destination: &str) -> Result<Table> {
         .with_context(|| format!("{port:?} is not a port"))?;
     let (src, dst) = (workload(source)?, workload(dst_key)?);
     let mut policies = PolicySet::with_root_namespace("istio-system");
-    let mut docs = String::new();
+    let mut errors = Vec::new();
     for r in resources
         .iter()
         .filter(|r| r["kind"] == "PeerAuthentication" || r["kind"] == "AuthorizationPolicy")
     {
-        docs.push_str(&mesh_core::policy::streamed_document(
+        let refused = r["refused"].as_str();
+        if let Err(error) = policies.add_streamed(
             &text(&r["kind"]),
             &text(&r["namespace"]),
             &text(&r["name"]),
-            &r["spec"],
-        )?);
+            &r["spec"].to_string(),
+            refused,
+        ) {
+            errors.push(error);
+        }
     }
-    let errors = mesh_core::policy::parse_documents("controller", &docs, &mut policies);
     let labels = |w: &Value| -> std::collections::BTreeMap<String, String> {
         w["spec"]["labels"]
             .as_object()

@@ -206,7 +206,7 @@ fn ambitctl_lists_and_explains() {
     let (_, closed) = ambitctl(&admin, &["check", "shop/server", "shop/client:8080"]);
     assert!(
         closed.contains(
-            "DENY by AuthorizationPolicy shop/broken: invalid DENY policy applies to everything"
+            "DENY by AuthorizationPolicy shop/broken: a refused DENY policy applies to everything"
         ),
         "{closed}"
     );

@@ -96,5 +96,10 @@ pub fn to_json(resource: &pb::Resource) -> Value {
         }),
         None => Value::Null,
     };
-    json!({"kind": key.kind, "namespace": key.namespace, "name": key.name, "spec": body})
+    let mut entry =
+        json!({"kind": key.kind, "namespace": key.namespace, "name": key.name, "spec": body});
+    if !resource.refused.is_empty() {
+        entry["refused"] = Value::String(resource.refused.clone());
+    }
+    entry
 }

@@ -25,8 +25,8 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
     let credentials = credentials::referenced(set, validation);
     let mut out = Vec::new();
     for (key, resource) in &set.resources {
-        // A rejected AuthorizationPolicy still goes out: node agents enforce a policy they
-        // find invalid failing closed (a broken DENY denies everything it selects, a broken
+        // A rejected AuthorizationPolicy still goes out, with the reason: nodes and waypoints
+        // enforce it failing closed (a refused DENY denies everything it selects, a refused
         // ALLOW admits nothing), so a typo never opens access. Other rejected kinds stay out.
         if !validation.accepted(key) && key.kind != Kind::AuthorizationPolicy {
             continue;
@@ -80,6 +80,7 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
                 name: key.name.clone(),
             }),
             body: Some(body),
+            refused: validation.refusal(key).unwrap_or_default(),
         });
     }
     out

@@ -116,6 +116,10 @@ pub enum Resource {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigSet {
     pub resources: BTreeMap<ObjectKey, Resource>,
+    /// AuthorizationPolicies whose spec could not be read, with why: each is in `resources`
+    /// as what could be salvaged (where it applies, its action), refused and enforced failing
+    /// closed, rather than dropped (a dropped DENY would open access).
+    pub unreadable: BTreeMap<ObjectKey, String>,
 }
 
 macro_rules! typed {

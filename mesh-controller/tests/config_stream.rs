@@ -30,6 +30,7 @@ fn workload(name: &str, node: &str) -> Resource {
             enrolled: true,
             ..Workload::default()
         })),
+        refused: String::new(),
     }
 }
 
@@ -41,6 +42,7 @@ fn istio(kind: &str, name: &str) -> Resource {
             name: name.into(),
         }),
         body: Some(Body::IstioJson("{}".into())),
+        refused: String::new(),
     }
 }
 

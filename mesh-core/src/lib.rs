@@ -12,7 +12,8 @@
 //! - `pods`: local mode's file of namespaces and pods (what a node would learn from Kubernetes);
 //! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
 //! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`;
-//! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin).
+//! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin);
+//! - `yaml`: multi-document YAML where one broken document costs only itself.
 #![deny(unsafe_code)]
 
 pub mod ca_client;
@@ -25,6 +26,7 @@ pub mod pods;
 pub mod policy;
 pub mod process;
 pub mod tls;
+pub mod yaml;
 
 pub use identity::Identity;
 

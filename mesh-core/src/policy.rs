@@ -4,17 +4,21 @@
 //! # Layout
 //! - here: the resource types (the fields the node enforces, and the L7 ones it must notice);
 //! - `evaluate`: choosing the policies that apply to a workload and deciding a connection;
-//! - `load`: reading a directory of YAML, one error per bad document, the rest applied.
+//! - `load`: reading a directory of YAML or the controller's stream, one error per bad
+//!   document, the rest applied;
+//! - `validate`: the one validator, shared with the controller.
 
 mod evaluate;
 mod load;
+mod validate;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use evaluate::{Connection, Decision, PolicySet, Request, Targets, Workload, cidr_contains};
-pub use load::{LoadError, load_dir, parse_documents, streamed_document};
+pub use load::{LoadError, load_dir, parse_documents};
+pub use validate::{Reason, Rejection, validate};
 
 /// Istio's root namespace: policies there apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -120,7 +124,18 @@ pub struct Rule {
     pub to: Option<Vec<To>>,
     /// Conditions: evaluated at L7 (waypoint); the node treats them as L7 attributes.
     #[serde(default)]
-    pub when: Option<Vec<serde_yaml::Value>>,
+    pub when: Option<Vec<Condition>>,
+}
+
+/// A `when` condition: the attribute `key` must have one of `values` and none of `notValues`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -13,7 +13,7 @@ use mesh_core::{
     ca_client::CaClient,
     config_client::{ConfigView, follow},
     config_pb::{Role, Update, Workload, resource::Body},
-    policy::{LoadError, PolicySet, parse_documents, streamed_document},
+    policy::{LoadError, PolicySet},
 };
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ pub async fn follow_config(
                     &mut view,
                     // The policies of an accepted candidate are built once, then applied.
                     |candidate| {
-                        let built = policy_set(candidate, &state.config.root_namespace)?;
+                        let built = policy_set(candidate, &state.config.root_namespace);
                         *accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(built);
                         Ok(())
                     },
@@ -87,29 +87,27 @@ pub async fn follow_config(
     }
 }
 
-/// The policies of `view`. Policies that do not validate are kept and enforced failing
-/// closed (their errors are reported); only a body that is not JSON at all refuses the update.
-fn policy_set(
-    view: &ConfigView,
-    root_namespace: &str,
-) -> Result<(PolicySet, Vec<LoadError>), String> {
-    let mut documents = String::new();
+/// The policies of `view`. A policy that the controller refused, that does not validate
+/// here, or whose body is unreadable is kept and enforced failing closed; its problem is
+/// reported. (Nothing here refuses the update: keeping the previous policies instead would
+/// keep enforcing what the user has since changed.)
+fn policy_set(view: &ConfigView, root_namespace: &str) -> (PolicySet, Vec<LoadError>) {
+    let mut set = PolicySet::with_root_namespace(root_namespace);
+    let mut errors = Vec::new();
     for ((kind, namespace, name), resource) in &view.resources {
         if kind != "PeerAuthentication" && kind != "AuthorizationPolicy" {
             continue;
         }
-        let Some(Body::IstioJson(spec)) = &resource.body else {
-            return Err(format!("{kind} {namespace}/{name} has no Istio body"));
+        let json = match &resource.body {
+            Some(Body::IstioJson(json)) => json.as_str(),
+            _ => "",
         };
-        let spec: serde_json::Value = serde_json::from_str(spec)
-            .map_err(|e| format!("{kind} {namespace}/{name}: body is not JSON: {e}"))?;
-        let document = streamed_document(kind, namespace, name, &spec)
-            .map_err(|e| format!("{kind} {namespace}/{name}: {e}"))?;
-        documents.push_str(&document);
+        let refused = Some(resource.refused.as_str()).filter(|r| !r.is_empty());
+        if let Err(error) = set.add_streamed(kind, namespace, name, json, refused) {
+            errors.push(error);
+        }
     }
-    let mut set = PolicySet::with_root_namespace(root_namespace);
-    let errors = parse_documents("controller", &documents, &mut set);
-    Ok((set, errors))
+    (set, errors)
 }
 
 /// Whether `update` changes resources of `kind`.

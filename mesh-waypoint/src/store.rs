@@ -19,7 +19,7 @@ use mesh_core::{
     Identity,
     config_client::ConfigView,
     config_pb::{self as pb, resource::Body},
-    policy::{PolicySet, parse_documents, streamed_document},
+    policy::PolicySet,
 };
 
 use crate::routes::{RouteTable, Scope, qualify};
@@ -159,8 +159,20 @@ impl Snapshot {
         };
         let mut virtual_services = Vec::new();
         let mut http_routes = Vec::new();
-        let mut policy_documents = String::new();
+        // A policy that is refused or does not validate is kept and enforced failing closed.
+        let mut policies = PolicySet::with_root_namespace(root_namespace);
         for ((kind, namespace, name), resource) in &view.resources {
+            if kind == "AuthorizationPolicy" {
+                let json = match &resource.body {
+                    Some(Body::IstioJson(json)) => json.as_str(),
+                    _ => "",
+                };
+                let refused = Some(resource.refused.as_str()).filter(|r| !r.is_empty());
+                if let Err(error) = policies.add_streamed(kind, namespace, name, json, refused) {
+                    snapshot.errors.push(error.to_string());
+                }
+                continue;
+            }
             match &resource.body {
                 Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
                 Some(Body::Service(s)) => snapshot.add_service(s),
@@ -217,14 +229,6 @@ impl Snapshot {
                                 .errors
                                 .push(format!("Gateway {namespace}/{name}: {e}")),
                         },
-                        "AuthorizationPolicy" => {
-                            match streamed_document(kind, namespace, name, &spec) {
-                                Ok(document) => policy_documents.push_str(&document),
-                                Err(e) => snapshot
-                                    .errors
-                                    .push(format!("AuthorizationPolicy {namespace}/{name}: {e}")),
-                            }
-                        }
                         _ => {}
                     }
                 }
@@ -266,12 +270,6 @@ impl Snapshot {
             }
             snapshot.ingress_routes = routes;
         }
-        // A policy that does not validate is kept and enforced failing closed.
-        let mut policies = PolicySet::with_root_namespace(root_namespace);
-        let policy_errors = parse_documents("controller", &policy_documents, &mut policies);
-        snapshot
-            .errors
-            .extend(policy_errors.iter().map(ToString::to_string));
         snapshot.policies = policies;
         snapshot
     }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{ConfigSet, Resource};
-use crate::resources::networking;
+use crate::resources::{networking, security};
 
 /// Where resources without `metadata.namespace` go, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -36,10 +36,8 @@ pub fn load_dir(dir: &Path) -> std::io::Result<(ConfigSet, Vec<LoadError>)> {
 /// Adds the resources in `text` to `set`; returns the documents that could not be read.
 pub fn parse_documents(file: &str, text: &str, set: &mut ConfigSet) -> Vec<LoadError> {
     let mut errors = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let index = i + 1;
-        let value = match <Value as serde::Deserialize>::deserialize(document) {
-            Ok(Value::Null) => continue,
+    for (index, document) in mesh_core::yaml::documents(text) {
+        let value = match document {
             Ok(value) => value,
             Err(error) => {
                 errors.push(LoadError {
@@ -49,22 +47,28 @@ pub fn parse_documents(file: &str, text: &str, set: &mut ConfigSet) -> Vec<LoadE
                     name: "?".to_owned(),
                     message: format!("not YAML: {error}"),
                 });
-                // The parser cannot resynchronise after a syntax error in a stream.
-                break;
+                continue;
             }
         };
         let (kind, name) = describe(&value);
+        let salvaged = (kind == "AuthorizationPolicy").then(|| salvage_policy(&value));
         match parse_resource(value) {
             Ok(resource) => {
                 set.insert(resource);
             }
-            Err(message) => errors.push(LoadError {
-                file: file.to_owned(),
-                index,
-                kind,
-                name,
-                message,
-            }),
+            Err(message) => {
+                if let Some(Some(policy)) = salvaged {
+                    let key = set.insert(Resource::AuthorizationPolicy(Box::new(policy)));
+                    set.unreadable.insert(key, message.clone());
+                }
+                errors.push(LoadError {
+                    file: file.to_owned(),
+                    index,
+                    kind,
+                    name,
+                    message,
+                })
+            }
         }
     }
     errors
@@ -82,6 +86,35 @@ fn describe(value: &Value) -> (String, String) {
         None => name,
     };
     (kind, name)
+}
+
+/// What can be kept of an AuthorizationPolicy document whose spec does not parse: its name,
+/// where it applies and its action (DENY when the action itself is unreadable). `None` when
+/// not even its name and namespace can be read.
+fn salvage_policy(value: &Value) -> Option<security::AuthorizationPolicy> {
+    let metadata = value.get("metadata")?;
+    let text = |field: &str| metadata.get(field).and_then(Value::as_str);
+    let name = text("name").filter(|n| !n.is_empty())?;
+    let namespace = text("namespace").unwrap_or(DEFAULT_NAMESPACE);
+    let spec = value.get("spec");
+    let part = |field: &str| spec.and_then(|s| s.get(field)).cloned();
+    fn read<T: DeserializeOwned>(part: Option<Value>) -> Option<T> {
+        part.and_then(|v| serde_yaml::from_value(v).ok())
+    }
+    let action =
+        part("action").map(|a| serde_yaml::from_value(a).unwrap_or(security::Action::Deny));
+    let mut policy = security::AuthorizationPolicy::new(
+        name,
+        security::AuthorizationPolicySpec {
+            selector: read(part("selector")),
+            target_ref: read(part("targetRef")),
+            target_refs: read(part("targetRefs")).unwrap_or_default(),
+            action,
+            ..Default::default()
+        },
+    );
+    policy.metadata.namespace = Some(namespace.to_owned());
+    Some(policy)
 }
 
 /// One document as a typed resource.

@@ -44,6 +44,18 @@ impl Validation {
             .is_none_or(|f| f.iter().all(|f| f.condition != ACCEPTED))
     }
 
+    /// Why the resource is refused (its `Accepted=False` findings), if it is.
+    pub fn refusal(&self, key: &ObjectKey) -> Option<String> {
+        let refused: Vec<String> = self
+            .findings
+            .get(key)?
+            .iter()
+            .filter(|f| f.condition == ACCEPTED)
+            .map(|f| format!("{}: {}", f.reason, f.message))
+            .collect();
+        (!refused.is_empty()).then(|| refused.join("; "))
+    }
+
     /// The status conditions for `key`: `Accepted`, and `ResolvedRefs` for routes and
     /// Gateway API Gateways (their certificates).
     pub fn conditions(&self, key: &ObjectKey, generation: Option<i64>) -> Vec<Condition> {

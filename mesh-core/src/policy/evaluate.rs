@@ -78,12 +78,13 @@ pub enum Decision {
     Deny { policy: String, reason: String },
 }
 
-/// An AuthorizationPolicy as enforced: `broken` when it failed validation (it then matches
-/// everything if DENY, nothing if ALLOW); where it applies is read once, when it is loaded.
+/// An AuthorizationPolicy as enforced. `refusal` says why it is refused, by the controller or
+/// by [`validate`](super::validate): a refused policy matches everything if DENY, nothing if
+/// ALLOW. Where it applies is read once, when it is loaded.
 #[derive(Clone, Debug)]
 pub(super) struct Enforced {
     pub policy: AuthorizationPolicy,
-    pub broken: bool,
+    pub refusal: Option<String>,
     /// `(kind, name)` of each of its `targetRef` and `targetRefs` that names something.
     refs: Vec<(String, String)>,
     /// Whether waypoints, not the nodes, enforce it (see [`targets_a_waypoint`]).
@@ -91,17 +92,34 @@ pub(super) struct Enforced {
 }
 
 impl Enforced {
-    pub(super) fn new(policy: AuthorizationPolicy, broken: bool) -> Self {
+    /// `refused`: the controller's verdict, when it refused the policy. The policy is
+    /// validated here too, so that no way of adding one skips validation.
+    pub(super) fn new(policy: AuthorizationPolicy, refused: Option<String>) -> Self {
+        let refusal = refused.or_else(|| {
+            let problems = super::validate(&policy.spec);
+            (!problems.is_empty()).then(|| {
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.reason.as_str(), p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        });
         let refs = target_refs(&policy)
             .filter_map(|r| Some((r.kind.to_owned(), r.name?.to_owned())))
             .collect();
-        let at_waypoint = targets_a_waypoint(&policy);
+        // A (refused) policy that also has a selector is enforced by it at the nodes too.
+        let at_waypoint = targets_a_waypoint(&policy) && policy.spec.selector.is_none();
         Enforced {
             policy,
-            broken,
+            refusal,
             refs,
             at_waypoint,
         }
+    }
+
+    fn broken(&self) -> bool {
+        self.refusal.is_some()
     }
 }
 
@@ -123,13 +141,21 @@ impl PolicySet {
         self.len() == 0
     }
 
-    /// Adds an AuthorizationPolicy (tests and benchmarks build sets without YAML).
-    pub fn add_authorization(&mut self, policy: super::AuthorizationPolicy) {
+    /// Adds an AuthorizationPolicy; `refused` is the controller's verdict when it refused it.
+    /// Returns why the policy is enforced failing closed, if it is.
+    pub fn add_authorization(
+        &mut self,
+        policy: super::AuthorizationPolicy,
+        refused: Option<String>,
+    ) -> Option<String> {
         let namespace = policy.metadata.namespace.clone();
+        let enforced = Enforced::new(policy, refused);
+        let refusal = enforced.refusal.clone();
         self.authorizations
             .entry(namespace)
             .or_default()
-            .push(Enforced::new(policy, false));
+            .push(enforced);
+        refusal
     }
 
     pub fn with_root_namespace(root_namespace: &str) -> Self {
@@ -150,10 +176,9 @@ impl PolicySet {
         });
         let authz = self.authorizations.values().flatten().map(|e| {
             let p = &e.policy;
-            let broken = if e.broken {
-                " (invalid: enforced failing closed)"
-            } else {
-                ""
+            let broken = match &e.refusal {
+                Some(why) => format!(" (refused, enforced failing closed: {why})"),
+                None => String::new(),
             };
             format!(
                 "AuthorizationPolicy {}/{} action={:?}{broken}",
@@ -295,10 +320,10 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
                     reason: "CUSTOM policies are not enforced by Ambit".into(),
                 };
             }
-            Action::Deny if enforced.broken => {
+            Action::Deny if enforced.broken() => {
                 return Decision::Deny {
                     policy: name(),
-                    reason: "invalid DENY policy applies to everything".into(),
+                    reason: "a refused DENY policy applies to everything".into(),
                 };
             }
             Action::Deny if matches_any(&policy.spec.rules, connection, true, at) => {
@@ -318,7 +343,7 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
         return Decision::Allow;
     }
     if allows.iter().any(|e| {
-        !e.broken
+        !e.broken()
             && matches_any(
                 &e.policy.spec.rules,
                 connection,

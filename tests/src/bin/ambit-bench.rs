@@ -154,7 +154,7 @@ fn authorization_check_us() -> Result<f64> {
     let mut set = PolicySet::with_root_namespace("istio-system");
     for i in 0..10_000 {
         let namespace = format!("ns-{}", i % 1000);
-        set.add_authorization(AuthorizationPolicy {
+        let policy = AuthorizationPolicy {
             metadata: Metadata {
                 name: format!("p-{i}"),
                 namespace: namespace.clone(),
@@ -185,7 +185,8 @@ fn authorization_check_us() -> Result<f64> {
                 }]),
                 ..AuthorizationPolicySpec::default()
             },
-        });
+        };
+        assert_eq!(set.add_authorization(policy, None), None, "a valid policy");
     }
     let labels = Default::default();
     let identities: Vec<mesh_core::Identity> = (0..100)

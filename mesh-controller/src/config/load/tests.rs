@@ -123,6 +123,10 @@ spec: {hosts: [cart]}
             "{message}\n  should start with\n{expected}"
         );
     }
-    // The good file's resources are all there.
-    assert_eq!(set.resources.len(), 2);
+    // The good file's resources are all there, and the AuthorizationPolicy that could not be
+    // read is kept as refused (it is enforced failing closed, never dropped).
+    assert_eq!(set.resources.len(), 3);
+    let unreadable: Vec<String> = set.unreadable.keys().map(ToString::to_string).collect();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0].contains("shop/old"), "{unreadable:?}");
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::{Connection, Request};
 use crate::{
     Identity,
-    policy::{Operation, Rule, Source},
+    policy::{Condition, Operation, Rule, Source},
 };
 
 /// `deny`: whether unverifiable (L7) rules count as matching; `at`: the policy's namespace
@@ -85,26 +85,19 @@ fn operation_matches(op: &Operation, c: Connection<'_>, request: &Request<'_>) -
         && !any_host(&op.not_hosts)
 }
 
-/// A `when` condition. Keys Ambit does not know match in a DENY and not in an ALLOW.
+/// A `when` condition. Keys Ambit does not know, and a condition with neither values nor
+/// notValues (which the validator refuses), match in a DENY and not in an ALLOW.
 fn condition_matches(
-    condition: &serde_yaml::Value,
+    condition: &Condition,
     c: Connection<'_>,
     request: &Request<'_>,
     deny: bool,
 ) -> bool {
-    let strings = |key: &str| -> Vec<String> {
-        condition
-            .get(key)
-            .and_then(|v| v.as_sequence())
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect()
-    };
-    let Some(key) = condition.get("key").and_then(|k| k.as_str()) else {
+    let (values, not_values) = (&condition.values, &condition.not_values);
+    if values.is_empty() && not_values.is_empty() {
         return deny;
-    };
-    let (values, not_values) = (strings("values"), strings("notValues"));
+    }
+    let key = condition.key.as_str();
     let principal = c
         .source
         .map(|id| id.to_string().trim_start_matches("spiffe://").to_owned());
@@ -146,7 +139,7 @@ fn condition_matches(
         })
     };
     let value_ok =
-        |value: &String| (values.is_empty() || fits(value, &values)) && !fits(value, &not_values);
+        |value: &String| (values.is_empty() || fits(value, values)) && !fits(value, not_values);
     if actual.is_empty() {
         // An absent attribute matches only a condition that merely excludes values.
         return values.is_empty();

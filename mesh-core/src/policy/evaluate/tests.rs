@@ -449,4 +449,5 @@ fn a_waypoint_enforces_l7_rules_of_the_policies_that_target_it() {
     assert_eq!(policies.authorize_request(&elsewhere, c), Decision::Allow);
 }
 
+mod fail_open;
 mod sources_and_targets;
