@@ -112,10 +112,36 @@ async fn connect_from_pod(
     let socket = pod.netns.socket(socket2::Domain::for_address(dst))?;
     socket.set_nodelay(true)?;
     if let Some(source) = source {
+        bind_address_no_port(&socket)?;
         socket.bind(&source.into())?;
     }
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     socket.connect(dst).await
+}
+
+/// Lets the kernel choose the source port at `connect()` rather than at `bind()`
+/// (`IP_BIND_ADDRESS_NO_PORT`). Every inbound delivery to a pod binds the same address, so a
+/// port chosen at bind time must be free of every other socket on that address, TIME_WAIT
+/// ones included: past ~20,000 deliveries a minute bind scanned the whole range under its
+/// lock and then failed. Chosen at connect time, a port only has to make the four-tuple
+/// unique, and TIME_WAIT ports on loopback are reused.
+fn bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let enable: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Spawns the task that runs `carry` (copying both ways until both sides are done; it returns

@@ -12,6 +12,7 @@
 //! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
+//! - `storm`: many short connections to one pod, each timed;
 //! - `sys`: running commands and entering namespaces;
 //! - `containers`: Ambit's images run by podman with the manifests' own privileges;
 //! - `api_rules`: the API server's pod-template rules a schema check misses, for deploy/.
@@ -23,6 +24,7 @@ pub mod containers;
 pub mod controller;
 pub mod http;
 pub mod l7;
+pub mod storm;
 pub mod sys;
 pub mod testbed;
 pub mod traffic;

@@ -272,6 +272,19 @@ fn measure(
         "new_conn_4_clients_per_s",
         connection_rate(&connect, 4, secs),
     );
+    // 60,000 connections to one pod: whether the rate holds from the first tenth to the last
+    // (the inbound delivery's source ports once ran out), and whether any failed.
+    let storm = mesh_tests::storm::storm(&[client], 4, dst, 60_000);
+    let deciles = storm.decile_rates();
+    record(
+        "storm_60k_first_tenth_per_s",
+        deciles.first().copied().context("no storm"),
+    );
+    record(
+        "storm_60k_last_tenth_per_s",
+        deciles.last().copied().context("no storm"),
+    );
+    record("storm_60k_failed", Ok(storm.failed as f64));
     if let Some(agents) = agents {
         r.insert("agent_rss_after_load_mb", rss_mb(agents)?);
     }
