@@ -71,7 +71,34 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
     Ok(())
 }
 
-/// The client's address as the node agent forwarded it (`forwarded: for="ip:port"`).
+/// The source address policy and load balancing see: the one the client's node agent
+/// forwarded (`forwarded: for="ip:port"`), but only when it is the address of a workload with
+/// the identity the client proved in its certificate. Anything else in the header is the
+/// client's own say-so (any pod can send any header) and is ignored: the connection's peer
+/// address is used, which names no workload, so address-based ALLOW rules fail closed.
+fn source_address(
+    request: &Request<RecvStream>,
+    snapshot: &Snapshot,
+    client: &Identity,
+    peer: SocketAddr,
+    app: &App,
+) -> SocketAddr {
+    let Some(forwarded) = forwarded_for(request) else {
+        return peer;
+    };
+    let owner = snapshot
+        .workloads_by_addr
+        .get(&forwarded.ip().to_canonical());
+    if owner.is_some_and(|w| w.identity.as_ref() == Some(client)) {
+        return forwarded;
+    }
+    app.metrics.forwarded_distrusted.inc();
+    tracing::debug!(%client, %forwarded, %peer,
+        "forwarded address is not the client's own workload; using the peer address");
+    peer
+}
+
+/// The address in `forwarded: for="ip:port"`, as written.
 fn forwarded_for(request: &Request<RecvStream>) -> Option<SocketAddr> {
     let value = request
         .headers()
@@ -116,7 +143,7 @@ async fn serve_stream(
             "refused: the destination is not bound to this waypoint");
         return refuse(&mut respond, StatusCode::FORBIDDEN);
     };
-    let source = forwarded_for(&request).unwrap_or(peer);
+    let source = source_address(&request, &snapshot, &client, peer, &app);
     let ok = Response::builder()
         .status(StatusCode::OK)
         .body(())

@@ -64,6 +64,8 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    /// HBONE streams whose `forwarded` address was not the client's own (ignored).
+    pub forwarded_distrusted: Counter,
 }
 
 impl Default for Metrics {
@@ -99,12 +101,20 @@ impl Default for Metrics {
             "Response body sizes (as announced by Content-Length)",
             response_bytes.clone(),
         );
+        let forwarded_distrusted = Counter::default();
+        registry.register(
+            "ambit_waypoint_forwarded_distrusted",
+            "HBONE streams whose forwarded address is not a workload with the identity the \
+             client proved; the connection's own address is used instead",
+            forwarded_distrusted.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
             request_bytes,
             response_bytes,
+            forwarded_distrusted,
         }
     }
 }
