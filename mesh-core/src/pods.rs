@@ -34,6 +34,10 @@ pub enum Error {
     },
     #[error("pods file {path}: pod {pod} is listed twice")]
     Duplicate { path: PathBuf, pod: String },
+    /// An empty file is what a writer leaves between truncating and writing, never a wish to
+    /// release every pod (that is `pods: []`).
+    #[error("pods file {path} is empty (write `pods: []` to release every pod)")]
+    Empty { path: PathBuf },
 }
 
 /// The whole file.
@@ -98,14 +102,15 @@ impl Pod {
 
 impl PodsFile {
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let file: PodsFile = if text.trim().is_empty() {
-            PodsFile::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|source| Error::Parse {
+        if text.trim().is_empty() {
+            return Err(Error::Empty {
                 path: path.to_owned(),
-                source,
-            })?
-        };
+            });
+        }
+        let file: PodsFile = serde_yaml::from_str(text).map_err(|source| Error::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut seen = std::collections::BTreeSet::new();
         for pod in &file.pods {
             if !seen.insert(pod.key()) {
@@ -179,15 +184,25 @@ impl Pod {
 #[derive(Debug)]
 pub struct FileWatch {
     path: PathBuf,
+    /// The stamp of the contents last returned.
     last: Option<(SystemTime, u64)>,
+    /// A new stamp seen once: it is read only when the next call sees it unchanged, so that
+    /// a file being written in place is not read half-way (a truncated list would release
+    /// the pods it no longer names).
+    settling: Option<(SystemTime, u64)>,
 }
 
 impl FileWatch {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, last: None }
+        Self {
+            path,
+            last: None,
+            settling: None,
+        }
     }
 
-    /// `Some` with the new contents when the file changed since the last call.
+    /// `Some` with the new contents when the file changed since the last call, and has not
+    /// changed again since the one before. The first call reads at once.
     pub fn poll(&mut self) -> Option<Result<PodsFile, Error>> {
         let stamp = std::fs::metadata(&self.path).ok().map(|meta| {
             (
@@ -198,6 +213,12 @@ impl FileWatch {
         if stamp.is_some() && stamp == self.last {
             return None;
         }
+        let first = self.last.is_none() && self.settling.is_none();
+        if !first && stamp != self.settling {
+            self.settling = stamp;
+            return None;
+        }
+        self.settling = None;
         self.last = stamp;
         Some(PodsFile::read(&self.path))
     }
@@ -247,9 +268,34 @@ pods:
             .unwrap_err()
             .to_string();
         assert!(err.contains("x/a is listed twice"), "{err}");
+        // Empty is a writer half-way, never "release every pod"; that is said explicitly.
+        let err = PodsFile::parse(Path::new("p.yaml"), " \n").unwrap_err();
+        assert!(matches!(err, Error::Empty { .. }), "{err}");
         assert_eq!(
-            PodsFile::parse(Path::new("p.yaml"), "").unwrap(),
+            PodsFile::parse(Path::new("p.yaml"), "pods: []").unwrap(),
             PodsFile::default()
         );
+    }
+
+    #[test]
+    fn a_change_is_read_once_it_has_settled() {
+        let dir = std::env::temp_dir().join(format!("ambit-pods-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pods.yaml");
+        std::fs::write(&path, FILE).unwrap();
+        let mut watch = FileWatch::new(path.clone());
+        assert!(
+            watch.poll().unwrap().is_ok(),
+            "the first look reads at once"
+        );
+        assert!(watch.poll().is_none());
+        // Truncated mid-write: seen once, not read.
+        std::fs::write(&path, "").unwrap();
+        assert!(watch.poll().is_none());
+        std::fs::write(&path, "pods: []\n").unwrap();
+        assert!(watch.poll().is_none(), "changed again: still settling");
+        let settled = watch.poll().unwrap().unwrap();
+        assert!(settled.pods.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
