@@ -110,6 +110,9 @@ struct Args {
         default_value = "ambit-controller.ambit-system.svc:15012"
     )]
     waypoint_ca_addr: String,
+    /// Deadlines and caps of the certificate and configuration listener.
+    #[command(flatten)]
+    limits: mesh_core::transport::Limits,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,10 +168,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         readiness.clone(),
         expects_configuration,
     ));
+    // Pings find a subscriber whose connection died without a FIN (a node that lost power):
+    // its stream and what it holds are released instead of kept forever.
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(IstioCertificateServiceServer::new(service))
         .add_service(ConfigServiceServer::new(config_service))
-        .serve_with_incoming_shutdown(serve::tls_incoming(listener, config), shutdown())
+        .serve_with_incoming_shutdown(
+            serve::tls_incoming(listener, config, args.limits),
+            shutdown(),
+        )
         .await?;
     Ok(())
 }

@@ -4,20 +4,24 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use mesh_core::tls::WorkloadCertificate;
+use mesh_core::{tls::WorkloadCertificate, transport};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-/// A TLS connection tonic can serve.
-pub struct TlsConnection(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+/// A TLS connection tonic can serve, its first bytes already read within the deadline, and
+/// holding its place under the listener's cap.
+pub struct TlsConnection {
+    tls: transport::Prefixed<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    _permit: transport::ConnectionPermit,
+}
 
 impl Connected for TlsConnection {
     type ConnectInfo = Option<SocketAddr>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.peer_addr().ok()
+        self.tls.get_ref().get_ref().0.peer_addr().ok()
     }
 }
 
@@ -27,7 +31,7 @@ impl tokio::io::AsyncRead for TlsConnection {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
 
@@ -37,21 +41,21 @@ impl tokio::io::AsyncWrite for TlsConnection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 
@@ -65,24 +69,36 @@ pub fn server_config(cert: &WorkloadCertificate) -> Result<ServerConfig, rustls:
     Ok(config)
 }
 
-/// Accepts TCP connections, completes TLS handshakes off the accept loop, and yields the
-/// connections to tonic. A failed handshake costs only its own task.
+/// Accepts TCP connections (with back-off and a cap), completes TLS handshakes off the accept
+/// loop within the handshake deadline, and yields the connections to tonic. A failed or
+/// stalled handshake costs only its own task.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    limits: transport::Limits,
 ) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = transport::Listener::new(listener, "CA", &limits);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
+            let (stream, peer, permit) = listener.accept().await;
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match acceptor.accept(stream).await {
+                // TLS, then the client's first bytes (the HTTP/2 preface): a client that
+                // stalls in either is closed at its deadline.
+                let opened = match transport::within(&limits, "TLS", acceptor.accept(stream)).await
+                {
+                    Ok(tls) => transport::first_bytes(&limits, tls).await,
+                    Err(error) => Err(error),
+                };
+                match opened {
                     Ok(tls) => {
-                        let _ = tx.send(Ok(TlsConnection(tls))).await;
+                        let connection = TlsConnection {
+                            tls,
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok(connection)).await;
                     }
                     Err(error) => {
                         tracing::info!(%peer, %error, "TLS handshake with a CA client failed")

@@ -57,7 +57,7 @@ async fn start() -> Fixture {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(service))
-            .serve_with_incoming(serve::tls_incoming(listener, config)),
+            .serve_with_incoming(serve::tls_incoming(listener, config, Default::default())),
     );
     Fixture {
         addr,

@@ -7,7 +7,7 @@ use std::{convert::Infallible, net::SocketAddr};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 /// A whole answer, built at once.
 pub type Reply = Response<Full<Bytes>>;
@@ -17,19 +17,27 @@ pub async fn serve<F>(addr: SocketAddr, route: F) -> std::io::Result<()>
 where
     F: Fn(&Request<Incoming>) -> Reply + Clone + Send + Sync + 'static,
 {
+    // Scrapers and probes are few: a small cap, and a short wait for their headers.
+    let limits = crate::transport::Limits {
+        handshake_timeout_secs: 10.0,
+        max_connections: 256,
+        ..Default::default()
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::transport::Listener::new(listener, "endpoint", &limits);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let (stream, _, permit) = listener.accept().await;
             let route = route.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |request: Request<Incoming>| {
                     let reply = route(&request);
                     async move { Ok::<_, Infallible>(reply) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.handshake_timeout())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

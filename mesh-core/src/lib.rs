@@ -13,6 +13,7 @@
 //! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
 //! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`;
 //! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin);
+//! - `transport`: accept with back-off and a cap, handshake and idle deadlines;
 //! - `yaml`: multi-document YAML where one broken document costs only itself.
 #![deny(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod pods;
 pub mod policy;
 pub mod process;
 pub mod tls;
+pub mod transport;
 pub mod yaml;
 
 pub use identity::Identity;

@@ -106,6 +106,10 @@ pub struct Config {
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
+
+    /// Deadlines and caps of the HBONE listeners (per pod).
+    #[command(flatten)]
+    pub limits: mesh_core::transport::Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

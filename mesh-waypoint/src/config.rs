@@ -101,6 +101,10 @@ pub struct Config {
     /// Threads that serve connections (each with a runtime of its own).
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+
+    /// Deadlines and caps of every listener (HBONE, ingress).
+    #[command(flatten)]
+    pub limits: mesh_core::transport::Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -17,7 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use mesh_core::Identity;
+use mesh_core::{Identity, transport};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
@@ -30,17 +30,12 @@ use crate::{
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    let listener = transport::Listener::new(listener, "HBONE", &app.config.limits);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer, permit) = listener.accept().await;
         let served = app.clone();
         app.workers.assign(tcp, move |tcp| async move {
+            let _permit = permit;
             if let Err(error) = serve_connection(tcp, peer, &served).await {
                 tracing::info!(%error, %peer, "HBONE connection refused");
             }
@@ -56,19 +51,45 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
         .wait(CERTIFICATE_WAIT)
         .await
         .ok_or("no certificate for the waypoint yet")?;
-    let (tls, client) = mesh_core::hbone::handshake::accept(issued.server.clone(), tcp).await?;
-    let mut connection = mesh_core::hbone::settings::server()
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-    while let Some(stream) = connection.accept().await {
-        let (request, respond) = stream.map_err(|e| format!("HTTP/2: {e}"))?;
+    let limits = &app.config.limits;
+    let server = issued.server.clone();
+    let (tls, client) = transport::within(limits, "TLS", async {
+        mesh_core::hbone::handshake::accept(server, tcp).await
+    })
+    .await?;
+    let mut connection = transport::within(
+        limits,
+        "HTTP/2 handshake",
+        mesh_core::hbone::settings::server().handshake::<_, Bytes>(tls),
+    )
+    .await?;
+    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
+    tokio::pin!(keep_alive);
+    let streams = transport::StreamCount::new();
+    let idle = transport::idle(limits, &streams);
+    tokio::pin!(idle);
+    loop {
+        let (request, respond) = tokio::select! {
+            next = connection.accept() => match next {
+                Some(next) => next.map_err(|e| format!("HTTP/2: {e}"))?,
+                None => return Ok(()),
+            },
+            reason = &mut keep_alive => return Err(reason),
+            () = &mut idle => {
+                tracing::debug!(%peer, "idle HBONE connection closed");
+                connection.graceful_shutdown();
+                return std::future::poll_fn(|cx| connection.poll_closed(cx))
+                    .await
+                    .map_err(|e| format!("HTTP/2: {e}"));
+            }
+        };
         let (app, client) = (app.clone(), client.clone());
+        let open = streams.open();
         tokio::spawn(async move {
+            let _open = open;
             serve_stream(request, respond, client, peer, app).await;
         });
     }
-    Ok(())
 }
 
 /// The source address policy and load balancing see: the one the client's node agent

@@ -14,10 +14,11 @@ use std::{
 };
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use mesh_controller::resources::networking::{GatewaySpec, Server};
+use mesh_core::transport;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use self::tls::Credentials;
@@ -215,21 +216,26 @@ async fn open(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
+    let listener = transport::Listener::new(listener, "ingress", &app.config.limits);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, peer, permit) = listener.accept().await;
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().unwrap_or(addr);
             let (served, serving) = (app.clone(), current.borrow().clone());
             app.workers.assign(tcp, move |tcp| async move {
+                let _permit = permit;
                 let at = (peer, local);
+                let limits = served.config.limits;
                 let result = match &serving.acceptor {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(tls) => serve_as(&serving, tls, at, served).await,
-                        Err(error) => Err(format!("TLS handshake: {error}")),
-                    },
+                    Some(acceptor) => {
+                        match transport::within(&limits, "TLS handshake", acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(tls) => serve_as(&serving, tls, at, served).await,
+                            Err(error) => Err(error),
+                        }
+                    }
                     None => serve_as(&serving, tcp, at, served).await,
                 };
                 if let Err(error) = result {
@@ -253,7 +259,11 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match serving.serve {
-        Serve::Http => serve_http(TokioIo::new(io), peer, local, app).await,
+        Serve::Http => {
+            // hyper waits for the first bytes without limit (to tell HTTP/1 from HTTP/2).
+            let io = transport::first_bytes(&app.config.limits, io).await?;
+            serve_http(TokioIo::new(io), peer, local, app).await
+        }
         Serve::RedirectHttps => redirect(TokioIo::new(io)).await,
         Serve::Tcp { sni } => {
             l4::carry(io, peer, local, serving.number, sni, app).await;
@@ -280,10 +290,23 @@ where
         source_workload: None,
         series: Default::default(),
     });
+    let limits = app.config.limits;
     let service = hyper::service::service_fn(move |request| {
         proxy::handle(request, downstream.clone(), app.clone())
     });
-    auto::Builder::new(TokioExecutor::new())
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that opens a connection and sends nothing (or headers a byte at a time) is
+    // closed; HTTP/2 clients get pings and must answer them.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    builder
         .serve_connection(io, service)
         .await
         .map_err(|e| e.to_string())

@@ -18,6 +18,8 @@ use super::{
     Authorized, ConnectionInfo, PodContext, connect_from_pod, labels, record_failure,
     tunnel::{self, H2Stream},
 };
+use mesh_core::transport;
+
 use crate::{
     app::State,
     metrics::{Reporter, ResponseFlags},
@@ -27,10 +29,12 @@ use crate::{
 const PROXY_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE];
 
 pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
+    let listener = transport::Listener::new(listener, "HBONE", &state.config.limits);
     loop {
-        let (tcp, peer) = super::accept(&listener, &pod, "HBONE").await;
+        let (tcp, peer, permit) = listener.accept().await;
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
                 tracing::info!(%error, pod = %pod.key, %peer, "HBONE connection refused");
                 record_failure(
@@ -61,20 +65,34 @@ async fn serve_connection(
         .wait_for(&pod.identity, super::CERTIFICATE_WAIT)
         .await
         .ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
-    let (tls, client) = mesh_core::hbone::handshake::accept(issued.server.clone(), tcp).await?;
+    let limits = &state.config.limits;
+    let server = issued.server.clone();
+    let (tls, client) = transport::within(limits, "TLS", async {
+        mesh_core::hbone::handshake::accept(server, tcp).await
+    })
+    .await?;
     let local = tls
         .get_ref()
         .0
         .local_addr()
         .map_err(|e| e.to_string())?
         .ip();
-    let mut connection = mesh_core::hbone::settings::server()
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let mut connection = transport::within(
+        limits,
+        "HTTP/2 handshake",
+        mesh_core::hbone::settings::server().handshake::<_, Bytes>(tls),
+    )
+    .await?;
     let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
     tokio::pin!(keep_alive);
-    let client = Arc::new(client);
+    let streams = transport::StreamCount::new();
+    let idle = transport::idle(limits, &streams);
+    tokio::pin!(idle);
+    let connection_of = Arc::new(Downstream {
+        local,
+        peer,
+        client,
+    });
     loop {
         let (request, respond) = tokio::select! {
             next = connection.accept() => match next {
@@ -83,23 +101,41 @@ async fn serve_connection(
                 None => return Ok(()),
             },
             reason = &mut keep_alive => return Err(reason),
+            () = &mut idle => {
+                tracing::debug!(pod = %pod.key, %peer, "idle HBONE connection closed");
+                connection.graceful_shutdown();
+                return std::future::poll_fn(|cx| connection.poll_closed(cx))
+                    .await
+                    .map_err(|e| format!("HTTP/2: {e}"));
+            }
         };
-        let (pod, state, client) = (pod.clone(), state.clone(), client.clone());
+        let (pod, state, downstream) = (pod.clone(), state.clone(), connection_of.clone());
+        let open = streams.open();
         tokio::spawn(async move {
-            handle_connect(request, respond, local, peer, &client, &pod, &state).await;
+            handle_connect(request, respond, &downstream, &pod, &state, open).await;
         });
     }
+}
+
+/// What every stream of one HBONE connection shares.
+struct Downstream {
+    /// The address the connection arrived on (a CONNECT must name it).
+    local: IpAddr,
+    peer: SocketAddr,
+    /// The identity the client's certificate proved.
+    client: Identity,
 }
 
 async fn handle_connect(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    local: IpAddr,
-    peer: SocketAddr,
-    client: &Identity,
+    downstream: &Downstream,
     pod: &Arc<PodContext>,
     state: &Arc<State>,
+    // Keeps the connection from counting as idle while the tunnel lives.
+    open: transport::StreamGuard,
 ) {
+    let (local, peer, client) = (downstream.local, downstream.peer, &downstream.client);
     let target = match hbone::parse_connect(&request, local, &PROXY_PORTS) {
         Ok(target) => target,
         Err(error) => {
@@ -159,6 +195,7 @@ async fn handle_connect(
     };
     // Counted from the client's side: what it sent reached the app.
     let carry = async move {
+        let _open = open;
         let (to_client, from_client) = tunnel::carry(upstream, stream).await?;
         Ok((from_client, to_client))
     };
