@@ -10,6 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -40,23 +41,67 @@ impl Drop for H2Stream {
     }
 }
 
+/// How long, after one direction failed (the app closed while its peer was still sending),
+/// the other may go on: time for the answer already read to leave, and for the peer's own
+/// END_STREAM after it.
+const LINGER: Duration = Duration::from_secs(10);
+
 /// Carries `tcp -> stream` and `stream -> tcp` until both directions ended (half-closes are
-/// passed on); returns the bytes each way in that order. An error on either side ends both,
-/// and dropping the stream resets it.
+/// passed on); returns the bytes each way in that order.
+///
+/// An app may close while its peer is still sending (it answered and is done). That fails the
+/// `stream -> tcp` direction; the other still delivers what the app wrote and ends the stream
+/// with END_STREAM, and what the peer still sends is drained, as ztunnel does, so the stream
+/// is not reset (a reset can drop answer bytes still queued, and a ztunnel peer logs it as an
+/// error). A read error on the socket ends the stream the same way. Only if the other
+/// direction is still busy [`LINGER`] later is the stream given up (dropped: reset).
 pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64)> {
     let H2Stream { send, recv, .. } = &mut stream;
-    tokio::try_join!(socket_to_stream(&tcp, send), stream_to_socket(recv, &tcp))
+    let up = socket_to_stream(&tcp, send);
+    let down = stream_to_socket(recv, &tcp);
+    tokio::pin!(up, down);
+    let (mut sent, mut received) = (None, None);
+    let mut linger = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+    let mut lingering = false;
+    while sent.is_none() || received.is_none() {
+        tokio::select! {
+            done = &mut up, if sent.is_none() => sent = Some(done),
+            done = &mut down, if received.is_none() => received = Some(done),
+            () = &mut linger, if lingering => break,
+        }
+        let failed = matches!(sent, Some(Err(_))) || matches!(received, Some(Err(_)));
+        if failed && !lingering {
+            lingering = true;
+            linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+        }
+    }
+    match (sent, received) {
+        (Some(Ok(sent)), Some(Ok(received))) => Ok((sent, received)),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "one direction failed and the other did not end in time",
+        )),
+    }
 }
 
+/// `tcp -> stream`; the stream's sending side ends with END_STREAM whether the socket ended
+/// or failed (a reset from the app ends what it had to say).
 async fn socket_to_stream(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> io::Result<u64> {
     let mut reader = SocketReader::new();
     let mut total = 0u64;
-    while let Some(chunk) = reader.next(tcp).await? {
-        total += chunk.len() as u64;
-        send_all(send, chunk).await?;
-    }
+    let ended = loop {
+        match reader.next(tcp).await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                send_all(send, chunk).await?;
+            }
+            Ok(None) => break Ok(total),
+            Err(e) => break Err(e),
+        }
+    };
     send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-    Ok(total)
+    ended
 }
 
 /// Sends `data` as flow control allows, waiting for window when the peer is slower.
@@ -79,16 +124,36 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<(
     Ok(())
 }
 
+/// `stream -> tcp`. When the socket can no longer be written (the app closed), the rest of
+/// what the peer sends is read and dropped until its END_STREAM, so the stream ends cleanly;
+/// the write error is returned then.
 async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> io::Result<u64> {
     let mut total = 0u64;
-    while let Some(data) = recv.data().await {
+    // The write error, and until when the peer's data is drained.
+    let mut write_failed: Option<(io::Error, tokio::time::Instant)> = None;
+    loop {
+        let next = match &write_failed {
+            None => recv.data().await,
+            Some((_, until)) => match tokio::time::timeout_at(*until, recv.data()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some(data) = next else { break };
         let data = data.map_err(h2_to_io)?;
-        write_all(tcp, &data).await?;
+        if write_failed.is_none() {
+            match write_all(tcp, &data).await {
+                Ok(()) => total += data.len() as u64,
+                Err(e) => write_failed = Some((e, tokio::time::Instant::now() + LINGER)),
+            }
+        }
         // Window goes back only once the socket took the bytes: a slow reader slows the sender.
         recv.flow_control()
             .release_capacity(data.len())
             .map_err(h2_to_io)?;
-        total += data.len() as u64;
+    }
+    if let Some((e, _)) = write_failed {
+        return Err(e);
     }
     // The peer finished sending: pass the half-close on.
     shutdown_write(tcp)?;
