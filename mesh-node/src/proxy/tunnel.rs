@@ -46,15 +46,34 @@ impl Drop for H2Stream {
 /// END_STREAM after it.
 const LINGER: Duration = Duration::from_secs(10);
 
+/// Why one direction ended early.
+enum Failure {
+    /// The HBONE stream failed (the peer reset it, the connection died): nothing more can be
+    /// said on it, so the tunnel ends at once.
+    Stream(io::Error),
+    /// The app's socket failed (it closed while its peer was still sending, or reset): the
+    /// other direction may still finish.
+    Socket(io::Error),
+}
+
+impl From<Failure> for io::Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Stream(e) | Failure::Socket(e) => e,
+        }
+    }
+}
+
 /// Carries `tcp -> stream` and `stream -> tcp` until both directions ended (half-closes are
 /// passed on); returns the bytes each way in that order.
 ///
 /// An app may close while its peer is still sending (it answered and is done). That fails the
-/// `stream -> tcp` direction; the other still delivers what the app wrote and ends the stream
-/// with END_STREAM, and what the peer still sends is drained, as ztunnel does, so the stream
-/// is not reset (a reset can drop answer bytes still queued, and a ztunnel peer logs it as an
-/// error). A read error on the socket ends the stream the same way. Only if the other
-/// direction is still busy [`LINGER`] later is the stream given up (dropped: reset).
+/// `stream -> tcp` direction at the socket; the other still delivers what the app wrote and
+/// ends the stream with END_STREAM, and what the peer still sends is drained, as ztunnel does,
+/// so the stream is not reset (a reset can drop answer bytes still queued, and a ztunnel peer
+/// logs it as an error). A read error on the socket ends the stream the same way. Only if the
+/// other direction is still busy [`LINGER`] later is the stream given up (dropped: reset). A
+/// failure of the stream itself ends the tunnel at once.
 pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64)> {
     let H2Stream { send, recv, .. } = &mut stream;
     let up = socket_to_stream(&tcp, send);
@@ -69,38 +88,47 @@ pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64
             done = &mut down, if received.is_none() => received = Some(done),
             () = &mut linger, if lingering => break,
         }
-        let failed = matches!(sent, Some(Err(_))) || matches!(received, Some(Err(_)));
-        if failed && !lingering {
-            lingering = true;
-            linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+        for done in [&mut sent, &mut received] {
+            match done.take() {
+                Some(Err(Failure::Stream(e))) => return Err(e),
+                Some(Err(Failure::Socket(e))) => {
+                    if !lingering {
+                        lingering = true;
+                        linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    }
+                    *done = Some(Err(Failure::Socket(e)));
+                }
+                other => *done = other,
+            }
         }
     }
     match (sent, received) {
         (Some(Ok(sent)), Some(Ok(received))) => Ok((sent, received)),
-        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e.into()),
         _ => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "one direction failed and the other did not end in time",
+            "the app's socket failed and the stream did not end in time",
         )),
     }
 }
 
 /// `tcp -> stream`; the stream's sending side ends with END_STREAM whether the socket ended
 /// or failed (a reset from the app ends what it had to say).
-async fn socket_to_stream(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> io::Result<u64> {
+async fn socket_to_stream(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Result<u64, Failure> {
     let mut reader = SocketReader::new();
     let mut total = 0u64;
     let ended = loop {
         match reader.next(tcp).await {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
-                send_all(send, chunk).await?;
+                send_all(send, chunk).await.map_err(Failure::Stream)?;
             }
             Ok(None) => break Ok(total),
-            Err(e) => break Err(e),
+            Err(e) => break Err(Failure::Socket(e)),
         }
     };
-    send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+    send.send_data(Bytes::new(), true)
+        .map_err(|e| Failure::Stream(h2_to_io(e)))?;
     ended
 }
 
@@ -127,7 +155,7 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<(
 /// `stream -> tcp`. When the socket can no longer be written (the app closed), the rest of
 /// what the peer sends is read and dropped until its END_STREAM, so the stream ends cleanly;
 /// the write error is returned then.
-async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> io::Result<u64> {
+async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> Result<u64, Failure> {
     let mut total = 0u64;
     // The write error, and until when the peer's data is drained.
     let mut write_failed: Option<(io::Error, tokio::time::Instant)> = None;
@@ -140,7 +168,7 @@ async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> io::Result<
             },
         };
         let Some(data) = next else { break };
-        let data = data.map_err(h2_to_io)?;
+        let data = data.map_err(|e| Failure::Stream(h2_to_io(e)))?;
         if write_failed.is_none() {
             match write_all(tcp, &data).await {
                 Ok(()) => total += data.len() as u64,
@@ -150,13 +178,13 @@ async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> io::Result<
         // Window goes back only once the socket took the bytes: a slow reader slows the sender.
         recv.flow_control()
             .release_capacity(data.len())
-            .map_err(h2_to_io)?;
+            .map_err(|e| Failure::Stream(h2_to_io(e)))?;
     }
     if let Some((e, _)) = write_failed {
-        return Err(e);
+        return Err(Failure::Socket(e));
     }
     // The peer finished sending: pass the half-close on.
-    shutdown_write(tcp)?;
+    shutdown_write(tcp).map_err(Failure::Socket)?;
     Ok(total)
 }
 
