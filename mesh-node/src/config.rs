@@ -107,7 +107,8 @@ pub struct Config {
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
 
-    /// Deadlines and caps of the HBONE listeners (per pod).
+    /// Deadlines and caps of HBONE: the listeners (per pod), and the client pool (connect and
+    /// CONNECT deadlines, idle connections dropped).
     #[command(flatten)]
     pub limits: mesh_core::transport::Limits,
 }

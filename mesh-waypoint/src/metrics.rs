@@ -27,6 +27,30 @@ use crate::{
 
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
+/// A `grpc-status` as a metric label: one of gRPC's 17 codes, or "unknown" for anything else
+/// an upstream (or a client, through it) wrote, so that no header value becomes a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum GrpcStatus {
+    Code(u8),
+    Unknown,
+}
+
+impl GrpcStatus {
+    fn of(value: &HeaderValue) -> Self {
+        match value.to_str().ok().and_then(|v| v.parse::<u8>().ok()) {
+            Some(code) if code <= 16 => GrpcStatus::Code(code),
+            _ => GrpcStatus::Unknown,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            GrpcStatus::Code(code) => code.to_string(),
+            GrpcStatus::Unknown => "unknown".to_owned(),
+        }
+    }
+}
+
 /// Istio's duration buckets, in milliseconds.
 const DURATION_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -144,7 +168,8 @@ struct SeriesKey {
     destination: Option<Arc<Workload>>,
     service: Option<String>,
     response_code: u16,
-    grpc_status: Option<HeaderValue>,
+    /// The gRPC status code (0-16), as far as the upstream's `grpc-status` is one.
+    grpc_status: Option<GrpcStatus>,
     flags: Vec<&'static str>,
     grpc: bool,
 }
@@ -264,7 +289,7 @@ impl RequestRecord {
                 Destination::Service(_) | Destination::Workload(_) => None,
             },
             response_code: response.status().as_u16(),
-            grpc_status: response.headers().get(GRPC_STATUS).cloned(),
+            grpc_status: response.headers().get(GRPC_STATUS).map(GrpcStatus::of),
             flags: outcome.flags.clone(),
             grpc: self.grpc,
         };
@@ -345,11 +370,7 @@ fn labels(downstream: &Downstream, key: &SeriesKey) -> RequestLabels {
         destination_service_namespace: service_namespace,
         request_protocol: if key.grpc { "grpc" } else { "http" },
         response_code: key.response_code,
-        grpc_response_status: key
-            .grpc_status
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(String::new, str::to_owned),
+        grpc_response_status: key.grpc_status.map_or_else(String::new, |s| s.label()),
         response_flags: flags_label(&key.flags),
         connection_security_policy: if downstream.client.is_some() {
             "mutual_tls"
@@ -419,6 +440,28 @@ fn log(
                 "user_agent": logged.user_agent,
             });
             tracing::info!(target: "access", "{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_status_labels_are_bounded() {
+        let label = |v: &'static str| GrpcStatus::of(&HeaderValue::from_static(v)).label();
+        assert_eq!(label("0"), "0");
+        assert_eq!(label("16"), "16");
+        for hostile in [
+            "17",
+            "-1",
+            "999999999999",
+            "ok",
+            "0 ",
+            "attacker-chosen-label",
+        ] {
+            assert_eq!(label(hostile), "unknown", "{hostile}");
         }
     }
 }

@@ -11,6 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -38,6 +39,12 @@ pub enum Error {
         target: SocketAddr,
         status: http::StatusCode,
     },
+    #[error("{what} {addr}: no answer within {limit:?} (is its port 15008 reachable?)")]
+    Timeout {
+        what: &'static str,
+        addr: SocketAddr,
+        limit: std::time::Duration,
+    },
 }
 
 type Key = (String, IpAddr);
@@ -52,13 +59,43 @@ struct Pooled {
     active: Arc<AtomicUsize>,
     /// Set once the connection ended.
     closed: Arc<AtomicBool>,
+    /// When a tunnel was last opened on it: an unused connection is dropped after the idle
+    /// timeout (dropping the last sender closes it once its tunnels are done).
+    last_used: Instant,
 }
 
 /// Open HTTP/2 connections, keyed by source pod and destination address. A pod has one
 /// identity, so this is ztunnel's key (source identity and address, destination) too.
 #[derive(Clone, Default)]
 pub struct HbonePool {
-    connections: Arc<Mutex<HashMap<Key, Vec<Pooled>>>>,
+    connections: Arc<Mutex<Connections>>,
+}
+
+#[derive(Default)]
+struct Connections {
+    by_key: HashMap<Key, Vec<Pooled>>,
+    /// When closed and idle connections (and keys left empty) were last removed.
+    swept: Option<Instant>,
+}
+
+/// How often the whole pool is swept of closed and idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl Connections {
+    fn sweep(&mut self, idle: Duration) {
+        let now = Instant::now();
+        if self.swept.is_some_and(|at| now - at < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(now);
+        self.by_key.retain(|_, pooled| {
+            pooled.retain(|p| {
+                let unused = p.active.load(Ordering::Relaxed) == 0 && now - p.last_used > idle;
+                !p.closed.load(Ordering::Relaxed) && !unused
+            });
+            !pooled.is_empty()
+        });
+    }
 }
 
 impl HbonePool {
@@ -90,7 +127,16 @@ impl HbonePool {
         };
         let mut sender = sender.ready().await.map_err(http)?;
         let (response, send) = sender.send_request(request, false).map_err(http)?;
-        let response = response.await.map_err(http)?;
+        // The server answers once the app accepted (or refused): bounded like a handshake.
+        let limit = state.config.limits.handshake_timeout();
+        let response = tokio::time::timeout(limit, response)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "CONNECT",
+                addr: target,
+                limit,
+            })?
+            .map_err(http)?;
         if response.status() != http::StatusCode::OK {
             return Err(Error::Status {
                 target,
@@ -111,25 +157,36 @@ impl HbonePool {
         let key = (pod.key.clone(), ip);
         {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            let pooled = connections.entry(key.clone()).or_default();
+            connections.sweep(state.config.limits.idle_timeout());
+            let pooled = connections.by_key.entry(key.clone()).or_default();
             pooled.retain(|p| !p.closed.load(Ordering::Relaxed));
             let free = pooled
-                .iter()
+                .iter_mut()
                 .find(|p| p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION);
             if let Some(p) = free {
                 p.active.fetch_add(1, Ordering::Relaxed);
+                p.last_used = Instant::now();
                 return Ok((p.sender.clone(), p.active.clone()));
             }
         }
-        let (sender, closed) = open(state, pod, SocketAddr::new(ip, hbone::PORT), expected).await?;
+        let addr = SocketAddr::new(ip, hbone::PORT);
+        let limit = state.config.limits.handshake_timeout();
+        let (sender, closed) = tokio::time::timeout(limit, open(state, pod, addr, expected))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "connecting to",
+                addr,
+                limit,
+            })??;
         let active = Arc::new(AtomicUsize::new(1));
         let pooled = Pooled {
             sender: sender.clone(),
             active: active.clone(),
             closed,
+            last_used: Instant::now(),
         };
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.entry(key).or_default().push(pooled);
+        connections.by_key.entry(key).or_default().push(pooled);
         Ok((sender, active))
     }
 }

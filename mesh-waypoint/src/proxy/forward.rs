@@ -414,6 +414,11 @@ fn hash_key(resolved: &Resolved, prepared: &Prepared, downstream: &Downstream) -
 
 /// Sends a copy to `target` and forgets it: its response (or failure) is dropped, and it
 /// never delays the original. The copy's authority gets Envoy's `-shadow` suffix.
+/// How much of a mirror's answer is read (and dropped) so its connection can be reused, and
+/// for how long; past either the connection is closed instead.
+const MIRROR_RESPONSE_DRAIN: usize = 1 << 20;
+const MIRROR_RESPONSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn send_mirror(
     app: &Arc<App>,
     snapshot: &Arc<Snapshot>,
@@ -455,8 +460,19 @@ fn send_mirror(
     tokio::spawn(async move {
         match app.upstreams.send(&resolved, &endpoint, request).await {
             Ok(response) => {
-                // Read to the end so the connection can be reused.
-                let _ = response.into_body().collect().await;
+                // Read to the end (the connection can then be reused) without keeping any of
+                // it, and not past a bound: a mirror target that answers without end is cut.
+                let drain = async {
+                    let mut body = response.into_body();
+                    let mut read = 0usize;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        read += frame.data_ref().map_or(0, Bytes::len);
+                        if read > MIRROR_RESPONSE_DRAIN {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(MIRROR_RESPONSE_WAIT, drain).await;
             }
             Err(failure) => tracing::debug!(%failure, "mirrored request failed"),
         }
