@@ -83,6 +83,20 @@ pub fn wanted(role: Role, kind: &str) -> bool {
     }
 }
 
+/// A number no earlier run of the controller is likely to have used: random bits from the
+/// standard library's per-process hasher keys, mixed with the start time.
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    // Never 0: that is what a subscriber with nothing sends.
+    hasher.finish().max(1)
+}
+
 /// How many versions of changes are remembered for resuming subscribers.
 const HISTORY: usize = 4096;
 
@@ -115,6 +129,9 @@ pub struct Nack {
 }
 
 pub struct Distributor {
+    /// This run's epoch: versions restart with every run, so a subscriber's version counts
+    /// only with the epoch it came from (see `Update.epoch`).
+    epoch: u64,
     state: Mutex<State>,
     version: watch::Sender<u64>,
     /// Whether a whole configuration was ever published (an empty one counts): what the
@@ -125,6 +142,7 @@ pub struct Distributor {
 impl Default for Distributor {
     fn default() -> Self {
         Distributor {
+            epoch: new_epoch(),
             state: Mutex::new(State {
                 version: 0,
                 resources: BTreeMap::new(),
@@ -215,10 +233,16 @@ impl Distributor {
         self.version.subscribe()
     }
 
-    /// The update that brings a subscriber at version `have` (0: nothing) to the current
-    /// version; `None` when it is current.
-    pub fn update_for(&self, audience: &Audience, have: u64) -> Option<Update> {
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The update that brings a subscriber at version `have` of `epoch` (0: nothing) to the
+    /// current version; `None` when it is current. A version of another epoch (another run of
+    /// the controller numbered it) gets a full snapshot.
+    pub fn update_for(&self, audience: &Audience, epoch: u64, have: u64) -> Option<Update> {
         let state = self.state();
+        let have = if epoch == self.epoch { have } else { 0 };
         if state.version == 0 || have == state.version {
             return None;
         }
@@ -237,6 +261,7 @@ impl Distributor {
                 base_version: 0,
                 upserts,
                 removes: Vec::new(),
+                epoch: self.epoch,
             });
         }
         let keys: BTreeSet<&Key> = state
@@ -253,6 +278,7 @@ impl Distributor {
                 base_version: have,
                 upserts: Vec::new(),
                 removes: Vec::new(),
+                epoch: self.epoch,
             });
         }
         let mut update = Update {
@@ -260,6 +286,7 @@ impl Distributor {
             base_version: have,
             upserts: Vec::new(),
             removes: Vec::new(),
+            epoch: self.epoch,
         };
         for key in keys {
             match state.resources.get(key) {

@@ -247,3 +247,39 @@ async fn a_reconnect_resumes_with_a_delta() {
     assert_eq!(view.resources.len(), 101);
     let _ = sub.disconnect.send(());
 }
+
+#[tokio::test]
+async fn a_restarted_controller_sends_a_snapshot_even_at_the_same_version_number() {
+    // Before the restart: a DENY, then a change elsewhere (version 2).
+    let before = Arc::new(Distributor::default());
+    before.publish(vec![istio("AuthorizationPolicy", "deny-legacy")]);
+    before.publish(vec![
+        istio("AuthorizationPolicy", "deny-legacy"),
+        workload("w0", "n0"),
+    ]);
+    let mut sub = subscribe(serve(before.clone()).await, ConfigView::default());
+    let (_, first) = next(&mut sub).await;
+    assert_eq!(first.version, 2);
+    sub.disconnect.send(()).unwrap();
+    let view = sub.done.await.unwrap();
+    assert_eq!(view.epoch, before.epoch());
+
+    // The new run numbers its own history: by version 3 it has the DENY and another
+    // workload. A delta "since 2" of the new run (only w1) on top of the old view would be
+    // applied to the wrong base; the epoch makes it a snapshot instead.
+    let after = Arc::new(Distributor::default());
+    assert_ne!(after.epoch(), before.epoch());
+    after.publish(vec![workload("w1", "n0")]);
+    after.publish(vec![workload("w1", "n0")]);
+    after.publish(vec![
+        istio("AuthorizationPolicy", "deny-legacy"),
+        workload("w1", "n0"),
+    ]);
+    let mut sub = subscribe(serve(after.clone()).await, view);
+    let (view, update) = next(&mut sub).await;
+    assert_eq!(update.base_version, 0, "a snapshot of the new epoch");
+    assert_eq!(view.epoch, after.epoch());
+    let kept: Vec<&str> = view.resources.keys().map(|k| k.2.as_str()).collect();
+    assert_eq!(kept, ["deny-legacy", "w1"], "w0 is gone, the DENY is there");
+    let _ = sub.disconnect.send(());
+}

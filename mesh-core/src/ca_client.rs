@@ -121,6 +121,11 @@ impl CaClient {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| address())?
             .connect_timeout(Duration::from_secs(5))
+            // A controller that vanished without a FIN (its node lost power) is noticed, and
+            // the stream reconnects, instead of following a dead connection forever.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
             .connect_with_connector_lazy(connect);
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel.clone()),

@@ -20,6 +20,8 @@ pub type Key = (String, String, String);
 /// The configuration a subscriber holds, at a version.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigView {
+    /// The controller run that numbered `version` (see `Update.epoch`).
+    pub epoch: u64,
     pub version: u64,
     pub resources: BTreeMap<Key, Resource>,
 }
@@ -33,6 +35,12 @@ impl ConfigView {
         update: &Update,
         accept: impl FnOnce(&ConfigView) -> Result<(), String>,
     ) -> Result<(), String> {
+        if update.base_version != 0 && update.epoch != self.epoch {
+            return Err(format!(
+                "update {} is a delta in epoch {:x}, but this subscriber's version is of epoch {:x}",
+                update.version, update.epoch, self.epoch
+            ));
+        }
         if update.base_version != 0 && update.base_version != self.version {
             return Err(format!(
                 "update {} is a delta on version {}, but this subscriber has version {}",
@@ -42,7 +50,7 @@ impl ConfigView {
         if update.upserts.iter().any(|r| r.key.is_none()) {
             return Err("a resource without a key".to_owned());
         }
-        let previous_version = self.version;
+        let (previous_epoch, previous_version) = (self.epoch, self.version);
         // What to put back if the result is refused.
         let mut undo: Vec<(Key, Option<Resource>)> = Vec::new();
         let snapshot = (update.base_version == 0).then(|| std::mem::take(&mut self.resources));
@@ -63,8 +71,10 @@ impl ConfigView {
             }
         }
         self.version = update.version;
+        self.epoch = update.epoch;
         if let Err(error) = accept(self) {
             self.version = previous_version;
+            self.epoch = previous_epoch;
             match snapshot {
                 Some(resources) => self.resources = resources,
                 None => {
@@ -98,6 +108,7 @@ pub async fn follow(
         role: role as i32,
         resume_from: view.version,
         build: build_name(role),
+        epoch: view.epoch,
     });
     let send = |message| SubscriberMessage {
         message: Some(message),
@@ -113,7 +124,17 @@ pub async fn follow(
         request.metadata_mut().insert("authorization", bearer);
     }
     let mut updates = client.stream(request).await?.into_inner();
-    while let Some(update) = updates.message().await? {
+    // The controller answers a Subscribe at once (with a snapshot, or an empty delta); one
+    // that does not is stuck or is not a controller: reconnect elsewhere or later.
+    let first = tokio::time::timeout(FIRST_UPDATE_WAIT, updates.message())
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded(format!(
+                "no configuration within {FIRST_UPDATE_WAIT:?} of subscribing"
+            ))
+        })??;
+    let mut next = first;
+    while let Some(update) = next {
         let answer = match view.apply(&update, &mut accept) {
             Ok(()) => {
                 applied(view, &update);
@@ -129,9 +150,13 @@ pub async fn follow(
         tx.send(send(answer))
             .await
             .map_err(|_| tonic::Status::cancelled("stream closed"))?;
+        next = updates.message().await?;
     }
     Ok(())
 }
+
+/// How long a subscriber waits for the first update after subscribing.
+const FIRST_UPDATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The subscriber's program and version, as `ambitctl version` lists them (mesh-core is
 /// built at the same version as the agent and the waypoint).

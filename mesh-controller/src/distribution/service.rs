@@ -24,6 +24,9 @@ pub struct ConfigStreamService {
     pub nodes_read_secrets: bool,
 }
 
+/// How long a new stream may go without its Subscribe.
+const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -44,7 +47,11 @@ impl ConfigService for ConfigStreamService {
             .as_ref()
             .map_or_else(|| "anonymous".to_owned(), ToString::to_string);
         let mut inbound = request.into_inner();
-        let subscribe = match inbound.message().await? {
+        // A client that connects and never subscribes holds nothing for long.
+        let first = tokio::time::timeout(SUBSCRIBE_WAIT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Subscribe within 10 s"))?;
+        let subscribe = match first? {
             Some(SubscriberMessage {
                 message: Some(Message::Subscribe(subscribe)),
             }) => subscribe,
@@ -78,7 +85,7 @@ impl ConfigService for ConfigStreamService {
                 &distributor,
                 id,
                 &audience,
-                subscribe.resume_from,
+                (subscribe.epoch, subscribe.resume_from),
                 inbound,
                 tx,
             )
@@ -98,10 +105,12 @@ async fn serve_subscriber(
     distributor: &Distributor,
     id: u64,
     audience: &Audience,
-    resume_from: u64,
+    (epoch, resume_from): (u64, u64),
     mut inbound: Streaming<SubscriberMessage>,
     tx: mpsc::Sender<Result<Update, Status>>,
 ) -> Result<(), String> {
+    // What the subscriber has: after its first answer, always of this run's epoch.
+    let mut epoch = epoch;
     let mut acked = resume_from;
     // A refused version is not sent again; the next one starts from `acked`.
     let mut refused: Option<u64> = None;
@@ -110,7 +119,7 @@ async fn serve_subscriber(
         let current = *versions.borrow_and_update();
         let pending = refused.is_none_or(|r| current > r);
         let update = pending
-            .then(|| distributor.update_for(audience, acked))
+            .then(|| distributor.update_for(audience, epoch, acked))
             .flatten();
         let Some(update) = update else {
             tokio::select! {
@@ -130,6 +139,7 @@ async fn serve_subscriber(
                 message: Some(Message::Ack(ack)),
             })) if ack.version == version => {
                 acked = version;
+                epoch = distributor.epoch();
                 refused = None;
                 distributor.set_status(id, |s| {
                     s.acked = version;
