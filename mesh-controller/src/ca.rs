@@ -10,8 +10,9 @@ use std::{
 
 use mesh_core::Identity;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    string::Ia5String,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject as _};
 
@@ -159,6 +160,39 @@ impl CertificateAuthority {
         self.sign_valid_between(csr, identity, now - backdate, now + lifetime)
     }
 
+    /// The controller's own serving certificate and key: its SPIFFE identity (what Ambit's
+    /// clients check) and `dns_names` (what standard clients, such as ztunnel's CA client or
+    /// curl, verify by host name), valid from now for `lifetime`. Returns `[leaf, root]`.
+    pub fn issue_serving(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, KeyPair), Error> {
+        let key = KeyPair::generate().map_err(Error::Sign)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = Ia5String::try_from(identity.to_string()).map_err(Error::Sign)?;
+        params.subject_alt_names = std::iter::once(Ok(SanType::URI(uri)))
+            .chain(dns_names.iter().map(|name| {
+                Ia5String::try_from(name.as_str())
+                    .map(SanType::DnsName)
+                    .map_err(Error::Sign)
+            }))
+            .collect::<Result<_, _>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - BACKDATE.min(lifetime / 4)).into();
+        params.not_after = (now + lifetime).into();
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params.signed_by(&key, &self.issuer).map_err(Error::Sign)?;
+        Ok((vec![leaf.der().clone(), self.root.clone()], key))
+    }
+
     /// As [`Self::sign`] with explicit validity (tests make expired certificates with it).
     pub fn sign_valid_between(
         &self,
@@ -193,6 +227,9 @@ impl CertificateAuthority {
             });
         }
         let mut params = CertificateParams::default();
+        // Empty, as Istio's: the identity is the URI SAN (then marked critical), and rcgen's
+        // default subject ("rcgen self signed cert") names nothing.
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = request.params.subject_alt_names.clone();
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -24,11 +24,8 @@ use mesh_controller::{
 };
 use mesh_core::{
     Identity, config_pb::config_service_server::ConfigServiceServer,
-    pb::istio_certificate_service_server::IstioCertificateServiceServer, tls,
+    pb::istio_certificate_service_server::IstioCertificateServiceServer,
 };
-
-/// How long the controller's own serving certificate lasts; it is re-issued at every start.
-const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Ambit controller.
 #[derive(Parser)]
@@ -110,6 +107,19 @@ struct Args {
         default_value = "ambit-controller.ambit-system.svc:15012"
     )]
     waypoint_ca_addr: String,
+    /// Lifetime of the controller's own serving certificate, in seconds; renewed in place at
+    /// half of it.
+    #[arg(long, env = "AMBIT_SERVING_CERT_LIFETIME", default_value_t = 30 * 24 * 3600)]
+    serving_cert_lifetime: u64,
+    /// Host names in the serving certificate, for clients that verify the controller by name
+    /// (ztunnel's CA client, curl); Ambit's own clients check its SPIFFE identity.
+    #[arg(
+        long,
+        env = "AMBIT_SERVING_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "ambit-controller,ambit-controller.ambit-system,ambit-controller.ambit-system.svc,ambit-controller.ambit-system.svc.cluster.local"
+    )]
+    serving_dns_names: Vec<String>,
     /// Deadlines and caps of the certificate and configuration listener.
     #[command(flatten)]
     limits: mesh_core::transport::Limits,
@@ -143,10 +153,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let ca = Arc::new(ca);
     let identity = Identity::controller(&args.trust_domain)?;
-    let (key, csr) = tls::certificate_request(&identity)?;
-    let chain = ca.sign(&csr, &identity, SERVING_CERT_LIFETIME)?;
-    let serving = tls::workload_certificate(&identity, key, chain)?;
-    let config = Arc::new(serve::server_config(&serving)?);
+    let lifetime = Duration::from_secs(args.serving_cert_lifetime);
+    let (chain, key) = serve::issue_serving(&ca, &identity, &args.serving_dns_names, lifetime)?;
+    let serving = Arc::new(serve::ServingCert::new(chain, key)?);
+    tokio::spawn(serve::renew_serving(
+        serving.clone(),
+        ca.clone(),
+        identity.clone(),
+        args.serving_dns_names.clone(),
+        lifetime,
+    ));
+    let config = Arc::new(serve::server_config(serving)?);
     let listener = tokio::net::TcpListener::bind(args.ca_addr)
         .await
         .with_context(|| format!("binding {}", args.ca_addr))?;

@@ -2,10 +2,17 @@
 //! chains to the mesh root and names the controller's identity; they authenticate with a token,
 //! since they have no certificate before the CA gives them one.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use mesh_core::{tls::WorkloadCertificate, transport};
-use rustls::ServerConfig;
+use mesh_core::{Identity, transport};
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+
+use crate::ca::CertificateAuthority;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -59,12 +66,103 @@ impl tokio::io::AsyncWrite for TlsConnection {
     }
 }
 
-/// TLS server config for the controller: its certificate, no client certificate required.
-pub fn server_config(cert: &WorkloadCertificate) -> Result<ServerConfig, rustls::Error> {
+/// The controller's serving certificate, replaced in place (see [`renew_serving`]): new
+/// handshakes get the current one, connections already open keep theirs.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServingCert {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            current: std::sync::RwLock::new(Arc::new(certified(chain, key)?)),
+        })
+    }
+
+    fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        let next = Arc::new(certified(chain, key)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
+    let signing = mesh_core::tls::provider()
+        .key_provider
+        .load_private_key(key)?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The serving certificate from the CA: the controller's identity and `dns_names`, the leaf
+/// only (clients hold the root), for `lifetime`.
+pub fn issue_serving(
+    ca: &CertificateAuthority,
+    identity: &Identity,
+    dns_names: &[String],
+    lifetime: Duration,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), crate::ca::Error> {
+    let (mut chain, key) = ca.issue_serving(identity, dns_names, lifetime)?;
+    chain.truncate(1);
+    Ok((chain, PrivateKeyDer::Pkcs8(key.serialize_der().into())))
+}
+
+/// Renews the serving certificate at half its life, forever; a failure is retried sooner,
+/// and the current certificate stays until a new one exists.
+pub async fn renew_serving(
+    serving: Arc<ServingCert>,
+    ca: Arc<CertificateAuthority>,
+    identity: Identity,
+    dns_names: Vec<String>,
+    lifetime: Duration,
+) {
+    let mut wait = lifetime / 2;
+    loop {
+        tokio::time::sleep(wait).await;
+        let renewed = issue_serving(&ca, &identity, &dns_names, lifetime)
+            .map_err(|e| e.to_string())
+            .and_then(|(chain, key)| serving.replace(chain, key).map_err(|e| e.to_string()));
+        match renewed {
+            Ok(()) => {
+                tracing::info!(valid_for = ?lifetime, "serving certificate renewed");
+                wait = lifetime / 2;
+            }
+            Err(error) => {
+                wait = (lifetime / 10).min(Duration::from_secs(60));
+                tracing::warn!(%error, retry_in = ?wait, "serving certificate not renewed; the current one stays");
+            }
+        }
+    }
+}
+
+/// TLS server config for the controller: the serving certificate, no client certificate
+/// required (callers authenticate with a bearer token).
+pub fn server_config(serving: Arc<ServingCert>) -> Result<ServerConfig, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(mesh_core::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

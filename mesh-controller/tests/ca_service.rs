@@ -12,7 +12,6 @@ use mesh_core::{
     Identity,
     ca_client::{CaClient, Token},
     pb::istio_certificate_service_server::IstioCertificateServiceServer,
-    tls,
 };
 
 struct Fixture {
@@ -36,13 +35,9 @@ async fn start() -> Fixture {
     .unwrap();
     let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
     let identity = Identity::controller("cluster.local").unwrap();
-    let (key, csr) = tls::certificate_request(&identity).unwrap();
-    let serving = tls::workload_certificate(
-        &identity,
-        key,
-        ca.sign(&csr, &identity, Duration::from_secs(3600)).unwrap(),
-    )
-    .unwrap();
+    let (chain, key) =
+        serve::issue_serving(&ca, &identity, &[], Duration::from_secs(3600)).unwrap();
+    let serving = Arc::new(serve::ServingCert::new(chain, key).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = CaService {
@@ -53,7 +48,7 @@ async fn start() -> Fixture {
         }),
         max_lifetime: Duration::from_secs(24 * 3600),
     };
-    let config = Arc::new(serve::server_config(&serving).unwrap());
+    let config = Arc::new(serve::server_config(serving).unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IstioCertificateServiceServer::new(service))
