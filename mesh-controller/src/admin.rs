@@ -88,6 +88,7 @@ pub fn to_json(resource: &pb::Resource) -> Value {
             "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "protocol": p.protocol})).collect::<Vec<_>>(),
         }),
         Some(Body::IstioJson(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
+        Some(Body::Waypoint(w)) => json!({"serviceAccount": w.service_account}),
         // What it holds, never the key itself.
         Some(Body::Credential(c)) => json!({
             "certificateChain": !c.certificate_chain.is_empty(),

@@ -50,6 +50,12 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::K8sGateway(r) if set.gateway_role(r) == Some(GatewayRole::Ingress) => {
                 Body::IstioJson(json(&r.spec.ingress_servers()))
             }
+            // A waypoint's Gateway goes out as the identity its proxies run as.
+            Resource::K8sGateway(r) if set.gateway_role(r) == Some(GatewayRole::Waypoint) => {
+                Body::Waypoint(pb::WaypointIdentity {
+                    service_account: waypoint_service_account(r),
+                })
+            }
             Resource::K8sGateway(_) => continue,
             Resource::VirtualService(r) => Body::IstioJson(json(&r.spec)),
             Resource::HttpRoute(r) => {
@@ -69,9 +75,10 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
                 }
             }
         };
-        let kind = match key.kind {
-            Kind::Pod => "Workload",
-            other => other.name(),
+        let kind = match (key.kind, &body) {
+            (_, Body::Waypoint(_)) => "Waypoint",
+            (Kind::Pod, _) => "Workload",
+            (other, _) => other.name(),
         };
         out.push(pb::Resource {
             key: Some(pb::ResourceKey {
@@ -120,6 +127,12 @@ fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -
         parent_refs,
         ..spec.clone()
     }
+}
+
+/// The service account a waypoint's proxies run as: the Gateway's name, which the
+/// ServiceAccount of the Deployment the controller makes for it has (see `waypoint`).
+pub fn waypoint_service_account(gateway: &crate::resources::gateway_api::Gateway) -> String {
+    gateway.metadata.name.clone().unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(spec: &T) -> String {

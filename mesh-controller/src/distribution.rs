@@ -66,12 +66,13 @@ pub fn wanted(role: Role, kind: &str) -> bool {
     match role {
         Role::Node => matches!(
             kind,
-            "Workload" | "Service" | "PeerAuthentication" | "AuthorizationPolicy"
+            "Workload" | "Service" | "Waypoint" | "PeerAuthentication" | "AuthorizationPolicy"
         ),
         Role::Waypoint => matches!(
             kind,
             "Workload"
                 | "Service"
+                | "Waypoint"
                 | "ServiceEntry"
                 | "VirtualService"
                 | "HTTPRoute"

@@ -48,6 +48,11 @@ pub struct PodsFile {
     pub namespaces: Vec<Namespace>,
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Each waypoint (`namespace/name` of its Gateway) and the service account its proxies
+    /// run as, as the controller published them. A waypoint is known by this identity only:
+    /// a pod that merely carries a waypoint's label is not one of its pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub waypoints: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -149,12 +154,23 @@ impl PodsFile {
             .filter(move |pod| pod.node == node && self.is_enrolled(pod))
     }
 
-    /// The pods running the waypoint `namespace/name`.
+    /// The identity (namespace, service account) of the waypoint `namespace/name`, as the
+    /// controller published it; `None` when it did not (then nothing is that waypoint).
+    pub fn waypoint_identity<'a>(&'a self, waypoint: &'a str) -> Option<(&'a str, &'a str)> {
+        let (namespace, _) = waypoint.split_once('/')?;
+        let service_account = self.waypoints.get(waypoint)?;
+        Some((namespace, service_account.as_str()))
+    }
+
+    /// The pods running the waypoint `namespace/name`: labelled as its pods *and* running as
+    /// its published identity. The label only picks among pods of that identity.
     pub fn waypoint_pods<'a>(&'a self, waypoint: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        let (namespace, name) = waypoint.split_once('/').unwrap_or(("", waypoint));
+        let identity = self.waypoint_identity(waypoint);
+        let name = waypoint.split_once('/').map_or(waypoint, |(_, name)| name);
         self.pods.iter().filter(move |pod| {
-            pod.namespace == namespace
-                && pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(name)
+            identity.is_some_and(|(namespace, service_account)| {
+                pod.namespace == namespace && pod.service_account == service_account
+            }) && pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(name)
         })
     }
 

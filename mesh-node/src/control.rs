@@ -62,7 +62,7 @@ pub async fn follow_config(
                         if first || touches(update, "Service") {
                             state.set_services(Services::from_view(view));
                         }
-                        if first || touches(update, "Workload") {
+                        if first || touches(update, "Workload") || touches(update, "Waypoint") {
                             pods.send_replace(Some(Arc::new(pods_of(view))));
                         }
                         let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -132,9 +132,20 @@ pub fn pods_of(view: &ConfigView) -> PodsFile {
             _ => None,
         })
         .collect();
+    let waypoints = view
+        .resources
+        .iter()
+        .filter_map(|((_, namespace, name), resource)| match &resource.body {
+            Some(Body::Waypoint(w)) => {
+                Some((format!("{namespace}/{name}"), w.service_account.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     PodsFile {
         namespaces: Vec::new(),
         pods,
+        waypoints,
     }
 }
 

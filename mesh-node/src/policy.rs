@@ -63,14 +63,16 @@ pub fn check_inbound(
     port: u16,
 ) -> Result<(), String> {
     if let Some(waypoint) = &pod.waypoint {
+        // The identity the controller published for the waypoint, never a pod's labels.
         let from_waypoint = client.is_some_and(|client| {
-            pods.waypoint_pods(waypoint).any(|w| {
-                w.namespace == client.namespace && w.service_account == client.service_account
-            })
+            pods.waypoint_identity(waypoint)
+                .is_some_and(|(namespace, service_account)| {
+                    client.namespace == namespace && client.service_account == service_account
+                })
         });
         if !from_waypoint {
             return Err(format!(
-                "{} is behind waypoint {waypoint}: only the waypoint may connect",
+                "{} is behind waypoint {waypoint}: only the waypoint may connect (as the identity the controller published)",
                 pod.key()
             ));
         }

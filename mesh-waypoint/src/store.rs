@@ -141,6 +141,9 @@ pub struct Snapshot {
     pub policies: PolicySet,
     /// What in the last update could not be used.
     pub errors: Vec<String>,
+    /// Each waypoint (`namespace/name`) and the identity its proxies run as, as the
+    /// controller published it: what a waypoint's pod must be, whatever its labels say.
+    pub waypoint_identities: HashMap<String, Identity>,
 }
 
 impl Snapshot {
@@ -176,6 +179,13 @@ impl Snapshot {
             match &resource.body {
                 Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
                 Some(Body::Service(s)) => snapshot.add_service(s),
+                Some(Body::Waypoint(w)) => {
+                    if let Ok(identity) = Identity::new(trust_domain, namespace, &w.service_account)
+                    {
+                        let key = format!("{namespace}/{name}");
+                        snapshot.waypoint_identities.insert(key, identity);
+                    }
+                }
                 Some(Body::Credential(c)) => {
                     let key = format!("{namespace}/{name}");
                     snapshot.credentials.insert(key, Arc::new(c.clone()));
@@ -326,9 +336,11 @@ impl Snapshot {
             .insert(s.hostname.clone(), service.clone());
     }
 
-    /// A pod of waypoint `namespace/name` (by its Gateway name label), with its identity.
+    /// A pod of waypoint `namespace/name`, with its identity: one labelled as the Gateway's
+    /// that runs as the identity the controller published for it (never the label alone).
     pub fn waypoint_pod(&self, waypoint: &str) -> Option<(IpAddr, Identity)> {
         let (namespace, name) = waypoint.split_once('/')?;
+        let identity = self.waypoint_identities.get(waypoint)?;
         let pods: Vec<&Arc<Workload>> = self
             .workloads_by_namespace
             .get(namespace)?
@@ -338,7 +350,7 @@ impl Snapshot {
                     .get(mesh_core::pods::GATEWAY_NAME_LABEL)
                     .map(String::as_str)
                     == Some(name)
-                    && w.identity.is_some()
+                    && w.identity.as_ref() == Some(identity)
             })
             .collect();
         let pod = pods.get(fastrand::usize(..pods.len().max(1)))?;

@@ -35,7 +35,16 @@ impl Testbed {
     pub fn make_waypoint_pod(&self, pod: &str, gateway: &str, service_account: &str) -> Result<()> {
         self.label_pod(pod, mesh_node::pods::GATEWAY_NAME_LABEL, Some(gateway))?;
         self.set_service_account(pod, service_account)?;
-        self.set_pod_mode(pod, Some("none"))
+        self.set_pod_mode(pod, Some("none"))?;
+        // The Gateway the controller publishes the waypoint's identity from (the
+        // ServiceAccount named as it): without it nothing is that waypoint.
+        let namespace = &self.pod(pod).namespace;
+        self.write_policy(
+            &format!("gateway-{namespace}-{gateway}"),
+            &format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {gateway}, namespace: {namespace}}}\nspec:\n  gatewayClassName: ambit-waypoint\n  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]\n"
+            ),
+        )
     }
 
     /// Starts `mesh-waypoint` for `namespace/gateway` in `pod` and waits until it is ready.

@@ -4,6 +4,9 @@
 //! - A forged `forwarded` header: a workload holding a certificate of its own speaks HBONE to
 //!   the waypoint directly and claims another pod's address. The waypoint must judge it by
 //!   what it proved (its identity) and where it really connects from, never by the header.
+//! - A pod labelled as the waypoint's (`gateway.networking.k8s.io/gateway-name`): clients
+//!   must never pick it as the waypoint, and pods behind the waypoint must not take its
+//!   connections as the waypoint's. Only the identity the controller published counts.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -36,6 +39,24 @@ fn own_certificate(l7: &L7, identity: &str) -> Result<tls::WorkloadCertificate> 
 /// node n0's network, with `forwarded` as given.
 fn direct_request(l7: &L7, cert: &tls::WorkloadCertificate, forwarded: &str) -> Result<u16> {
     let waypoint = l7.tb.pod("n0-p1").addr(mesh_core::hbone::PORT);
+    let target = format!("{REVIEWS}:{PORT}");
+    match hbone_get(l7, cert, waypoint, &target, forwarded)? {
+        Ok(status) => Ok(status),
+        Err(connect) => anyhow::bail!("CONNECT answered {connect}"),
+    }
+}
+
+/// `GET /` through a CONNECT to `target` sent to `hbone` from node n0's network: the inner
+/// status, or the CONNECT's own when it was refused.
+fn hbone_get(
+    l7: &L7,
+    cert: &tls::WorkloadCertificate,
+    hbone: std::net::SocketAddr,
+    target: &str,
+    forwarded: &str,
+) -> Result<Result<u16, StatusCode>> {
+    let waypoint = hbone;
+    let target = target.to_owned();
     let node = Path::new("/run/netns").join(&l7.tb.node("n0").netns);
     let tcp = sys::in_netns(&node, || {
         std::net::TcpStream::connect_timeout(&waypoint, Duration::from_secs(5))
@@ -56,11 +77,13 @@ fn direct_request(l7: &L7, cert: &tls::WorkloadCertificate, forwarded: &str) -> 
         tokio::spawn(connection);
         let request = Request::builder()
             .method(Method::CONNECT)
-            .uri(format!("{REVIEWS}:{PORT}"))
+            .uri(target)
             .header("forwarded", forwarded)
             .body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
-        anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        if response.status() != StatusCode::OK {
+            return Ok(Err(response.status()));
+        }
         let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await?);
         tunnel
             .write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n")
@@ -73,7 +96,7 @@ fn direct_request(l7: &L7, cert: &tls::WorkloadCertificate, forwarded: &str) -> 
         }
         let line = String::from_utf8_lossy(&head);
         let status = line.split_whitespace().nth(1).context("status line")?;
-        Ok(status.parse()?)
+        Ok(Ok(status.parse()?))
     })
 }
 
@@ -109,6 +132,64 @@ spec:
     assert!(
         metrics.contains("ambit_waypoint_forwarded_distrusted_total 1"),
         "{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pod_labelled_as_the_waypoint_is_neither_chosen_nor_trusted() -> Result<()> {
+    let l7 = l7::setup()?;
+    // n0-p2 (service account "default") claims to be a pod of the namespace's waypoint.
+    let hostile = l7.tb.pod("n0-p2");
+    l7.tb
+        .label_pod("n0-p2", mesh_core::labels::GATEWAY_NAME, Some("waypoint"))?;
+    for agent in &l7.agents {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let dump = agent.config_dump()?;
+            let labelled = dump["pods"]["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| {
+                    p["name"] == hostile.name
+                        && p["labels"][mesh_core::labels::GATEWAY_NAME] == "waypoint"
+                });
+            if labelled {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "agent {} never saw the label",
+                agent.node
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Clients go on choosing the real waypoint only: every answer is from reviews (the
+    // hostile pod's own server would answer "mirror"). A client's agent picks a waypoint pod
+    // per connection, hence a connection per request.
+    for _ in 0..12 {
+        let (v1, v2) = l7.tally(1, "/", &[])?;
+        assert_eq!(v1 + v2, 1);
+    }
+
+    // Speaking HBONE to a pod behind the waypoint with its own identity, it is refused as
+    // anyone but the waypoint is.
+    let own = own_certificate(&l7, "spiffe://cluster.local/ns/default/sa/default")?;
+    let reviews = l7.tb.pod("n1-p0");
+    let answer = hbone_get(
+        &l7,
+        &own,
+        reviews.addr(mesh_core::hbone::PORT),
+        &reviews.addr(PORT).to_string(),
+        "",
+    )?;
+    assert_eq!(
+        answer,
+        Err(StatusCode::UNAUTHORIZED),
+        "a pod behind the waypoint took the labelled pod for the waypoint"
     );
     Ok(())
 }
