@@ -69,9 +69,12 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             Resource::PeerAuthentication(r) => Body::IstioJson(json(&r.spec)),
             Resource::AuthorizationPolicy(r) => Body::IstioJson(json(&r.spec)),
             Resource::Secret(secret) => {
-                match credentials.contains(&(key.namespace.clone(), key.name.clone())) {
-                    true => Body::Credential(credentials::of(secret)),
-                    false => continue,
+                match credentials.get(&(key.namespace.clone(), key.name.clone())) {
+                    Some(readers) => Body::Credential(pb::TlsCredential {
+                        readers: readers.iter().cloned().collect(),
+                        ..credentials::of(secret)
+                    }),
+                    None => continue,
                 }
             }
         };

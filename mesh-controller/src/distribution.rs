@@ -15,7 +15,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mesh_core::config_pb::{Resource, ResourceKey, Role, Update};
+use mesh_core::config_pb::{Resource, ResourceKey, Role, Update, resource::Body};
 use tokio::sync::watch;
 
 /// A resource's identity in the stream: (kind, namespace, name).
@@ -37,14 +37,20 @@ pub struct Audience {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretAccess {
     None,
-    /// A gateway's own token: the Secrets of its namespace, as an Istio gateway reads.
-    Namespace(String),
+    /// A gateway's own token: the Secrets its Gateways name, which list the gateway's service
+    /// account among their readers (see `compile::credentials`).
+    Gateway {
+        namespace: String,
+        service_account: String,
+    },
     /// Local mode, where every proxy subscribes with its node's token on one machine.
     All,
 }
 
 impl Audience {
-    fn wants(&self, key: &Key) -> bool {
+    /// Whether the subscriber gets `resource` (at `key`); with `None` (a removal), whether it
+    /// may hold it: a removal of something it never had is harmless, a missed one is not.
+    fn wants(&self, key: &Key, resource: Option<&Resource>) -> bool {
         let (kind, namespace, _) = key;
         match kind.as_str() {
             // Node agents never: they hold no Gateway, and a key is not theirs to carry.
@@ -52,8 +58,19 @@ impl Audience {
                 self.role == Role::Waypoint
                     && match &self.secrets {
                         SecretAccess::None => false,
-                        SecretAccess::Namespace(own) => own == namespace,
                         SecretAccess::All => true,
+                        SecretAccess::Gateway {
+                            namespace: own,
+                            service_account,
+                        } => {
+                            own == namespace
+                                && resource.is_none_or(|r| match &r.body {
+                                    Some(Body::Credential(c)) => {
+                                        c.readers.contains(service_account)
+                                    }
+                                    _ => false,
+                                })
+                        }
                     }
             }
             kind => wanted(self.role, kind),
@@ -254,7 +271,7 @@ impl Distributor {
             let upserts = state
                 .resources
                 .iter()
-                .filter(|(k, _)| audience.wants(k))
+                .filter(|(k, r)| audience.wants(k, Some(r)))
                 .map(|(_, r)| (**r).clone())
                 .collect();
             return Some(Update {
@@ -269,19 +286,7 @@ impl Distributor {
             .changes
             .range(have + 1..)
             .flat_map(|(_, keys)| keys)
-            .filter(|k| audience.wants(k))
             .collect();
-        if keys.is_empty() {
-            // Changes since `have` concern other roles only: move the subscriber forward
-            // with an empty delta, so its acknowledged version stays meaningful.
-            return Some(Update {
-                version: state.version,
-                base_version: have,
-                upserts: Vec::new(),
-                removes: Vec::new(),
-                epoch: self.epoch,
-            });
-        }
         let mut update = Update {
             version: state.version,
             base_version: have,
@@ -289,14 +294,21 @@ impl Distributor {
             removes: Vec::new(),
             epoch: self.epoch,
         };
+        // What the subscriber no longer gets is removed: gone, or no longer for it (a Secret
+        // its Gateway stopped naming). Changes that concern other roles only leave an empty
+        // delta, which moves the subscriber forward so its acknowledged version stays
+        // meaningful.
         for key in keys {
             match state.resources.get(key) {
-                Some(resource) => update.upserts.push((**resource).clone()),
-                None => update.removes.push(ResourceKey {
+                Some(resource) if audience.wants(key, Some(resource)) => {
+                    update.upserts.push((**resource).clone());
+                }
+                _ if audience.wants(key, None) => update.removes.push(ResourceKey {
                     kind: key.0.clone(),
                     namespace: key.1.clone(),
                     name: key.2.clone(),
                 }),
+                _ => {}
             }
         }
         Some(update)
@@ -339,24 +351,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secrets_go_only_to_waypoints_allowed_their_namespace() {
+    fn secrets_go_only_to_the_gateways_that_name_them() {
         let key = |kind: &str, ns: &str| (kind.to_owned(), ns.to_owned(), "x".to_owned());
-        let secret = key("Secret", "istio-system");
+        let secret_key = key("Secret", "istio-system");
+        let secret = Resource {
+            body: Some(Body::Credential(mesh_core::config_pb::TlsCredential {
+                readers: vec!["ingress".to_owned()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
         let audience = |role, secrets| Audience { role, secrets };
-        let gateway = audience(
-            Role::Waypoint,
-            SecretAccess::Namespace("istio-system".to_owned()),
-        );
-        assert!(gateway.wants(&secret));
+        let as_gateway = |namespace: &str, service_account: &str| {
+            audience(
+                Role::Waypoint,
+                SecretAccess::Gateway {
+                    namespace: namespace.to_owned(),
+                    service_account: service_account.to_owned(),
+                },
+            )
+        };
+        let ingress = as_gateway("istio-system", "ingress");
+        assert!(ingress.wants(&secret_key, Some(&secret)));
         assert!(
-            !gateway.wants(&key("Secret", "shop")),
+            !as_gateway("istio-system", "another-pod").wants(&secret_key, Some(&secret)),
+            "another identity of the same namespace"
+        );
+        assert!(
+            !as_gateway("shop", "ingress").wants(&key("Secret", "istio-system"), Some(&secret)),
             "another namespace's"
         );
-        assert!(gateway.wants(&key("Gateway", "shop")));
-        assert!(!audience(Role::Waypoint, SecretAccess::None).wants(&secret));
-        assert!(audience(Role::Waypoint, SecretAccess::All).wants(&secret));
+        assert!(ingress.wants(&key("Gateway", "shop"), None));
+        assert!(!audience(Role::Waypoint, SecretAccess::None).wants(&secret_key, Some(&secret)));
+        assert!(audience(Role::Waypoint, SecretAccess::All).wants(&secret_key, Some(&secret)));
         assert!(
-            !audience(Role::Node, SecretAccess::All).wants(&secret),
+            !audience(Role::Node, SecretAccess::All).wants(&secret_key, Some(&secret)),
             "never a node agent"
         );
     }

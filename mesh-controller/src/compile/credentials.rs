@@ -1,10 +1,11 @@
 //! Secrets as TLS credentials for ingress gateways. Only a Secret an accepted Istio Gateway's
 //! `credentialName` names in the Gateway's own namespace leaves the controller (with its
 //! `<name>-cacert` companion, where Istio looks for a separate client CA), or one an accepted
-//! Gateway API ingress's `certificateRefs` name, and only to waypoint subscribers allowed that
-//! namespace (`distribution`).
+//! Gateway API ingress's `certificateRefs` name, and only to the gateways that name it: each
+//! Secret carries its readers, the service accounts its Gateways' proxies run as (named as
+//! the Gateway), and `distribution` sends it to those subscribers only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Secret;
 use mesh_core::config_pb as pb;
@@ -17,17 +18,31 @@ use crate::{
 /// The suffix of a Secret holding only the CA of the Secret it is named after.
 const CA_SUFFIX: &str = "-cacert";
 
-/// (namespace, name) of every Secret an accepted Gateway refers to.
-pub fn referenced(set: &ConfigSet, validation: &Validation) -> BTreeSet<(String, String)> {
-    let mut names = BTreeSet::new();
+/// Every Secret an accepted Gateway refers to, by (namespace, name), with the service
+/// accounts that may read it: those of the Gateways naming it (each named as its Gateway).
+pub fn referenced(
+    set: &ConfigSet,
+    validation: &Validation,
+) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut readers: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut grant = |namespace: &str, secret: String, gateway: &str| {
+        readers
+            .entry((namespace.to_owned(), secret))
+            .or_default()
+            .insert(gateway.to_owned());
+    };
     for (key, gateway) in set.gateways() {
         if !validation.accepted(key) {
             continue;
         }
         let servers = gateway.spec.servers.iter();
         for credential in servers.filter_map(|s| s.tls.as_ref()?.credential_name.as_ref()) {
-            names.insert((key.namespace.clone(), credential.clone()));
-            names.insert((key.namespace.clone(), format!("{credential}{CA_SUFFIX}")));
+            grant(&key.namespace, credential.clone(), &key.name);
+            grant(
+                &key.namespace,
+                format!("{credential}{CA_SUFFIX}"),
+                &key.name,
+            );
         }
     }
     // A Gateway API ingress's certificates, in its own namespace (validation refuses others).
@@ -37,10 +52,10 @@ pub fn referenced(set: &ConfigSet, validation: &Validation) -> BTreeSet<(String,
         }
         let tls = gateway.spec.listeners.iter().filter_map(|l| l.tls.as_ref());
         for reference in tls.flat_map(|tls| &tls.certificate_refs) {
-            names.insert((key.namespace.clone(), reference.name.clone()));
+            grant(&key.namespace, reference.name.clone(), &key.name);
         }
     }
-    names
+    readers
 }
 
 /// The certificate, key and CA a Secret holds, in either of the layouts Istio reads:
@@ -60,6 +75,7 @@ pub fn of(secret: &Secret) -> pb::TlsCredential {
         certificate_chain: field(&["tls.crt", "cert"]),
         private_key: field(&["tls.key", "key"]),
         ca_certificates: field(&["ca.crt", "cacert"]),
+        readers: Vec::new(),
     }
 }
 

@@ -72,7 +72,13 @@ impl ConfigService for ConfigStreamService {
             )));
         }
         let secrets = match &caller {
-            Some(Caller::Workload { namespace, .. }) => SecretAccess::Namespace(namespace.clone()),
+            Some(Caller::Workload {
+                namespace,
+                service_account,
+            }) => SecretAccess::Gateway {
+                namespace: namespace.clone(),
+                service_account: service_account.clone(),
+            },
             Some(Caller::Node(_)) if self.nodes_read_secrets => SecretAccess::All,
             Some(Caller::Node(_)) | None => SecretAccess::None,
         };

@@ -365,6 +365,7 @@ mod tests {
                 certificate_chain: cert.to_owned(),
                 private_key: key.to_owned(),
                 ca_certificates: ca.to_owned(),
+                ..TlsCredential::default()
             })
         };
         let secrets = HashMap::from([
