@@ -1,9 +1,14 @@
 //! Where this node's pods live: the network namespace the agent enters to open a pod's
 //! listeners. The controller's stream says which pods run here and who they are, but not
 //! their namespaces (only the node sees those). Local mode reads them from the pods file; in
-//! Kubernetes the kubelet names each pod's cgroup after its UID (`pod<uid>` with the cgroupfs
-//! driver, `kubepods-...-pod<uid_with_underscores>.slice` with systemd), so any process of
-//! the pod, normally its pause container, leads to `/proc/<pid>/ns/net`.
+//! Kubernetes the kubelet names each pod's cgroup after its UID (`kubepods/[qos/]pod<uid>`
+//! with the cgroupfs driver, `kubepods.slice/[kubepods-<qos>.slice/]kubepods-[<qos>-]pod<uid
+//! with underscores>.slice` with systemd), so any process of the pod, normally its pause
+//! container, leads to `/proc/<pid>/ns/net`.
+//!
+//! Only the pod-level component the kubelet made counts, at its place under `kubepods`: a pod
+//! can make cgroups of its own below its own, and one named after another pod's UID must not
+//! make its processes that pod's sandbox.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -107,30 +112,52 @@ fn from_proc(proc: &Path, uids: &BTreeSet<String>) -> BTreeMap<String, PathBuf> 
         let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else {
             continue;
         };
-        for uid in cgroups.lines().flat_map(pod_uids) {
+        for uid in cgroups.lines().filter_map(pod_uid) {
             if uids.contains(&uid) {
                 let lowest = found.entry(uid).or_insert(pid);
                 *lowest = (*lowest).min(pid);
             }
         }
     }
+    // The pid was chosen from a file read moments ago: if it has exited and its number was
+    // reused since, the process now there must still be in the pod's cgroup.
+    found.retain(|uid, pid| {
+        std::fs::read_to_string(proc.join(pid.to_string()).join("cgroup"))
+            .is_ok_and(|cgroups| cgroups.lines().filter_map(pod_uid).any(|u| &u == uid))
+    });
     found
         .into_iter()
         .map(|(uid, pid)| (uid, proc.join(pid.to_string()).join("ns/net")))
         .collect()
 }
 
-/// The pod UIDs a `/proc/<pid>/cgroup` line names (`pod` followed by a UUID, with `-` or
-/// systemd's `_`).
-fn pod_uids(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.match_indices("pod").filter_map(move |(at, _)| {
-        let uid = line.get(at + 3..at + 3 + UID_LEN)?;
-        let uid = uid.replace('_', "-");
-        let is_uuid = uid.char_indices().all(|(i, c)| {
+/// The UID of the pod whose cgroup a `/proc/<pid>/cgroup` line (`id:controllers:path`) is in:
+/// the component right after `kubepods` (or after its QoS class), as the kubelet names it.
+/// Leading `..` (the path seen from another cgroup namespace) and a prefix before `kubepods`
+/// (a node that is itself a container) are allowed; anything below the pod's cgroup is not
+/// read.
+fn pod_uid(line: &str) -> Option<String> {
+    let path = line.splitn(3, ':').nth(2)?;
+    let mut components = path.split('/').filter(|c| !c.is_empty() && *c != "..");
+    // cgroupfs: kubepods/[besteffort|burstable/]pod<uid>
+    // systemd:  kubepods.slice/[kubepods-<qos>.slice/]kubepods-[<qos>-]pod<uid_>.slice
+    components.find(|c| *c == "kubepods" || *c == "kubepods.slice")?;
+    let mut next = components.next()?;
+    if matches!(
+        next,
+        "besteffort" | "burstable" | "kubepods-besteffort.slice" | "kubepods-burstable.slice"
+    ) {
+        next = components.next()?;
+    }
+    let uid = match next.strip_suffix(".slice") {
+        Some(unit) => unit.rsplit_once("-pod")?.1.replace('_', "-"),
+        None => next.strip_prefix("pod")?.to_owned(),
+    };
+    let is_uuid = uid.len() == UID_LEN
+        && uid.char_indices().all(|(i, c)| {
             matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
         });
-        is_uuid.then_some(uid)
-    })
+    is_uuid.then_some(uid)
 }
 
 #[cfg(test)]
@@ -141,16 +168,42 @@ mod tests {
 
     #[test]
     fn kubelet_cgroup_names_give_the_pod_uid() {
-        let cgroupfs = format!("0::/kubepods/burstable/pod{UID}/0123abcd");
-        let systemd = format!(
-            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-1.scope",
-            UID.replace('-', "_")
-        );
-        for line in [cgroupfs, systemd] {
-            assert_eq!(pod_uids(&line).collect::<Vec<_>>(), [UID], "{line}");
+        let underscored = UID.replace('-', "_");
+        let lines = [
+            format!("0::/kubepods/burstable/pod{UID}/0123abcd"),
+            format!("0::/kubepods/pod{UID}/0123abcd"),
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{underscored}.slice/cri-containerd-1.scope"
+            ),
+            format!("0::/kubepods.slice/kubepods-pod{underscored}.slice/cri-containerd-1.scope"),
+            // Seen from the agent's own cgroup namespace, and on a node that is a container.
+            format!("0::/../../kubepods/besteffort/pod{UID}/c"),
+            format!("0::/docker/4f2a/kubepods/pod{UID}"),
+        ];
+        for line in lines {
+            assert_eq!(pod_uid(&line).as_deref(), Some(UID), "{line}");
         }
-        assert_eq!(pod_uids("0::/system.slice/podman.service").count(), 0);
-        assert_eq!(pod_uids("0::/user.slice/pod-not-a-uid").count(), 0);
+        assert_eq!(pod_uid("0::/system.slice/podman.service"), None);
+        assert_eq!(pod_uid("0::/user.slice/pod-not-a-uid"), None);
+        assert_eq!(
+            pod_uid(&format!("0::/ambit/pod{UID}")),
+            None,
+            "not under kubepods"
+        );
+    }
+
+    #[test]
+    fn a_cgroup_a_pod_made_below_its_own_names_no_other_pod() {
+        // Pod A's process in a cgroup it created, named after pod B.
+        let victim = "99999999-6a2f-4d8e-9c1a-2f3e4d5c6b7a";
+        let line = format!("0::/kubepods/burstable/pod{UID}/app/pod{victim}");
+        assert_eq!(pod_uid(&line).as_deref(), Some(UID));
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-1.scope/kubepods-pod{}.slice",
+            UID.replace('-', "_"),
+            victim.replace('-', "_")
+        );
+        assert_eq!(pod_uid(&systemd).as_deref(), Some(UID));
     }
 
     #[test]
@@ -161,6 +214,11 @@ mod tests {
             ("40", format!("0::/kubepods/pod{UID}/app")),
             ("7", format!("0::/kubepods/pod{UID}/pause")),
             ("9", "0::/system.slice/sshd.service".to_owned()),
+            // A lower pid, in a cgroup another pod made and named after this one.
+            (
+                "3",
+                format!("0::/kubepods/pod{}/x/pod{UID}", "1".repeat(8) + &UID[8..]),
+            ),
         ] {
             std::fs::create_dir_all(dir.join(pid)).unwrap();
             std::fs::write(dir.join(pid).join("cgroup"), cgroup).unwrap();

@@ -320,7 +320,8 @@ impl Testbed {
                 ],
             )?;
             let uid = format!("7e57{n:04x}-{p:04x}-4000-8000-{:012x}", std::process::id());
-            let cgroup = node_cgroup.join(format!("pod{uid}"));
+            // Where the kubelet (cgroupfs driver) puts a pod: agents find pods by this layout.
+            let cgroup = node_cgroup.join("kubepods").join(format!("pod{uid}"));
             std::fs::create_dir_all(&cgroup)?;
             let namespace = topology.namespaces[p % topology.namespaces.len()].clone();
             pods.push(Pod {
