@@ -9,6 +9,8 @@
 //! - the waypoint reconciler, run by `kube::runtime::Controller` on Gateways and the
 //!   Deployments they own.
 
+mod reviews;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt as _, future::BoxFuture};
@@ -153,6 +155,8 @@ pub struct KubeAuthorizer {
     pub audience: String,
     /// The Pods the configuration source watches: who runs where.
     pub pods: Store<DynamicObject>,
+    /// Recent TokenReview answers, and the cap on new reviews.
+    pub reviews: reviews::Reviews,
 }
 
 impl KubeAuthorizer {
@@ -212,7 +216,7 @@ impl KubeAuthorizer {
 
 impl NodeAuthorizer for KubeAuthorizer {
     fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>> {
-        Box::pin(self.review(token))
+        Box::pin(self.reviews.caller(token, || self.review(token)))
     }
 
     fn may_issue(&self, node: &str, identity: &Identity) -> bool {

@@ -267,6 +267,7 @@ async fn kubernetes_mode(
         node_account: args.node_account.clone(),
         audience: args.token_audience.clone(),
         pods,
+        reviews: Default::default(),
     });
     let sink = (
         KubeStatus::new(client.clone(), args.pod_name.clone()),

@@ -67,6 +67,7 @@ fn authorizer(client: Client, pods: &[serde_json::Value]) -> KubeAuthorizer {
         node_account: NODE_ACCOUNT.to_owned(),
         audience: "ambit".to_owned(),
         pods: writer.as_reader(),
+        reviews: Default::default(),
     }
 }
 
