@@ -102,11 +102,30 @@ fn server_name(handshake: &[u8]) -> Option<String> {
             let length = names.u16()?;
             let name = names.take(length)?;
             if name_type == 0 {
-                return std::str::from_utf8(name).ok().map(str::to_owned);
+                return dns_name(name);
             }
         }
     }
     None
+}
+
+/// A server name as RFC 6066 allows it (a DNS host name: ASCII letters, digits, `-` and `.`
+/// in labels of 1 to 63, 253 in all), lower-cased; `None` for anything else. The fuzzer found
+/// names with NULs and CR/LF passing as server names, to be matched against routes and
+/// written to logs.
+fn dns_name(name: &[u8]) -> Option<String> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split(|b| *b == b'.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && !label.starts_with(b"-")
+                && !label.ends_with(b"-")
+        });
+    valid.then(|| String::from_utf8_lossy(name).to_ascii_lowercase())
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -185,6 +204,33 @@ mod tests {
         let mut broken = hello.clone();
         broken[6] = 0xff; // a ClientHello longer than its record
         assert_eq!(parse(&broken), ClientHello::Complete(None));
+    }
+
+    #[test]
+    fn only_dns_names_are_server_names() {
+        // What the fuzzer found: a "server name" of NULs and control characters.
+        let crash = b"\r\0*\0(\x04\x03\x05\x03\x06\x03\x08\x07\x08\x08\x08";
+        assert_eq!(dns_name(crash), None);
+        for bad in [
+            &b""[..],
+            b"a..b",
+            b"-a.com",
+            b"a-.com",
+            b"a b.com",
+            b"a/b",
+            b"\xc3\xa9.fr",
+        ] {
+            assert_eq!(dns_name(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(dns_name(&[b'a'; 64]), None, "a label of 64");
+        assert_eq!(
+            dns_name(b"Reviews.Example.COM.").as_deref(),
+            Some("reviews.example.com")
+        );
+        assert_eq!(
+            dns_name(b"xn--bcher-kva.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
     }
 
     #[tokio::test]

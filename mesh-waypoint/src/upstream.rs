@@ -16,6 +16,9 @@ mod body;
 pub mod cluster;
 pub mod connect;
 mod h1;
+/// The HTTP/1.1 response decoder, for the fuzzers only.
+#[cfg(fuzzing)]
+pub use h1::{Error as ResponseError, decode_response};
 pub mod locality;
 pub mod replay;
 mod resolve;

@@ -5,8 +5,10 @@
 //! - `images`: OCI images of the agent, the controller and the waypoint;
 //! - `privilege`: what runs as root (through sudo for a user who is not);
 //! - `cmd`: running cargo and other programs with visible progress;
-//! - here: `test`, `demo`, `bench`, `images`, each running `setup` first.
+//! - `fuzz`: the fuzz targets in `fuzz/`, built with nightly and run with cargo-fuzz;
+//! - here: `test`, `demo`, `bench`, `images`, `fuzz`, each running `setup` first.
 mod cmd;
+mod fuzz;
 mod images;
 mod privilege;
 mod setup;
@@ -50,6 +52,17 @@ enum Command {
     /// Regenerate deploy/crds/ and docs/compatibility.md from the resource types (a test fails
     /// when they drift).
     Codegen,
+    /// Fuzz the parsers a hostile pod or peer can feed (HBONE CONNECT, the waypoint's
+    /// HTTP/1.1 response decoder, ClientHello/SNI, path normalization, Istio YAML, the pods
+    /// file), each for the given time, from the corpus in fuzz/corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Keep new inputs in fuzz/corpus (to commit after a long run).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Measure direct vs captured paths in the test-bed topology. Needs root.
     Bench {
         /// Seconds per measurement.
@@ -76,6 +89,10 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Demo => release_run(Purpose::Demo, "ambit-demo", &[]),
         Command::Codegen => codegen(),
+        Command::Fuzz { seconds, keep } => {
+            setup::run(Purpose::Test)?;
+            fuzz::run(seconds, keep)
+        }
         Command::Bench { seconds, args } => {
             let seconds = seconds.to_string();
             let mut all = vec!["--seconds", seconds.as_str()];
@@ -158,5 +175,11 @@ fn test(extra: &[String]) -> Result<()> {
     if let Some(runner) = privilege::runner() {
         command.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner);
     }
-    cmd::run(&mut command)
+    let tests = cmd::run(&mut command);
+    // A short run of every fuzz target (a filtered `cargo test` skips it).
+    if extra.is_empty() {
+        step("fuzz smoke: every target for 20 s");
+        fuzz::run(20, false)?;
+    }
+    tests
 }

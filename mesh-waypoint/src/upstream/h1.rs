@@ -421,3 +421,61 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests;
+
+/// For the fuzzers (`cargo xtask fuzz`): a whole response read as a connection reads it (the
+/// head, then the body as the head frames it), fed `split` bytes at a time. Returns the status,
+/// the body bytes decoded and whether trailers ended it; an error for anything malformed or
+/// cut short. It must never panic, nor loop.
+#[cfg(fuzzing)]
+pub fn decode_response(
+    wire: &[u8],
+    split: usize,
+    head_request: bool,
+) -> Result<(u16, u64, bool), Error> {
+    let split = split.max(1);
+    let mut read = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |read: &mut BytesMut| {
+        let n = split.min(wire.len() - fed);
+        read.extend_from_slice(&wire[fed..fed + n]);
+        fed += n;
+        n > 0
+    };
+    let parsed = loop {
+        match parse_head(&mut read)? {
+            Some(parsed) => break parsed,
+            None if read.len() > MAX_HEAD => return Err(Error::Malformed("head too long")),
+            None if !feed(&mut read) => return Err(Error::Closed),
+            None => {}
+        }
+    };
+    let status = parsed.status.as_u16();
+    let mut headers = parsed.headers;
+    match Framing::of(head_request, parsed.status, &mut headers)? {
+        Framing::Empty => Ok((status, 0, false)),
+        Framing::Length(length) => {
+            while (read.len() as u64) < length {
+                if !feed(&mut read) {
+                    return Err(Error::Closed);
+                }
+            }
+            Ok((status, length, false))
+        }
+        Framing::UntilEof => {
+            while feed(&mut read) {}
+            Ok((status, read.len() as u64, false))
+        }
+        Framing::Chunked(mut chunk) => {
+            let mut body = 0u64;
+            loop {
+                match decode::step(&mut read, &mut chunk)? {
+                    decode::Step::Data(data) => body += data.len() as u64,
+                    decode::Step::Trailers(_) => return Ok((status, body, true)),
+                    decode::Step::End => return Ok((status, body, false)),
+                    decode::Step::More if !feed(&mut read) => return Err(Error::Closed),
+                    decode::Step::More => {}
+                }
+            }
+        }
+    }
+}
