@@ -13,6 +13,7 @@
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
 //! - `storm`: many short connections to one pod, each timed;
+//! - `hbone_client`: HBONE spoken by hand, with a certificate of one's own;
 //! - `sys`: running commands and entering namespaces;
 //! - `containers`: Ambit's images run by podman with the manifests' own privileges;
 //! - `api_rules`: the API server's pod-template rules a schema check misses, for deploy/.
@@ -22,6 +23,7 @@ pub mod bpf;
 pub mod capture;
 pub mod containers;
 pub mod controller;
+pub mod hbone_client;
 pub mod http;
 pub mod l7;
 pub mod storm;

@@ -291,7 +291,7 @@ fn a_process_started_in_a_pod_runs_in_its_namespace_and_cgroup() -> Result<()> {
     let mut lines = out.lines();
     let cgroup = lines.next().unwrap_or_default();
     assert!(
-        cgroup.ends_with(&format!("/n0/pod{}", pod.uid)),
+        cgroup.ends_with(&format!("/n0/kubepods/pod{}", pod.uid)),
         "process in cgroup {cgroup}"
     );
     let netns_inode: u64 = lines.next().unwrap_or_default().trim().parse()?;

@@ -5,8 +5,6 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::SocketAddr,
-    sync::Arc,
     time::Duration,
 };
 
@@ -14,11 +12,12 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_controller::ca::CertificateAuthority;
-use mesh_core::{Identity, tls};
-use mesh_tests::{AgentOptions, Testbed, Topology, traffic::serve};
-use rustls::pki_types::ServerName;
+use hyper_util::rt::TokioIo;
+use mesh_tests::{
+    AgentOptions, Testbed, Topology,
+    hbone_client::{dial, handshake, own_certificate},
+    traffic::serve,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const ANSWER: usize = 256 * 1024;
@@ -45,32 +44,14 @@ fn an_app_closing_mid_conversation_ends_the_stream_cleanly() -> Result<()> {
         Ok(())
     })?;
 
-    let ca =
-        CertificateAuthority::load_or_create(controller.root.parent().unwrap(), "cluster.local")?;
-    let identity: Identity = "spiffe://cluster.local/ns/default/sa/default".parse()?;
-    let (key, csr) = tls::certificate_request(&identity)?;
-    let cert = tls::workload_certificate(
-        &identity,
-        key,
-        ca.sign(&csr, &identity, Duration::from_secs(600))?,
-    )?;
-    let hbone = SocketAddr::new(server.ip.into(), 15008);
-    let tcp = tb
-        .pod("n0-p0")
-        .enter(|| std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(3)))??;
+    let cert = own_certificate(&controller, "spiffe://cluster.local/ns/default/sa/default")?;
+    let tcp = dial(&tb.pod("n0-p0").netns_path(), server.addr(15008))?;
     let ip = server.ip;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        tcp.set_nonblocking(true)?;
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&cert)?))
-            .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
-            .await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
+        let mut sender = handshake(tcp, &cert).await?;
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(format!("{ip}:9000"))

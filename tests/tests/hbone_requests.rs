@@ -1,17 +1,16 @@
 //! Malformed HBONE requests against a real agent: each gets ztunnel's HTTP status, and a good
 //! tunnel on the same HTTP/2 connection keeps working. Needs root; run with `cargo xtask test`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
 use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_controller::ca::CertificateAuthority;
-use mesh_core::{Identity, tls};
-use mesh_tests::{AgentOptions, Testbed, Topology, traffic::echo_server};
-use rustls::pki_types::ServerName;
+use hyper_util::rt::TokioIo;
+use mesh_tests::{
+    AgentOptions, Testbed, Topology,
+    hbone_client::{dial, handshake, own_certificate},
+    traffic::echo_server,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn connect(authority: &str) -> Request<Empty<Bytes>> {
@@ -37,33 +36,15 @@ fn malformed_requests_get_clear_errors_and_spare_other_streams() -> Result<()> {
     agent.wait_enrolled(&server.key(), true)?;
     let _echo = echo_server(server.listen(8080)?)?;
 
-    let ca =
-        CertificateAuthority::load_or_create(controller.root.parent().unwrap(), "cluster.local")?;
-    let identity: Identity = "spiffe://cluster.local/ns/default/sa/default".parse()?;
-    let (key, csr) = tls::certificate_request(&identity)?;
-    let cert = tls::workload_certificate(
-        &identity,
-        key,
-        ca.sign(&csr, &identity, Duration::from_secs(600))?,
-    )?;
-    let hbone = SocketAddr::new(server.ip.into(), 15008);
-    let tcp = tb
-        .pod("n0-p0")
-        .enter(|| std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(3)))??;
+    let cert = own_certificate(&controller, "spiffe://cluster.local/ns/default/sa/default")?;
+    let tcp = dial(&tb.pod("n0-p0").netns_path(), server.addr(15008))?;
     let ip = server.ip;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        tcp.set_nonblocking(true)?;
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&cert)?))
-            .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
-            .await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
+        let mut sender = handshake(tcp, &cert).await?;
 
         // A good tunnel first, held open while the bad requests go by on the same connection.
         let response = sender.send_request(connect(&format!("{ip}:8080"))).await?;

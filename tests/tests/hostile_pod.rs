@@ -8,31 +8,24 @@
 //!   must never pick it as the waypoint, and pods behind the waypoint must not take its
 //!   connections as the waypoint's. Only the identity the controller published counts.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_controller::ca::CertificateAuthority;
-use mesh_core::{Identity, tls};
+use hyper_util::rt::TokioIo;
+use mesh_core::tls;
 use mesh_tests::{
+    hbone_client,
     l7::{self, L7, PORT, REVIEWS},
-    sys,
 };
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A certificate for `identity`, signed by the mesh CA, as a workload that obtained one for
 /// itself would hold.
 fn own_certificate(l7: &L7, identity: &str) -> Result<tls::WorkloadCertificate> {
-    let dir = l7.controller.root.parent().context("CA directory")?;
-    let ca = CertificateAuthority::load_or_create(dir, "cluster.local")?;
-    let identity: Identity = identity.parse()?;
-    let (key, csr) = tls::certificate_request(&identity)?;
-    let chain = ca.sign(&csr, &identity, Duration::from_secs(600))?;
-    Ok(tls::workload_certificate(&identity, key, chain)?)
+    hbone_client::own_certificate(&l7.controller, identity)
 }
 
 /// The status of `GET /` to reviews through a CONNECT sent straight to the waypoint from
@@ -55,26 +48,15 @@ fn hbone_get(
     target: &str,
     forwarded: &str,
 ) -> Result<Result<u16, StatusCode>> {
-    let waypoint = hbone;
     let target = target.to_owned();
     let node = Path::new("/run/netns").join(&l7.tb.node("n0").netns);
-    let tcp = sys::in_netns(&node, || {
-        std::net::TcpStream::connect_timeout(&waypoint, Duration::from_secs(5))
-    })??;
-    tcp.set_nonblocking(true)?;
-    let config = Arc::new(tls::client_config(cert)?);
+    let tcp = hbone_client::dial(&node, hbone)?;
     let forwarded = forwarded.to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::IpAddress(waypoint.ip().into()), tcp)
-            .await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
+        let mut sender = hbone_client::handshake(tcp, cert).await?;
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target)
