@@ -3,6 +3,7 @@
 //! with the status codes Istio's ztunnel uses, so either side can talk to ztunnel.
 
 pub mod handshake;
+pub mod server;
 pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};

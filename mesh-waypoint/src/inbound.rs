@@ -17,7 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use mesh_core::{Identity, transport};
+use mesh_core::{Identity, hbone, transport};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
@@ -52,44 +52,19 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
         .await
         .ok_or("no certificate for the waypoint yet")?;
     let limits = &app.config.limits;
-    let server = issued.server.clone();
-    let (tls, client) = transport::within(limits, "TLS", async {
-        mesh_core::hbone::handshake::accept(server, tcp).await
-    })
-    .await?;
-    let mut connection = transport::within(
-        limits,
-        "HTTP/2 handshake",
-        mesh_core::hbone::settings::server().handshake::<_, Bytes>(tls),
-    )
-    .await?;
-    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
-    tokio::pin!(keep_alive);
-    let streams = transport::StreamCount::new();
-    let idle = transport::idle(limits, &streams);
-    tokio::pin!(idle);
-    loop {
-        let (request, respond) = tokio::select! {
-            next = connection.accept() => match next {
-                Some(next) => next.map_err(|e| format!("HTTP/2: {e}"))?,
-                None => return Ok(()),
-            },
-            reason = &mut keep_alive => return Err(reason),
-            () = &mut idle => {
-                tracing::debug!(%peer, "idle HBONE connection closed");
-                connection.graceful_shutdown();
-                return std::future::poll_fn(|cx| connection.poll_closed(cx))
-                    .await
-                    .map_err(|e| format!("HTTP/2: {e}"));
-            }
-        };
+    let hbone::server::Accepted {
+        mut connection,
+        client,
+        ..
+    } = hbone::server::accept(issued.server.clone(), tcp, limits).await?;
+    hbone::server::serve_streams(&mut connection, limits, |request, respond, open| {
         let (app, client) = (app.clone(), client.clone());
-        let open = streams.open();
         tokio::spawn(async move {
             let _open = open;
             serve_stream(request, respond, client, peer, app).await;
         });
-    }
+    })
+    .await
 }
 
 /// The source address policy and load balancing see: the one the client's node agent

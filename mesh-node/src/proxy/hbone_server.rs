@@ -66,55 +66,23 @@ async fn serve_connection(
         .await
         .ok_or_else(|| format!("no certificate yet for {}", pod.identity))?;
     let limits = &state.config.limits;
-    let server = issued.server.clone();
-    let (tls, client) = transport::within(limits, "TLS", async {
-        mesh_core::hbone::handshake::accept(server, tcp).await
-    })
-    .await?;
-    let local = tls
-        .get_ref()
-        .0
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .ip();
-    let mut connection = transport::within(
-        limits,
-        "HTTP/2 handshake",
-        mesh_core::hbone::settings::server().handshake::<_, Bytes>(tls),
-    )
-    .await?;
-    let keep_alive = mesh_core::hbone::settings::keep_alive(connection.ping_pong());
-    tokio::pin!(keep_alive);
-    let streams = transport::StreamCount::new();
-    let idle = transport::idle(limits, &streams);
-    tokio::pin!(idle);
-    let connection_of = Arc::new(Downstream {
+    let hbone::server::Accepted {
+        mut connection,
+        client,
+        local,
+    } = hbone::server::accept(issued.server.clone(), tcp, limits).await?;
+    let downstream = Arc::new(Downstream {
         local,
         peer,
         client,
     });
-    loop {
-        let (request, respond) = tokio::select! {
-            next = connection.accept() => match next {
-                Some(Ok(accepted)) => accepted,
-                Some(Err(e)) => return Err(format!("HTTP/2: {e}")),
-                None => return Ok(()),
-            },
-            reason = &mut keep_alive => return Err(reason),
-            () = &mut idle => {
-                tracing::debug!(pod = %pod.key, %peer, "idle HBONE connection closed");
-                connection.graceful_shutdown();
-                return std::future::poll_fn(|cx| connection.poll_closed(cx))
-                    .await
-                    .map_err(|e| format!("HTTP/2: {e}"));
-            }
-        };
-        let (pod, state, downstream) = (pod.clone(), state.clone(), connection_of.clone());
-        let open = streams.open();
+    hbone::server::serve_streams(&mut connection, limits, |request, respond, open| {
+        let (pod, state, downstream) = (pod.clone(), state.clone(), downstream.clone());
         tokio::spawn(async move {
             handle_connect(request, respond, &downstream, &pod, &state, open).await;
         });
-    }
+    })
+    .await
 }
 
 /// What every stream of one HBONE connection shares.
