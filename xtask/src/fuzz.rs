@@ -19,8 +19,9 @@ pub const TARGETS: [&str; 6] = [
 ];
 
 /// Runs every target for `seconds`. With `keep`, new inputs that add coverage go into the
-/// committed corpus (`fuzz/corpus/<target>`), to be committed after a long run; otherwise into
-/// a scratch directory, so a run leaves the checkout as it was.
+/// committed corpus (`fuzz/corpus/<target>`), which is then minimized (`cargo fuzz cmin`), to
+/// be committed after a long run; otherwise into a scratch directory, so a run leaves the
+/// checkout as it was.
 pub fn run(seconds: u64, keep: bool) -> Result<()> {
     cargo_fuzz()?;
     let cargo = Cargo::new()?;
@@ -69,6 +70,9 @@ pub fn run(seconds: u64, keep: bool) -> Result<()> {
                 artifacts.display()
             );
         }
+        if keep {
+            minimize(&target_dir, target, &committed)?;
+        }
         summary.push(format!("{target}: {runs} runs in {seconds} s, no failure"));
     }
     for line in summary {
@@ -91,6 +95,34 @@ fn fuzz_command(fuzz_dir: &Path, target_dir: &Path) -> Command {
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(fuzz_dir);
     command
+}
+
+/// Cuts `corpus` down to inputs that each reach something the others do not (libFuzzer's
+/// merge, with the binary just built: `cargo fuzz cmin` would build it again with other flags),
+/// so that what a long run adds stays small enough to commit.
+fn minimize(target_dir: &Path, target: &str, corpus: &Path) -> Result<()> {
+    let binary = target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(target);
+    let merged = target_dir.join("merged").join(target);
+    let _ = std::fs::remove_dir_all(&merged);
+    std::fs::create_dir_all(&merged)?;
+    step(&format!("minimizing the corpus of {target}"));
+    cmd::run(
+        Command::new(&binary)
+            .arg("-merge=1")
+            .arg(&merged)
+            .arg(corpus)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )?;
+    std::fs::remove_dir_all(corpus)?;
+    std::fs::create_dir_all(corpus)?;
+    for entry in std::fs::read_dir(&merged)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), corpus.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// Installs cargo-fuzz when missing.
