@@ -53,7 +53,7 @@ pub fn compile(set: &ConfigSet, validation: &Validation, domain: &str) -> Vec<pb
             // A waypoint's Gateway goes out as the identity its proxies run as.
             Resource::K8sGateway(r) if set.gateway_role(r) == Some(GatewayRole::Waypoint) => {
                 Body::Waypoint(pb::WaypointIdentity {
-                    service_account: waypoint_service_account(r),
+                    service_account: crate::waypoint::proxy_service_account(&key.name),
                 })
             }
             Resource::K8sGateway(_) => continue,
@@ -130,12 +130,6 @@ fn listeners_admitting(set: &ConfigSet, namespace: &str, spec: &HttpRouteSpec) -
         parent_refs,
         ..spec.clone()
     }
-}
-
-/// The service account a waypoint's proxies run as: the Gateway's name, which the
-/// ServiceAccount of the Deployment the controller makes for it has (see `waypoint`).
-pub fn waypoint_service_account(gateway: &crate::resources::gateway_api::Gateway) -> String {
-    gateway.metadata.name.clone().unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(spec: &T) -> String {

@@ -40,6 +40,13 @@ const MANAGER: &str = "ambit-controller";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ambit");
 /// Labels the proxy's objects carry (and its pods are selected by).
 pub use mesh_core::labels::GATEWAY_NAME as GATEWAY_NAME_LABEL;
+
+/// The service account a Gateway's proxies run as: the ServiceAccount the controller makes for
+/// it, named as the Gateway. It is also what the stream publishes as a waypoint's identity and
+/// as the reader of the Gateway's Secrets, so it is decided here only.
+pub fn proxy_service_account(gateway_name: &str) -> String {
+    gateway_name.to_owned()
+}
 /// Where the proxy's pods find the mesh root: a ConfigMap in their own namespace (a pod
 /// cannot mount one from another), published there by the reconciler.
 pub const ROOT_CONFIG_MAP: &str = "ambit-ca-root";

@@ -19,7 +19,6 @@ where
 {
     // Scrapers and probes are few: a small cap, and a short wait for their headers.
     let limits = crate::transport::Limits {
-        handshake_timeout_secs: 10.0,
         max_connections: 256,
         ..Default::default()
     };

@@ -13,29 +13,33 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
+const HANDSHAKE_TIMEOUT_SECS: f64 = 10.0;
+/// ztunnel closes idle pooled connections after five minutes.
+const IDLE_TIMEOUT_SECS: f64 = 300.0;
+const MAX_CONNECTIONS: usize = 16_384;
+
 /// The limits, as flags of each binary (`#[command(flatten)]`) and in its config dump.
 #[derive(Clone, Copy, Debug, Serialize, clap::Args)]
 pub struct Limits {
     /// Seconds a client has to complete its TLS and HTTP/2 handshakes (or, on plain HTTP/1,
     /// to send a request's headers); then the connection is closed.
-    #[arg(long, env = "AMBIT_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "AMBIT_HANDSHAKE_TIMEOUT_SECS", default_value_t = HANDSHAKE_TIMEOUT_SECS)]
     pub handshake_timeout_secs: f64,
     /// Seconds an HTTP/2 (HBONE) connection may stay open with no stream; then it is closed.
-    /// ztunnel closes idle pooled connections after five minutes.
-    #[arg(long, env = "AMBIT_IDLE_TIMEOUT_SECS", default_value_t = 300.0)]
+    #[arg(long, env = "AMBIT_IDLE_TIMEOUT_SECS", default_value_t = IDLE_TIMEOUT_SECS)]
     pub idle_timeout_secs: f64,
     /// Connections one listener holds at once. At the cap it stops accepting (new clients wait
     /// in the kernel's backlog) until one closes.
-    #[arg(long, env = "AMBIT_MAX_CONNECTIONS", default_value_t = 16_384)]
+    #[arg(long, env = "AMBIT_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS)]
     pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            handshake_timeout_secs: 10.0,
-            idle_timeout_secs: 300.0,
-            max_connections: 16_384,
+            handshake_timeout_secs: HANDSHAKE_TIMEOUT_SECS,
+            idle_timeout_secs: IDLE_TIMEOUT_SECS,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }

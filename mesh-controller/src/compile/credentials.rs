@@ -29,7 +29,7 @@ pub fn referenced(
         readers
             .entry((namespace.to_owned(), secret))
             .or_default()
-            .insert(gateway.to_owned());
+            .insert(crate::waypoint::proxy_service_account(gateway));
     };
     for (key, gateway) in set.gateways() {
         if !validation.accepted(key) {

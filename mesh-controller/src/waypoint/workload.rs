@@ -193,7 +193,7 @@ impl Proxy {
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
-                        service_account_name: Some(self.name.clone()),
+                        service_account_name: Some(super::proxy_service_account(&self.name)),
                         node_selector: Some(
                             [("kubernetes.io/os".to_owned(), "linux".to_owned())].into(),
                         ),

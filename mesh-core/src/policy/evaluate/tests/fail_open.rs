@@ -10,6 +10,17 @@ fn loaded(yaml: &str) -> (PolicySet, Vec<crate::policy::LoadError>) {
     (set, errors)
 }
 
+/// The decision for a connection from `source` (at `ip`) to an unlabelled workload of `shop`,
+/// at its node.
+fn at_node(set: &PolicySet, source: &str, ip: &str) -> Decision {
+    let none = labels(&[]);
+    let shop = Workload {
+        namespace: "shop",
+        labels: &none,
+    };
+    set.authorize(shop, conn(Some(&id(source)), ip, 80))
+}
+
 fn at_waypoint(
     set: &PolicySet,
     client: &Identity,
@@ -50,14 +61,8 @@ spec:
         "{}",
         errors[0]
     );
-    let none = labels(&[]);
-    let web = id("spiffe://cluster.local/ns/shop/sa/web");
-    let shop = Workload {
-        namespace: "shop",
-        labels: &none,
-    };
     assert!(matches!(
-        set.authorize(shop, conn(Some(&web), "192.168.1.1", 80)),
+        at_node(&set, "spiffe://cluster.local/ns/shop/sa/web", "192.168.1.1"),
         Decision::Deny { .. }
     ));
 }
@@ -126,14 +131,8 @@ spec:
     );
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].index, 1);
-    let none = labels(&[]);
-    let legacy = id("spiffe://cluster.local/ns/legacy/sa/old");
-    let shop = Workload {
-        namespace: "shop",
-        labels: &none,
-    };
     assert!(matches!(
-        set.authorize(shop, conn(Some(&legacy), "10.0.0.9", 80)),
+        at_node(&set, "spiffe://cluster.local/ns/legacy/sa/old", "10.0.0.9"),
         Decision::Deny { .. }
     ));
 }
@@ -153,14 +152,8 @@ fn the_controllers_refusal_wins_over_a_lenient_reading() {
         )
         .unwrap_err();
     assert!(error.message.contains("failing closed"), "{error}");
-    let none = labels(&[]);
-    let web = id("spiffe://cluster.local/ns/shop/sa/web");
-    let shop = Workload {
-        namespace: "shop",
-        labels: &none,
-    };
     assert!(matches!(
-        set.authorize(shop, conn(Some(&web), "10.0.0.1", 80)),
+        at_node(&set, "spiffe://cluster.local/ns/shop/sa/web", "10.0.0.1"),
         Decision::Deny { .. }
     ));
     // An unreadable body is a policy of its namespace too, failing closed.
@@ -170,7 +163,7 @@ fn the_controllers_refusal_wins_over_a_lenient_reading() {
             .is_err()
     );
     assert!(matches!(
-        set.authorize(shop, conn(Some(&web), "10.0.0.1", 80)),
+        at_node(&set, "spiffe://cluster.local/ns/shop/sa/web", "10.0.0.1"),
         Decision::Deny { .. }
     ));
 }
