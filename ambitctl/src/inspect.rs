@@ -5,7 +5,7 @@ use std::{io::Read as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
-use mesh_controller::resources::common::Condition;
+use mesh_api::common::Condition;
 use mesh_core::{
     Identity,
     policy::{Connection, Decision, PolicySet, Workload},

@@ -13,7 +13,8 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{distribution::Distributor, resources::common::Condition};
+use crate::distribution::Distributor;
+use mesh_api::common::Condition;
 
 /// The last validation round, as reported.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -11,12 +11,10 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 pub use self::workloads::LOCALITY_LABEL;
 use self::workloads::{Context, service_of, workload};
 
-use crate::{
-    config::{ConfigSet, Kind, Resource, validate::Validation},
-    resources::{
-        gateway_api::GatewayRole,
-        http_route::{HttpRouteSpec, ParentReference},
-    },
+use crate::config::{ConfigSet, Kind, Resource, validate::Validation};
+use mesh_api::{
+    gateway_api::GatewayRole,
+    http_route::{HttpRouteSpec, ParentReference},
 };
 
 /// Every resource the subscribers may need, in key order.

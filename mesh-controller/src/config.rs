@@ -10,8 +10,6 @@
 //!   conditions;
 //! - `duration`: Istio's duration strings (`1.5s`, `250ms`, `1m30s`).
 
-pub mod delegate;
-pub mod duration;
 pub mod load;
 pub mod validate;
 
@@ -22,7 +20,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use crate::resources::{gateway_api, http_route, networking, security};
+use mesh_api::{gateway_api, http_route, networking, security};
 
 /// The kinds a configuration holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -32,9 +32,9 @@ use mesh_core::Identity;
 use crate::{
     ca::CertificateAuthority,
     ca_service::{Caller, NodeAuthorizer},
-    resources::{gateway_api::Gateway, networking},
     waypoint,
 };
+use mesh_api::{gateway_api::Gateway, networking};
 
 /// The Secret holding the CA root's certificate and key.
 pub const CA_SECRET: &str = "ambit-ca";

@@ -1,5 +1,5 @@
-//! Ambit's controller as a library: the certificate authority, the resource types users apply,
-//! their validation, the configuration sources and the configuration stream.
+//! Ambit's controller as a library: the certificate authority, the validation of the resources
+//! users apply (their types are `mesh_api`'s), the configuration sources and the stream.
 //!
 //! # Layout
 //! - `admin`: the loopback admin endpoint `ambitctl` reads (`/status`, `/config_dump`);
@@ -16,9 +16,7 @@
 //! - `readiness`: `/healthz/ready`, ready once a whole configuration is published;
 //! - `kubernetes`: Kubernetes mode's CA Secret, node authentication by TokenReview, and the
 //!   waypoint reconciler;
-//! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway;
-//! - `resources`: the Kubernetes resources users apply (Istio's, and the Gateway API's
-//!   `Gateway` for waypoints), with their CRDs.
+//! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway.
 pub mod admin;
 pub mod ca;
 pub mod ca_service;
@@ -28,7 +26,6 @@ pub mod config;
 pub mod distribution;
 pub mod kubernetes;
 pub mod readiness;
-pub mod resources;
 pub mod serve;
 pub mod source;
 pub mod waypoint;

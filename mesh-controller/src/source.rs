@@ -18,8 +18,8 @@ use crate::{
     compile,
     config::{ConfigSet, ObjectKey, load::LoadError, validate},
     distribution::Distributor,
-    resources::common::Condition,
 };
+use mesh_api::common::Condition;
 
 /// Quiet time that ends a burst of changes, and the longest a burst may delay an update.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -146,7 +146,8 @@ pub async fn publish_once(
 /// Kinds whose status Ambit owns (the Istio and Gateway API kinds, not Kubernetes' own), and
 /// of GatewayClasses only those that name Ambit's controller.
 fn has_status(set: &ConfigSet, key: &ObjectKey) -> bool {
-    use crate::{config::Kind, resources::gateway_api::CONTROLLER_NAME};
+    use crate::config::Kind;
+    use mesh_api::gateway_api::CONTROLLER_NAME;
     if key.kind == Kind::GatewayClass {
         return set
             .gateway_class(&key.name)

@@ -29,7 +29,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use self::workload::Proxy;
-use crate::resources::{
+use mesh_api::{
     gateway_api::{Gateway, GatewayClass, GatewayRole},
     networking,
 };

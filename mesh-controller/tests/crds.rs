@@ -6,7 +6,7 @@ use std::path::Path;
 #[test]
 fn deploy_crds_match_the_resource_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
-    let files = mesh_controller::resources::crd_files().unwrap();
+    let files = mesh_api::crd_files().unwrap();
     assert_eq!(files.len(), 6, "every Istio kind has a CRD");
     for (name, yaml) in files {
         let on_disk = std::fs::read_to_string(dir.join(&name))
@@ -20,7 +20,7 @@ fn deploy_crds_match_the_resource_types() {
 
 #[test]
 fn istio_kinds_are_served_in_every_version_istio_serves() {
-    let crds = mesh_controller::resources::crds();
+    let crds = mesh_api::crds();
     let versions = |kind: &str| -> Vec<(String, bool)> {
         let crd = crds
             .iter()

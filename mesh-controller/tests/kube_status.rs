@@ -8,9 +8,9 @@ mod common;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use mesh_api::networking;
 use mesh_controller::{
     distribution::Distributor,
-    resources::networking,
     source::{kube::KubeSource, publish_once, status::KubeStatus},
 };
 
@@ -41,7 +41,7 @@ async fn listed(client: &kube::Client) -> KubeSource {
     source
 }
 
-fn accepted(conditions: &[mesh_controller::resources::common::Condition]) -> (String, String) {
+fn accepted(conditions: &[mesh_api::common::Condition]) -> (String, String) {
     let c = conditions
         .iter()
         .find(|c| c.type_ == "Accepted")
@@ -196,8 +196,7 @@ status:
     let mut status = KubeStatus::new(client.clone(), Some("test".to_owned()));
     let mut source = listed(&client).await;
     publish_once(&mut source, &mut status, &distributor, "cluster.local").await;
-    let routes: Api<mesh_controller::resources::http_route::HTTPRoute> =
-        Api::namespaced(client.clone(), "bookinfo");
+    let routes: Api<mesh_api::http_route::HTTPRoute> = Api::namespaced(client.clone(), "bookinfo");
     let route = routes.get_status("reviews").await.unwrap();
     let mut parents = route.status.expect("a status").parents;
     assert_eq!(parents.len(), 2, "{parents:?}");

@@ -11,10 +11,8 @@ use k8s_openapi::api::{
     core::v1::{Service, ServiceAccount},
 };
 use kube::{Api, ResourceExt as _};
-use mesh_controller::{
-    resources::gateway_api::{Gateway, GatewayClass},
-    waypoint::{FINALIZER, Outcome, WaypointSettings, reconcile},
-};
+use mesh_api::gateway_api::{Gateway, GatewayClass};
+use mesh_controller::waypoint::{FINALIZER, Outcome, WaypointSettings, reconcile};
 
 fn gateway(name: &str, class: &str, extra_metadata: serde_json::Value) -> serde_json::Value {
     let mut metadata =
@@ -262,7 +260,8 @@ async fn an_ingress_gateway_gets_a_load_balancer_on_its_listeners() {
 /// Service the servers' ports); a Gateway selecting other workloads is left to them.
 #[tokio::test]
 async fn an_istio_ingressgateway_gateway_gets_an_ingress() {
-    use mesh_controller::{resources::networking, waypoint::reconcile_istio_gateway};
+    use mesh_api::networking;
+    use mesh_controller::waypoint::reconcile_istio_gateway;
     let istio_gateway = |name: &str, selector: serde_json::Value| {
         serde_json::json!({
             "apiVersion": "networking.istio.io/v1",

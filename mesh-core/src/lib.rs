@@ -55,30 +55,4 @@ pub mod config_pb {
     tonic::include_proto!("ambit.config.v1");
 }
 
-/// A map whose keys YAML may write as numbers (`portLevelMtls: {8080: ...}`, as Istio's
-/// documentation does), read with string keys.
-pub fn string_keyed<'de, D, V>(
-    deserializer: D,
-) -> Result<std::collections::BTreeMap<String, V>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    V: serde::Deserialize<'de>,
-{
-    #[derive(serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-    #[serde(untagged)]
-    enum Key {
-        Text(String),
-        Number(u64),
-    }
-    let map: std::collections::BTreeMap<Key, V> = serde::Deserialize::deserialize(deserializer)?;
-    Ok(map
-        .into_iter()
-        .map(|(key, value)| {
-            let key = match key {
-                Key::Text(text) => text,
-                Key::Number(n) => n.to_string(),
-            };
-            (key, value)
-        })
-        .collect())
-}
+pub use mesh_api::string_keyed;

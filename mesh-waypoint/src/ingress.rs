@@ -17,7 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use mesh_controller::resources::networking::{GatewaySpec, Server};
+use mesh_api::networking::{GatewaySpec, Server};
 use mesh_core::transport;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 

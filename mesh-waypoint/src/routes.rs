@@ -31,11 +31,9 @@ mod virtual_service;
 use std::{collections::HashMap, time::Duration};
 
 use http::StatusCode;
-use mesh_controller::{
-    config::duration,
-    resources::{
-        http_route::HttpRouteSpec, networking::Server, virtual_service::VirtualServiceSpec,
-    },
+use mesh_api::{
+    duration,
+    {http_route::HttpRouteSpec, networking::Server, virtual_service::VirtualServiceSpec},
 };
 
 pub use self::{

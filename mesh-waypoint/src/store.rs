@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::upstream::locality::{Locality, Placement};
-use mesh_controller::resources::{
+use mesh_api::{
     http_route::HttpRouteSpec,
     networking::{DestinationRuleSpec, GatewaySpec, Subset},
     virtual_service::VirtualServiceSpec,

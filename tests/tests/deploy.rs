@@ -43,7 +43,7 @@ fn gateway_api_crds() -> PathBuf {
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("ambit-gateway-api-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for crd in mesh_controller::resources::gateway_api_crds() {
+    for crd in mesh_api::gateway_api_crds() {
         let name = crd.metadata.name.clone().unwrap();
         std::fs::write(
             dir.join(format!("{name}.yaml")),

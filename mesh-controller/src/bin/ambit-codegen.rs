@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     let (Some(dir), Some(compatibility)) = (args.next(), args.next()) else {
         anyhow::bail!("usage: ambit-codegen <crd directory> <compatibility.md>");
     };
-    let files = mesh_controller::resources::crd_files()?;
+    let files = mesh_api::crd_files()?;
     for (name, yaml) in &files {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {

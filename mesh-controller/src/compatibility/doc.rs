@@ -53,7 +53,7 @@ pub const NOT_SERVED: &[(&str, &str, &str)] = &[
 
 /// The served versions of each kind, as the CRDs say.
 fn versions(kind: &str) -> String {
-    crate::resources::crds()
+    mesh_api::crds()
         .into_iter()
         .find(|crd| crd.spec.names.kind == kind)
         .map(|crd| {

@@ -13,7 +13,7 @@ use serde_json::Value;
 pub fn spec_schemas() -> &'static [(String, JSONSchemaProps)] {
     static SCHEMAS: std::sync::LazyLock<Vec<(String, JSONSchemaProps)>> =
         std::sync::LazyLock::new(|| {
-            crate::resources::crds()
+            mesh_api::crds()
                 .into_iter()
                 .filter_map(|crd| {
                     let kind = crd.spec.names.kind.clone();

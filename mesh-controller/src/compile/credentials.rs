@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use mesh_core::config_pb as pb;
 
-use crate::{
-    config::{ConfigSet, validate::Validation},
-    resources::gateway_api::GatewayRole,
-};
+use crate::config::{ConfigSet, validate::Validation};
+use mesh_api::gateway_api::GatewayRole;
 
 /// The suffix of a Secret holding only the CA of the Secret it is named after.
 const CA_SUFFIX: &str = "-cacert";

@@ -16,10 +16,8 @@ use mesh_core::{
     labels::{self, TrafficType, WaypointLabel},
 };
 
-use crate::{
-    config::ConfigSet,
-    resources::gateway_api::{GatewayRole, Listener, WAYPOINT_CLASS},
-};
+use crate::config::ConfigSet;
+use mesh_api::gateway_api::{GatewayRole, Listener, WAYPOINT_CLASS};
 
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::{ConfigSet, Resource};
-use crate::resources::{networking, security};
+use mesh_api::{networking, security};
 
 /// Where resources without `metadata.namespace` go, as with `kubectl apply`.
 pub const DEFAULT_NAMESPACE: &str = "default";

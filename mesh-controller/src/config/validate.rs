@@ -15,9 +15,9 @@ mod security;
 use std::collections::BTreeMap;
 
 use super::{ConfigSet, Kind, ObjectKey};
-use crate::resources::common::Condition;
+use mesh_api::common::Condition;
 
-pub use crate::resources::common::{ACCEPTED, FAILS_CLOSED, IGNORED_FIELDS, RESOLVED_REFS};
+pub use mesh_api::common::{ACCEPTED, FAILS_CLOSED, IGNORED_FIELDS, RESOLVED_REFS};
 
 /// One problem found in a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +202,7 @@ fn check_percent(v: &mut Validation, key: &ObjectKey, what: &str, value: f64) {
 
 fn check_duration(v: &mut Validation, key: &ObjectKey, what: &str, value: Option<&String>) {
     if let Some(text) = value
-        && let Err(error) = super::duration::parse(text)
+        && let Err(error) = mesh_api::duration::parse(text)
     {
         v.invalid(key, "InvalidDuration", format!("{what}: {error}"));
     }

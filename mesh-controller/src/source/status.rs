@@ -14,13 +14,11 @@ use kube::{
 };
 
 use super::{StatusSink, kube::api_resource};
-use crate::{
-    config::{ConfigSet, Kind, ObjectKey, Resource, load::LoadError},
-    resources::{
-        common::Condition,
-        gateway_api::CONTROLLER_NAME,
-        http_route::{HTTPRoute, HttpRouteStatus, RouteParentStatus},
-    },
+use crate::config::{ConfigSet, Kind, ObjectKey, Resource, load::LoadError};
+use mesh_api::{
+    common::Condition,
+    gateway_api::CONTROLLER_NAME,
+    http_route::{HTTPRoute, HttpRouteStatus, RouteParentStatus},
 };
 
 /// A Gateway API route reports per parent: the same conditions under each of its parents.

@@ -24,7 +24,7 @@ use kube::{Resource as _, ResourceExt as _, api::ObjectMeta};
 use mesh_core::labels;
 
 use super::{GATEWAY_NAME_LABEL, MANAGED_BY, ROOT_CONFIG_MAP, WaypointSettings};
-use crate::resources::{
+use mesh_api::{
     gateway_api::{Gateway, GatewayRole},
     networking,
 };

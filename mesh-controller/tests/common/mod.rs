@@ -6,10 +6,8 @@
 
 use futures_util::StreamExt as _;
 use kube::{api::DynamicObject, runtime::watcher::Event};
-use mesh_controller::{
-    resources::{gateway_api, http_route, networking, security},
-    source::kube::EventStream,
-};
+use mesh_api::{gateway_api, http_route, networking, security};
+use mesh_controller::source::kube::EventStream;
 
 /// Multi-document YAML as JSON objects.
 pub fn objects(yaml: &str) -> Vec<serde_json::Value> {

@@ -365,7 +365,6 @@ fn decide(applicable: &[&Enforced], connection: Connection<'_>) -> Decision {
 
 mod matching;
 
-pub use matching::cidr_contains;
 use matching::matches_any;
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, fmt, sync::Arc};
 
-use mesh_controller::resources::networking::ServerTlsSettings;
+use mesh_api::networking::ServerTlsSettings;
 use mesh_core::config_pb::TlsCredential;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,

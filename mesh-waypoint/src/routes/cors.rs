@@ -6,7 +6,7 @@
 //! on unchanged, and its response gets no CORS header, so the browser refuses it.
 
 use http::{HeaderMap, HeaderValue, Method, header};
-use mesh_controller::{config::duration, resources::virtual_service::CorsPolicy};
+use mesh_api::{duration, virtual_service::CorsPolicy};
 
 use super::StrMatch;
 

@@ -1,7 +1,7 @@
 //! VirtualService delegation compiled: a root route's delegate's routes take its place,
 //! narrowed by its match, as in Istio's delegate example.
 
-use mesh_controller::resources::virtual_service::VirtualServiceSpec;
+use mesh_api::virtual_service::VirtualServiceSpec;
 
 use super::{
     RouteTable, Scope,

@@ -2,7 +2,7 @@
 //! status), each applied to a share of requests.
 
 use http::StatusCode;
-use mesh_controller::resources::virtual_service::HttpFaultInjection;
+use mesh_api::virtual_service::HttpFaultInjection;
 
 use super::{
     Abort, Fault, parse_duration,

@@ -1,7 +1,7 @@
 //! Header edits a route or a destination makes on requests and responses.
 
 use http::{HeaderName, HeaderValue};
-use mesh_controller::resources::virtual_service::HeaderOperations;
+use mesh_api::virtual_service::HeaderOperations;
 
 /// Header edits: set replaces, add appends, remove deletes.
 #[derive(Clone, Debug, Default)]

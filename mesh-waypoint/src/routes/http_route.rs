@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use http::{HeaderName, StatusCode};
-use mesh_controller::resources::{
+use mesh_api::{
     common::StringMatch,
     gateway_api::intersect_hostnames,
     http_route::{
@@ -409,9 +409,7 @@ fn full_path() -> regex::Regex {
 }
 
 /// The new path and whether it replaces only the matched prefix.
-fn path_modifier(
-    path: Option<&mesh_controller::resources::http_route::PathModifier>,
-) -> (Option<String>, bool) {
+fn path_modifier(path: Option<&mesh_api::http_route::PathModifier>) -> (Option<String>, bool) {
     match path {
         Some(p) if p.type_ == "ReplacePrefixMatch" => (p.replace_prefix_match.clone(), true),
         Some(p) => (p.replace_full_path.clone(), false),

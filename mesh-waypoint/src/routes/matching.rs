@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use mesh_controller::resources::{common::StringMatch, virtual_service::HttpMatchRequest};
+use mesh_api::{common::StringMatch, virtual_service::HttpMatchRequest};
 
 #[derive(Clone, Debug)]
 pub enum StrMatch {

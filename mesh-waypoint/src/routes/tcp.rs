@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use mesh_controller::resources::virtual_service::{
+use mesh_api::virtual_service::{
     L4MatchAttributes, RouteDestination, TcpRoute as TcpRouteSpec, TlsMatchAttributes,
     TlsRoute as TlsRouteSpec,
 };

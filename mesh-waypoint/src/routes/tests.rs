@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use http::HeaderMap;
-use mesh_controller::resources::virtual_service::VirtualServiceSpec;
+use mesh_api::virtual_service::VirtualServiceSpec;
 
 use super::*;
 

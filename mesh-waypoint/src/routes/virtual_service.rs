@@ -5,9 +5,9 @@
 use http::StatusCode;
 use std::collections::HashMap;
 
-use mesh_controller::{
-    config::delegate,
-    resources::{
+use mesh_api::{
+    delegate,
+    {
         common::{Destination, Percent},
         virtual_service::{Delegate, GRPC_STATUSES, HttpRoute, VirtualServiceSpec},
     },

@@ -14,9 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_controller::{
-    config::duration,
-    resources::networking::{
+use mesh_api::{
+    duration,
+    networking::{
         ConnectionPoolSettings, ConsistentHash, LocalityLbSetting, OutlierDetection, SimpleLb,
         TrafficPolicy,
     },

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use mesh_controller::resources::networking::LocalityLbSetting;
+use mesh_api::networking::LocalityLbSetting;
 
 /// `region/zone/subzone`, any of them possibly empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -43,7 +43,7 @@ async fn idle_connections_stay_with_their_worker() {
 /// port's settings win over the rule's.
 #[test]
 fn tls_the_rule_asks_for_and_ambit_cannot_give_refuses_requests() {
-    use mesh_controller::resources::networking::TrafficPolicy;
+    use mesh_api::networking::TrafficPolicy;
     let policy = |yaml: &str| serde_yaml::from_str::<TrafficPolicy>(yaml).unwrap();
     let refused = |top: &TrafficPolicy, subset: Option<&TrafficPolicy>, port| {
         cluster::Policy::from_rule(Some(top), subset, port).tls_refusal

@@ -55,11 +55,11 @@ pub fn manifest_pod(file: &Path, kind: &str) -> Result<(PodSpec, ContainerSpec)>
 /// The pod spec of the Deployment the controller generates for a Gateway of `class`.
 pub fn gateway_deployment(class: &str) -> Deployment {
     use kube::Resource as _;
-    let mut gateway = mesh_controller::resources::gateway_api::Gateway::new(
+    let mut gateway = mesh_api::gateway_api::Gateway::new(
         "gateway",
-        mesh_controller::resources::gateway_api::GatewaySpec {
+        mesh_api::gateway_api::GatewaySpec {
             gateway_class_name: class.to_owned(),
-            listeners: vec![mesh_controller::resources::gateway_api::Listener {
+            listeners: vec![mesh_api::gateway_api::Listener {
                 name: "http".to_owned(),
                 port: 80,
                 protocol: "HTTP".to_owned(),

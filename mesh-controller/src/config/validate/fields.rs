@@ -6,8 +6,8 @@
 use crate::{
     compatibility::{Support, fields, support},
     config::{ConfigSet, ObjectKey, Resource},
-    resources::networking::DestinationRuleSpec,
 };
+use mesh_api::networking::DestinationRuleSpec;
 
 use super::{FAILS_CLOSED, IGNORED_FIELDS, Validation};
 

@@ -8,10 +8,8 @@
 use std::collections::BTreeSet;
 
 use super::{RESOLVED_REFS, Validation};
-use crate::{
-    config::{ConfigSet, Kind, ObjectKey},
-    resources::gateway_api::{GatewayRole, Listener},
-};
+use crate::config::{ConfigSet, Kind, ObjectKey};
+use mesh_api::gateway_api::{GatewayRole, Listener};
 
 pub(super) fn ingress_gateways(set: &ConfigSet, v: &mut Validation) {
     for (key, gateway) in set.k8s_gateways() {

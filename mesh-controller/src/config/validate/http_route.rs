@@ -5,9 +5,10 @@
 //! false: requests for it fail with 500 until it appears, as the Gateway API says.
 
 use super::{KnownHosts, RESOLVED_REFS, Validation, check_duration};
-use crate::{
-    config::{ConfigSet, ObjectKey, duration},
-    resources::{
+use crate::config::{ConfigSet, ObjectKey};
+use mesh_api::{
+    duration,
+    {
         gateway_api::{GatewayRole, intersect_hostnames},
         http_route::{
             GATEWAY_GROUP, HttpRouteFilter, HttpRouteMatch, HttpRouteRule, ParentReference,
@@ -440,7 +441,7 @@ fn backend_object(
     key: &ObjectKey,
     hosts: &KnownHosts,
     at: &str,
-    backend: &crate::resources::http_route::BackendObjectReference,
+    backend: &mesh_api::http_route::BackendObjectReference,
 ) {
     if !backend.is_service() {
         v.invalid(

@@ -3,11 +3,9 @@
 use std::collections::BTreeSet;
 
 use super::{KnownHosts, Validation, check_duration, check_percent, conflicts};
-use crate::{
-    config::{ConfigSet, ObjectKey},
-    resources::networking::{
-        LoadBalancerSettings, LocalityLbSetting, ServerTlsSettings, TrafficPolicy,
-    },
+use crate::config::{ConfigSet, ObjectKey};
+use mesh_api::networking::{
+    LoadBalancerSettings, LocalityLbSetting, ServerTlsSettings, TrafficPolicy,
 };
 
 /// Oldest first: creation time (empty in local mode), then namespace/name.

@@ -8,13 +8,11 @@ use super::{
     KnownHosts, RESOLVED_REFS, Validation, check_duration, check_percent, conflicts,
     networking::by_age,
 };
-use crate::{
-    config::{ConfigSet, ObjectKey},
-    resources::{
-        common::{Destination, StringMatch},
-        networking::HttpRoute,
-        virtual_service::{CorsPolicy, Delegate, VirtualServiceSpec},
-    },
+use crate::config::{ConfigSet, ObjectKey};
+use mesh_api::{
+    common::{Destination, StringMatch},
+    networking::HttpRoute,
+    virtual_service::{CorsPolicy, Delegate, VirtualServiceSpec},
 };
 
 const RETRY_ON: &[&str] = &[
@@ -271,8 +269,7 @@ fn http_route(v: &mut Validation, key: &ObjectKey, at: &str, route: &HttpRoute) 
                     format!("{at}.fault.abort.httpStatus {status} is not an HTTP status (200-599)"),
                 ),
                 (None, Some(status))
-                    if crate::resources::virtual_service::GRPC_STATUSES
-                        .contains(&status.as_str()) => {}
+                    if mesh_api::virtual_service::GRPC_STATUSES.contains(&status.as_str()) => {}
                 (None, Some(status)) => v.invalid(
                     key,
                     "InvalidFault",

@@ -3,7 +3,8 @@
 use super::{Validation, conflicts, networking::by_age};
 use mesh_core::policy;
 
-use crate::{config::ConfigSet, resources::gateway_api::GatewayRole};
+use crate::config::ConfigSet;
+use mesh_api::gateway_api::GatewayRole;
 
 pub(super) fn peer_authentications(set: &ConfigSet, v: &mut Validation) {
     let ordered = by_age(set.peer_authentications());
@@ -44,7 +45,7 @@ pub(super) fn peer_authentications(set: &ConfigSet, v: &mut Validation) {
 }
 
 /// AuthorizationPolicies are judged by the validator every enforcement point runs
-/// (`mesh_core::policy::validate`), on the spec as it is streamed, so the controller's verdict
+/// (`mesh_api::policy::validate`), on the spec as it is streamed, so the controller's verdict
 /// and the nodes' and waypoints' can never disagree.
 pub(super) fn authorization_policies(set: &ConfigSet, v: &mut Validation) {
     for (key, ap) in set.authorization_policies() {
@@ -52,15 +53,8 @@ pub(super) fn authorization_policies(set: &ConfigSet, v: &mut Validation) {
             v.invalid(key, policy::Reason::Unreadable.as_str(), why.clone());
             continue;
         }
-        let streamed = serde_json::to_value(&ap.spec)
-            .and_then(serde_json::from_value::<policy::AuthorizationPolicySpec>);
-        match streamed {
-            Err(e) => v.invalid(key, policy::Reason::Unreadable.as_str(), e.to_string()),
-            Ok(spec) => {
-                for rejection in policy::validate(&spec) {
-                    v.invalid(key, rejection.reason.as_str(), rejection.message);
-                }
-            }
+        for rejection in ap.spec.rejections() {
+            v.invalid(key, rejection.reason.as_str(), rejection.message);
         }
     }
 }

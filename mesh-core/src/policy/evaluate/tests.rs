@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::policy::{MtlsMode, PolicySet, ROOT_NAMESPACE, parse_documents};
+use crate::policy::{MtlsMode, PolicySet, ROOT_NAMESPACE, cidr_contains, parse_documents};
 
 fn set(yaml: &str) -> PolicySet {
     let mut set = PolicySet {

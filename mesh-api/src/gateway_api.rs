@@ -175,7 +175,7 @@ impl GatewaySpec {
     pub fn hbone_listener(&self) -> Option<&Listener> {
         self.listeners
             .iter()
-            .find(|l| l.protocol == "HBONE" && l.port == mesh_core::hbone::PORT)
+            .find(|l| l.protocol == "HBONE" && l.port == mesh_common::ports::HBONE)
     }
 }
 

@@ -33,7 +33,7 @@ pub struct PeerAuthenticationSpec {
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "mesh_core::string_keyed"
+        deserialize_with = "crate::string_keyed"
     )]
     pub port_level_mtls: BTreeMap<String, MutualTls>,
 }
@@ -188,4 +188,21 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
+}
+
+impl AuthorizationPolicySpec {
+    /// Why enforcement points must refuse this policy (empty when it is sound): the one
+    /// validator ([`crate::policy::validate`]) run on the spec as it is streamed to them, so the
+    /// controller's verdict and theirs cannot disagree.
+    pub fn rejections(&self) -> Vec<crate::policy::Rejection> {
+        let streamed = serde_json::to_value(self)
+            .and_then(serde_json::from_value::<crate::policy::AuthorizationPolicySpec>);
+        match streamed {
+            Ok(spec) => crate::policy::validate(&spec),
+            Err(e) => vec![crate::policy::Rejection {
+                reason: crate::policy::Reason::Unreadable,
+                message: e.to_string(),
+            }],
+        }
+    }
 }

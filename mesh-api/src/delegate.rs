@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::resources::{
+use crate::{
     common::StringMatch,
     virtual_service::{HttpMatchRequest, HttpRoute},
 };
@@ -141,7 +141,7 @@ fn union(
 #[cfg(test)]
 mod tests {
     use super::merge;
-    use crate::resources::virtual_service::HttpRoute;
+    use crate::virtual_service::HttpRoute;
 
     fn route(yaml: &str) -> HttpRoute {
         serde_yaml::from_str(yaml).unwrap()
