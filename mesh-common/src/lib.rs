@@ -10,7 +10,8 @@
 //! # Layout
 //! - map and program names, and their pin paths (`maps`, `programs`);
 //! - the agent's well-known ports (`ports`);
-//! - map keys and values (`EnrolledPod`, `OrigDst`, `OrigDstKey`, `SockKey`, `NodeConfig`).
+//! - map keys and values (`EnrolledPod`, `OrigDst`, `OrigDstKey`, `SockKey`, `NodeConfig`),
+//!   and the per-pod capacity of pending original destinations (`PENDING_PER_POD`).
 #![no_std]
 #![deny(unsafe_code)]
 
@@ -22,9 +23,11 @@ mod pod_impls;
 pub mod maps {
     /// Enrolled pods, keyed by network-namespace cookie: the only switch for capture.
     pub const ENROLLED_PODS: &str = "ENROLLED_PODS";
-    /// Original destinations of redirected connects, keyed by socket cookie (connect time).
+    /// Original destinations of redirected connects, in the connecting socket's local storage
+    /// until it is established.
     pub const CONNECT_DSTS: &str = "CONNECT_DSTS";
-    /// Original destinations re-keyed by (netns cookie, client port), read by the agent on accept.
+    /// Per pod (netns cookie), a map of its own of original destinations keyed by the client's
+    /// [`crate::OrigDstKey`], read by the agent on accept.
     pub const ORIG_DSTS: &str = "ORIG_DSTS";
     /// Each enrolled pod's inbound listeners, keyed by pod address ([`crate::PodAddr`]), for
     /// `sk_lookup` (which cannot read the network-namespace cookie).
@@ -34,11 +37,15 @@ pub mod maps {
     /// One-element array of [`crate::NodeConfig`].
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
 
+    /// Pins of map layouts older agents used, removed at start (a pinned map is reused by name,
+    /// so an old layout must never be picked up by new programs).
+    pub const RETIRED_PINS: [&str; 2] = ["connect_dsts", "orig_dsts"];
+
     /// Every map with the file name it is pinned as.
     pub const PINNED: [(&str, &str); 6] = [
         (ENROLLED_PODS, "enrolled_pods"),
-        (CONNECT_DSTS, "connect_dsts"),
-        (ORIG_DSTS, "orig_dsts"),
+        (CONNECT_DSTS, "connect_dsts_by_socket"),
+        (ORIG_DSTS, "orig_dsts_by_pod"),
         (INBOUND_LISTENERS, "inbound_listeners"),
         (ACCEL_SOCKS, "accel_socks"),
         (NODE_CONFIG, "node_config"),
@@ -128,16 +135,43 @@ pub struct OrigDst {
     pub addr: [u32; 4],
 }
 
-/// Key of [`maps::ORIG_DSTS`]: the agent knows the pod (by the listener it accepted on) and the
-/// client's port (from the accepted socket's peer address).
+/// Capacity of each pod's map in [`maps::ORIG_DSTS`]: established connects whose original
+/// destination the agent has not read yet. Past it the pod's oldest entry is evicted, and the
+/// agent refuses that connection (it fails closed, and only in that pod).
+pub const PENDING_PER_POD: u32 = 2048;
+
+/// Key of each pod's map in [`maps::ORIG_DSTS`]: the client socket as the agent sees it when it
+/// accepts (the pod is known from the listener), so a v4 and a v6 socket on one port, or two
+/// addresses with one port, never share an entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrigDstKey {
-    pub netns_cookie: u64,
-    /// Client (app) port, host order.
+    /// [`FAMILY_INET`] (also for a dual-stack socket on a v4-mapped address, which reaches the
+    /// agent as IPv4) or [`FAMILY_INET6`].
+    pub family: u32,
+    /// Client port, host order.
     pub port: u32,
-    /// Explicit padding to 16 bytes.
-    pub _pad: u32,
+    /// Client address as IPv6 words, network order; IPv4 mapped into `::ffff:0:0/96`.
+    pub addr: [u32; 4],
+}
+
+impl OrigDstKey {
+    /// From an IPv4 address in network order.
+    pub const fn v4(ip4_be: u32, port: u32) -> Self {
+        Self {
+            family: FAMILY_INET,
+            port,
+            addr: [0, 0, V4_MAPPED_PREFIX, ip4_be],
+        }
+    }
+
+    pub const fn v6(octets: [u8; 16], port: u32) -> Self {
+        Self {
+            family: FAMILY_INET6,
+            port,
+            addr: PodAddr::v6(octets).words,
+        }
+    }
 }
 
 /// Key of [`maps::ACCEL_SOCKS`]: a TCP socket as seen from its own side. The netns cookie is

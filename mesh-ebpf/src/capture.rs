@@ -6,10 +6,7 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_cgroup_id,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    },
+    helpers::{bpf_get_current_cgroup_id, generated::bpf_get_netns_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -63,11 +60,18 @@ fn capturing_pod(ctx: &SockAddrContext) -> Option<EnrolledPod> {
 
 #[inline(always)]
 fn record(ctx: &SockAddrContext, dst: &OrigDst) {
-    // SAFETY: reads only the context's socket.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // If the map is full the connect still goes to the agent, which then finds no original
-    // destination and refuses it: failing closed rather than letting traffic escape capture.
-    let _ = CONNECT_DSTS.insert(cookie, dst, 0);
+    let mut dst = *dst;
+    // If the kernel cannot allocate the storage the connect still goes to the agent, which
+    // then finds no original destination and refuses it: failing closed rather than letting
+    // traffic escape capture.
+    // SAFETY: the context's socket is the one connecting; the value is copied into storage.
+    let stored = unsafe { CONNECT_DSTS.get_or_insert_ptr_mut(ctx, Some(&mut dst)) };
+    if !stored.is_null() {
+        // A socket that connects again (after a failed attempt) already has storage, which
+        // `get_or_insert` returns unchanged: the new destination must replace it.
+        // SAFETY: non-null storage of this socket, valid for the program's run.
+        unsafe { stored.write(dst) };
+    }
 }
 
 fn try_connect4(ctx: &SockAddrContext) -> Option<()> {

@@ -17,26 +17,34 @@ mod inbound;
 mod sockops;
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, SockHash},
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, SkStorage, SockHash},
     macros::btf_map,
 };
 use mesh_common::{EnrolledPod, NodeConfig, OrigDst, OrigDstKey, PodAddr, SockKey};
 
 /// Capacity sized for a large node (ztunnel's default pod limit is far below this).
 const MAX_PODS: usize = 4096;
-/// In-flight connects awaiting `established`; LRU so failed connects age out by themselves.
-const MAX_PENDING_CONNECTS: usize = 65536;
+/// Established connects of one pod whose original destination the agent has not read yet
+/// (accepted connections are read at once; the listeners' backlog is 4096).
+const PENDING_PER_POD: usize = mesh_common::PENDING_PER_POD as usize;
 /// Loopback app <-> agent sockets that can be spliced at once (two per connection).
 const MAX_ACCEL_SOCKS: usize = 65536;
 
 #[btf_map]
 static ENROLLED_PODS: HashMap<u64, EnrolledPod, MAX_PODS> = HashMap::new();
 
+/// A redirected connect's original destination, kept on the connecting socket itself until
+/// `sock_ops` sees it established: the kernel frees it with the socket, so there is no shared
+/// capacity one pod could exhaust and nothing to age out.
 #[btf_map]
-static CONNECT_DSTS: LruHashMap<u64, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap::new();
+static CONNECT_DSTS: SkStorage<OrigDst> = SkStorage::new();
 
+/// Per enrolled pod (network-namespace cookie), its own LRU of original destinations awaiting
+/// the agent's accept, keyed by the client's family, address and port. The agent creates each
+/// pod's map at enrollment: one pod's connect storm can only evict its own entries.
 #[btf_map]
-static ORIG_DSTS: LruHashMap<OrigDstKey, OrigDst, MAX_PENDING_CONNECTS> = LruHashMap::new();
+static ORIG_DSTS: HashOfMaps<u64, LruHashMap<OrigDstKey, OrigDst, PENDING_PER_POD>, MAX_PODS> =
+    HashOfMaps::new();
 
 #[btf_map]
 static INBOUND_LISTENS: SockHash<PodAddr, { 4 * MAX_PODS }> = SockHash::new();

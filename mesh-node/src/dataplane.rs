@@ -6,6 +6,7 @@
 //! program *after* the new one is attached, so capture has no gap and no program is left
 //! attached twice.
 
+mod orig_dsts;
 mod pins;
 
 use std::{
@@ -13,7 +14,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::RawFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -23,10 +23,9 @@ use aya::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps, links::FdLink,
     },
 };
-use mesh_common::{
-    EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, OrigDstKey, PodAddr, maps, programs,
-};
+use mesh_common::{EnrolledPod, FAMILY_INET, NodeConfig, OrigDst, PodAddr, maps, programs};
 
+pub use orig_dsts::OrigDsts;
 pub use pins::{ensure_bpffs, is_bpffs};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +100,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     enrolled: HashMap<MapData, u64, EnrolledPod>,
     inbound_listeners: SockHash<MapData, PodAddr>,
-}
-
-/// Where captured connections were going: read by the outbound proxy on every accept.
-#[derive(Clone)]
-pub struct OrigDsts {
-    map: Arc<Mutex<HashMap<MapData, OrigDstKey, OrigDst>>>,
+    /// Each pod's map of pending original destinations, made before its capture starts.
+    orig: OrigDsts,
 }
 
 impl Dataplane {
@@ -117,6 +112,7 @@ impl Dataplane {
         node: NodeConfig,
     ) -> Result<(Self, OrigDsts), Error> {
         pins::ensure_dirs(dir)?;
+        pins::remove_retired(dir)?;
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&'static str, PathBuf)> = maps::PINNED
             .iter()
@@ -164,15 +160,14 @@ impl Dataplane {
 
         let enrolled = take_map(&mut ebpf, maps::ENROLLED_PODS)?;
         let inbound_listeners = take_map(&mut ebpf, maps::INBOUND_LISTENERS)?;
-        let orig = OrigDsts {
-            map: Arc::new(Mutex::new(take_map(&mut ebpf, maps::ORIG_DSTS)?)),
-        };
+        let orig = OrigDsts::new(take_map(&mut ebpf, maps::ORIG_DSTS)?);
         Ok((
             Self {
                 dir: dir.to_owned(),
                 ebpf,
                 enrolled,
                 inbound_listeners,
+                orig: orig.clone(),
             },
             orig,
         ))
@@ -210,6 +205,7 @@ impl Dataplane {
             .map_err(|source| Error::Program { name, source })?
             .into();
         pins::replace_link(&pins::sk_lookup_link_path(&self.dir, cookie), link)?;
+        self.orig.add_pod(cookie)?;
         self.enrolled
             .insert(cookie, pod, 0)
             .map_err(|source| Error::Map {
@@ -222,6 +218,7 @@ impl Dataplane {
     pub fn unenroll(&mut self, cookie: u64, inbound_addrs: &[PodAddr]) -> Result<(), Error> {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
+        self.orig.remove_pod(cookie)?;
         for addr in inbound_addrs {
             match self.inbound_listeners.remove(addr) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -250,30 +247,12 @@ impl Dataplane {
     /// Removes an enrollment whose pod is gone (its namespace may no longer exist).
     pub fn forget(&mut self, cookie: u64) -> Result<(), Error> {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
-        pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))
+        pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
+        self.orig.remove_pod(cookie)
     }
 }
 
-impl OrigDsts {
-    /// The original destination of the connection the app in namespace `cookie` opened from
-    /// `port`, consumed so a later connection from the same port cannot read a stale one.
-    pub fn take(&self, cookie: u64, port: u16) -> Option<SocketAddr> {
-        let key = OrigDstKey {
-            netns_cookie: cookie,
-            port: u32::from(port),
-            _pad: 0,
-        };
-        let mut map = self
-            .map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let dst = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(to_socket_addr(&dst))
-    }
-}
-
-fn to_socket_addr(dst: &OrigDst) -> SocketAddr {
+pub(crate) fn to_socket_addr(dst: &OrigDst) -> SocketAddr {
     let port = dst.port as u16;
     if dst.family == FAMILY_INET {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::from(dst.addr[0].to_ne_bytes())), port)

@@ -88,3 +88,34 @@ pub fn loaded_programs(prefix: &str) -> Result<Vec<String>> {
         .map(str::to_owned)
         .collect())
 }
+
+/// (netns cookie, inner map id) of each pod's map of pending original destinations, from the
+/// pinned map of maps.
+pub fn pod_maps(outer: &Path) -> Result<Vec<(u64, u32)>> {
+    dump(outer)?
+        .into_iter()
+        .map(|(key, value)| Ok((number(&key)?, number(&value)? as u32)))
+        .collect()
+}
+
+/// A map key or value as bpftool prints it: a number where BTF names the type, else raw bytes
+/// (`["0x01", ...]`, little-endian here), as for maps of maps.
+fn number(value: &Value) -> Result<u64> {
+    if let Some(n) = value.as_u64() {
+        return Ok(n);
+    }
+    let bytes = value
+        .as_array()
+        .with_context(|| format!("{value} is neither a number nor bytes"))?;
+    bytes.iter().rev().try_fold(0u64, |n, byte| {
+        let byte = byte.as_str().and_then(|b| b.strip_prefix("0x"));
+        let byte = byte.and_then(|b| u8::from_str_radix(b, 16).ok());
+        let byte = byte.with_context(|| format!("{value} has a byte that is not 0xNN"))?;
+        Ok(n << 8 | u64::from(byte))
+    })
+}
+
+/// `bpftool map show id ID`: the map's type, name and `max_entries`, among others.
+pub fn map_info(id: u32) -> Result<Value> {
+    bpftool_json(&["map", "show", "id", &id.to_string()])
+}

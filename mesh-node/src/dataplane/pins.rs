@@ -83,6 +83,26 @@ pub(super) fn ensure_dirs(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Removes map pins whose layout this agent no longer uses, before loading: the loader reuses a
+/// pinned map by name, and programs must never be given an old layout.
+pub(super) fn remove_retired(dir: &Path) -> Result<(), Error> {
+    for file in mesh_common::maps::RETIRED_PINS {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a pin of an older layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "removing a retired pin",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn link_path(dir: &Path, program: &str) -> PathBuf {
     dir.join("links").join(program.trim_start_matches("ambit_"))
 }

@@ -25,7 +25,7 @@ pub async fn serve_outbound(
 ) {
     loop {
         let (stream, peer) = super::accept(&listener, &pod, "outbound").await;
-        let Some(dst) = orig.take(pod.netns_cookie, peer.port()) else {
+        let Some(dst) = orig.take(pod.netns_cookie, peer) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.key, client = %peer, "captured connection has no original destination; refusing it");
             record_failure(&state, Reporter::source, &pod, peer, ResponseFlags::NR);
