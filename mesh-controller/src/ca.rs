@@ -1,7 +1,13 @@
 //! The certificate authority: a root kept in a directory or a Secret (created on first use), signing
-//! workload certificates from CSRs. The CA, not the CSR, decides what a certificate says: the
+//! workload certificates from CSRs, and the trust bundle peers verify them with. The bundle may
+//! hold several roots, so a root is rotated with an overlap (docs/security.md): first the new
+//! root is trusted beside the old, then it signs, then the old one is dropped. The CA, not the CSR, decides what a certificate says: the
 //! CSR proves possession of the key and must ask for exactly the identity the caller was
 //! authenticated as; subject, SAN, key usages and lifetime are set here.
+
+mod rotation;
+
+pub use rotation::{CurrentCa, fingerprint, fixed, follow_dir};
 
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +39,10 @@ pub enum Error {
     },
     #[error("CA root in {path} is unusable: {source}")]
     BadRoot { path: PathBuf, source: rcgen::Error },
+    #[error(
+        "CA root in {path}: the key is not the first certificate's (the first root is the one that signs)"
+    )]
+    KeyMismatch { path: PathBuf },
     #[error("certificate request is not valid or its signature does not verify: {0}")]
     BadRequest(rcgen::Error),
     #[error("certificate request asks for {asked:?}; the caller is {identity}")]
@@ -52,8 +62,12 @@ pub enum Error {
 pub struct CertificateAuthority {
     trust_domain: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The root that signs: the bundle's first.
     root: CertificateDer<'static>,
-    root_pem: String,
+    /// Every root peers must accept, the signing one first; more than one during a rotation.
+    bundle: Vec<CertificateDer<'static>>,
+    /// `bundle` as PEM, as published for nodes and written to the CA directory.
+    bundle_pem: String,
 }
 
 impl CertificateAuthority {
@@ -63,21 +77,40 @@ impl CertificateAuthority {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
         };
-        let (cert_path, key_path) = (dir.join(ROOT_CERT_FILE), dir.join(ROOT_KEY_FILE));
-        if cert_path.exists() && key_path.exists() {
-            let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-            let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-            return Self::from_pem(cert_pem, &key_pem, trust_domain, dir);
+        if let Some(ca) = Self::load(dir, trust_domain)? {
+            return Ok(ca);
         }
+        let (cert_path, key_path) = (dir.join(ROOT_CERT_FILE), dir.join(ROOT_KEY_FILE));
         let ca = Self::generate(trust_domain)?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         write_private(&key_path, &ca.key_pem()).map_err(io(&key_path))?;
-        std::fs::write(&cert_path, ca.root_pem()).map_err(io(&cert_path))?;
+        std::fs::write(&cert_path, ca.bundle_pem()).map_err(io(&cert_path))?;
         Ok(ca)
     }
 
-    /// The root whose certificate and key are these PEM texts; `origin` (a directory or a
-    /// Secret) names them in errors.
+    /// The CA kept in `dir`, if there is one: `root-cert.pem` holds the trust bundle (the
+    /// signing root first) and `root-key.pem` the signing root's key.
+    pub fn load(dir: &Path, trust_domain: &str) -> Result<Option<Self>, Error> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let (cert_path, key_path) = (dir.join(ROOT_CERT_FILE), dir.join(ROOT_KEY_FILE));
+        if !(cert_path.exists() && key_path.exists()) {
+            return Ok(None);
+        }
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        Self::from_pem(cert_pem, &key_pem, trust_domain, dir).map(Some)
+    }
+
+    /// The files `load` reads, to notice when an operator changes them.
+    pub fn files(dir: &Path) -> [PathBuf; 2] {
+        [dir.join(ROOT_CERT_FILE), dir.join(ROOT_KEY_FILE)]
+    }
+
+    /// The CA whose trust bundle (the signing root first) and signing key are these PEM texts;
+    /// `origin` (a directory or a Secret) names them in errors.
     pub fn from_pem(
         cert_pem: String,
         key_pem: &str,
@@ -89,14 +122,27 @@ impl CertificateAuthority {
             source,
         };
         let key = KeyPair::from_pem(key_pem).map_err(bad)?;
-        let root = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        let bundle = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| bad(rcgen::Error::CouldNotParseCertificate))?;
+        let root = bundle
+            .first()
+            .cloned()
+            .ok_or_else(|| bad(rcgen::Error::CouldNotParseCertificate))?;
+        // rcgen would sign with any key: a bundle whose first root is not this key's would
+        // issue certificates no peer can verify.
+        if public_key_of(&root) != Some(rcgen::PublicKeyData::subject_public_key_info(&key)) {
+            return Err(Error::KeyMismatch {
+                path: origin.as_ref().to_owned(),
+            });
+        }
         let issuer = Issuer::from_ca_cert_der(&root, key).map_err(bad)?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             issuer,
             root,
-            root_pem: cert_pem,
+            bundle,
+            bundle_pem: cert_pem,
         })
     }
 
@@ -127,7 +173,8 @@ impl CertificateAuthority {
         let root = params.self_signed(&key).map_err(Error::Sign)?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
-            root_pem: root.pem(),
+            bundle_pem: root.pem(),
+            bundle: vec![root.der().clone()],
             root: root.der().clone(),
             issuer: Issuer::new(params, key),
         })
@@ -137,16 +184,23 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
+    /// The root that signs.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root
     }
 
-    pub fn root_pem(&self) -> &str {
-        &self.root_pem
+    /// Every root peers must accept, the signing one first.
+    pub fn bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle
+    }
+
+    /// The trust bundle as PEM: what nodes are given to verify the controller and each other.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
     }
 
     /// Signs a workload certificate for `identity`, valid from now for `lifetime`. Returns the
-    /// chain as Istio's CA does: `[leaf, root]`.
+    /// chain as Istio's CA does: `[leaf, roots...]` (no intermediates: the root signs).
     pub fn sign(
         &self,
         csr: &[u8],
@@ -244,8 +298,17 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         request.params = params;
         let leaf = request.signed_by(&self.issuer).map_err(Error::Sign)?;
-        Ok(vec![leaf.der().clone(), self.root.clone()])
+        Ok(std::iter::once(leaf.der().clone())
+            .chain(self.bundle.iter().cloned())
+            .collect())
     }
+}
+
+/// A certificate's SubjectPublicKeyInfo, DER.
+fn public_key_of(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    Some(parsed.tbs_certificate.subject_pki.raw.to_vec())
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -18,7 +18,7 @@ use mesh_core::{
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject as _};
 use tonic::{Request, Response, Status};
 
-use crate::ca::{CertificateAuthority, DEFAULT_LIFETIME};
+use crate::ca::{CurrentCa, DEFAULT_LIFETIME};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub struct CaService {
-    pub ca: Arc<CertificateAuthority>,
+    /// The CA in force (replaced whole by a root rotation step).
+    pub ca: CurrentCa,
     pub authorizer: Arc<dyn NodeAuthorizer>,
     /// Longest lifetime granted, whatever is asked.
     pub max_lifetime: Duration,
@@ -166,13 +167,16 @@ impl IstioCertificateService for CaService {
             Duration::from_secs(asked)
         }
         .min(self.max_lifetime);
-        let chain = self
-            .ca
+        let ca = self.ca.borrow().clone();
+        let chain = ca
             .sign(csr.as_ref(), &identity, lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%caller, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
+        // Istio's layout: the leaf, then the trust bundle as one PEM element (several roots
+        // during a rotation), which is what ztunnel reads its roots from.
+        let (leaf, roots) = chain.split_at(1);
         Ok(Response::new(IstioCertificateResponse {
-            cert_chain: chain.iter().map(pem).collect(),
+            cert_chain: vec![pem(&leaf[0]), roots.iter().map(pem).collect()],
         }))
     }
 }

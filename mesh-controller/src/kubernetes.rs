@@ -94,7 +94,7 @@ pub async fn certificate_authority(
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
-                (ROOT_CERT_KEY.to_owned(), ByteString(ca.root_pem().into())),
+                (ROOT_CERT_KEY.to_owned(), ByteString(ca.bundle_pem().into())),
                 (
                     ROOT_KEY_KEY.to_owned(),
                     ByteString(ca.key_pem().into_bytes()),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use mesh_controller::{
     admin,
-    ca::CertificateAuthority,
+    ca::{self, CertificateAuthority},
     ca_service::{CaService, LocalAuthorizer, NodeAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
     kubernetes::{self, KubeAuthorizer},
@@ -151,10 +151,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         local_mode(&args, &distributor, status)?
     };
-    let ca = Arc::new(ca);
     let identity = Identity::controller(&args.trust_domain)?;
     let lifetime = Duration::from_secs(args.serving_cert_lifetime);
-    let (chain, key) = serve::issue_serving(&ca, &identity, &args.serving_dns_names, lifetime)?;
+    let (chain, key) =
+        serve::issue_serving(&ca.borrow(), &identity, &args.serving_dns_names, lifetime)?;
     let serving = Arc::new(serve::ServingCert::new(chain, key)?);
     tokio::spawn(serve::renew_serving(
         serving.clone(),
@@ -200,7 +200,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Authority = (CertificateAuthority, Arc<dyn NodeAuthorizer>);
+type Authority = (ca::CurrentCa, Arc<dyn NodeAuthorizer>);
 
 /// Ready once a whole configuration is out (or at once, for a CA without configuration).
 async fn ready_when_published(
@@ -227,7 +227,11 @@ fn local_mode(
     else {
         anyhow::bail!("local mode needs --ca-dir, --pods-file and --tokens-file");
     };
-    let ca = CertificateAuthority::load_or_create(ca_dir, &args.trust_domain)?;
+    // Followed, so that an operator rotates the root by editing its files (docs/security.md).
+    let ca = ca::follow_dir(
+        ca_dir.clone(),
+        CertificateAuthority::load_or_create(ca_dir, &args.trust_domain)?,
+    );
     let authorizer = Arc::new(LocalAuthorizer {
         tokens_file: tokens_file.clone(),
         pods_file: pods_file.clone(),
@@ -257,7 +261,7 @@ async fn kubernetes_mode(
     let ca = kubernetes::certificate_authority(&client, &args.namespace, &args.trust_domain)
         .await
         .context("loading the CA root")?;
-    kubernetes::publish_root(&client, &args.namespace, ca.root_pem())
+    kubernetes::publish_root(&client, &args.namespace, ca.bundle_pem())
         .await
         .context("publishing the root certificate")?;
     let source = KubeSource::start(client.clone());
@@ -318,10 +322,11 @@ async fn kubernetes_mode(
     let settings = mesh_controller::waypoint::WaypointSettings {
         image: waypoint_image,
         ca_addr: args.waypoint_ca_addr.clone(),
-        root_pem: ca.root_pem().to_owned(),
+        root_pem: ca.bundle_pem().to_owned(),
     };
     tokio::spawn(kubernetes::run_waypoints(client, settings));
-    Ok((ca, authorizer))
+    // A rotation in Kubernetes is a change to the CA Secret and a restart of the controller.
+    Ok((ca::fixed(ca), authorizer))
 }
 
 /// The watched kinds in `state`, for the log.

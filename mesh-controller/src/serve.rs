@@ -12,7 +12,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use crate::ca::CertificateAuthority;
+use crate::ca::{CertificateAuthority, CurrentCa};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -128,19 +128,32 @@ pub fn issue_serving(
     Ok((chain, PrivateKeyDer::Pkcs8(key.serialize_der().into())))
 }
 
-/// Renews the serving certificate at half its life, forever; a failure is retried sooner,
-/// and the current certificate stays until a new one exists.
+/// Renews the serving certificate at half its life, and at once when the CA changes (a root
+/// rotation: the new root signs it, and clients already trust it from the bundle), forever; a
+/// failure is retried sooner, and the current certificate stays until a new one exists.
 pub async fn renew_serving(
     serving: Arc<ServingCert>,
-    ca: Arc<CertificateAuthority>,
+    mut ca: CurrentCa,
     identity: Identity,
     dns_names: Vec<String>,
     lifetime: Duration,
 ) {
     let mut wait = lifetime / 2;
+    let mut followed = true;
     loop {
-        tokio::time::sleep(wait).await;
-        let renewed = issue_serving(&ca, &identity, &dns_names, lifetime)
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = ca.changed(), if followed => {
+                if changed.is_err() {
+                    // Nothing can replace this CA: only the clock renews.
+                    followed = false;
+                    continue;
+                }
+                tracing::info!("CA changed: re-issuing the serving certificate");
+            }
+        }
+        let current = ca.borrow_and_update().clone();
+        let renewed = issue_serving(&current, &identity, &dns_names, lifetime)
             .map_err(|e| e.to_string())
             .and_then(|(chain, key)| serving.replace(chain, key).map_err(|e| e.to_string()));
         match renewed {

@@ -10,7 +10,7 @@ use mesh_controller::{
 };
 use mesh_core::{
     Identity,
-    ca_client::{CaClient, Token},
+    ca_client::{CaClient, Token, TrustRoots},
     pb::istio_certificate_service_server::IstioCertificateServiceServer,
 };
 
@@ -33,10 +33,10 @@ async fn start() -> Fixture {
         "pods:\n  - { name: web, namespace: shop, node: n0, serviceAccount: web, ip: 10.0.0.2, netns: /x }\n  - { name: db, namespace: shop, node: n1, serviceAccount: db, ip: 10.0.1.2, netns: /y }\n",
     )
     .unwrap();
-    let ca = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+    let ca = mesh_controller::ca::fixed(CertificateAuthority::generate("cluster.local").unwrap());
     let identity = Identity::controller("cluster.local").unwrap();
     let (chain, key) =
-        serve::issue_serving(&ca, &identity, &[], Duration::from_secs(3600)).unwrap();
+        serve::issue_serving(&ca.borrow(), &identity, &[], Duration::from_secs(3600)).unwrap();
     let serving = Arc::new(serve::ServingCert::new(chain, key).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -56,7 +56,7 @@ async fn start() -> Fixture {
     );
     Fixture {
         addr,
-        root: ca.root().clone(),
+        root: ca.borrow().root().clone(),
         dir,
     }
 }
@@ -71,7 +71,7 @@ fn rand_suffix() -> u64 {
 fn client(f: &Fixture, token: &str) -> CaClient {
     CaClient::new(
         &f.addr.to_string(),
-        vec![f.root.clone()],
+        TrustRoots::fixed(vec![f.root.clone()]),
         Identity::controller("cluster.local").unwrap(),
         Token::Fixed(token.to_owned()),
     )
@@ -125,7 +125,7 @@ async fn unknown_tokens_and_impostor_controllers_are_refused() {
     let wrong = Identity::new("cluster.local", "ambit-system", "someone-else").unwrap();
     let impostor = CaClient::new(
         &f.addr.to_string(),
-        vec![f.root.clone()],
+        TrustRoots::fixed(vec![f.root.clone()]),
         wrong,
         Token::Fixed("token-of-n0".into()),
     )

@@ -156,8 +156,8 @@ async fn the_root_is_made_once_kept_in_a_secret_and_published() {
         .await
         .unwrap();
     assert_eq!(
-        first.root_pem(),
-        again.root_pem(),
+        first.bundle_pem(),
+        again.bundle_pem(),
         "a restart keeps the root"
     );
     let secret = Api::<Secret>::namespaced(client.clone(), "ambit-system")
@@ -166,7 +166,7 @@ async fn the_root_is_made_once_kept_in_a_secret_and_published() {
         .unwrap();
     assert!(secret.data.unwrap().contains_key("root-key.pem"));
 
-    publish_root(&client, "ambit-system", first.root_pem())
+    publish_root(&client, "ambit-system", first.bundle_pem())
         .await
         .unwrap();
     let published = Api::<ConfigMap>::namespaced(client, "ambit-system")
@@ -174,7 +174,7 @@ async fn the_root_is_made_once_kept_in_a_secret_and_published() {
         .await
         .unwrap();
     let data = published.data.unwrap();
-    assert_eq!(data[ROOT_CERT_KEY], first.root_pem());
+    assert_eq!(data[ROOT_CERT_KEY], first.bundle_pem());
     assert!(
         !data.values().any(|v| v.contains("PRIVATE KEY")),
         "the key is never published"

@@ -175,3 +175,52 @@ fn the_root_survives_a_restart() {
     assert_eq!(mode & 0o077, 0, "root key readable by others");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rotation's three steps as bundles: the old root signing with both trusted, the new one
+/// signing with both trusted, the new one alone. Certificates of any two adjacent steps accept
+/// each other; the first and last do not (which is why the middle step exists).
+#[tokio::test]
+async fn a_root_rotation_keeps_adjacent_steps_talking() {
+    let (old, new) = (
+        CertificateAuthority::generate("cluster.local").unwrap(),
+        CertificateAuthority::generate("cluster.local").unwrap(),
+    );
+    let bundle = |first: &CertificateAuthority, rest: &[&CertificateAuthority]| {
+        let mut pem = first.bundle_pem().to_owned();
+        for ca in rest {
+            pem.push_str(ca.bundle_pem());
+        }
+        CertificateAuthority::from_pem(pem, &first.key_pem(), "cluster.local", "test").unwrap()
+    };
+    let steps = [
+        bundle(&old, &[]),
+        bundle(&old, &[&new]),
+        bundle(&new, &[&old]),
+        bundle(&new, &[]),
+    ];
+    let (a, b) = (id("spiffe://cluster.local/ns/a/sa/a"), id("spiffe://cluster.local/ns/b/sa/b"));
+    let certs: Vec<_> = steps
+        .iter()
+        .map(|ca| (issue(ca, &a), issue(ca, &b)))
+        .collect();
+    assert_eq!(certs[1].0.roots.len(), 2, "both roots arrive with the certificate");
+    assert_eq!(certs[1].0.chain.len(), 1, "roots are not presented as intermediates");
+    for step in 1..steps.len() {
+        let (earlier, later) = (&certs[step - 1], &certs[step]);
+        handshake(&earlier.0, &later.1).await.unwrap();
+        handshake(&later.0, &earlier.1).await.unwrap();
+    }
+    assert!(handshake(&certs[0].0, &certs[3].1).await.is_err());
+}
+
+#[test]
+fn a_bundle_whose_first_root_is_not_the_key_s_is_refused() {
+    let (old, new) = (
+        CertificateAuthority::generate("cluster.local").unwrap(),
+        CertificateAuthority::generate("cluster.local").unwrap(),
+    );
+    // The new key with the old root first: it would sign what no peer can verify.
+    let pem = format!("{}{}", old.bundle_pem(), new.bundle_pem());
+    let refused = CertificateAuthority::from_pem(pem, &new.key_pem(), "cluster.local", "dir");
+    assert!(matches!(refused, Err(Error::KeyMismatch { .. })));
+}

@@ -3,7 +3,11 @@
 //! chain to the mesh root and present the controller's identity. The agent authenticates with
 //! its token (`authorization: Bearer`), since it has no certificate of its own.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
@@ -60,12 +64,99 @@ impl Token {
     }
 }
 
+/// The roots the controller's serving certificate must chain to: those of the root file, read
+/// again for every connection (Kubernetes updates the mounted ConfigMap; in local mode the file
+/// is the CA's own bundle), with those the CA answered last. Both matter during a root
+/// rotation: the controller's certificate is signed by the new root as soon as it is the
+/// signing one, and a client must already trust it.
+#[derive(Clone)]
+pub struct TrustRoots {
+    /// Where the roots are published, if anywhere.
+    file: Option<PathBuf>,
+    state: Arc<Mutex<KnownRoots>>,
+}
+
+#[derive(Default)]
+struct KnownRoots {
+    /// The file's roots as last read successfully.
+    from_file: Vec<CertificateDer<'static>>,
+    /// The bundle of the CA's last answer.
+    learned: Vec<CertificateDer<'static>>,
+}
+
+impl TrustRoots {
+    /// The roots in `path` (PEM, one or more certificates); an unreadable or empty file is an
+    /// error now, and later only keeps the roots last read.
+    pub fn from_file(path: PathBuf) -> Result<Self, Error> {
+        let roots = read_roots(&path)?;
+        Ok(Self {
+            file: Some(path),
+            state: Arc::new(Mutex::new(KnownRoots {
+                from_file: roots,
+                learned: Vec::new(),
+            })),
+        })
+    }
+
+    /// Roots given once (tests).
+    pub fn fixed(roots: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            file: None,
+            state: Arc::new(Mutex::new(KnownRoots {
+                from_file: roots,
+                learned: Vec::new(),
+            })),
+        }
+    }
+
+    /// Every root trusted now, each once.
+    pub fn current(&self) -> Vec<CertificateDer<'static>> {
+        let fresh = self.file.as_deref().map(read_roots);
+        let mut known = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match fresh {
+            Some(Ok(roots)) => known.from_file = roots,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "keeping the CA roots read before");
+            }
+            None => {}
+        }
+        let mut all = known.from_file.clone();
+        for root in &known.learned {
+            if !all.contains(root) {
+                all.push(root.clone());
+            }
+        }
+        all
+    }
+
+    fn learn(&self, roots: &[CertificateDer<'static>]) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).learned = roots.to_vec();
+    }
+}
+
+fn read_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem =
+        std::fs::read(path).map_err(|e| Error::Root(format!("reading {}: {e}", path.display())))?;
+    let roots = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Root(format!("{} is not PEM: {e}", path.display())))?;
+    if roots.is_empty() {
+        return Err(Error::Root(format!(
+            "{} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(roots)
+}
+
 #[derive(Clone)]
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
     /// The same connection, for the controller's other services (the config stream).
     channel: Channel,
     token: Token,
+    /// Updated from every answer, so the next connection trusts the bundle in force.
+    roots: TrustRoots,
 }
 
 impl CaClient {
@@ -74,20 +165,12 @@ impl CaClient {
     /// connection, so a controller Service that moves is followed.
     pub fn new(
         addr: &str,
-        roots: Vec<CertificateDer<'static>>,
+        roots: TrustRoots,
         controller: Identity,
         token: Token,
     ) -> Result<Self, Error> {
-        let verifier = tls::ServerChainVerifier::new(&roots, &tls::provider())
-            .map_err(|e| Error::Root(e.to_string()))?;
-        let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Root(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        // Checked now so that unusable roots are reported at start, not at the first request.
+        connector(&roots.current())?;
         let address = || Error::Address {
             addr: addr.to_owned(),
         };
@@ -96,10 +179,12 @@ impl CaClient {
         let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
             .map_err(|_| address())?;
         let target = addr.to_owned();
+        let trusted = roots.clone();
         let connect = tower::service_fn(move |_: Uri| {
-            let (connector, controller) = (connector.clone(), controller.clone());
+            let (trusted, controller) = (trusted.clone(), controller.clone());
             let (addr, server_name) = (target.clone(), server_name.clone());
             async move {
+                let connector = connector(&trusted.current()).map_err(std::io::Error::other)?;
                 let tcp = tokio::net::TcpStream::connect(&addr).await?;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
@@ -131,6 +216,7 @@ impl CaClient {
             client: IstioCertificateServiceClient::new(channel.clone()),
             channel,
             token,
+            roots,
         })
     }
 
@@ -171,11 +257,31 @@ impl CaClient {
             .create_certificate(request)
             .await?
             .into_inner();
-        let chain = response
-            .cert_chain
-            .iter()
-            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| Error::NotPem))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(workload_certificate(identity, key, chain)?)
+        // Istio's layout: `[leaf, intermediates..., roots]`, where the last element may hold
+        // several roots (the trust bundle during a rotation).
+        let mut chain = Vec::new();
+        for pem in &response.cert_chain {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                chain.push(cert.map_err(|_| Error::NotPem)?);
+            }
+        }
+        let issued = workload_certificate(identity, key, chain)?;
+        self.roots.learn(&issued.roots);
+        Ok(issued)
     }
+}
+
+/// A TLS connector that accepts a server chaining to `roots` (the identity is checked after
+/// the handshake).
+fn connector(roots: &[CertificateDer<'static>]) -> Result<tokio_rustls::TlsConnector, Error> {
+    let verifier = tls::ServerChainVerifier::new(roots, &tls::provider())
+        .map_err(|e| Error::Root(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Root(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

@@ -13,7 +13,8 @@ use rustls::{
 };
 
 pub use verify::{
-    ClientIdentityVerifier, ServerChainVerifier, VerifyError, identity_of, trust_anchors,
+    ClientIdentityVerifier, KeyIds, ServerChainVerifier, VerifyError, identity_of, is_self_issued,
+    key_ids, trust_anchors,
 };
 
 use crate::{Identity, hbone};
@@ -151,18 +152,29 @@ pub fn certificate_request(
     Ok((key, csr.der().to_vec()))
 }
 
-/// Puts a signed chain (`[leaf, intermediates..., root]`, as CAs answer) together with its key,
-/// checking that the leaf names the identity that was asked for.
+/// Puts a signed chain (`[leaf, intermediates..., roots...]`, as CAs answer) together with its
+/// key, checking that the leaf names the identity that was asked for. The roots are the
+/// self-issued certificates at the end (several during a root rotation); a chain with none
+/// takes its last certificate as the root, as Istio's clients do.
 pub fn workload_certificate(
     identity: &Identity,
     key: PrivateKeyDer<'static>,
     mut chain: Vec<CertificateDer<'static>>,
 ) -> Result<WorkloadCertificate, RequestError> {
-    let root = chain.pop().ok_or(RequestError::EmptyChain)?;
-    let leaf = chain.first().cloned().unwrap_or_else(|| root.clone());
     if chain.is_empty() {
-        chain.push(root.clone());
+        return Err(RequestError::EmptyChain);
     }
+    let mut roots = Vec::new();
+    while chain.len() > 1 && chain.last().is_some_and(verify::is_self_issued) {
+        roots.insert(0, chain.pop().expect("checked above"));
+    }
+    if roots.is_empty() {
+        roots.push(chain.pop().expect("not empty"));
+        if chain.is_empty() {
+            chain.push(roots[0].clone());
+        }
+    }
+    let leaf = chain[0].clone();
     let got = identity_of(&leaf)?;
     if &got != identity {
         return Err(RequestError::WrongIdentity {
@@ -175,7 +187,7 @@ pub fn workload_certificate(
         identity: got,
         chain,
         key,
-        roots: vec![root],
+        roots,
         not_before,
         not_after,
     })

@@ -28,7 +28,7 @@ use crate::{
 };
 use mesh_core::{
     Identity,
-    ca_client::{CaClient, Token},
+    ca_client::{CaClient, Token, TrustRoots},
     policy::{LoadError, PolicySet},
 };
 
@@ -376,16 +376,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
 /// The client of the controller's CA, from the root and token files.
 fn ca_client(config: &Config, addr: &str) -> Result<CaClient, Error> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    let read = |path: &Option<std::path::PathBuf>, what: &str| {
-        let path = path
-            .as_ref()
-            .ok_or_else(|| Error::Identity(format!("--{what} is required with --ca-addr")))?;
-        std::fs::read(path).map_err(|e| Error::Identity(format!("reading {}: {e}", path.display())))
-    };
-    let roots = CertificateDer::pem_slice_iter(&read(&config.ca_root, "ca-root")?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Identity(format!("CA root is not PEM: {e}")))?;
+    let root_file = config
+        .ca_root
+        .clone()
+        .ok_or_else(|| Error::Identity("--ca-root is required with --ca-addr".to_owned()))?;
+    let roots = TrustRoots::from_file(root_file).map_err(|e| Error::Identity(e.to_string()))?;
     let token_file = config
         .token_file
         .clone()

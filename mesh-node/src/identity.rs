@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use mesh_core::{Identity, ca_client::CaClient};
+use mesh_core::{Identity, ca_client::CaClient, tls::key_ids};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -22,6 +22,10 @@ pub struct CertificateView {
     pub identity: String,
     pub not_after_unix: u64,
     pub renew_at_unix: u64,
+    /// Key id of the root that signed it: during a root rotation, which root is in use.
+    pub signed_by: Option<String>,
+    /// Key ids of the roots its peers are checked against (several during a rotation).
+    pub roots: Vec<String>,
 }
 
 pub struct CertificateStore {
@@ -118,6 +122,13 @@ impl CertificateStore {
                 identity: i.cert.identity.to_string(),
                 not_after_unix: unix(i.cert.not_after),
                 renew_at_unix: unix(i.cert.renew_at()),
+                signed_by: i.cert.chain.first().and_then(|l| key_ids(l).authority),
+                roots: i
+                    .cert
+                    .roots
+                    .iter()
+                    .filter_map(|r| key_ids(r).subject)
+                    .collect(),
             })
             .collect();
         all.sort_by(|a, b| a.identity.cmp(&b.identity));

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::{
     Identity,
-    ca_client::{CaClient, Token},
+    ca_client::{CaClient, Token, TrustRoots},
     config_client::{ConfigView, follow},
     config_pb::Role,
 };
@@ -134,12 +134,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
 }
 
 fn ca_client(config: &Config) -> Result<CaClient, Error> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    let pem = std::fs::read(&config.ca_root)
-        .map_err(|e| Error::Config(format!("reading {}: {e}", config.ca_root.display())))?;
-    let roots = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("CA root is not PEM: {e}")))?;
+    let roots =
+        TrustRoots::from_file(config.ca_root.clone()).map_err(|e| Error::Config(e.to_string()))?;
     let token = Token::File(config.token_file.clone());
     token
         .current()

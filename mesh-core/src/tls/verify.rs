@@ -82,6 +82,39 @@ pub fn validity(
     ))
 }
 
+/// Whether the certificate's issuer is its own subject: a root, as the end of a chain.
+pub fn is_self_issued(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert)
+        .is_ok_and(|(_, parsed)| parsed.issuer().as_raw() == parsed.subject().as_raw())
+}
+
+/// A certificate's key identifiers, hex: its own (subject) and its signer's (authority). They
+/// name roots in the admin views: which roots a node trusts, and which one signed a leaf.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyIds {
+    pub subject: Option<String>,
+    pub authority: Option<String>,
+}
+
+pub fn key_ids(cert: &CertificateDer<'_>) -> KeyIds {
+    use x509_parser::extensions::ParsedExtension;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut ids = KeyIds::default();
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return ids;
+    };
+    for extension in parsed.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => ids.subject = Some(hex(id.0)),
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                ids.authority = aki.key_identifier.as_ref().map(|id| hex(id.0));
+            }
+            _ => {}
+        }
+    }
+    ids
+}
+
 fn verify_chain(
     anchors: &[TrustAnchor<'_>],
     algorithms: &WebPkiSupportedAlgorithms,

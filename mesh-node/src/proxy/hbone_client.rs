@@ -19,7 +19,7 @@ use h2::client::SendRequest;
 use mesh_core::{Identity, hbone};
 
 use super::{PodContext, connect_from_pod, tunnel::H2Stream};
-use crate::app::State;
+use crate::{app::State, identity::Issued};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,6 +62,10 @@ struct Pooled {
     /// When a tunnel was last opened on it: an unused connection is dropped after the idle
     /// timeout (dropping the last sender closes it once its tunnels are done).
     last_used: Instant,
+    /// The certificate it was opened with. Once the pod's certificate is renewed, new tunnels
+    /// go over a connection made with the new one: an identity is never carried past the
+    /// certificate that proved it, and a root rotation reaches the wire.
+    certificate: Arc<Issued>,
 }
 
 /// Open HTTP/2 connections, keyed by source pod and destination address. A pod has one
@@ -155,14 +159,28 @@ impl HbonePool {
         expected: &Identity,
     ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error> {
         let key = (pod.key.clone(), ip);
+        let current = state
+            .certificates
+            .as_ref()
+            .and_then(|c| c.get(&pod.identity));
         {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
             connections.sweep(state.config.limits.idle_timeout());
             let pooled = connections.by_key.entry(key.clone()).or_default();
-            pooled.retain(|p| !p.closed.load(Ordering::Relaxed));
-            let free = pooled
-                .iter_mut()
-                .find(|p| p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION);
+            let is_current = |p: &Pooled| {
+                current
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &p.certificate))
+            };
+            // A connection made with a replaced certificate takes no new tunnels; dropping its
+            // sender closes it once the tunnels it carries are done.
+            pooled.retain(|p| {
+                !p.closed.load(Ordering::Relaxed)
+                    && (is_current(p) || p.active.load(Ordering::Relaxed) > 0)
+            });
+            let free = pooled.iter_mut().find(|p| {
+                is_current(p) && p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
+            });
             if let Some(p) = free {
                 p.active.fetch_add(1, Ordering::Relaxed);
                 p.last_used = Instant::now();
@@ -171,19 +189,21 @@ impl HbonePool {
         }
         let addr = SocketAddr::new(ip, hbone::PORT);
         let limit = state.config.limits.handshake_timeout();
-        let (sender, closed) = tokio::time::timeout(limit, open(state, pod, addr, expected))
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "connecting to",
-                addr,
-                limit,
-            })??;
+        let (sender, closed, certificate) =
+            tokio::time::timeout(limit, open(state, pod, addr, expected))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connecting to",
+                    addr,
+                    limit,
+                })??;
         let active = Arc::new(AtomicUsize::new(1));
         let pooled = Pooled {
             sender: sender.clone(),
             active: active.clone(),
             closed,
             last_used: Instant::now(),
+            certificate,
         };
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.by_key.entry(key).or_default().push(pooled);
@@ -207,7 +227,7 @@ async fn open(
     pod: &PodContext,
     addr: SocketAddr,
     expected: &Identity,
-) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), Error> {
+) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>, Arc<Issued>), Error> {
     let certs = state
         .certificates
         .as_ref()
@@ -219,5 +239,7 @@ async fn open(
     let tcp = connect_from_pod(pod, addr, None)
         .await
         .map_err(|source| Error::Connect { addr, source })?;
-    Ok(mesh_core::hbone::handshake::connect(issued.client.clone(), tcp, addr, expected).await?)
+    let (sender, closed) =
+        mesh_core::hbone::handshake::connect(issued.client.clone(), tcp, addr, expected).await?;
+    Ok((sender, closed, issued))
 }
