@@ -58,6 +58,15 @@ impl Limits {
 #[derive(Debug)]
 pub struct ConnectionPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
+impl ConnectionPermit {
+    /// `carry` holding this place until it completes: for a connection whose bytes are moved
+    /// by a task other than the one that accepted it.
+    pub async fn hold<F: Future>(self, carry: F) -> F::Output {
+        let _place = self;
+        carry.await
+    }
+}
+
 /// A listener with a cap and back-off.
 pub struct Listener {
     inner: TcpListener,

@@ -73,24 +73,6 @@ impl PodContext {
     }
 }
 
-/// The next connection on one of the pod's listeners. An error (out of file descriptors, say)
-/// is logged and retried after a pause, so a lasting one cannot spin the loop.
-async fn accept(
-    listener: &tokio::net::TcpListener,
-    pod: &PodContext,
-    what: &str,
-) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(error) => {
-                tracing::warn!(%error, pod = %pod.key, "{what} accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// The source the agent delivers inbound connections to the app from: loopback addresses
 /// `sk_lookup` lets through (127.0.0.6 as Istio uses, and `::1` for IPv6).
 fn delivery_source(dst: SocketAddr) -> SocketAddr {

@@ -30,7 +30,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -117,11 +117,35 @@ pub struct Upstreams {
     clusters: Mutex<HashMap<Target, Arc<Cluster>>>,
     /// Targets resolved against one snapshot: endpoints and policy change only with it.
     resolved: Mutex<resolve::ResolvedCache>,
-    idle: Mutex<HashMap<SocketAddr, Vec<h1::Connection>>>,
-    /// One HTTP/2 connection per endpoint and worker, each driven on its worker.
-    shared_h2: Mutex<HashMap<WorkerEndpoint, http2::SendRequest<RequestBody>>>,
+    /// Idle HTTP/1.1 connections by endpoint, each with when it was given back.
+    idle: Mutex<IdlePool>,
+    /// One HTTP/2 connection per endpoint and worker, each driven on its worker, with when
+    /// it was last used.
+    shared_h2: Mutex<HashMap<WorkerEndpoint, (http2::SendRequest<RequestBody>, Instant)>>,
+    /// When `shared_h2` was last swept.
+    h2_swept: Mutex<Option<Instant>>,
     /// Wakes requests waiting for a pooled connection.
     returned: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct IdlePool {
+    by_addr: HashMap<SocketAddr, Vec<(h1::Connection, Instant)>>,
+    swept: Option<Instant>,
+}
+
+/// How often the idle pools are swept of connections unused past the idle timeout (more often
+/// when the timeout is shorter).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a sweep is due (and, if so, records that it happens now).
+fn sweep_due(swept: &mut Option<Instant>, idle: Duration) -> bool {
+    let now = Instant::now();
+    if swept.is_some_and(|at| now - at < SWEEP_EVERY.min(idle)) {
+        return false;
+    }
+    *swept = Some(now);
+    true
 }
 
 impl Upstreams {
@@ -138,6 +162,7 @@ impl Upstreams {
             resolved: Mutex::default(),
             idle: Mutex::default(),
             shared_h2: Mutex::default(),
+            h2_swept: Mutex::default(),
             returned: tokio::sync::Notify::new(),
         })
     }
@@ -204,13 +229,23 @@ impl Upstreams {
         identity: Option<&mesh_core::Identity>,
         via: Option<&(std::net::IpAddr, mesh_core::Identity)>,
     ) -> Result<http2::SendRequest<RequestBody>, Failure> {
-        let existing = self
-            .shared_h2
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(crate::workers::current(), addr))
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let existing = {
+            let mut shared = self.shared_h2.lock().unwrap_or_else(|p| p.into_inner());
+            let mut swept = self.h2_swept.lock().unwrap_or_else(|p| p.into_inner());
+            if sweep_due(&mut swept, self.connector.idle) {
+                // Dropping the pool's sender closes an idle connection; one with requests in
+                // flight ends when they do.
+                let idle = self.connector.idle;
+                shared.retain(|_, (sender, used)| !sender.is_closed() && used.elapsed() < idle);
+            }
+            shared
+                .get_mut(&(crate::workers::current(), addr))
+                .filter(|(sender, _)| !sender.is_closed())
+                .map(|(sender, used)| {
+                    *used = Instant::now();
+                    sender.clone()
+                })
+        };
         if let Some(sender) = existing {
             return Ok(sender);
         }
@@ -218,7 +253,10 @@ impl Upstreams {
         self.shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((crate::workers::current(), addr), sender.clone());
+            .insert(
+                (crate::workers::current(), addr),
+                (sender.clone(), Instant::now()),
+            );
         Ok(sender)
     }
 
@@ -272,9 +310,12 @@ impl Upstreams {
     fn take_idle(&self, addr: SocketAddr, any_worker: bool) -> Option<h1::Connection> {
         let worker = crate::workers::current();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
-        while let Some(at) = list.iter().rposition(|c| any_worker || c.worker == worker) {
-            let mut connection = list.swap_remove(at);
+        let list = idle.by_addr.get_mut(&addr)?;
+        while let Some(at) = list
+            .iter()
+            .rposition(|(c, _)| any_worker || c.worker == worker)
+        {
+            let (mut connection, _) = list.swap_remove(at);
             if connection.is_open() {
                 return Some(connection);
             }
@@ -283,12 +324,22 @@ impl Upstreams {
     }
 
     fn give_back(&self, addr: SocketAddr, connection: h1::Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let IdlePool { by_addr, swept } = &mut *idle;
+        if sweep_due(swept, self.connector.idle) {
+            // Endpoints that went away, and connections nobody needed for the idle timeout,
+            // leave nothing behind.
+            let timeout = self.connector.idle;
+            by_addr.retain(|_, list| {
+                list.retain(|(_, returned)| returned.elapsed() < timeout);
+                !list.is_empty()
+            });
+        }
+        by_addr
             .entry(addr)
             .or_default()
-            .push(connection);
+            .push((connection, Instant::now()));
+        drop(idle);
         self.returned.notify_one();
     }
 

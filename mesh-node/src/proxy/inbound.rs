@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use mesh_core::transport;
 use tokio::net::TcpListener;
 
 use super::{
@@ -16,8 +17,11 @@ use crate::{
 };
 
 pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: Arc<State>) {
+    // Capped like every listener: one pod cannot hold an unbounded share of the agent's
+    // sockets; past the cap its new connections wait in the kernel's backlog.
+    let listener = transport::Listener::new(listener, "inbound capture", &state.config.limits);
     loop {
-        let (stream, peer) = super::accept(&listener, &pod, "inbound").await;
+        let (stream, peer, permit) = listener.accept().await;
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
@@ -68,7 +72,8 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 source: peer,
                 destination_port: dst.port(),
             };
-            let carry = super::copy::copy_bidirectional(stream, upstream);
+            // The place under the cap is held until the connection ends.
+            let carry = permit.hold(super::copy::copy_bidirectional(stream, upstream));
             forward(state, labels, carry, info, Some(authorized));
         });
     }

@@ -6,7 +6,10 @@ use std::{
     sync::Arc,
 };
 
-use mesh_core::Identity;
+use mesh_core::{
+    Identity,
+    transport::{self, ConnectionPermit},
+};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
@@ -23,8 +26,11 @@ pub async fn serve_outbound(
     orig: OrigDsts,
     state: Arc<State>,
 ) {
+    // Capped like every listener: one pod cannot hold an unbounded share of the agent's
+    // sockets; past the cap its new connections wait in the kernel's backlog.
+    let listener = transport::Listener::new(listener, "outbound capture", &state.config.limits);
     loop {
-        let (stream, peer) = super::accept(&listener, &pod, "outbound").await;
+        let (stream, peer, permit) = listener.accept().await;
         let Some(dst) = orig.take(pod.netns_cookie, peer) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.key, client = %peer, "captured connection has no original destination; refusing it");
@@ -34,14 +40,18 @@ pub async fn serve_outbound(
         let _ = stream.set_nodelay(true);
         let (pod, state) = (pod.clone(), state.clone());
         tokio::spawn(async move {
-            let source = SocketAddr::new(pod.pod().ip.into(), peer.port());
+            let app = AppConnection {
+                stream,
+                source: SocketAddr::new(pod.pod().ip.into(), peer.port()),
+                place: permit,
+            };
             match plan(&state, dst) {
                 Plan::Hbone {
                     via,
                     target,
                     expected,
-                } => carry_over_hbone(state, pod, stream, source, via, target, expected).await,
-                Plan::Plain(target) => carry_plain(state, pod, stream, source, target).await,
+                } => carry_over_hbone(state, pod, app, via, target, expected).await,
+                Plan::Plain(target) => carry_plain(state, pod, app, target).await,
                 Plan::Refuse(reason) => {
                     // Fail closed: dropping the stream resets the app's connection.
                     tracing::warn!(pod = %pod.key, %dst, %reason, "outbound connection refused");
@@ -50,6 +60,15 @@ pub async fn serve_outbound(
             }
         });
     }
+}
+
+/// The app's side of a captured connection.
+struct AppConnection {
+    stream: TcpStream,
+    /// The pod's address and the app's port: the source the other side is told of.
+    source: SocketAddr,
+    /// Its place under the listener's cap, held until the connection ends.
+    place: ConnectionPermit,
 }
 
 /// Where a captured connection goes.
@@ -123,8 +142,7 @@ fn through_waypoint(state: &State, pods: &PodsFile, waypoint: &str, target: Sock
 async fn carry_over_hbone(
     state: Arc<State>,
     pod: Arc<PodContext>,
-    stream: TcpStream,
-    source: SocketAddr,
+    app: AppConnection,
     via: IpAddr,
     dst: SocketAddr,
     expected: Identity,
@@ -134,7 +152,7 @@ async fn carry_over_hbone(
     };
     // Boxed: the handshake's state is large and needed only until the tunnel is up; inline it
     // would stay in the connection's task for as long as the connection lives.
-    let tunnel = match Box::pin(pool.connect(&state, &pod, via, dst, &expected, source)).await {
+    let tunnel = match Box::pin(pool.connect(&state, &pod, via, dst, &expected, app.source)).await {
         Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::warn!(%error, pod = %pod.key, %dst, "HBONE connection failed; refusing the app's connection");
@@ -143,17 +161,11 @@ async fn carry_over_hbone(
         }
     };
     tracing::debug!(pod = %pod.key, %dst, "outbound connection captured (HBONE)");
-    let carry = super::tunnel::carry(stream, tunnel);
-    forward_outbound(state, pod, source, dst, Some(&expected), carry).await;
+    let carry = app.place.hold(super::tunnel::carry(app.stream, tunnel));
+    forward_outbound(state, pod, app.source, dst, Some(&expected), carry).await;
 }
 
-async fn carry_plain(
-    state: Arc<State>,
-    pod: Arc<PodContext>,
-    stream: TcpStream,
-    source: SocketAddr,
-    dst: SocketAddr,
-) {
+async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, app: AppConnection, dst: SocketAddr) {
     let upstream = match connect_from_pod(&pod, dst, None).await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -163,8 +175,10 @@ async fn carry_plain(
         }
     };
     tracing::debug!(pod = %pod.key, %dst, "outbound connection captured");
-    let carry = super::copy::copy_bidirectional(stream, upstream);
-    forward_outbound(state, pod, source, dst, None, carry).await;
+    let carry = app
+        .place
+        .hold(super::copy::copy_bidirectional(app.stream, upstream));
+    forward_outbound(state, pod, app.source, dst, None, carry).await;
 }
 
 /// Forwards an outbound connection once its upstream (TCP or HBONE tunnel) is open.

@@ -11,7 +11,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf as _, Bytes};
@@ -22,7 +22,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{h2io::H2Io, identity::Certificates};
+use crate::{
+    h2io::H2Io,
+    identity::{Certificates, Issued},
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// CONNECT streams on one HTTP/2 connection before another is opened.
@@ -122,19 +125,62 @@ struct Pooled {
     local: SocketAddr,
     /// The worker whose runtime drives it.
     worker: Option<usize>,
+    /// When a stream was last opened on it: unused past the idle timeout, it is dropped
+    /// (closing it once its streams are done).
+    last_used: Instant,
+    /// The certificate it was opened with: once the waypoint's is renewed, new streams go
+    /// over a connection made with the new one (as the node agent's pool does).
+    certificate: Arc<Issued>,
 }
+
+impl Pooled {
+    /// Streams open on it (the pool holds one reference of its own).
+    fn streams(&self) -> usize {
+        Arc::strong_count(&self.streams) - 1
+    }
+}
+
+/// How often the whole pool is swept of closed and idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// HBONE connections to endpoints, by endpoint address.
 pub struct Connector {
     certificates: Arc<Certificates>,
-    pool: Mutex<HashMap<IpAddr, Vec<Pooled>>>,
+    pool: Mutex<Pool>,
+    /// How long an unused connection is kept (`--idle-timeout-secs`).
+    pub(crate) idle: Duration,
+}
+
+#[derive(Default)]
+struct Pool {
+    by_ip: HashMap<IpAddr, Vec<Pooled>>,
+    swept: Option<Instant>,
+}
+
+impl Pool {
+    /// Drops closed connections and unused ones past `idle`, and addresses left with none:
+    /// endpoints that went away leave nothing behind.
+    fn sweep(&mut self, idle: Duration) {
+        let now = Instant::now();
+        if self.swept.is_some_and(|at| now - at < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(now);
+        self.by_ip.retain(|_, conns| {
+            conns.retain(|c| {
+                !c.closed.load(Ordering::Acquire) && (c.streams() > 0 || now - c.last_used < idle)
+            });
+            !conns.is_empty()
+        });
+    }
 }
 
 impl Connector {
-    pub fn new(certificates: Arc<Certificates>) -> Self {
+    pub fn new(certificates: Arc<Certificates>, idle: Duration) -> Self {
         Connector {
             certificates,
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::default(),
+            idle,
         }
     }
 
@@ -178,9 +224,13 @@ impl Connector {
         to: IpAddr,
         identity: &Identity,
     ) -> Result<H2Io, ConnectError> {
-        let (mut sender, streams, local) = match self.pooled(to) {
+        let cert = self
+            .certificates
+            .current()
+            .ok_or(ConnectError::NoCertificate)?;
+        let (mut sender, streams, local) = match self.pooled(to, &cert) {
             Some(pooled) => pooled,
-            None => self.dial(to, identity).await?,
+            None => self.dial(to, identity, cert).await?,
         };
         // The connection is the waypoint's own: `forwarded` names the waypoint.
         let request = hbone::connect_request(target, local, None);
@@ -210,30 +260,39 @@ impl Connector {
         Ok(io)
     }
 
-    /// A pooled connection to `ip` with room for another stream.
-    fn pooled(&self, ip: IpAddr) -> Option<(SendRequest<Bytes>, Arc<()>, SocketAddr)> {
+    /// A pooled connection to `ip`, made with `cert`, with room for another stream.
+    fn pooled(
+        &self,
+        ip: IpAddr,
+        cert: &Arc<Issued>,
+    ) -> Option<(SendRequest<Bytes>, Arc<()>, SocketAddr)> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = pool.get_mut(&ip)?;
-        conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        pool.sweep(self.idle);
+        let conns = pool.by_ip.get_mut(&ip)?;
+        // Closed ones go, and so do those made with a replaced certificate once unused.
+        conns.retain(|c| {
+            !c.closed.load(Ordering::Acquire)
+                && (Arc::ptr_eq(&c.certificate, cert) || c.streams() > 0)
+        });
         // Only this worker's: a stream on another worker's connection would wake that
         // worker for each frame.
         let worker = crate::workers::current();
-        conns
-            .iter()
-            .find(|c| c.worker == worker && Arc::strong_count(&c.streams) <= STREAMS_PER_CONNECTION)
-            .map(|c| (c.sender.clone(), c.streams.clone(), c.local))
+        let pooled = conns.iter_mut().find(|c| {
+            c.worker == worker
+                && Arc::ptr_eq(&c.certificate, cert)
+                && c.streams() < STREAMS_PER_CONNECTION
+        })?;
+        pooled.last_used = Instant::now();
+        Some((pooled.sender.clone(), pooled.streams.clone(), pooled.local))
     }
 
     async fn dial(
         &self,
         to: IpAddr,
         identity: &Identity,
+        cert: Arc<Issued>,
     ) -> Result<(SendRequest<Bytes>, Arc<()>, SocketAddr), ConnectError> {
         let addr = SocketAddr::new(to, hbone::PORT);
-        let cert = self
-            .certificates
-            .current()
-            .ok_or(ConnectError::NoCertificate)?;
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ConnectError::Tcp { addr, source })?;
@@ -247,6 +306,7 @@ impl Connector {
         self.pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_ip
             .entry(to)
             .or_default()
             .push(Pooled {
@@ -255,6 +315,8 @@ impl Connector {
                 closed,
                 local,
                 worker: crate::workers::current(),
+                last_used: Instant::now(),
+                certificate: cert,
             });
         Ok((sender, streams, local))
     }

@@ -18,7 +18,11 @@ async fn idle_connection(to: SocketAddr, worker: Option<usize>) -> h1::Connectio
 #[tokio::test]
 async fn idle_connections_stay_with_their_worker() {
     let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
-    let upstreams = Upstreams::new(Connector::new(Certificates::new(identity)), None, None);
+    let upstreams = Upstreams::new(
+        Connector::new(Certificates::new(identity), Duration::from_secs(300)),
+        None,
+        None,
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     // This test's thread is no worker (`None`); the connection is worker 1's.
@@ -36,6 +40,40 @@ async fn idle_connections_stay_with_their_worker() {
     let own = upstreams.take_idle(addr, false).expect("its own");
     assert_eq!(own.worker, None);
     assert!(upstreams.take_idle(addr, false).is_none());
+}
+
+/// Idle connections are not kept past the idle timeout, and an endpoint that went away leaves
+/// nothing behind in the pool.
+#[tokio::test]
+async fn idle_connections_past_the_timeout_are_dropped() {
+    let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
+    // A zero timeout: every connection given back is past it by the next sweep.
+    let upstreams = Upstreams::new(
+        Connector::new(Certificates::new(identity), Duration::ZERO),
+        None,
+        None,
+    );
+    let (gone, live) = (
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    );
+    let (gone_addr, live_addr) = (
+        gone.local_addr().expect("address"),
+        live.local_addr().expect("address"),
+    );
+    upstreams.give_back(gone_addr, idle_connection(gone_addr, None).await);
+    let (mut held, _) = gone.accept().await.expect("accept");
+    upstreams.give_back(live_addr, idle_connection(live_addr, None).await);
+    let idle = upstreams.idle.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        !idle.by_addr.contains_key(&gone_addr),
+        "the first endpoint's idle connection was kept past the timeout"
+    );
+    drop(idle);
+    // And it was closed, not just forgotten.
+    let mut byte = [0u8; 1];
+    use tokio::io::AsyncReadExt as _;
+    assert_eq!(held.read(&mut byte).await.expect("read"), 0);
 }
 
 /// A DestinationRule's `tls` refuses requests when it asks for TLS Ambit does not originate
