@@ -174,8 +174,42 @@ impl Dataplane {
     }
 
     /// Starts capturing a pod: inbound listeners and `sk_lookup` first, then the enrollment
-    /// entry that turns outbound capture on.
+    /// entry that turns outbound capture on. When a step fails, what referred to this attempt's
+    /// listeners is undone; `sk_lookup` and the enrollment entry, if in place, stay, which
+    /// holds the pod failing closed (see `refuse`) rather than releasing it even for a moment.
     pub fn enroll(
+        &mut self,
+        netns: &crate::netns::NetNs,
+        cookie: u64,
+        pod: EnrolledPod,
+        inbound_listeners: &[(PodAddr, RawFd)],
+    ) -> Result<(), Error> {
+        let result = self.capture(netns, cookie, pod, inbound_listeners);
+        if result.is_err() {
+            let addrs: Vec<PodAddr> = inbound_listeners.iter().map(|(addr, _)| *addr).collect();
+            if let Err(error) = self.remove_listeners(&addrs) {
+                tracing::error!(%error, cookie, "undoing a failed enrollment failed");
+            }
+            if let Err(error) = self.orig.remove_pod(cookie) {
+                tracing::error!(%error, cookie, "undoing a failed enrollment failed");
+            }
+        }
+        result
+    }
+
+    /// Holds a pod the agent could not enroll failing closed: its connects are redirected to a
+    /// listener the agent does not have (refused), and `sk_lookup` drops connections to its
+    /// addresses, since it has no listeners to steer them to. `enroll` replaces this.
+    pub fn refuse(
+        &mut self,
+        netns: &crate::netns::NetNs,
+        cookie: u64,
+        pod: EnrolledPod,
+    ) -> Result<(), Error> {
+        self.enroll(netns, cookie, pod, &[])
+    }
+
+    fn capture(
         &mut self,
         netns: &crate::netns::NetNs,
         cookie: u64,
@@ -219,6 +253,10 @@ impl Dataplane {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
         self.orig.remove_pod(cookie)?;
+        self.remove_listeners(inbound_addrs)
+    }
+
+    fn remove_listeners(&mut self, inbound_addrs: &[PodAddr]) -> Result<(), Error> {
         for addr in inbound_addrs {
             match self.inbound_listeners.remove(addr) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}

@@ -1,6 +1,11 @@
 //! Keeps the set of captured pods equal to what the pods file says: enrolls new pods, releases
 //! removed ones, and re-enrolls a pod whose spec changed. Pods' processes are never touched:
 //! capture starts and stops underneath them.
+//!
+//! Enrollment is all or nothing: every listener is opened before the kernel is told anything,
+//! and a kernel step that fails undoes the ones before it. A pod that cannot be enrolled (a
+//! port the agent needs is taken in it, its namespace is gone) is not left uncaptured: it is
+//! held failing closed, with no traffic in or out, and enrolled again at the next attempt.
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +50,10 @@ pub enum Error {
         pod: String,
         source: Box<dataplane::Error>,
     },
+    #[error(
+        "pod {pod}: the process found for its network namespace ({path}) is no longer in the pod"
+    )]
+    SandboxChanged { pod: String, path: String },
 }
 
 /// What the admin endpoint shows of an enrolled pod.
@@ -84,6 +93,8 @@ pub struct Enrollment {
     orig: OrigDsts,
     state: Arc<State>,
     active: BTreeMap<String, ActivePod>,
+    /// Pods that could not be enrolled, held failing closed: spec and namespace cookie.
+    refused: BTreeMap<String, (Pod, u64)>,
     /// Enrollments a previous agent left behind, to be released after the first reconcile
     /// unless the pod is still wanted.
     leftovers: Option<Vec<u64>>,
@@ -99,6 +110,7 @@ impl Enrollment {
             orig,
             state,
             active: BTreeMap::new(),
+            refused: BTreeMap::new(),
             leftovers,
             failed: false,
         }
@@ -131,6 +143,18 @@ impl Enrollment {
                 self.release(active);
             }
         }
+        // Refused pods that left (or changed) are let go; the others are tried again below.
+        let gone: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|(key, (spec, _))| desired.get(*key).is_none_or(|pod| **pod != *spec))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some((_, cookie)) = self.refused.remove(&key) {
+                self.release_refused(&key, cookie);
+            }
+        }
         for (key, pod) in desired {
             if self.active.contains_key(&key) {
                 continue;
@@ -138,21 +162,23 @@ impl Enrollment {
             match self.enroll(pod) {
                 Ok(active) => {
                     tracing::info!(pod = %key, ip = %pod.ip, cookie = active.context.netns_cookie, "pod enrolled");
+                    self.refused.remove(&key);
                     self.active.insert(key, active);
                 }
                 Err(error) => {
-                    tracing::error!(%error, "pod not enrolled; will retry");
                     self.failed = true;
+                    self.refuse(pod, &error);
                 }
             }
         }
         if let Some(leftovers) = self.leftovers.take() {
             for cookie in leftovers {
-                if !self
+                let kept = self
                     .active
                     .values()
                     .any(|a| a.context.netns_cookie == cookie)
-                {
+                    || self.refused.values().any(|(_, c)| *c == cookie);
+                if !kept {
                     tracing::info!(cookie, "releasing an enrollment left by a previous agent");
                     if let Err(error) = self.dataplane.forget(cookie) {
                         tracing::warn!(%error, cookie, "could not release leftover enrollment");
@@ -164,6 +190,10 @@ impl Enrollment {
             .metrics
             .enrolled_pods
             .set(self.active.len() as i64);
+        self.state
+            .metrics
+            .refused_pods
+            .set(self.refused.len() as i64);
         self.state.set_enrolled(self.view());
         let mut identities: Vec<_> = self
             .active
@@ -184,11 +214,7 @@ impl Enrollment {
                 pod: key.clone(),
                 source,
             })?;
-        let netns = NetNs::open(&pod.netns).map_err(|source| Error::Netns {
-            pod: key.clone(),
-            path: pod.netns.display().to_string(),
-            source,
-        })?;
+        let netns = open_sandbox(pod)?;
         let listen = |addr: SocketAddr| {
             open_listener(&netns, addr).map_err(|source| Error::Listener {
                 pod: key.clone(),
@@ -223,6 +249,16 @@ impl Enrollment {
             );
             Some(listener)
         };
+        // HBONE listens on the pod's own addresses, dual-stack; sk_lookup leaves port 15008
+        // alone. Opened before the kernel is told of the pod, like every listener.
+        let hbone = match self.state.hbone {
+            Some(_) => Some(
+                listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ports::HBONE)).or_else(
+                    |_| listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ports::HBONE)),
+                )?,
+            ),
+            None => None,
+        };
         let cookie = netns_cookie(&outbound).map_err(|source| Error::Listener {
             pod: key.clone(),
             addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND),
@@ -243,16 +279,6 @@ impl Enrollment {
                 pod: key.clone(),
                 source: Box::new(source),
             })?;
-
-        // HBONE listens on the pod's own addresses, dual-stack; sk_lookup leaves port 15008 alone.
-        let hbone = match self.state.hbone {
-            Some(_) => Some(
-                listen(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), ports::HBONE)).or_else(
-                    |_| listen(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), ports::HBONE)),
-                )?,
-            ),
-            None => None,
-        };
         let context = Arc::new(PodContext::new(pod.clone(), netns, cookie, identity));
         let mut tasks = Vec::new();
         if let Some(listener) = hbone {
@@ -300,6 +326,49 @@ impl Enrollment {
         tracing::info!(pod = %key, "pod released");
     }
 
+    /// Holds `pod` failing closed after `error` kept it from being enrolled; logs why.
+    fn refuse(&mut self, pod: &Pod, error: &Error) {
+        let key = pod.key();
+        let held = open_sandbox(pod).and_then(|netns| {
+            let cookie = netns
+                .socket(socket2::Domain::IPV4)
+                .and_then(|socket| netns_cookie(&socket))
+                .map_err(|source| Error::Netns {
+                    pod: key.clone(),
+                    path: pod.netns.display().to_string(),
+                    source,
+                })?;
+            let entry = EnrolledPod {
+                ip4: u32::from_ne_bytes(pod.ip.octets()),
+                flags: 0,
+            };
+            self.dataplane
+                .refuse(&netns, cookie, entry)
+                .map_err(|source| Error::Dataplane {
+                    pod: key.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok(cookie)
+        });
+        match held {
+            Ok(cookie) => {
+                tracing::error!(%error, pod = %key, "pod not enrolled: its traffic is refused until it can be; will retry");
+                self.refused.insert(key, (pod.clone(), cookie));
+            }
+            Err(hold_error) => tracing::error!(
+                %error, %hold_error, pod = %key,
+                "pod not enrolled, and it could not be held failing closed either; will retry"
+            ),
+        }
+    }
+
+    fn release_refused(&mut self, key: &str, cookie: u64) {
+        match self.dataplane.unenroll(cookie, &[]) {
+            Ok(()) => tracing::info!(pod = %key, "refused pod released"),
+            Err(error) => tracing::error!(%error, pod = %key, "releasing a refused pod failed"),
+        }
+    }
+
     fn view(&self) -> Vec<EnrolledView> {
         self.active
             .values()
@@ -326,6 +395,26 @@ fn same_capture(new: &Pod, old: &Pod) -> bool {
         ..pod.clone()
     };
     capture(new) == capture(old)
+}
+
+/// The pod's network namespace, held open. In Kubernetes it is found through a process of the
+/// pod (`/proc/<pid>/ns/net`): once the handle is open, that process must still be the pod's,
+/// or the number may have been reused by another pod's process since the scan.
+fn open_sandbox(pod: &Pod) -> Result<NetNs, Error> {
+    let netns = NetNs::open(&pod.netns).map_err(|source| Error::Netns {
+        pod: pod.key(),
+        path: pod.netns.display().to_string(),
+        source,
+    })?;
+    if let Some(uid) = &pod.uid
+        && !crate::sandbox::still_the_pods(&pod.netns, uid)
+    {
+        return Err(Error::SandboxChanged {
+            pod: pod.key(),
+            path: pod.netns.display().to_string(),
+        });
+    }
+    Ok(netns)
 }
 
 fn open_listener(netns: &NetNs, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

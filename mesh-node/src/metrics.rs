@@ -81,6 +81,9 @@ pub struct Metrics {
     pub received_bytes: Family<TcpLabels, Counter>,
     /// Pods currently captured by this agent.
     pub enrolled_pods: Gauge,
+    /// Pods of the mesh this agent could not enroll, held failing closed (no traffic in or
+    /// out) until it can.
+    pub refused_pods: Gauge,
     /// Policy documents that did not load as written (enforced failing closed).
     pub policy_errors: Gauge,
 }
@@ -94,6 +97,7 @@ impl Default for Metrics {
         let sent_bytes = Family::<TcpLabels, Counter>::default();
         let received_bytes = Family::<TcpLabels, Counter>::default();
         let enrolled_pods = Gauge::default();
+        let refused_pods = Gauge::default();
         let policy_errors = Gauge::default();
         registry.register(
             "istio_tcp_connections_opened",
@@ -126,6 +130,11 @@ impl Default for Metrics {
             enrolled_pods.clone(),
         );
         registry.register(
+            "ambit_refused_pods",
+            "Pods of the mesh that could not be enrolled, held failing closed until they can",
+            refused_pods.clone(),
+        );
+        registry.register(
             "ambit_policy_errors",
             "Policy documents that did not load as written (enforced failing closed)",
             policy_errors.clone(),
@@ -139,6 +148,7 @@ impl Default for Metrics {
             sent_bytes,
             received_bytes,
             enrolled_pods,
+            refused_pods,
         }
     }
 }

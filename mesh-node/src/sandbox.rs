@@ -131,6 +131,21 @@ fn from_proc(proc: &Path, uids: &BTreeSet<String>) -> BTreeMap<String, PathBuf> 
         .collect()
 }
 
+/// Whether `netns` (`<proc>/<pid>/ns/net`, as the scan found it) still belongs to a process of
+/// the pod `uid`. Paths of another shape (local mode's named namespaces) are not a process's,
+/// and hold.
+pub fn still_the_pods(netns: &Path, uid: &str) -> bool {
+    let is_process_netns = netns.ends_with("ns/net");
+    let Some(process) = netns.parent().and_then(Path::parent) else {
+        return true;
+    };
+    if !is_process_netns {
+        return true;
+    }
+    std::fs::read_to_string(process.join("cgroup"))
+        .is_ok_and(|cgroups| cgroups.lines().filter_map(pod_uid).any(|u| u == uid))
+}
+
 /// The UID of the pod whose cgroup a `/proc/<pid>/cgroup` line (`id:controllers:path`) is in:
 /// the component right after `kubepods` (or after its QoS class), as the kubelet names it.
 /// Leading `..` (the path seen from another cgroup namespace) and a prefix before `kubepods`
@@ -226,6 +241,26 @@ mod tests {
         std::fs::create_dir_all(dir.join("self")).unwrap();
         let found = from_proc(&dir, &BTreeSet::from([UID.to_owned()]));
         assert_eq!(found.get(UID), Some(&dir.join("7/ns/net")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sandbox_whose_process_changed_pods_is_not_the_pods() {
+        let dir = std::env::temp_dir().join(format!("ambit-sandbox-pid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("7")).unwrap();
+        let cgroup = dir.join("7/cgroup");
+        std::fs::write(&cgroup, format!("0::/kubepods/pod{UID}/pause")).unwrap();
+        let netns = dir.join("7/ns/net");
+        assert!(still_the_pods(&netns, UID));
+        // The pod's process exited and its number went to another pod's.
+        let other = "1".repeat(8) + &UID[8..];
+        std::fs::write(&cgroup, format!("0::/kubepods/pod{other}/pause")).unwrap();
+        assert!(!still_the_pods(&netns, UID));
+        std::fs::remove_file(&cgroup).unwrap();
+        assert!(!still_the_pods(&netns, UID), "a process that is gone");
+        // Local mode's named namespaces are no process's.
+        assert!(still_the_pods(Path::new("/run/netns/pod-a"), UID));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
