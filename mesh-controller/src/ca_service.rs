@@ -51,6 +51,15 @@ pub trait NodeAuthorizer: Send + Sync + 'static {
     fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>>;
     /// Whether `node` runs a pod that has `identity`.
     fn may_issue(&self, node: &str, identity: &Identity) -> bool;
+    /// Whether the service account may read every Secret of its namespace (Kubernetes: a
+    /// SubjectAccessReview); such a gateway gets them all, not only those its Gateways name.
+    fn reads_secrets<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _service_account: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// Who a request's `authorization: Bearer <token>` belongs to; `what` names the request in

@@ -38,10 +38,12 @@ pub struct Audience {
 pub enum SecretAccess {
     None,
     /// A gateway's own token: the Secrets its Gateways name, which list the gateway's service
-    /// account among their readers (see `compile::credentials`).
+    /// account among their readers (see `compile::credentials`); all of its namespace's when
+    /// the API server lets the account read them (`reads_namespace`, a SubjectAccessReview).
     Gateway {
         namespace: String,
         service_account: String,
+        reads_namespace: bool,
     },
     /// Local mode, where every proxy subscribes with its node's token on one machine.
     All,
@@ -62,14 +64,16 @@ impl Audience {
                         SecretAccess::Gateway {
                             namespace: own,
                             service_account,
+                            reads_namespace,
                         } => {
                             own == namespace
-                                && resource.is_none_or(|r| match &r.body {
-                                    Some(Body::Credential(c)) => {
-                                        c.readers.contains(service_account)
-                                    }
-                                    _ => false,
-                                })
+                                && (*reads_namespace
+                                    || resource.is_none_or(|r| match &r.body {
+                                        Some(Body::Credential(c)) => {
+                                            c.readers.contains(service_account)
+                                        }
+                                        _ => false,
+                                    }))
                         }
                     }
             }
@@ -368,9 +372,26 @@ mod tests {
                 SecretAccess::Gateway {
                     namespace: namespace.to_owned(),
                     service_account: service_account.to_owned(),
+                    reads_namespace: false,
                 },
             )
         };
+        let namespace_reader = audience(
+            Role::Waypoint,
+            SecretAccess::Gateway {
+                namespace: "istio-system".to_owned(),
+                service_account: "custom-gateway".to_owned(),
+                reads_namespace: true,
+            },
+        );
+        assert!(
+            namespace_reader.wants(&secret_key, Some(&secret)),
+            "allowed by the API server to read its namespace's Secrets"
+        );
+        assert!(
+            !namespace_reader.wants(&key("Secret", "shop"), Some(&secret)),
+            "but not another namespace's"
+        );
         let ingress = as_gateway("istio-system", "ingress");
         assert!(ingress.wants(&secret_key, Some(&secret)));
         assert!(

@@ -19,6 +19,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         authentication::v1::{TokenReview, TokenReviewSpec},
+        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
         core::v1::{ConfigMap, Secret},
     },
 };
@@ -156,7 +157,10 @@ pub struct KubeAuthorizer {
     /// The Pods the configuration source watches: who runs where.
     pub pods: Store<DynamicObject>,
     /// Recent TokenReview answers, and the cap on new reviews.
-    pub reviews: reviews::Reviews,
+    pub reviews: reviews::Reviews<Caller>,
+    /// Recent SubjectAccessReview answers (may a service account read its namespace's
+    /// Secrets?), and the cap on new ones.
+    pub access_reviews: reviews::Reviews<()>,
 }
 
 impl KubeAuthorizer {
@@ -214,9 +218,59 @@ impl KubeAuthorizer {
     }
 }
 
+impl KubeAuthorizer {
+    /// Whether the API server lets `namespace/service_account` get every Secret of its
+    /// namespace (a Role granting it, as to a gateway the user deploys and binds themselves).
+    /// A grant limited to some names is not enough: refused then, as when in doubt.
+    async fn access_review(&self, namespace: &str, service_account: &str) -> Option<()> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(format!(
+                    "system:serviceaccount:{namespace}:{service_account}"
+                )),
+                groups: Some(vec![
+                    "system:serviceaccounts".to_owned(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".to_owned(),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some("get".to_owned()),
+                    resource: Some("secrets".to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer.status.filter(|s| s.allowed).map(|_| ()),
+            Err(error) => {
+                tracing::warn!(%error, "SubjectAccessReview failed; the gateway gets only its own Secrets");
+                None
+            }
+        }
+    }
+}
+
 impl NodeAuthorizer for KubeAuthorizer {
     fn caller_of<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Caller>> {
-        Box::pin(self.reviews.caller(token, || self.review(token)))
+        Box::pin(self.reviews.answer(token, || self.review(token)))
+    }
+
+    fn reads_secrets<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+    ) -> BoxFuture<'a, bool> {
+        let question = format!("{namespace}/{service_account}");
+        Box::pin(async move {
+            self.access_reviews
+                .answer(&question, || self.access_review(namespace, service_account))
+                .await
+                .is_some()
+        })
     }
 
     fn may_issue(&self, node: &str, identity: &Identity) -> bool {

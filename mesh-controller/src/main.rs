@@ -272,6 +272,7 @@ async fn kubernetes_mode(
         audience: args.token_audience.clone(),
         pods,
         reviews: Default::default(),
+        access_reviews: Default::default(),
     });
     let sink = (
         KubeStatus::new(client.clone(), args.pod_name.clone()),

@@ -68,6 +68,7 @@ fn authorizer(client: Client, pods: &[serde_json::Value]) -> KubeAuthorizer {
         audience: "ambit".to_owned(),
         pods: writer.as_reader(),
         reviews: Default::default(),
+        access_reviews: Default::default(),
     }
 }
 
@@ -178,5 +179,55 @@ async fn the_root_is_made_once_kept_in_a_secret_and_published() {
     assert!(
         !data.values().any(|v| v.contains("PRIVATE KEY")),
         "the key is never published"
+    );
+}
+
+/// An API server that allows `get secrets` in namespace "shop" to the account "custom-gateway"
+/// only, answering SubjectAccessReviews, and records each request.
+fn access_reviewer() -> (Client, Requests) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let record = record.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            let body = request.into_body().collect().await?.to_bytes();
+            let review: serde_json::Value = serde_json::from_slice(&body)?;
+            record
+                .lock()
+                .unwrap()
+                .push((path, String::from_utf8_lossy(&body).into_owned()));
+            let spec = &review["spec"];
+            let allowed = spec["user"] == "system:serviceaccount:shop:custom-gateway"
+                && spec["resourceAttributes"]["namespace"] == "shop"
+                && spec["resourceAttributes"]["resource"] == "secrets"
+                && spec["resourceAttributes"]["verb"] == "get"
+                && spec["resourceAttributes"]["name"].is_null();
+            let mut answer = review;
+            answer["status"] = serde_json::json!({"allowed": allowed});
+            let body = Full::new(Bytes::from(serde_json::to_vec(&answer)?));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(body))
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+#[tokio::test]
+async fn a_gateway_reads_its_namespace_s_secrets_only_if_the_api_server_says_so() {
+    let (client, seen) = access_reviewer();
+    let authorizer = authorizer(client, &[]);
+    assert!(authorizer.reads_secrets("shop", "custom-gateway").await);
+    assert!(!authorizer.reads_secrets("shop", "web").await);
+    assert!(
+        !authorizer.reads_secrets("other", "custom-gateway").await,
+        "another namespace"
+    );
+    // Answers are kept: asking again does not reach the API server.
+    assert!(authorizer.reads_secrets("shop", "custom-gateway").await);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|(path, _)| path == "/apis/authorization.k8s.io/v1/subjectaccessreviews")
     );
 }

@@ -198,13 +198,24 @@ async fn a_root_rotation_keeps_adjacent_steps_talking() {
         bundle(&new, &[&old]),
         bundle(&new, &[]),
     ];
-    let (a, b) = (id("spiffe://cluster.local/ns/a/sa/a"), id("spiffe://cluster.local/ns/b/sa/b"));
+    let (a, b) = (
+        id("spiffe://cluster.local/ns/a/sa/a"),
+        id("spiffe://cluster.local/ns/b/sa/b"),
+    );
     let certs: Vec<_> = steps
         .iter()
         .map(|ca| (issue(ca, &a), issue(ca, &b)))
         .collect();
-    assert_eq!(certs[1].0.roots.len(), 2, "both roots arrive with the certificate");
-    assert_eq!(certs[1].0.chain.len(), 1, "roots are not presented as intermediates");
+    assert_eq!(
+        certs[1].0.roots.len(),
+        2,
+        "both roots arrive with the certificate"
+    );
+    assert_eq!(
+        certs[1].0.chain.len(),
+        1,
+        "roots are not presented as intermediates"
+    );
     for step in 1..steps.len() {
         let (earlier, later) = (&certs[step - 1], &certs[step]);
         handshake(&earlier.0, &later.1).await.unwrap();

@@ -71,16 +71,23 @@ impl ConfigService for ConfigStreamService {
                 "{node} may subscribe as a waypoint only"
             )));
         }
-        let secrets = match &caller {
-            Some(Caller::Workload {
-                namespace,
-                service_account,
-            }) => SecretAccess::Gateway {
+        let secrets = match (&caller, &self.authorizer) {
+            (
+                Some(Caller::Workload {
+                    namespace,
+                    service_account,
+                }),
+                Some(authorizer),
+            ) => SecretAccess::Gateway {
                 namespace: namespace.clone(),
                 service_account: service_account.clone(),
+                // Asked once per subscription: a grant revoked later takes effect when the
+                // gateway reconnects.
+                reads_namespace: authorizer.reads_secrets(namespace, service_account).await,
             },
-            Some(Caller::Node(_)) if self.nodes_read_secrets => SecretAccess::All,
-            Some(Caller::Node(_)) | None => SecretAccess::None,
+            (Some(Caller::Workload { .. }), None) => SecretAccess::None,
+            (Some(Caller::Node(_)), _) if self.nodes_read_secrets => SecretAccess::All,
+            (Some(Caller::Node(_)) | None, _) => SecretAccess::None,
         };
         let audience = Audience { role, secrets };
         let (tx, rx) = mpsc::channel(1);

@@ -1,7 +1,7 @@
-//! TokenReview answers, kept for a while, and a cap on how many the API server is asked per
-//! second. Every CSR and every config subscription presents a token: without the cache each
-//! costs a round trip to the API server, and a pod replaying a token (or a bad one) in a loop
-//! would make the controller hammer it.
+//! Review answers (TokenReview, SubjectAccessReview), kept for a while, and a cap on how many
+//! the API server is asked per second. Every CSR and every config subscription presents a
+//! token: without the cache each costs a round trip to the API server, and a pod replaying a
+//! token (or a bad one) in a loop would make the controller hammer it.
 
 use std::{
     collections::HashMap,
@@ -11,8 +11,6 @@ use std::{
 };
 
 use sha2::{Digest as _, Sha256};
-
-use crate::ca_service::Caller;
 
 /// How long an answer is kept: an accepted token for a minute (a deleted pod's token then
 /// works at most that much longer), a refused one for ten seconds.
@@ -24,27 +22,39 @@ pub const REVIEWS_PER_SECOND: u32 = 50;
 /// Answers kept at most; past it the oldest go first.
 const MAX_ENTRIES: usize = 10_000;
 
-#[derive(Default)]
-pub struct Reviews {
-    state: Mutex<State>,
+/// Answers of one kind of review: `Some` an acceptance (who a token is; `()` for an allowed
+/// access), `None` a refusal.
+pub struct Reviews<T> {
+    state: Mutex<State<T>>,
 }
 
-#[derive(Default)]
-struct State {
-    /// By the token's SHA-256 (tokens themselves are not kept): when it was answered, and what.
-    answers: HashMap<[u8; 32], (Instant, Option<Caller>)>,
+impl<T> Default for Reviews<T> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                answers: HashMap::new(),
+                window: None,
+            }),
+        }
+    }
+}
+
+struct State<T> {
+    /// By the question's SHA-256 (tokens themselves are not kept): when it was answered, and
+    /// what.
+    answers: HashMap<[u8; 32], (Instant, Option<T>)>,
     /// The current one-second window and the reviews asked in it.
     window: Option<(Instant, u32)>,
 }
 
-impl Reviews {
-    /// Who `token` belongs to: from a recent answer, or by `review` (a TokenReview) when the
-    /// rate allows; `None` when refused, or when over the rate.
-    pub async fn caller<F>(&self, token: &str, review: impl FnOnce() -> F) -> Option<Caller>
+impl<T: Clone> Reviews<T> {
+    /// The answer to `question` (a token, or who asks for what): from a recent answer, or by
+    /// `review` when the rate allows; `None` when refused, or when over the rate.
+    pub async fn answer<F>(&self, question: &str, review: impl FnOnce() -> F) -> Option<T>
     where
-        F: Future<Output = Option<Caller>>,
+        F: Future<Output = Option<T>>,
     {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key: [u8; 32] = Sha256::digest(question.as_bytes()).into();
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -65,7 +75,7 @@ impl Reviews {
             if window.1 >= REVIEWS_PER_SECOND {
                 tracing::warn!(
                     limit = REVIEWS_PER_SECOND,
-                    "too many token reviews this second; refusing an unknown token"
+                    "too many reviews this second; refusing until the next"
                 );
                 return None;
             }
@@ -97,6 +107,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use crate::ca_service::Caller;
 
     #[tokio::test]
     async fn answers_are_kept_and_reviews_are_capped() {
@@ -107,21 +118,21 @@ mod tests {
             async move { caller }
         };
         let node = Some(Caller::Node("n0".to_owned()));
-        assert_eq!(reviews.caller("good", || review(node.clone())).await, node);
-        assert_eq!(reviews.caller("good", || review(None)).await, node, "kept");
-        assert_eq!(reviews.caller("bad", || review(None)).await, None);
+        assert_eq!(reviews.answer("good", || review(node.clone())).await, node);
+        assert_eq!(reviews.answer("good", || review(None)).await, node, "kept");
+        assert_eq!(reviews.answer("bad", || review(None)).await, None);
         assert_eq!(
-            reviews.caller("bad", || review(node.clone())).await,
+            reviews.answer("bad", || review(node.clone())).await,
             None,
             "kept"
         );
         assert_eq!(asked.load(Ordering::SeqCst), 2);
         // A flood of different tokens: at most the cap reaches the API server this second.
         for i in 0..200 {
-            let _ = reviews.caller(&format!("t{i}"), || review(None)).await;
+            let _ = reviews.answer(&format!("t{i}"), || review(None)).await;
         }
         assert!(asked.load(Ordering::SeqCst) <= REVIEWS_PER_SECOND + 2);
         // A known token still answers from the cache while the cap holds.
-        assert_eq!(reviews.caller("good", || review(None)).await, node);
+        assert_eq!(reviews.answer("good", || review(None)).await, node);
     }
 }
