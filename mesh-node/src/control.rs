@@ -68,7 +68,9 @@ pub async fn follow_config(
                         let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
                         if let Some((policies, errors)) = built {
                             tracing::info!(
+                                epoch = view.epoch,
                                 version = update.version,
+                                snapshot = update.base_version == 0,
                                 "configuration from the controller"
                             );
                             policy::apply(&state, policies, errors);

@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     let app = Arc::new(App {
         upstreams: Upstreams::new(
-            Connector::new(certificates.clone(), config.limits.idle_timeout()),
+            Connector::new(certificates.clone(), &config.limits),
             config.waypoint.clone(),
             config
                 .pod_name

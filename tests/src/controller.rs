@@ -80,15 +80,19 @@ impl Testbed {
     /// Writes a token per node (what local mode authenticates agents by).
     fn local_mode(&self) -> Result<LocalMode> {
         let tokens_dir = self.work_dir.join("tokens");
-        std::fs::create_dir_all(&tokens_dir)?;
-        let mut map = String::new();
-        for node in &self.nodes {
-            let token = format!("{:x}{:x}", std::process::id(), rand_u64());
-            std::fs::write(tokens_dir.join(&node.name), &token)?;
-            map.push_str(&format!("{}: {token}\n", node.name));
-        }
         let tokens_file = self.work_dir.join("tokens.yaml");
-        std::fs::write(&tokens_file, map)?;
+        // A controller started again (a restart) keeps the nodes' tokens: agents still hold
+        // them.
+        if !tokens_file.exists() {
+            std::fs::create_dir_all(&tokens_dir)?;
+            let mut map = String::new();
+            for node in &self.nodes {
+                let token = format!("{:x}{:x}", std::process::id(), rand_u64());
+                std::fs::write(tokens_dir.join(&node.name), &token)?;
+                map.push_str(&format!("{}: {token}\n", node.name));
+            }
+            std::fs::write(&tokens_file, map)?;
+        }
         Ok(LocalMode {
             tokens_file,
             ca_dir: self.work_dir.join("ca"),

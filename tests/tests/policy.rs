@@ -22,7 +22,8 @@ const OTHER_PORT: u16 = 9090;
 /// enrolled server with echo servers on both ports; n1-p1 stays out of the mesh.
 struct Mesh {
     tb: Testbed,
-    _controller: Controller,
+    /// Taken while a test has it stopped.
+    controller: Option<Controller>,
     agents: [Agent; 2],
     _servers: Vec<mesh_tests::traffic::Server>,
 }
@@ -48,7 +49,7 @@ fn mesh_with(options: AgentOptions) -> Result<Mesh> {
     ];
     Ok(Mesh {
         tb,
-        _controller: controller,
+        controller: Some(controller),
         agents,
         _servers: servers,
     })
@@ -334,6 +335,52 @@ spec:
     assert!(
         !log.contains("pod released"),
         "the pod was re-enrolled: {log}"
+    );
+    Ok(())
+}
+
+/// A controller restarted while agents follow its stream: a DENY stays enforced while it is
+/// down, the agents resume from a snapshot of the new run (its epoch differs, so its version
+/// numbers are never read as the old run's) and take the changes made after it.
+#[test]
+fn a_controller_restart_loses_no_deny() -> Result<()> {
+    let mut m = mesh_with(AgentOptions {
+        config_from_controller: true,
+        ..AgentOptions::default()
+    })?;
+    let deny = |port: u16| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-{port}, namespace: default}}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {{ports: [\"{port}\"]}}\n"
+        )
+    };
+    m.apply("deny-port", &deny(PORT), 1)?;
+    assert!(!m.allowed("n0-p1", PORT));
+    assert!(m.allowed("n0-p1", OTHER_PORT));
+
+    drop(m.controller.take());
+    assert!(
+        !m.allowed("n0-p1", PORT),
+        "the DENY holds while the controller is down"
+    );
+    assert!(m.allowed("n0-p1", OTHER_PORT));
+    m.controller = Some(m.tb.start_controller()?);
+
+    m.apply("deny-other", &deny(OTHER_PORT), 2)?;
+    assert!(
+        !m.allowed("n0-p1", OTHER_PORT),
+        "a change after the restart"
+    );
+    assert!(!m.allowed("n0-p1", PORT), "and the DENY from before it");
+    let log = m.agents[1].log();
+    let epochs: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("configuration from the controller") && l.contains("snapshot=true"))
+        .filter_map(|l| l.split("epoch=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        epochs.len(),
+        2,
+        "one snapshot per controller run: {epochs:?}"
     );
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::{
 
 use bytes::{Buf as _, Bytes};
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone};
+use mesh_core::{Identity, hbone, transport::Limits};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -27,7 +27,6 @@ use crate::{
     identity::{Certificates, Issued},
 };
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// CONNECT streams on one HTTP/2 connection before another is opened.
 const STREAMS_PER_CONNECTION: usize = 100;
 
@@ -149,6 +148,9 @@ pub struct Connector {
     pool: Mutex<Pool>,
     /// How long an unused connection is kept (`--idle-timeout-secs`).
     pub(crate) idle: Duration,
+    /// How long a connection (TCP, then TLS, HTTP/2 and CONNECT for HBONE) may take to open
+    /// (`--handshake-timeout-secs`).
+    connect_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -176,11 +178,12 @@ impl Pool {
 }
 
 impl Connector {
-    pub fn new(certificates: Arc<Certificates>, idle: Duration) -> Self {
+    pub fn new(certificates: Arc<Certificates>, limits: &Limits) -> Self {
         Connector {
             certificates,
             pool: Mutex::default(),
-            idle,
+            idle: limits.idle_timeout(),
+            connect_timeout: limits.handshake_timeout(),
         }
     }
 
@@ -193,14 +196,14 @@ impl Connector {
         via: Option<&(IpAddr, Identity)>,
     ) -> Result<Conn, ConnectError> {
         if let Some((ip, identity)) = via {
-            return tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, *ip, identity))
+            return tokio::time::timeout(self.connect_timeout, self.tunnel(addr, *ip, identity))
                 .await
                 .map_err(|_| ConnectError::Timeout(addr))?
                 .map(Conn::Hbone);
         }
         match identity {
             None => {
-                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
                     .await
                     .map_err(|_| ConnectError::Timeout(addr))?
                     .map_err(|source| ConnectError::Tcp { addr, source })?;
@@ -208,7 +211,7 @@ impl Connector {
                 Ok(Conn::Plain(tcp))
             }
             Some(identity) => {
-                tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(addr, addr.ip(), identity))
+                tokio::time::timeout(self.connect_timeout, self.tunnel(addr, addr.ip(), identity))
                     .await
                     .map_err(|_| ConnectError::Timeout(addr))?
                     .map(Conn::Hbone)

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use mesh_core::Identity;
+use mesh_core::{Identity, transport::Limits};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
@@ -19,7 +19,7 @@ async fn idle_connection(to: SocketAddr, worker: Option<usize>) -> h1::Connectio
 async fn idle_connections_stay_with_their_worker() {
     let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
     let upstreams = Upstreams::new(
-        Connector::new(Certificates::new(identity), Duration::from_secs(300)),
+        Connector::new(Certificates::new(identity), &Limits::default()),
         None,
         None,
     );
@@ -47,9 +47,13 @@ async fn idle_connections_stay_with_their_worker() {
 #[tokio::test]
 async fn idle_connections_past_the_timeout_are_dropped() {
     let identity = Identity::new("cluster.local", "default", "waypoint").expect("identity");
-    // A zero timeout: every connection given back is past it by the next sweep.
+    // The shortest timeout there is (a millisecond).
+    let limits = Limits {
+        idle_timeout_secs: 0.0,
+        ..Limits::default()
+    };
     let upstreams = Upstreams::new(
-        Connector::new(Certificates::new(identity), Duration::ZERO),
+        Connector::new(Certificates::new(identity), &limits),
         None,
         None,
     );
@@ -63,6 +67,8 @@ async fn idle_connections_past_the_timeout_are_dropped() {
     );
     upstreams.give_back(gone_addr, idle_connection(gone_addr, None).await);
     let (mut held, _) = gone.accept().await.expect("accept");
+    // What is awaited here is time itself: the timeout must have passed.
+    std::thread::sleep(limits.idle_timeout() * 5);
     upstreams.give_back(live_addr, idle_connection(live_addr, None).await);
     let kept = upstreams
         .idle
