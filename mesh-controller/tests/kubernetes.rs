@@ -26,13 +26,16 @@ const NODE_ACCOUNT: &str = "system:serviceaccount:ambit-system:ambit-node";
 /// (path, body) of each request the scripted API server received.
 type Requests = Arc<Mutex<Vec<(String, String)>>>;
 
-/// An API server that answers every TokenReview with `user`'s fields (or unauthenticated for
-/// the token "bad"), and records each request's path and body.
-fn token_reviewer(user: serde_json::Value) -> (Client, Requests) {
+/// An API server played by a function: it answers each review (TokenReview,
+/// SubjectAccessReview) with the review and the `status` that `judge` gives it, and records
+/// each request's path and body.
+fn reviewer(
+    judge: impl Fn(&serde_json::Value) -> serde_json::Value + Clone + Send + 'static,
+) -> (Client, Requests) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let (record, user) = (record.clone(), user.clone());
+        let (record, judge) = (record.clone(), judge.clone());
         async move {
             let path = request.uri().path().to_owned();
             let body = request.into_body().collect().await?.to_bytes();
@@ -41,18 +44,25 @@ fn token_reviewer(user: serde_json::Value) -> (Client, Requests) {
                 .lock()
                 .unwrap()
                 .push((path, String::from_utf8_lossy(&body).into_owned()));
-            let status = if review["spec"]["token"] == "bad" {
-                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
-            } else {
-                serde_json::json!({"authenticated": true, "audiences": ["ambit"], "user": user})
-            };
             let mut answer = review;
-            answer["status"] = status;
+            answer["status"] = judge(&answer);
             let body = Full::new(Bytes::from(serde_json::to_vec(&answer)?));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(body))
         }
     });
     (Client::new(service, "default"), seen)
+}
+
+/// An API server that answers every TokenReview with `user`'s fields (or unauthenticated for
+/// the token "bad").
+fn token_reviewer(user: serde_json::Value) -> (Client, Requests) {
+    reviewer(move |review| {
+        if review["spec"]["token"] == "bad" {
+            serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+        } else {
+            serde_json::json!({"authenticated": true, "audiences": ["ambit"], "user": user})
+        }
+    })
 }
 
 fn authorizer(client: Client, pods: &[serde_json::Value]) -> KubeAuthorizer {
@@ -183,33 +193,17 @@ async fn the_root_is_made_once_kept_in_a_secret_and_published() {
 }
 
 /// An API server that allows `get secrets` in namespace "shop" to the account "custom-gateway"
-/// only, answering SubjectAccessReviews, and records each request.
+/// only, answering SubjectAccessReviews.
 fn access_reviewer() -> (Client, Requests) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let record = record.clone();
-        async move {
-            let path = request.uri().path().to_owned();
-            let body = request.into_body().collect().await?.to_bytes();
-            let review: serde_json::Value = serde_json::from_slice(&body)?;
-            record
-                .lock()
-                .unwrap()
-                .push((path, String::from_utf8_lossy(&body).into_owned()));
-            let spec = &review["spec"];
-            let allowed = spec["user"] == "system:serviceaccount:shop:custom-gateway"
-                && spec["resourceAttributes"]["namespace"] == "shop"
-                && spec["resourceAttributes"]["resource"] == "secrets"
-                && spec["resourceAttributes"]["verb"] == "get"
-                && spec["resourceAttributes"]["name"].is_null();
-            let mut answer = review;
-            answer["status"] = serde_json::json!({"allowed": allowed});
-            let body = Full::new(Bytes::from(serde_json::to_vec(&answer)?));
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http::Response::new(body))
-        }
-    });
-    (Client::new(service, "default"), seen)
+    reviewer(|review| {
+        let spec = &review["spec"];
+        let allowed = spec["user"] == "system:serviceaccount:shop:custom-gateway"
+            && spec["resourceAttributes"]["namespace"] == "shop"
+            && spec["resourceAttributes"]["resource"] == "secrets"
+            && spec["resourceAttributes"]["verb"] == "get"
+            && spec["resourceAttributes"]["name"].is_null();
+        serde_json::json!({"allowed": allowed})
+    })
 }
 
 #[tokio::test]
