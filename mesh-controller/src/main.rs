@@ -107,6 +107,17 @@ struct Args {
         default_value = "ambit-controller.ambit-system.svc:15012"
     )]
     waypoint_ca_addr: String,
+    /// Kubernetes mode: the OTLP/HTTP traces endpoint the waypoints and ingresses it runs send
+    /// spans to (`http://otel-collector.observability:4318/v1/traces`).
+    #[arg(long, env = "AMBIT_WAYPOINT_OTLP_ENDPOINT")]
+    waypoint_otlp_endpoint: Option<String>,
+    /// Kubernetes mode: the Zipkin endpoint they send spans to, as the Zipkin and Jaeger addons
+    /// take them (`http://zipkin.istio-system:9411/api/v2/spans`).
+    #[arg(long, env = "AMBIT_WAYPOINT_ZIPKIN_ENDPOINT")]
+    waypoint_zipkin_endpoint: Option<String>,
+    /// Kubernetes mode: percent of requests that start a trace at them to sample.
+    #[arg(long, env = "AMBIT_WAYPOINT_TRACE_SAMPLING")]
+    waypoint_trace_sampling: Option<f64>,
     /// Lifetime of the controller's own serving certificate, in seconds; renewed in place at
     /// half of it.
     #[arg(long, env = "AMBIT_SERVING_CERT_LIFETIME", default_value_t = 30 * 24 * 3600)]
@@ -323,6 +334,20 @@ async fn kubernetes_mode(
     let settings = mesh_controller::waypoint::WaypointSettings {
         image: waypoint_image,
         ca_addr: args.waypoint_ca_addr.clone(),
+        tracing: [
+            ("AMBIT_OTLP_ENDPOINT", args.waypoint_otlp_endpoint.clone()),
+            (
+                "AMBIT_ZIPKIN_ENDPOINT",
+                args.waypoint_zipkin_endpoint.clone(),
+            ),
+            (
+                "AMBIT_TRACE_SAMPLING",
+                args.waypoint_trace_sampling.map(|p| p.to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+        .collect(),
         root_pem: ca.bundle_pem().to_owned(),
     };
     tokio::spawn(kubernetes::run_waypoints(client, settings));

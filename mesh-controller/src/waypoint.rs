@@ -62,6 +62,9 @@ pub struct WaypointSettings {
     pub ca_addr: String,
     /// The mesh root certificate (PEM).
     pub root_pem: String,
+    /// Where the proxies send spans, as environment of their container
+    /// (`AMBIT_OTLP_ENDPOINT`, `AMBIT_ZIPKIN_ENDPOINT`, `AMBIT_TRACE_SAMPLING`).
+    pub tracing: Vec<(String, String)>,
 }
 
 /// What reconciling did.

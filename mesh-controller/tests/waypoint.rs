@@ -33,6 +33,10 @@ fn settings() -> WaypointSettings {
         image: "mesh-waypoint:test".to_owned(),
         ca_addr: "ambit-controller.ambit-system.svc:15012".to_owned(),
         root_pem: "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n".to_owned(),
+        tracing: vec![(
+            "AMBIT_ZIPKIN_ENDPOINT".to_owned(),
+            "http://zipkin.istio-system:9411/api/v2/spans".to_owned(),
+        )],
     }
 }
 
@@ -94,6 +98,12 @@ async fn a_waypoint_gateway_gets_its_deployment_service_and_account() {
         Some("mesh-waypoint:test")
     );
     // It runs as the waypoint of its Gateway, with its own token and the mesh root.
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == "AMBIT_ZIPKIN_ENDPOINT"
+            && e.value.as_deref() == Some("http://zipkin.istio-system:9411/api/v2/spans")),
+        "the proxies send spans where the controller was told: {env:?}"
+    );
     let args = pod.containers[0].args.clone().unwrap_or_default();
     assert!(
         args.contains(&"--waypoint=bookinfo/waypoint".to_owned()),

@@ -86,15 +86,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
         certificates,
         store: Store::default(),
         metrics: Metrics::default(),
-        spans: match &config.otlp_endpoint {
-            Some(endpoint) => Some(
-                crate::spans::Exporter::start(
-                    endpoint,
-                    format!("{}.{}", config.service_account, config.namespace),
-                )
-                .map_err(Error::Config)?,
-            ),
-            None => None,
+        spans: {
+            use crate::spans::{Exporter, Format};
+            let collectors: Vec<(Format, &str)> = [
+                (Format::Otlp, config.otlp_endpoint.as_deref()),
+                (Format::Zipkin, config.zipkin_endpoint.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(format, endpoint)| Some((format, endpoint?)))
+            .collect();
+            match collectors.is_empty() {
+                true => None,
+                false => Some(
+                    Exporter::start(
+                        &collectors,
+                        format!("{}.{}", config.service_account, config.namespace),
+                    )
+                    .map_err(Error::Config)?,
+                ),
+            }
         },
         configured: AtomicBool::new(false),
         workers: crate::workers::Workers::start(config.worker_threads).map_err(|source| {

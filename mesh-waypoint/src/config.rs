@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Where spans go as Zipkin v2 JSON (`http://zipkin.istio-system:9411/api/v2/spans`, the
+    /// Zipkin or Jaeger addon), beside or instead of OTLP.
+    #[arg(long, env = "AMBIT_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+
     /// Percent of requests that start a trace here to sample (Istio's default is 1).
     #[arg(long, env = "AMBIT_TRACE_SAMPLING", default_value_t = 1.0)]
     pub trace_sampling: f64,

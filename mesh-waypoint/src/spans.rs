@@ -1,7 +1,10 @@
-//! Span export over OTLP/HTTP (JSON encoding, `POST <endpoint>` as in
-//! `http://collector:4318/v1/traces`): one SERVER span per sampled request, batched (up to
-//! [`BATCH`] spans or every [`FLUSH_EVERY`]) and sent off the data path. When the collector
-//! is slow or away, spans are dropped and counted, never queued without bound.
+//! Span export: one SERVER span per sampled request, batched (up to [`BATCH`] spans or every
+//! [`FLUSH_EVERY`]) and sent off the data path to each configured collector, over OTLP/HTTP
+//! (JSON encoding, `POST <endpoint>` as in `http://collector:4318/v1/traces`) or Zipkin's v2
+//! JSON (`zipkin`). When a collector is slow or away, spans are dropped and counted, never
+//! queued without bound.
+
+mod zipkin;
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -31,6 +34,22 @@ pub struct Finished {
     pub error: bool,
 }
 
+/// How a collector takes spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Otlp,
+    Zipkin,
+}
+
+impl Format {
+    fn encode(self, service_name: &str, spans: &[Finished]) -> String {
+        match self {
+            Format::Otlp => encode(service_name, spans),
+            Format::Zipkin => zipkin::encode(service_name, spans),
+        }
+    }
+}
+
 pub struct Exporter {
     queue: mpsc::Sender<Finished>,
     /// Spans dropped because the queue was full.
@@ -38,18 +57,22 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the sending task for `endpoint` (`http://host:port/path`).
-    pub fn start(endpoint: &str, service_name: String) -> Result<Self, String> {
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|e| format!("OTLP endpoint {endpoint}: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(format!(
-                "OTLP endpoint {endpoint}: only http://host:port/path is supported"
-            ));
+    /// Starts the sending task for `collectors` (each `http://host:port/path`).
+    pub fn start(collectors: &[(Format, &str)], service_name: String) -> Result<Self, String> {
+        let mut sinks = Vec::new();
+        for (format, endpoint) in collectors {
+            let uri: http::Uri = endpoint
+                .parse()
+                .map_err(|e| format!("{format:?} endpoint {endpoint}: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(format!(
+                    "{format:?} endpoint {endpoint}: only http://host:port/path is supported"
+                ));
+            }
+            sinks.push((*format, uri));
         }
         let (queue, spans) = mpsc::channel(QUEUE);
-        tokio::spawn(send_batches(uri, service_name, spans));
+        tokio::spawn(send_batches(sinks, service_name, spans));
         Ok(Exporter {
             queue,
             dropped: AtomicU64::new(0),
@@ -63,7 +86,11 @@ impl Exporter {
     }
 }
 
-async fn send_batches(uri: http::Uri, service_name: String, mut spans: mpsc::Receiver<Finished>) {
+async fn send_batches(
+    sinks: Vec<(Format, http::Uri)>,
+    service_name: String,
+    mut spans: mpsc::Receiver<Finished>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let first = match spans.recv().await {
@@ -78,9 +105,11 @@ async fn send_batches(uri: http::Uri, service_name: String, mut spans: mpsc::Rec
                 Ok(None) | Err(_) => break,
             }
         }
-        let body = encode(&service_name, &batch);
-        if let Err(error) = post(&uri, body).await {
-            tracing::warn!(%error, spans = batch.len(), "spans not exported");
+        for (format, uri) in &sinks {
+            let body = format.encode(&service_name, &batch);
+            if let Err(error) = post(uri, body).await {
+                tracing::warn!(%error, ?format, spans = batch.len(), "spans not exported");
+            }
         }
         batch.clear();
     }

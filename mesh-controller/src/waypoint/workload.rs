@@ -221,18 +221,26 @@ impl Proxy {
             name: "waypoint".to_owned(),
             image: Some(settings.image.clone()),
             args: Some(args),
-            // Its own pod, whose locality load balancing is relative to.
-            env: Some(vec![EnvVar {
-                name: "POD_NAME".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".to_owned(),
-                        ..ObjectFieldSelector::default()
+            // Its own pod, whose locality load balancing is relative to; and where its spans go.
+            env: Some(
+                std::iter::once(EnvVar {
+                    name: "POD_NAME".to_owned(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".to_owned(),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            }]),
+                    ..EnvVar::default()
+                })
+                .chain(settings.tracing.iter().map(|(name, value)| EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    ..EnvVar::default()
+                }))
+                .collect(),
+            ),
             volume_mounts: Some(vec![
                 VolumeMount {
                     name: "token".to_owned(),

@@ -74,6 +74,7 @@ pub fn gateway_deployment(class: &str) -> Deployment {
         image: image("mesh-waypoint"),
         ca_addr: crate::controller::CA_ADDR.to_owned(),
         root_pem: String::new(),
+        tracing: Vec::new(),
     };
     let role = gateway
         .spec
