@@ -18,7 +18,11 @@ use mesh_core::{
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, pem::PemObject as _};
 use tonic::{Request, Response, Status};
 
-use crate::ca::{CurrentCa, DEFAULT_LIFETIME};
+use crate::{
+    ca::{CurrentCa, DEFAULT_LIFETIME},
+    metrics::CertificateLabels,
+};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +143,16 @@ pub struct CaService {
     pub authorizer: Arc<dyn NodeAuthorizer>,
     /// Longest lifetime granted, whatever is asked.
     pub max_lifetime: Duration,
+    /// Requests answered, by outcome (`ambit_controller_certificate_requests`).
+    pub answered: Family<CertificateLabels, Counter>,
+}
+
+impl CaService {
+    fn count(&self, outcome: &'static str) {
+        self.answered
+            .get_or_create(&CertificateLabels { outcome })
+            .inc();
+    }
 }
 
 #[tonic::async_trait]
@@ -167,6 +181,7 @@ impl IstioCertificateService for CaService {
                 Caller::Workload { .. } => format!("{caller} may have only its own identity"),
             };
             tracing::warn!(%caller, %identity, "certificate request refused: {why}");
+            self.count("refused");
             return Err(Status::permission_denied(why));
         }
         let asked = u64::try_from(request.validity_duration).unwrap_or(0);
@@ -181,6 +196,7 @@ impl IstioCertificateService for CaService {
             .sign(csr.as_ref(), &identity, lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%caller, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
+        self.count("issued");
         // Istio's layout: the leaf, then the trust bundle as one PEM element (several roots
         // during a rotation), which is what ztunnel reads its roots from.
         let (leaf, roots) = chain.split_at(1);

@@ -16,6 +16,7 @@ use std::{
 };
 
 use mesh_core::config_pb::{Resource, ResourceKey, Role, Update, resource::Body};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::watch;
 
 /// A resource's identity in the stream: (kind, namespace, name).
@@ -125,8 +126,9 @@ const HISTORY: usize = 4096;
 struct State {
     version: u64,
     resources: BTreeMap<Key, Arc<Resource>>,
-    /// Keys changed (added, modified or removed) at each remembered version.
-    changes: BTreeMap<u64, Vec<Key>>,
+    /// Keys changed (added, modified or removed) at each remembered version, and when it was
+    /// published.
+    changes: BTreeMap<u64, (Vec<Key>, std::time::Instant)>,
     subscribers: BTreeMap<u64, SubscriberStatus>,
     next_subscriber: u64,
 }
@@ -159,6 +161,8 @@ pub struct Distributor {
     /// Whether a whole configuration was ever published (an empty one counts): what the
     /// controller's readiness waits for.
     published: watch::Sender<bool>,
+    /// From a version's publication to each subscriber's acknowledgement of it, in seconds.
+    pub pushes: Histogram,
 }
 
 impl Default for Distributor {
@@ -174,6 +178,8 @@ impl Default for Distributor {
             }),
             version: watch::channel(0).0,
             published: watch::channel(false).0,
+            // 1 ms to about 16 s.
+            pushes: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         }
     }
 }
@@ -223,7 +229,9 @@ impl Distributor {
         }
         state.version += 1;
         let version = state.version;
-        state.changes.insert(version, changed);
+        state
+            .changes
+            .insert(version, (changed, std::time::Instant::now()));
         while state.changes.len() > HISTORY {
             state.changes.pop_first();
         }
@@ -289,7 +297,7 @@ impl Distributor {
         let keys: BTreeSet<&Key> = state
             .changes
             .range(have + 1..)
-            .flat_map(|(_, keys)| keys)
+            .flat_map(|(_, (keys, _))| keys)
             .collect();
         let mut update = Update {
             version: state.version,
@@ -332,6 +340,14 @@ impl Distributor {
             },
         );
         id
+    }
+
+    /// A subscriber acknowledged `version`: how long after its publication.
+    fn acknowledged(&self, version: u64) {
+        let published = self.state().changes.get(&version).map(|(_, at)| *at);
+        if let Some(at) = published {
+            self.pushes.observe(at.elapsed().as_secs_f64());
+        }
     }
 
     fn set_status(&self, id: u64, update: impl FnOnce(&mut SubscriberStatus)) {

@@ -14,6 +14,7 @@
 //! - `source`: configuration sources (a directory, the Kubernetes API) and the debounced
 //!   publish loop;
 //! - `readiness`: `/healthz/ready`, ready once a whole configuration is published;
+//! - `metrics`: Prometheus metrics of configuration pushes, validation and certificates;
 //! - `kubernetes`: Kubernetes mode's CA Secret, node authentication by TokenReview, and the
 //!   waypoint reconciler;
 //! - `waypoint`: the Deployment, Service and ServiceAccount run for each waypoint Gateway.
@@ -25,6 +26,7 @@ pub mod compile;
 pub mod config;
 pub mod distribution;
 pub mod kubernetes;
+pub mod metrics;
 pub mod readiness;
 pub mod serve;
 pub mod source;

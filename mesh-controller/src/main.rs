@@ -13,6 +13,7 @@ use mesh_controller::{
     ca_service::{CaService, LocalAuthorizer, NodeAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
     kubernetes::{self, KubeAuthorizer},
+    metrics::Metrics,
     readiness::Readiness,
     serve,
     source::{
@@ -93,6 +94,14 @@ struct Args {
     /// deploy/kustomization.yaml renames it too.
     #[arg(long, env = "AMBIT_WAYPOINT_IMAGE")]
     waypoint_image: Option<String>,
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`), on the port every Ambit component
+    /// serves them on (15014, istiod's, is the admin endpoint here, on loopback).
+    #[arg(
+        long,
+        env = "AMBIT_CONTROLLER_METRICS_ADDR",
+        default_value = "0.0.0.0:15020"
+    )]
+    metrics_addr: SocketAddr,
     /// Readiness (`/healthz/ready`): ready once the configuration is published.
     #[arg(
         long,
@@ -157,6 +166,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
         .await
         .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
+    let metrics = Arc::new(Metrics::new(distributor.pushes.clone()));
+    serve_metrics(
+        args.metrics_addr,
+        metrics.clone(),
+        distributor.clone(),
+        status.report.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
     let (ca, authorizer) = if args.kubernetes {
         kubernetes_mode(&args, &distributor, status, &readiness).await?
     } else {
@@ -182,6 +200,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ca,
         authorizer: authorizer.clone(),
         max_lifetime: Duration::from_secs(args.max_cert_lifetime),
+        answered: metrics.certificates.clone(),
     };
     let config_service = ConfigStreamService {
         distributor: distributor.clone(),
@@ -212,6 +231,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 type Authority = (ca::CurrentCa, Arc<dyn NodeAuthorizer>);
+
+/// Serves `/metrics` (and `/stats/prometheus`, as Istio's components answer) on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    distributor: Arc<Distributor>,
+    report: mesh_controller::admin::SharedReport,
+) -> std::io::Result<()> {
+    mesh_core::endpoint::serve(addr, move |request| {
+        let status = match request.uri().path() {
+            "/metrics" | "/stats/prometheus" => hyper::StatusCode::OK,
+            _ => hyper::StatusCode::NOT_FOUND,
+        };
+        let body = match status {
+            hyper::StatusCode::OK => {
+                let report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                metrics.render(&distributor, &report)
+            }
+            _ => "not found\n".to_owned(),
+        };
+        let mut reply = hyper::Response::new(http_body_util::Full::new(body.into()));
+        *reply.status_mut() = status;
+        reply.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        reply
+    })
+    .await
+}
 
 /// Ready once a whole configuration is out (or at once, for a CA without configuration).
 async fn ready_when_published(

@@ -47,6 +47,7 @@ async fn start() -> Fixture {
             pods_file: dir.join("pods.yaml"),
         }),
         max_lifetime: Duration::from_secs(24 * 3600),
+        answered: Default::default(),
     };
     let config = Arc::new(serve::server_config(serving).unwrap());
     tokio::spawn(

@@ -283,3 +283,87 @@ async fn a_restarted_controller_sends_a_snapshot_even_at_the_same_version_number
     assert_eq!(kept, ["deny-legacy", "w1"], "w0 is gone, the DENY is there");
     let _ = sub.disconnect.send(());
 }
+
+/// The controller's metrics tell what `ambitctl status` does: the version, subscribers by
+/// role, those behind or refusing, how long pushes took, and what validation refused.
+#[tokio::test]
+async fn metrics_follow_subscribers_and_validation() {
+    use mesh_api::common::Condition;
+    use mesh_controller::{
+        admin::{Report, ResourceReport},
+        metrics::Metrics,
+    };
+    let sample = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let distributor = Arc::new(Distributor::default());
+    let metrics = Metrics::new(distributor.pushes.clone());
+    distributor.publish(vec![workload("a", "n0")]);
+    let mut sub = subscribe(serve(distributor.clone()).await, ConfigView::default());
+    next(&mut sub).await;
+    wait_for_status(&distributor, |s| s.acked == 1).await;
+    let report = Report {
+        resources: vec![ResourceReport {
+            kind: "AuthorizationPolicy".to_owned(),
+            namespace: "shop".to_owned(),
+            name: "broken".to_owned(),
+            conditions: vec![Condition {
+                type_: "Accepted".to_owned(),
+                status: "False".to_owned(),
+                reason: "InvalidIpBlock".to_owned(),
+                ..Condition::default()
+            }],
+        }],
+        errors: Vec::new(),
+    };
+    let text = metrics.render(&distributor, &report);
+    assert_eq!(sample(&text, "ambit_controller_config_version"), Some(1.0));
+    assert_eq!(
+        sample(&text, "ambit_controller_subscribers{role=\"node\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "ambit_controller_subscribers{role=\"waypoint\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "ambit_controller_subscribers_behind{role=\"node\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "ambit_controller_push_duration_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ambit_controller_rejected_resources{kind=\"AuthorizationPolicy\",reason=\"InvalidIpBlock\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(text.contains("istio_build{component=\"pilot\""), "{text}");
+
+    // A poisoned update is refused: the subscriber is behind and refusing until the fix.
+    distributor.publish(vec![workload("a", "n0"), workload("poison", "n0")]);
+    wait_for_status(&distributor, |s| s.nack.is_some()).await;
+    let text = metrics.render(&distributor, &Report::default());
+    assert_eq!(
+        sample(&text, "ambit_controller_subscribers_behind{role=\"node\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ambit_controller_subscribers_refusing{role=\"node\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains("ambit_controller_rejected_resources{"),
+        "a report without refusals clears them: {text}"
+    );
+    let _ = sub.disconnect.send(());
+}

@@ -2,6 +2,7 @@
 //! verification, and the HBONE (HTTP/2 CONNECT) request shape.
 //!
 //! # Layout
+//! - `build_info`: `istio_build`, the metric that names a component and its version;
 //! - `ca_client`: asking the mesh CA for a workload certificate (gRPC over TLS, bearer token);
 //! - `identity`: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`;
 //! - `tls`: workload certificates, rustls configs (TLS 1.3, AES-GCM, ALPN `h2`), and the
@@ -17,6 +18,7 @@
 //! - `yaml`: multi-document YAML where one broken document costs only itself.
 #![deny(unsafe_code)]
 
+pub mod build_info;
 pub mod ca_client;
 pub mod config_client;
 pub mod endpoint;

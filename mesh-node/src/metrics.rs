@@ -91,6 +91,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
+        mesh_core::build_info::register(&mut registry, "ztunnel", env!("CARGO_PKG_VERSION"));
         let connections_opened = Family::<TcpLabels, Counter>::default();
         let connections_closed = Family::<TcpLabels, Counter>::default();
         let connections_failed = Family::<TcpLabels, Counter>::default();

@@ -95,6 +95,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
+        mesh_core::build_info::register(&mut registry, "proxy", env!("CARGO_PKG_VERSION"));
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RequestLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,

@@ -382,5 +382,21 @@ fn a_controller_restart_loses_no_deny() -> Result<()> {
         2,
         "one snapshot per controller run: {epochs:?}"
     );
+    // The new run's metrics show both agents subscribed and up to date.
+    let (status, metrics) =
+        mesh_tests::sys::loopback_get(&m.tb.fabric_netns_path(), 15020, "/metrics")?;
+    assert_eq!(status, 200);
+    let sample =
+        |series: &str, filters: &[&str]| mesh_tests::agent::sum_samples(&metrics, series, filters);
+    assert_eq!(
+        sample("ambit_controller_subscribers", &["role=\"node\""]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("ambit_controller_subscribers_refusing", &["role=\"node\""]),
+        0.0
+    );
+    assert!(sample("ambit_controller_push_duration_seconds_count", &[]) >= 2.0);
     Ok(())
 }

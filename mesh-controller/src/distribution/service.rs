@@ -154,6 +154,7 @@ async fn serve_subscriber(
                 acked = version;
                 epoch = distributor.epoch();
                 refused = None;
+                distributor.acknowledged(version);
                 distributor.set_status(id, |s| {
                     s.acked = version;
                     s.nack = None;
