@@ -19,10 +19,12 @@ const HINT: &str = "a missing bpf-linker or nightly rust-src is fixed by `cargo 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir.join("..");
-    // The programs, and the types they share with the agent.
-    for dir in ["mesh-ebpf", "mesh-common"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    // The programs, the types they share with the agent, and the pinned versions they are
+    // built with (aya-ebpf is pinned in the workspace's manifest and lock file).
+    for path in ["mesh-ebpf", "mesh-common", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
     let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
     let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
         Ok("big") => "bpfeb-unknown-none",

@@ -137,7 +137,9 @@ pub struct OrigDst {
 
 /// Capacity of each pod's map in [`maps::ORIG_DSTS`]: established connects whose original
 /// destination the agent has not read yet. Past it the pod's oldest entry is evicted, and the
-/// agent refuses that connection (it fails closed, and only in that pod).
+/// agent refuses that connection (it fails closed, and only in that pod). The kernel's LRU hands
+/// each CPU free slots in batches of 128, so on nodes with more than 16 CPUs eviction can start
+/// before the map is full; the size should then grow with the CPU count.
 pub const PENDING_PER_POD: u32 = 2048;
 
 /// Key of each pod's map in [`maps::ORIG_DSTS`]: the client socket as the agent sees it when it

@@ -43,6 +43,10 @@ pub enum Error {
         "CA root in {path}: the key is not the first certificate's (the first root is the one that signs)"
     )]
     KeyMismatch { path: PathBuf },
+    #[error(
+        "CA root in {path}: every certificate of the trust bundle must be a self-issued root (a cross-signed one would be read as an intermediate)"
+    )]
+    NotARoot { path: PathBuf },
     #[error("certificate request is not valid or its signature does not verify: {0}")]
     BadRequest(rcgen::Error),
     #[error("certificate request asks for {asked:?}; the caller is {identity}")]
@@ -129,6 +133,13 @@ impl CertificateAuthority {
             .first()
             .cloned()
             .ok_or_else(|| bad(rcgen::Error::CouldNotParseCertificate))?;
+        // Clients take the self-issued certificates at the end of a chain as its roots: a
+        // cross-signed (not self-issued) entry would be read as an intermediate.
+        if !bundle.iter().all(mesh_core::tls::is_self_issued) {
+            return Err(Error::NotARoot {
+                path: origin.as_ref().to_owned(),
+            });
+        }
         // rcgen would sign with any key: a bundle whose first root is not this key's would
         // issue certificates no peer can verify.
         if public_key_of(&root) != Some(rcgen::PublicKeyData::subject_public_key_info(&key)) {

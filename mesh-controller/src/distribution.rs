@@ -342,11 +342,13 @@ impl Distributor {
         id
     }
 
-    /// A subscriber acknowledged `version`: how long after its publication.
-    fn acknowledged(&self, version: u64) {
+    /// A subscriber acknowledged `version`, sent to it at `sent`: how long after the
+    /// version's publication, or after the send for a subscriber that (re)connected later
+    /// (its wait began then, not hours ago).
+    fn acknowledged(&self, version: u64, sent: std::time::Instant) {
         let published = self.state().changes.get(&version).map(|(_, at)| *at);
         if let Some(at) = published {
-            self.pushes.observe(at.elapsed().as_secs_f64());
+            self.pushes.observe(at.max(sent).elapsed().as_secs_f64());
         }
     }
 

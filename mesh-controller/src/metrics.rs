@@ -41,6 +41,8 @@ pub struct Metrics {
     rejected: Family<RejectedLabels, Gauge>,
     /// Certificate requests answered, by outcome (the CA service counts them).
     pub certificates: Family<CertificateLabels, Counter>,
+    /// One scrape at a time: the gauges are reset and refilled for each.
+    rendering: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -98,11 +100,13 @@ impl Metrics {
             refusing,
             rejected,
             certificates,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
     /// The text exposition, with gauges read from the current state.
     pub fn render(&self, distributor: &Distributor, report: &Report) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
         let latest = distributor.version();
         self.version.set(latest as i64);
         let subscribers = distributor.subscribers();

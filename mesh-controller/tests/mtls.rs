@@ -235,3 +235,13 @@ fn a_bundle_whose_first_root_is_not_the_key_s_is_refused() {
     let refused = CertificateAuthority::from_pem(pem, &new.key_pem(), "cluster.local", "dir");
     assert!(matches!(refused, Err(Error::KeyMismatch { .. })));
 }
+
+#[test]
+fn a_bundle_entry_that_is_not_a_root_is_refused() {
+    let ca = CertificateAuthority::generate("cluster.local").unwrap();
+    let leaf = issue(&ca, &id("spiffe://cluster.local/ns/a/sa/a"));
+    let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.chain[0].to_vec()));
+    let bundle = format!("{}{leaf_pem}", ca.bundle_pem());
+    let refused = CertificateAuthority::from_pem(bundle, &ca.key_pem(), "cluster.local", "dir");
+    assert!(matches!(refused, Err(Error::NotARoot { .. })));
+}

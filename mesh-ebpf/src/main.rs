@@ -25,7 +25,7 @@ use mesh_common::{EnrolledPod, NodeConfig, OrigDst, OrigDstKey, PodAddr, SockKey
 /// Capacity sized for a large node (ztunnel's default pod limit is far below this).
 const MAX_PODS: usize = 4096;
 /// Established connects of one pod whose original destination the agent has not read yet
-/// (accepted connections are read at once; the listeners' backlog is 4096).
+/// (read as each connection is accepted; see `mesh_common::PENDING_PER_POD`).
 const PENDING_PER_POD: usize = mesh_common::PENDING_PER_POD as usize;
 /// Loopback app <-> agent sockets that can be spliced at once (two per connection).
 const MAX_ACCEL_SOCKS: usize = 65536;

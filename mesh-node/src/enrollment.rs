@@ -143,12 +143,14 @@ impl Enrollment {
                 self.release(active);
             }
         }
-        // Refused pods that left (or changed) are let go; the others are tried again below.
+        // Refused pods that left are let go. The others (changed or not) stay held while they
+        // are tried again below: a successful enrollment replaces the hold, a failed one renews
+        // it, and there is no moment in between when the pod is free.
         let gone: Vec<String> = self
             .refused
-            .iter()
-            .filter(|(key, (spec, _))| desired.get(*key).is_none_or(|pod| **pod != *spec))
-            .map(|(key, _)| key.clone())
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
             .collect();
         for key in gone {
             if let Some((_, cookie)) = self.refused.remove(&key) {
@@ -162,7 +164,12 @@ impl Enrollment {
             match self.enroll(pod) {
                 Ok(active) => {
                     tracing::info!(pod = %key, ip = %pod.ip, cookie = active.context.netns_cookie, "pod enrolled");
-                    self.refused.remove(&key);
+                    // A hold on another namespace (the pod's sandbox was replaced) is let go.
+                    if let Some((_, cookie)) = self.refused.remove(&key)
+                        && cookie != active.context.netns_cookie
+                    {
+                        self.release_refused(&key, cookie);
+                    }
                     self.active.insert(key, active);
                 }
                 Err(error) => {
@@ -224,7 +231,22 @@ impl Enrollment {
         };
         let outbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
         // Native IPv6 is captured only where the pod has it; without it no IPv6 path exists.
-        let outbound6 = listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND)).ok();
+        // Any other failure (the port taken in the pod) fails the enrollment: IPv6 connects
+        // would otherwise go out uncaptured.
+        let outbound6 = match open_listener(
+            &netns,
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND),
+        ) {
+            Ok(listener) => Some(listener),
+            Err(e) if no_ipv6(&e) => None,
+            Err(source) => {
+                return Err(Error::Listener {
+                    pod: key.clone(),
+                    addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND),
+                    source,
+                });
+            }
+        };
         let inbound = listen(SocketAddr::new(
             Ipv4Addr::LOCALHOST.into(),
             ports::INBOUND_PLAINTEXT,
@@ -338,9 +360,11 @@ impl Enrollment {
                     path: pod.netns.display().to_string(),
                     source,
                 })?;
+            // IPv6 connects are redirected too (to a listener that is not there), whether or
+            // not the pod has IPv6: nothing may leave a refused pod.
             let entry = EnrolledPod {
                 ip4: u32::from_ne_bytes(pod.ip.octets()),
-                flags: 0,
+                flags: ENROLLED_IPV6_OUTBOUND,
             };
             self.dataplane
                 .refuse(&netns, cookie, entry)
@@ -353,7 +377,11 @@ impl Enrollment {
         match held {
             Ok(cookie) => {
                 tracing::error!(%error, pod = %key, "pod not enrolled: its traffic is refused until it can be; will retry");
-                self.refused.insert(key, (pod.clone(), cookie));
+                if let Some((_, old)) = self.refused.insert(key.clone(), (pod.clone(), cookie))
+                    && old != cookie
+                {
+                    self.release_refused(&key, old);
+                }
             }
             Err(hold_error) => tracing::error!(
                 %error, %hold_error, pod = %key,
@@ -415,6 +443,14 @@ fn open_sandbox(pod: &Pod) -> Result<NetNs, Error> {
         });
     }
     Ok(netns)
+}
+
+/// Whether binding `[::1]` failed because the pod has no IPv6 at all.
+fn no_ipv6(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+    )
 }
 
 fn open_listener(netns: &NetNs, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -63,6 +63,11 @@ fn a_pod_that_cannot_be_enrolled_is_held_failing_closed() -> Result<()> {
         remote.accept().is_err(),
         "a connection from the refused pod reached the server"
     );
+    // IPv6 too: redirected to a listener that is not there, so refused.
+    ensure!(
+        pod.connect(server.addr6(PORT)).is_err(),
+        "an IPv6 connection left the refused pod"
+    );
     // In: connections to the pod's app are dropped.
     let dropped =
         outsider.enter(|| TcpStream::connect_timeout(&pod.addr(PORT), Duration::from_secs(2)))?;

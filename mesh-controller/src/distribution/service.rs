@@ -146,6 +146,7 @@ async fn serve_subscriber(
             continue;
         };
         let version = update.version;
+        let sent = std::time::Instant::now();
         tx.send(Ok(update)).await.map_err(|_| "stream closed")?;
         match inbound.message().await {
             Ok(Some(SubscriberMessage {
@@ -154,7 +155,7 @@ async fn serve_subscriber(
                 acked = version;
                 epoch = distributor.epoch();
                 refused = None;
-                distributor.acknowledged(version);
+                distributor.acknowledged(version, sent);
                 distributor.set_status(id, |s| {
                     s.acked = version;
                     s.nack = None;
