@@ -7,7 +7,7 @@
 
 mod rotation;
 
-pub use rotation::{CurrentCa, fingerprint, fixed, follow_dir};
+pub use rotation::{CurrentCa, fixed, follow_dir};
 
 use std::{
     path::{Path, PathBuf},

@@ -83,6 +83,11 @@ impl Audience {
     }
 }
 
+/// A role as status and metrics name it: `node`, `waypoint`.
+pub fn role_name(role: Role) -> String {
+    role.as_str_name().to_ascii_lowercase()
+}
+
 /// Which kinds a role receives (Secrets: see [`Audience`]).
 pub fn wanted(role: Role, kind: &str) -> bool {
     match role {
@@ -334,7 +339,7 @@ impl Distributor {
             id,
             SubscriberStatus {
                 node: node.to_owned(),
-                role: role.as_str_name().to_ascii_lowercase(),
+                role: role_name(role),
                 build: build.to_owned(),
                 ..SubscriberStatus::default()
             },

@@ -246,7 +246,7 @@ async fn serve_metrics(
         };
         let body = match status {
             hyper::StatusCode::OK => {
-                let report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let report = report.lock().unwrap_or_else(|p| p.into_inner());
                 metrics.render(&distributor, &report)
             }
             _ => "not found\n".to_owned(),

@@ -10,7 +10,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{admin::Report, distribution::Distributor};
+use mesh_core::config_pb::Role;
+
+use crate::{
+    admin::Report,
+    distribution::{Distributor, role_name},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
@@ -30,7 +35,7 @@ pub struct CertificateLabels {
 }
 
 /// The roles a subscriber has, each always reported (a zero is an answer too).
-const ROLES: [&str; 2] = ["node", "waypoint"];
+const ROLES: [Role; 2] = [Role::Node, Role::Waypoint];
 
 pub struct Metrics {
     registry: Registry,
@@ -112,9 +117,9 @@ impl Metrics {
         let subscribers = distributor.subscribers();
         for role in ROLES {
             let labels = RoleLabels {
-                role: role.to_owned(),
+                role: role_name(role),
             };
-            let of_role = subscribers.iter().filter(|s| s.role == role);
+            let of_role = subscribers.iter().filter(|s| s.role == labels.role);
             self.subscribers
                 .get_or_create(&labels)
                 .set(of_role.clone().count() as i64);

@@ -75,6 +75,26 @@ pub struct Listener {
     places: Arc<Semaphore>,
 }
 
+/// When a connection pool was last swept of closed and idle connections. A sweep walks the whole
+/// pool, so callers run one at most every [`SweepClock::EVERY`].
+#[derive(Debug, Default)]
+pub struct SweepClock(Option<std::time::Instant>);
+
+impl SweepClock {
+    /// How often a pool is swept by default.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether `every` has passed since the last sweep; if so, the sweep counts as done now.
+    pub fn due(&mut self, every: Duration) -> bool {
+        let now = std::time::Instant::now();
+        if self.0.is_some_and(|at| now - at < every) {
+            return false;
+        }
+        self.0 = Some(now);
+        true
+    }
+}
+
 /// After an accept error (EMFILE, ENFILE, ENOBUFS: all pass with time), the first pause, and
 /// the longest.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);

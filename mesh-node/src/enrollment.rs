@@ -233,19 +233,10 @@ impl Enrollment {
         // Native IPv6 is captured only where the pod has it; without it no IPv6 path exists.
         // Any other failure (the port taken in the pod) fails the enrollment: IPv6 connects
         // would otherwise go out uncaptured.
-        let outbound6 = match open_listener(
-            &netns,
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND),
-        ) {
+        let outbound6 = match listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND)) {
             Ok(listener) => Some(listener),
-            Err(e) if no_ipv6(&e) => None,
-            Err(source) => {
-                return Err(Error::Listener {
-                    pod: key.clone(),
-                    addr: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND),
-                    source,
-                });
-            }
+            Err(Error::Listener { source, .. }) if no_ipv6(&source) => None,
+            Err(error) => return Err(error),
         };
         let inbound = listen(SocketAddr::new(
             Ipv4Addr::LOCALHOST.into(),

@@ -189,30 +189,33 @@ pub fn encode(service_name: &str, spans: &[Finished]) -> String {
     .to_string()
 }
 
+/// A finished 3 ms request that failed (503), in a trace a caller started: what the encoders'
+/// tests encode.
+#[cfg(test)]
+pub(crate) fn sample_failed_request() -> Finished {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    Finished {
+        span: Span {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: 0x00f067aa0ba902b7,
+            parent_id: Some(0xa2fb4a1d1a96d312),
+            sampled: true,
+        },
+        name: "reviews.default.svc.cluster.local:9080/*".to_owned(),
+        start,
+        end: start + Duration::from_millis(3),
+        attributes: vec![("http.status_code", "503".to_owned())],
+        error: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn spans_encode_as_otlp_json() {
-        let span = Span {
-            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
-            span_id: 0x00f067aa0ba902b7,
-            parent_id: Some(0xa2fb4a1d1a96d312),
-            sampled: true,
-        };
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let text = encode(
-            "waypoint.default",
-            &[Finished {
-                span,
-                name: "reviews.default.svc.cluster.local:9080/*".to_owned(),
-                start,
-                end: start + Duration::from_millis(3),
-                attributes: vec![("http.status_code", "503".to_owned())],
-                error: true,
-            }],
-        );
+        let text = encode("waypoint.default", &[sample_failed_request()]);
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let span = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");

@@ -38,6 +38,7 @@ use http::{Request, Response, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::transport::SweepClock;
 
 pub use self::{
     body::local_body,
@@ -121,9 +122,7 @@ pub struct Upstreams {
     idle: Mutex<IdlePool>,
     /// One HTTP/2 connection per endpoint and worker, each driven on its worker, with when
     /// it was last used.
-    shared_h2: Mutex<HashMap<WorkerEndpoint, (http2::SendRequest<RequestBody>, Instant)>>,
-    /// When `shared_h2` was last swept.
-    h2_swept: Mutex<Option<Instant>>,
+    shared_h2: Mutex<SharedH2>,
     /// Wakes requests waiting for a pooled connection.
     returned: tokio::sync::Notify,
 }
@@ -131,21 +130,19 @@ pub struct Upstreams {
 #[derive(Default)]
 struct IdlePool {
     by_addr: HashMap<SocketAddr, Vec<(h1::Connection, Instant)>>,
-    swept: Option<Instant>,
+    swept: SweepClock,
 }
 
-/// How often the idle pools are swept of connections unused past the idle timeout (more often
-/// when the timeout is shorter).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+#[derive(Default)]
+struct SharedH2 {
+    by_endpoint: HashMap<WorkerEndpoint, (http2::SendRequest<RequestBody>, Instant)>,
+    swept: SweepClock,
+}
 
-/// Whether a sweep is due (and, if so, records that it happens now).
-fn sweep_due(swept: &mut Option<Instant>, idle: Duration) -> bool {
-    let now = Instant::now();
-    if swept.is_some_and(|at| now - at < SWEEP_EVERY.min(idle)) {
-        return false;
-    }
-    *swept = Some(now);
-    true
+/// The idle pools are swept of connections unused past the idle timeout every
+/// [`SweepClock::EVERY`], or more often when the timeout is shorter.
+fn sweep_every(idle: Duration) -> Duration {
+    SweepClock::EVERY.min(idle)
 }
 
 impl Upstreams {
@@ -162,7 +159,6 @@ impl Upstreams {
             resolved: Mutex::default(),
             idle: Mutex::default(),
             shared_h2: Mutex::default(),
-            h2_swept: Mutex::default(),
             returned: tokio::sync::Notify::new(),
         })
     }
@@ -231,14 +227,15 @@ impl Upstreams {
     ) -> Result<http2::SendRequest<RequestBody>, Failure> {
         let existing = {
             let mut shared = self.shared_h2.lock().unwrap_or_else(|p| p.into_inner());
-            let mut swept = self.h2_swept.lock().unwrap_or_else(|p| p.into_inner());
-            if sweep_due(&mut swept, self.connector.idle) {
+            let SharedH2 { by_endpoint, swept } = &mut *shared;
+            let idle = self.connector.idle;
+            if swept.due(sweep_every(idle)) {
                 // Dropping the pool's sender closes an idle connection; one with requests in
                 // flight ends when they do.
-                let idle = self.connector.idle;
-                shared.retain(|_, (sender, used)| !sender.is_closed() && used.elapsed() < idle);
+                by_endpoint
+                    .retain(|_, (sender, used)| !sender.is_closed() && used.elapsed() < idle);
             }
-            shared
+            by_endpoint
                 .get_mut(&(crate::workers::current(), addr))
                 .filter(|(sender, _)| !sender.is_closed())
                 .map(|(sender, used)| {
@@ -253,6 +250,7 @@ impl Upstreams {
         self.shared_h2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_endpoint
             .insert(
                 (crate::workers::current(), addr),
                 (sender.clone(), Instant::now()),
@@ -326,7 +324,7 @@ impl Upstreams {
     fn give_back(&self, addr: SocketAddr, connection: h1::Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let IdlePool { by_addr, swept } = &mut *idle;
-        if sweep_due(swept, self.connector.idle) {
+        if swept.due(sweep_every(self.connector.idle)) {
             // Endpoints that went away, and connections nobody needed for the idle timeout,
             // leave nothing behind.
             let timeout = self.connector.idle;

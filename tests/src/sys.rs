@@ -213,3 +213,23 @@ pub const CAPABILITIES: [&str; 41] = [
     "BPF",
     "CHECKPOINT_RESTORE",
 ];
+
+/// Polls `check` every `every` until it holds; after `timeout`, fails saying `what` was never
+/// reached. Tests wait on conditions, never on a fixed sleep.
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("never reached: {what}");
+        }
+        std::thread::sleep(every);
+    }
+}

@@ -19,17 +19,13 @@ use mesh_tests::{
 const PORT: u16 = 8080;
 
 fn wait_metric(agent: &Agent, name: &str, value: f64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = agent.metric_sum(name, &[])?;
-        if now == value {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{name} stayed {now}, not {value}\n{}", agent.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    mesh_tests::sys::wait_until(
+        &format!("{name} = {value}"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || Ok(agent.metric_sum(name, &[])? == value),
+    )
+    .with_context(|| agent.log_tail())
 }
 
 #[test]

@@ -11,10 +11,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use mesh_controller::ca::CertificateAuthority;
 use mesh_core::tls::key_ids;
 use mesh_tests::{
@@ -52,22 +52,21 @@ fn wait_certs(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(4 * LIFETIME);
-    loop {
+    let all_done = || -> Result<bool> {
         let mut all = true;
         for agent in agents {
             let certs: serde_json::Value = serde_json::from_str(&agent.get(15000, "/certs")?.1)?;
             let certs = certs.as_array().cloned().unwrap_or_default();
             all &= !certs.is_empty() && certs.iter().all(&done);
         }
-        if all {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("agents never reached: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        Ok(all)
+    };
+    mesh_tests::sys::wait_until(
+        &format!("agents: {what}"),
+        Duration::from_secs(4 * LIFETIME),
+        Duration::from_millis(250),
+        all_done,
+    )
 }
 
 #[test]

@@ -55,8 +55,8 @@ pub fn follow_dir(dir: PathBuf, ca: CertificateAuthority) -> CurrentCa {
                         continue;
                     }
                     tracing::info!(
-                        signing_root = %fingerprint(ca.root()),
-                        bundle = ?ca.bundle().iter().map(|r| fingerprint(r)).collect::<Vec<_>>(),
+                        signing_root = %key_id(ca.root()),
+                        bundle = ?ca.bundle().iter().map(key_id).collect::<Vec<_>>(),
                         "CA changed: later certificates are signed by this root and carry this bundle"
                     );
                     sender.send_replace(Arc::new(ca));
@@ -86,12 +86,8 @@ fn stamps(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-/// The first 16 hex digits of a certificate's SHA-256, as logs name roots.
-pub fn fingerprint(cert: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(cert)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A root as agents' `/certs` names it (its subject key id), so log lines and agents' views
+/// can be matched.
+fn key_id(root: &rustls::pki_types::CertificateDer<'_>) -> String {
+    mesh_core::tls::key_ids(root).subject.unwrap_or_default()
 }

@@ -16,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone};
+use mesh_core::{Identity, hbone, transport::SweepClock};
 
 use super::{PodContext, connect_from_pod, tunnel::H2Stream};
 use crate::{app::State, identity::Issued};
@@ -79,19 +79,15 @@ pub struct HbonePool {
 struct Connections {
     by_key: HashMap<Key, Vec<Pooled>>,
     /// When closed and idle connections (and keys left empty) were last removed.
-    swept: Option<Instant>,
+    swept: SweepClock,
 }
-
-/// How often the whole pool is swept of closed and idle connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Connections {
     fn sweep(&mut self, idle: Duration) {
-        let now = Instant::now();
-        if self.swept.is_some_and(|at| now - at < SWEEP_EVERY) {
+        if !self.swept.due(SweepClock::EVERY) {
             return;
         }
-        self.swept = Some(now);
+        let now = Instant::now();
         self.by_key.retain(|_, pooled| {
             pooled.retain(|p| {
                 let unused = p.active.load(Ordering::Relaxed) == 0 && now - p.last_used > idle;

@@ -16,7 +16,10 @@ use std::{
 
 use bytes::{Buf as _, Bytes};
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone, transport::Limits};
+use mesh_core::{
+    Identity, hbone,
+    transport::{Limits, SweepClock},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -139,9 +142,6 @@ impl Pooled {
     }
 }
 
-/// How often the whole pool is swept of closed and idle connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
 /// HBONE connections to endpoints, by endpoint address.
 pub struct Connector {
     certificates: Arc<Certificates>,
@@ -156,18 +156,17 @@ pub struct Connector {
 #[derive(Default)]
 struct Pool {
     by_ip: HashMap<IpAddr, Vec<Pooled>>,
-    swept: Option<Instant>,
+    swept: SweepClock,
 }
 
 impl Pool {
     /// Drops closed connections and unused ones past `idle`, and addresses left with none:
     /// endpoints that went away leave nothing behind.
     fn sweep(&mut self, idle: Duration) {
-        let now = Instant::now();
-        if self.swept.is_some_and(|at| now - at < SWEEP_EVERY) {
+        if !self.swept.due(SweepClock::EVERY) {
             return;
         }
-        self.swept = Some(now);
+        let now = Instant::now();
         self.by_ip.retain(|_, conns| {
             conns.retain(|c| {
                 !c.closed.load(Ordering::Acquire) && (c.streams() > 0 || now - c.last_used < idle)
