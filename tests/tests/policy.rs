@@ -382,21 +382,45 @@ fn a_controller_restart_loses_no_deny() -> Result<()> {
         2,
         "one snapshot per controller run: {epochs:?}"
     );
-    // The new run's metrics show both agents subscribed and up to date.
-    let (status, metrics) =
-        mesh_tests::sys::loopback_get(&m.tb.fabric_netns_path(), 15020, "/metrics")?;
-    assert_eq!(status, 200);
-    let sample =
-        |series: &str, filters: &[&str]| mesh_tests::agent::sum_samples(&metrics, series, filters);
+    // The new run's metrics show both agents subscribed and up to date, once both ACKs are
+    // in (an agent's reconnect may still be under way when the policies have arrived).
+    let metrics = || -> Result<String> {
+        let (status, text) =
+            mesh_tests::sys::loopback_get(&m.tb.fabric_netns_path(), 15020, "/metrics")?;
+        anyhow::ensure!(status == 200, "metrics answered {status}");
+        Ok(text)
+    };
+    let sample = |text: &str, series: &str, filters: &[&str]| {
+        mesh_tests::agent::sum_samples(text, series, filters)
+    };
+    mesh_tests::sys::wait_until(
+        "both agents subscribed and acknowledged",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || {
+            let text = metrics()?;
+            Ok(sample(
+                &text,
+                "ambit_controller_subscribers_behind",
+                &["role=\"node\""],
+            ) == 0.0
+                && sample(&text, "ambit_controller_push_duration_seconds_count", &[]) >= 2.0)
+        },
+    )?;
+    let text = metrics()?;
     assert_eq!(
-        sample("ambit_controller_subscribers", &["role=\"node\""]),
+        sample(&text, "ambit_controller_subscribers", &["role=\"node\""]),
         2.0,
-        "{metrics}"
+        "{text}"
     );
     assert_eq!(
-        sample("ambit_controller_subscribers_refusing", &["role=\"node\""]),
+        sample(
+            &text,
+            "ambit_controller_subscribers_refusing",
+            &["role=\"node\""]
+        ),
         0.0
     );
-    assert!(sample("ambit_controller_push_duration_seconds_count", &[]) >= 2.0);
+    assert!(sample(&text, "ambit_controller_push_duration_seconds_count", &[]) >= 2.0);
     Ok(())
 }
