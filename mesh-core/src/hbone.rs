@@ -44,7 +44,7 @@ impl RequestError {
 pub struct Baggage<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
-    /// The workload's name (Istio: the `app` label, else the pod name).
+    /// The workload's name, as the metrics name it (`mesh_core::telemetry`).
     pub workload: &'a str,
 }
 

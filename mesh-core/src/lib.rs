@@ -15,6 +15,7 @@
 //! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`;
 //! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin);
 //! - `transport`: accept with back-off and a cap, handshake and idle deadlines;
+//! - `telemetry`: what Istio's standard metric labels say of a workload, derived as Istio does;
 //! - `yaml`: multi-document YAML where one broken document costs only itself.
 #![deny(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod labels;
 pub mod pods;
 pub mod policy;
 pub mod process;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod yaml;

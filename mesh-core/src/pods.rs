@@ -12,6 +12,7 @@ use std::{
     time::SystemTime,
 };
 
+use crate::telemetry::{Owner, WorkloadNames};
 use serde::{Deserialize, Serialize};
 
 /// The label a waypoint's pods carry: the name of their Gateway.
@@ -84,6 +85,14 @@ pub struct Pod {
     /// (`pod<uid>`), which is how a node agent finds its network namespace in `/proc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// The pod's controller (its `ownerReference` with `controller: true`), which names its
+    /// workload in metrics: a pod with one has a generated name, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Its workload's names as the controller derived them; `None` in the pods file, where
+    /// [`Pod::names`] derives them from `owner` and `labels`.
+    #[serde(skip)]
+    pub names: Option<WorkloadNames>,
     /// Whether the pod is in the mesh, when the controller decided it (it knows the
     /// namespace's labels); `None` in the pods file, where the labels decide.
     #[serde(skip)]
@@ -99,6 +108,18 @@ fn default_service_account() -> String {
 }
 
 impl Pod {
+    /// How the metrics name this pod's workload.
+    pub fn names(&self) -> WorkloadNames {
+        self.names.clone().unwrap_or_else(|| {
+            WorkloadNames::derive(
+                &self.name,
+                self.owner.is_some(),
+                &self.labels,
+                self.owner.as_ref(),
+            )
+        })
+    }
+
     /// `namespace/name`, unique in a cluster.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
+    /// The cluster's name in metrics (`source_cluster`, `destination_cluster`), Istio's
+    /// `CLUSTER_ID`.
+    #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = mesh_core::telemetry::DEFAULT_CLUSTER)]
+    pub cluster_id: String,
+
     /// The controller's certificate service, `host:port` (a name is resolved at each
     /// connection). With it, traffic between enrolled pods is carried
     /// over HBONE (mutual TLS); without it, captured traffic is forwarded as plain TCP.

@@ -14,6 +14,7 @@ use mesh_core::{
     config_client::{ConfigView, follow},
     config_pb::{Role, Update, Workload, resource::Body},
     policy::{LoadError, PolicySet},
+    telemetry::WorkloadNames,
 };
 use tokio::sync::watch;
 
@@ -170,6 +171,13 @@ fn pod_of(workload: &Workload) -> Option<Pod> {
         cgroup: None,
         labels: workload.labels.clone().into_iter().collect(),
         uid: (!workload.uid.is_empty()).then(|| workload.uid.clone()),
+        owner: None,
+        // A controller older than these fields sends none: the labels then decide.
+        names: (!workload.workload_name.is_empty()).then(|| WorkloadNames {
+            workload: workload.workload_name.clone(),
+            canonical_service: workload.canonical_name.clone(),
+            canonical_revision: workload.canonical_revision.clone(),
+        }),
         enrolled: Some(workload.enrolled),
         waypoint: (!workload.waypoint.is_empty()).then(|| workload.waypoint.clone()),
     })

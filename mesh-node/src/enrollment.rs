@@ -411,6 +411,8 @@ fn same_capture(new: &Pod, old: &Pod) -> bool {
     let capture = |pod: &Pod| Pod {
         labels: Default::default(),
         waypoint: None,
+        owner: None,
+        names: None,
         ..pod.clone()
     };
     capture(new) == capture(old)

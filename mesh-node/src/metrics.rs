@@ -1,31 +1,29 @@
 //! The agent's Prometheus metrics, with Istio's names and labels so existing dashboards read
-//! them. Label values are bounded: workload and namespace names come from the pods file,
-//! never from packets.
+//! them. Label values are bounded: workload and namespace names come from the controller (or
+//! the pods file), never from packets; see `mesh_core::telemetry`.
 
-use std::fmt::Write as _;
-
+use mesh_core::telemetry::TrafficLabels;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-/// Which proxy of the connection reports it (Istio's `reporter`).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+/// Which proxy of the connection reports it (Istio's `reporter`, as ztunnel sets it).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Reporter {
     /// The agent on the client's node (outbound capture).
-    source,
+    Source,
     /// The agent on the server's node (inbound capture).
-    destination,
+    Destination,
 }
 
-/// `connection_security_policy`: plain forwarding is `none` until HBONE carries it.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum SecurityPolicy {
-    none,
-    mutual_tls,
+impl Reporter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
 }
 
 /// Envoy-style response flags for connections that did not get through.
@@ -52,24 +50,8 @@ impl ResponseFlags {
     }
 }
 
-impl EncodeLabelValue for ResponseFlags {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub connection_security_policy: SecurityPolicy,
-    pub response_flags: ResponseFlags,
-}
+/// Istio's labels of a connection (`request_protocol="tcp"`).
+pub type TcpLabels = TrafficLabels;
 
 /// Every metric the agent exports, registered once at start.
 pub struct Metrics {

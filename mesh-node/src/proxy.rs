@@ -17,7 +17,11 @@ use std::{
     time::Instant,
 };
 
-use mesh_core::Identity;
+use mesh_core::{
+    Identity,
+    telemetry::{Peer, ServiceLabel, TrafficLabels, UNKNOWN},
+};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpSocket, TcpStream};
 
 pub use connections::{Authorized, ConnectionInfo, Connections};
@@ -28,7 +32,7 @@ pub use outbound::serve_outbound;
 
 use crate::{
     app::State,
-    metrics::{Reporter, ResponseFlags, SecurityPolicy, TcpLabels},
+    metrics::{Reporter, ResponseFlags, TcpLabels},
     netns::NetNs,
     pods::Pod,
 };
@@ -126,9 +130,9 @@ fn bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
     }
 }
 
-/// Spawns the task that runs `carry` (copying both ways until both sides are done; it returns
-/// the bytes sent by the downstream side and received by it), registered as a live connection
-/// that a policy change can close; then records the connection's bytes.
+/// Spawns the task that runs `carry` (copying both ways until both sides are done, counting
+/// the bytes in the connection's [`ByteCounters`]; it returns the bytes each way), registered
+/// as a live connection that a policy change can close; then records that it closed.
 ///
 /// A task of its own, so that what a connection holds while it lives is only this: the state
 /// of setting it up (handshakes, requests) is gone with the task that did it.
@@ -157,77 +161,98 @@ fn forward(
                 Err(std::io::Error::other("closed by policy"))
             }
         };
-        let (sent, received) = match result {
+        let (up, down) = match result {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::debug!(%error, %src, %dst, "connection ended with an error");
                 (0, 0)
             }
         };
-        let metrics = &state.metrics;
-        metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-        metrics
-            .received_bytes
+        state
+            .metrics
+            .connections_closed
             .get_or_create(&labels)
-            .inc_by(received);
-        metrics.connections_closed.get_or_create(&labels).inc();
+            .inc();
         tracing::debug!(
-            %src, %dst, sent, received,
+            %src, %dst, up, down,
             duration_ms = started.elapsed().as_millis() as u64, "connection closed"
         );
     });
 }
 
 /// Labels for a connection between `local` (an enrolled pod of this node) and a peer; with
-/// the peer's verified identity when the connection is mutual TLS.
+/// the peer's verified identity when the connection is mutual TLS, and the Service it was
+/// addressed to when it was.
 fn labels(
     state: &State,
     reporter: Reporter,
     local: &PodContext,
     peer: SocketAddr,
     peer_identity: Option<&Identity>,
+    service: Option<&ServiceLabel>,
     flags: ResponseFlags,
 ) -> TcpLabels {
-    let (peer_workload, peer_namespace) = state
-        .pods()
-        .by_addr(peer.ip())
-        .map(|pod| (workload_name(pod), pod.namespace.clone()))
-        .unwrap_or_else(unknown);
-    let local_pod = local.pod();
-    let local_side = (workload_name(&local_pod), local_pod.namespace.clone());
-    let (local_principal, peer_principal) = match peer_identity {
-        Some(peer) => (local.identity.to_string(), peer.to_string()),
-        None => ("unknown".to_owned(), "unknown".to_owned()),
-    };
-    let (source, destination, source_principal, destination_principal) = match reporter {
-        Reporter::source => (
-            (local_side),
-            (peer_workload, peer_namespace),
-            local_principal,
-            peer_principal,
+    let cluster = &state.config.cluster_id;
+    let mutual_tls = peer_identity.is_some();
+    let remote = match state.pods().by_addr(peer.ip()) {
+        Some(pod) => Peer::new(
+            &pod.names(),
+            &pod.namespace,
+            peer_identity.map(ToString::to_string),
+            cluster,
         ),
-        Reporter::destination => (
-            (peer_workload, peer_namespace),
-            local_side,
-            peer_principal,
-            local_principal,
-        ),
-    };
-    TcpLabels {
-        reporter,
-        source_workload: source.0,
-        source_workload_namespace: source.1,
-        source_principal,
-        destination_workload: destination.0,
-        destination_workload_namespace: destination.1,
-        destination_principal,
-        connection_security_policy: if peer_identity.is_some() {
-            SecurityPolicy::mutual_tls
-        } else {
-            SecurityPolicy::none
+        None => Peer {
+            principal: peer_identity.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
+            ..Peer::unknown()
         },
-        response_flags: flags,
+    };
+    let local_pod = local.pod();
+    let local = Peer::new(
+        &local_pod.names(),
+        &local_pod.namespace,
+        mutual_tls.then(|| local.identity.to_string()),
+        cluster,
+    );
+    let (source, destination) = match reporter {
+        Reporter::Source => (&local, &remote),
+        Reporter::Destination => (&remote, &local),
+    };
+    TrafficLabels::new(
+        reporter.as_str(),
+        source,
+        destination,
+        service,
+        "tcp",
+        mutual_tls,
+    )
+    .with_flags(flags.as_str())
+}
+
+/// A connection's byte counters, counted as the bytes pass (a long transfer shows in the rates
+/// while it runs). Istio's names: `received` is what the client sent (the request's
+/// direction), `sent` what the server answered.
+#[derive(Clone)]
+pub struct ByteCounters {
+    pub from_client: Counter,
+    pub from_server: Counter,
+}
+
+impl ByteCounters {
+    fn of(state: &State, labels: &TcpLabels) -> Self {
+        ByteCounters {
+            from_client: state.metrics.received_bytes.get_or_create(labels).clone(),
+            from_server: state.metrics.sent_bytes.get_or_create(labels).clone(),
+        }
     }
+}
+
+/// The Service an inbound connection to `pod`'s `port` most likely came through: the
+/// connection names the pod's address, not a service (see `Services::serving`).
+fn inbound_service(state: &State, pod: &PodContext, port: u16) -> Option<ServiceLabel> {
+    state
+        .services()
+        .serving(&pod.pod(), port)
+        .map(|s| s.label.clone())
 }
 
 /// Counts a captured connection that could not be carried.
@@ -236,24 +261,13 @@ fn record_failure(
     reporter: Reporter,
     local: &PodContext,
     peer: SocketAddr,
+    service: Option<&ServiceLabel>,
     flags: ResponseFlags,
 ) {
-    let labels = labels(state, reporter, local, peer, None, flags);
+    let labels = labels(state, reporter, local, peer, None, service, flags);
     state
         .metrics
         .connections_failed
         .get_or_create(&labels)
         .inc();
-}
-
-fn unknown() -> (String, String) {
-    ("unknown".to_owned(), "unknown".to_owned())
-}
-
-/// Istio names a workload by its `app` label (Deployments share it), else the pod name.
-fn workload_name(pod: &Pod) -> String {
-    pod.labels
-        .get("app")
-        .cloned()
-        .unwrap_or_else(|| pod.name.clone())
 }

@@ -12,14 +12,17 @@ use std::{
 use mesh_core::{
     config_client::ConfigView,
     config_pb::{self as pb, resource::Body},
+    telemetry::ServiceLabel,
 };
 
-use crate::pods::PodsFile;
+use crate::pods::{Pod, PodsFile};
 
 #[derive(Debug)]
 pub struct Service {
     /// `namespace/name`, for logs.
     pub key: String,
+    /// What the metrics call it (`destination_service*`).
+    pub label: ServiceLabel,
     pub namespace: String,
     /// Service port -> target port.
     pub ports: Vec<(u16, u16)>,
@@ -50,6 +53,11 @@ impl Services {
     fn add(&mut self, s: &pb::Service) {
         let service = Arc::new(Service {
             key: format!("{}/{}", s.namespace, s.name),
+            label: ServiceLabel {
+                host: s.hostname.clone(),
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+            },
             namespace: s.namespace.clone(),
             ports: s
                 .ports
@@ -74,6 +82,20 @@ impl Services {
         self.by_addr.get(&ip.to_canonical())
     }
 
+    /// The service a connection to `pod`'s `port` was most likely for (the connection itself
+    /// names an address, not a service): one that selects the pod and sends that port to it,
+    /// as ztunnel guesses it for inbound metrics.
+    pub fn serving(&self, pod: &Pod, port: u16) -> Option<&Arc<Service>> {
+        self.by_addr.values().find(|service| {
+            service.targets(port)
+                && if service.selector.is_empty() {
+                    service.endpoints.contains(&IpAddr::V4(pod.ip))
+                } else {
+                    pod.namespace == service.namespace && service.selects(pod)
+                }
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.by_addr.len()
     }
@@ -84,6 +106,17 @@ impl Services {
 }
 
 impl Service {
+    fn selects(&self, pod: &Pod) -> bool {
+        self.selector
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+
+    /// Whether a connection to a pod's `port` can have come through this service.
+    fn targets(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|(_, target)| *target == port)
+    }
+
     /// One endpoint for a connection to `port` of this service, picked at random among the
     /// pods its selector names (or its EndpointSlices' addresses).
     pub fn pick_endpoint(&self, pods: &PodsFile, port: u16) -> Option<SocketAddr> {
@@ -97,13 +130,7 @@ impl Service {
         } else {
             pods.pods
                 .iter()
-                .filter(|pod| {
-                    pod.namespace == self.namespace
-                        && self
-                            .selector
-                            .iter()
-                            .all(|(k, v)| pod.labels.get(k) == Some(v))
-                })
+                .filter(|pod| pod.namespace == self.namespace && self.selects(pod))
                 .map(|pod| IpAddr::V4(pod.ip))
                 .collect()
         };

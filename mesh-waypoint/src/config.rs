@@ -45,6 +45,11 @@ pub struct Config {
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
+    /// The cluster's name in metrics (`source_cluster`, `destination_cluster`), Istio's
+    /// `CLUSTER_ID`.
+    #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = mesh_core::telemetry::DEFAULT_CLUSTER)]
+    pub cluster_id: String,
+
     /// The namespace whose policies apply mesh-wide (Istio's root namespace).
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,

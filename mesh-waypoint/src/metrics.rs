@@ -1,31 +1,29 @@
-//! Istio's L7 metrics, with Istio's names and labels so its Grafana dashboards and Kiali read
-//! them (`reporter="waypoint"`, as Istio's waypoints report), and one access-log line per
-//! request (text or JSON). Label values are bounded: names come from the configuration, not
-//! from requests; paths never become labels.
+//! Istio's metrics, with Istio's names and labels so its Grafana dashboards and Kiali read
+//! them (`reporter="waypoint"`, as Istio's waypoints report): `istio_requests_total` and its
+//! histograms for HTTP, `istio_tcp_*` for what the waypoint carries as TCP. Label values are
+//! bounded: names come from the configuration, not from requests; paths never become labels.
+//!
+//! # Layout
+//! - `request`: recording one request when its response ends (real byte counts);
+//! - `access_log`: one line per request, text or JSON.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+mod access_log;
+mod request;
 
-use http::{HeaderValue, Request, Response};
+use http::HeaderValue;
+use mesh_core::telemetry::{Peer, ServiceLabel, TrafficLabels, UNKNOWN};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::{
-    app::App,
-    config::AccessLog,
-    proxy::{Destination, Downstream, Outcome},
-    store::Workload,
-    upstream::Body,
-};
+pub use request::{CountedBody, RequestRecord, SeriesCache};
 
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+use crate::{
+    proxy::{Destination, Downstream},
+    store::Workload,
+};
 
 /// A `grpc-status` as a metric label: one of gRPC's 17 codes, or "unknown" for anything else
 /// an upstream (or a client, through it) wrote, so that no header value becomes a series.
@@ -61,25 +59,17 @@ const SIZE_BUCKETS: [f64; 8] = [
     1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
 ];
 
+/// `connection_security_policy` of plain text, as Istio's waypoints (Envoy) write it.
+const NOT_MUTUAL_TLS: &str = "none";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub request_protocol: &'static str,
     pub response_code: u16,
+    /// gRPC's status code for gRPC, empty for other requests (as Istio's).
     pub grpc_response_status: String,
-    pub response_flags: String,
-    pub connection_security_policy: &'static str,
+    /// Last: the derive can flatten only the last field.
+    #[prometheus(flatten)]
+    pub traffic: TrafficLabels,
 }
 
 pub struct Metrics {
@@ -88,6 +78,10 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    pub tcp_opened: Family<TrafficLabels, Counter>,
+    pub tcp_closed: Family<TrafficLabels, Counter>,
+    pub tcp_received_bytes: Family<TrafficLabels, Counter>,
+    pub tcp_sent_bytes: Family<TrafficLabels, Counter>,
     /// HBONE streams whose `forwarded` address was not the client's own (ignored).
     pub forwarded_distrusted: Counter,
 }
@@ -113,18 +107,41 @@ impl Default for Metrics {
         );
         registry.register(
             "istio_request_duration_milliseconds",
-            "Time from request to response headers, in milliseconds",
+            "Time from a request's arrival to the end of its response, in milliseconds",
             duration.clone(),
         );
         registry.register(
             "istio_request_bytes",
-            "Request body sizes",
+            "Request body sizes, as received",
             request_bytes.clone(),
         );
         registry.register(
             "istio_response_bytes",
-            "Response body sizes (as announced by Content-Length)",
+            "Response body sizes, as sent",
             response_bytes.clone(),
+        );
+        let tcp = || Family::<TrafficLabels, Counter>::default();
+        let (tcp_opened, tcp_closed) = (tcp(), tcp());
+        let (tcp_received_bytes, tcp_sent_bytes) = (tcp(), tcp());
+        registry.register(
+            "istio_tcp_connections_opened",
+            "Connections the waypoint carries as TCP, opened",
+            tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "Connections the waypoint carries as TCP, closed",
+            tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes the client sent (the request's direction), as they pass",
+            tcp_received_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes the server answered (the response's direction), as they pass",
+            tcp_sent_bytes.clone(),
         );
         let forwarded_distrusted = Counter::default();
         registry.register(
@@ -139,6 +156,10 @@ impl Default for Metrics {
             duration,
             request_bytes,
             response_bytes,
+            tcp_opened,
+            tcp_closed,
+            tcp_received_bytes,
+            tcp_sent_bytes,
             forwarded_distrusted,
         }
     }
@@ -152,297 +173,69 @@ impl Metrics {
     }
 }
 
-/// One label set's four series, cloned out of their families (each is a shared handle).
-#[derive(Clone)]
-struct Series {
-    requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
-}
-
-/// What decides a request's labels beyond its connection. Requests on one connection mostly
-/// share it, so a connection keeps the series of its last few keys and finds them by this
-/// without building, hashing and comparing seventeen labels per request.
-struct SeriesKey {
-    /// Held (not just its address) so a freed workload's address cannot be mistaken for it.
-    destination: Option<Arc<Workload>>,
-    service: Option<String>,
-    response_code: u16,
-    /// The gRPC status code (0-16), as far as the upstream's `grpc-status` is one.
-    grpc_status: Option<GrpcStatus>,
-    flags: Vec<&'static str>,
-    grpc: bool,
-}
-
-impl SeriesKey {
-    fn matches(&self, other: &SeriesKey) -> bool {
-        let same_destination = match (&self.destination, &other.destination) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        same_destination
-            && self.response_code == other.response_code
-            && self.grpc == other.grpc
-            && self.flags == other.flags
-            && self.grpc_status == other.grpc_status
-            && self.service == other.service
-    }
-}
-
-/// The series a connection used last, newest first.
-#[derive(Default)]
-pub struct SeriesCache(Mutex<Vec<(SeriesKey, Series)>>);
-
-/// Label sets a connection remembers (a few destinations and answers).
-const CACHED_SERIES: usize = 8;
-
-impl SeriesCache {
-    fn get_or_insert(&self, key: SeriesKey, make: impl FnOnce(&SeriesKey) -> Series) -> Series {
-        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = cached.iter().position(|(k, _)| k.matches(&key)) {
-            if at != 0 {
-                cached[..=at].rotate_right(1);
-            }
-            return cached[0].1.clone();
-        }
-        let series = make(&key);
-        cached.truncate(CACHED_SERIES - 1);
-        cached.insert(0, (key, series.clone()));
-        series
-    }
-}
-
-/// What the access log says of a request, taken when it arrives (only when logging).
-struct Logged {
-    method: String,
-    path: String,
-    authority: String,
-    request_id: String,
-    user_agent: String,
-}
-
-/// What is known of a request when it arrives, completed when it is answered.
-pub struct RequestRecord {
-    grpc: bool,
-    request_bytes: u64,
-    logged: Option<Logged>,
-}
-
-fn header<B>(request: &Request<B>, name: &str) -> String {
-    request
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned()
-}
-
-impl RequestRecord {
-    pub fn start<B>(request: &Request<B>, app: &App) -> Self {
-        let logged = (app.config.access_log != AccessLog::Off).then(|| Logged {
-            method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
-            authority: request
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| header(request, "host")),
-            request_id: header(request, "x-request-id"),
-            user_agent: header(request, "user-agent"),
-        });
-        RequestRecord {
-            grpc: request
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
-            request_bytes: request
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0),
-            logged,
-        }
-    }
-
-    pub fn finish(
-        &mut self,
-        app: &App,
-        downstream: &Downstream,
-        outcome: &Outcome,
-        response: &Response<Body>,
-        started: Instant,
-    ) {
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        let destination =
-            outcome
-                .upstream_workload
-                .clone()
-                .or_else(|| match &downstream.destination {
-                    Destination::Workload(w) => Some(w.clone()),
-                    Destination::Service(_) | Destination::Gateway(_) => None,
-                });
-        let key = SeriesKey {
-            destination,
-            service: match &downstream.destination {
-                Destination::Gateway(_) => outcome.service.clone(),
-                Destination::Service(_) | Destination::Workload(_) => None,
-            },
-            response_code: response.status().as_u16(),
-            grpc_status: response.headers().get(GRPC_STATUS).map(GrpcStatus::of),
-            flags: outcome.flags.clone(),
-            grpc: self.grpc,
-        };
-        let series = downstream.series.get_or_insert(key, |key| {
-            let labels = labels(downstream, key);
-            let metrics = &app.metrics;
-            Series {
-                requests: metrics.requests.get_or_create(&labels).clone(),
-                duration: metrics.duration.get_or_create(&labels).clone(),
-                request_bytes: metrics.request_bytes.get_or_create(&labels).clone(),
-                response_bytes: metrics.response_bytes.get_or_create(&labels).clone(),
-            }
-        });
-        let response_bytes = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        series.requests.inc();
-        series.duration.observe(elapsed_ms);
-        series.request_bytes.observe(self.request_bytes as f64);
-        series.response_bytes.observe(response_bytes as f64);
-        if let Some(logged) = &self.logged {
-            let destination = outcome.upstream_workload.as_deref();
-            log(
-                app,
-                downstream,
-                outcome,
-                logged,
-                response,
-                destination,
-                elapsed_ms,
-            );
-        }
-    }
-}
-
-/// Istio's labels of a request on `downstream` with what `key` says of its answer.
-fn labels(downstream: &Downstream, key: &SeriesKey) -> RequestLabels {
-    let unknown = || "unknown".to_owned();
-    let source = downstream.source_workload.as_deref();
-    let destination = key.destination.as_deref();
-    let (service, service_name, service_namespace) = match &downstream.destination {
-        Destination::Service(s) => (s.hostname.clone(), s.name.clone(), s.namespace.clone()),
-        Destination::Workload(w) => (w.address.to_string(), unknown(), w.namespace.clone()),
-        // `name.namespace.svc.<domain>` of the service a route sent it to.
-        Destination::Gateway(_) => match &key.service {
-            Some(host) => {
-                let mut labels = host.split('.');
-                let name = labels.next().unwrap_or("unknown").to_owned();
-                let namespace = labels.next().unwrap_or("unknown").to_owned();
-                (host.clone(), name, namespace)
-            }
-            None => (unknown(), unknown(), unknown()),
+/// Istio's labels of traffic on `downstream` that reached `destination` (the endpoint's
+/// workload, when it is one the mesh knows), through `service` (the hostname a route sent it
+/// to, for an ingress).
+pub fn traffic_labels(
+    downstream: &Downstream,
+    destination: Option<&Workload>,
+    service: Option<&str>,
+    request_protocol: &'static str,
+    cluster: &str,
+    flags: &[&'static str],
+) -> TrafficLabels {
+    let source = match downstream.source_workload.as_deref() {
+        Some(w) => Peer::new(
+            &w.names,
+            &w.namespace,
+            downstream.client.as_ref().map(ToString::to_string),
+            cluster,
+        ),
+        None => Peer {
+            principal: downstream
+                .client
+                .as_ref()
+                .map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
+            ..Peer::unknown()
         },
     };
-    RequestLabels {
-        // An ingress gateway reports as the request's source, as Istio's does.
-        reporter: match &downstream.destination {
-            Destination::Gateway(_) => "source",
-            _ => "waypoint",
-        },
-        source_workload: source.map_or_else(unknown, |w| w.workload_name().to_owned()),
-        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
-        source_principal: downstream
-            .client
-            .as_ref()
-            .map_or_else(unknown, ToString::to_string),
-        source_version: source.map_or_else(unknown, |w| w.version().to_owned()),
-        destination_workload: destination.map_or_else(unknown, |w| w.workload_name().to_owned()),
-        destination_workload_namespace: destination.map_or_else(unknown, |w| w.namespace.clone()),
-        destination_principal: destination
-            .and_then(|w| w.identity.as_ref())
-            .map_or_else(unknown, ToString::to_string),
-        destination_version: destination.map_or_else(unknown, |w| w.version().to_owned()),
-        destination_service: service,
-        destination_service_name: service_name,
-        destination_service_namespace: service_namespace,
-        request_protocol: if key.grpc { "grpc" } else { "http" },
-        response_code: key.response_code,
-        grpc_response_status: key.grpc_status.map_or_else(String::new, |s| s.label()),
-        response_flags: flags_label(&key.flags),
-        connection_security_policy: if downstream.client.is_some() {
-            "mutual_tls"
-        } else {
-            "none"
-        },
+    let destination = match destination {
+        Some(w) => Peer::new(
+            &w.names,
+            &w.namespace,
+            w.identity.as_ref().map(ToString::to_string),
+            cluster,
+        ),
+        None => Peer::unknown(),
+    };
+    let service = match &downstream.destination {
+        Destination::Service(s) => Some(ServiceLabel {
+            host: s.hostname.clone(),
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+        }),
+        Destination::Workload(_) => None,
+        Destination::Gateway(_) => service.map(ServiceLabel::from_host),
+    };
+    // An ingress gateway reports as the request's source, as Istio's does.
+    let reporter = match &downstream.destination {
+        Destination::Gateway(_) => "source",
+        _ => "waypoint",
+    };
+    let mutual_tls = downstream.client.is_some();
+    let mut labels = TrafficLabels::new(
+        reporter,
+        &source,
+        &destination,
+        service.as_ref(),
+        request_protocol,
+        mutual_tls,
+    )
+    .with_flags(&flags.join(","));
+    if !mutual_tls {
+        labels.connection_security_policy = NOT_MUTUAL_TLS;
     }
-}
-
-fn flags_label(flags: &[&str]) -> String {
-    if flags.is_empty() {
-        "-".to_owned()
-    } else {
-        flags.join(",")
-    }
-}
-
-fn log(
-    app: &App,
-    downstream: &Downstream,
-    outcome: &Outcome,
-    logged: &Logged,
-    response: &Response<Body>,
-    destination: Option<&Workload>,
-    elapsed_ms: f64,
-) {
-    let upstream = outcome
-        .upstream
-        .map_or_else(|| "-".to_owned(), |a: SocketAddr| a.to_string());
-    let route = outcome.route.as_deref().unwrap_or("-");
-    let flags = flags_label(&outcome.flags);
-    let code = response.status().as_u16();
-    let service = outcome.service.as_deref().unwrap_or("-");
-    match app.config.access_log {
-        AccessLog::Off => {}
-        AccessLog::Text => {
-            let mut line = String::new();
-            let _ = write!(
-                line,
-                "{} {} {} {code} {service} {flags} {elapsed_ms:.1}ms attempts={} upstream={upstream} route={route} source={} id={} ua={:?}",
-                logged.method,
-                logged.authority,
-                logged.path,
-                outcome.attempts,
-                downstream.source,
-                logged.request_id,
-                logged.user_agent,
-            );
-            tracing::info!(target: "access", "{line}");
-        }
-        AccessLog::Json => {
-            let line = serde_json::json!({
-                "method": logged.method,
-                "authority": logged.authority,
-                "path": logged.path,
-                "response_code": code,
-                "response_flags": flags,
-                "duration_ms": elapsed_ms,
-                "attempts": outcome.attempts,
-                "upstream": upstream,
-                "route": route,
-                "source": downstream.source.to_string(),
-                "source_principal": downstream.client.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
-                "destination_service": service,
-                "destination_version": destination.map_or("unknown", |w| w.version()),
-                "request_id": logged.request_id,
-                "user_agent": logged.user_agent,
-            });
-            tracing::info!(target: "access", "{line}");
-        }
-    }
+    labels
 }
 
 #[cfg(test)]

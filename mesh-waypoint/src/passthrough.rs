@@ -2,9 +2,15 @@
 //! where the server speaks first): carried as TCP to an endpoint of the destination, after
 //! an L4 authorization check (rules that need HTTP attributes fail closed, as at a node).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::{
     app::App,
@@ -104,6 +110,7 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
         first,
         what: how,
         target: downstream.target,
+        downstream: Some(downstream.clone()),
     };
     carry_to(io, carried, resolved, &app).await;
 }
@@ -133,6 +140,8 @@ pub struct Carried {
     pub what: &'static str,
     /// The address the client connected to, for the log.
     pub target: std::net::SocketAddr,
+    /// The mesh connection it came on, when it is counted in Istio's TCP metrics.
+    pub downstream: Option<Arc<Downstream>>,
 }
 
 /// Carries `io` to an endpoint of `resolved` until either side ends.
@@ -172,13 +181,82 @@ pub async fn carry_to<IO>(
     {
         Ok(mut upstream) => {
             tracing::debug!(%target, upstream = %endpoint.addr, protocol = carried.what, "TCP through the waypoint");
+            let Some(downstream) = &carried.downstream else {
+                if upstream.write_all(&carried.first).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+                }
+                return;
+            };
+            let labels = crate::metrics::traffic_labels(
+                downstream,
+                endpoint.workload.as_deref(),
+                None,
+                "tcp",
+                &app.config.cluster_id,
+                &[],
+            );
+            let metrics = &app.metrics;
+            metrics.tcp_opened.get_or_create(&labels).inc();
+            let from_client = metrics.tcp_received_bytes.get_or_create(&labels).clone();
+            let from_server = metrics.tcp_sent_bytes.get_or_create(&labels).clone();
+            // What the client sent before the protocol was known is the request's too.
             if upstream.write_all(&carried.first).await.is_ok() {
+                from_client.inc_by(carried.first.len() as u64);
+                let mut io = Counted::new(io, from_client);
+                let mut upstream = Counted::new(upstream, from_server);
                 let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
             }
+            metrics.tcp_closed.get_or_create(&labels).inc();
         }
         Err(error) => {
             tracing::info!(%error, upstream = %endpoint.addr, "TCP connection to the endpoint failed")
         }
+    }
+}
+
+/// A stream whose reads are counted as they happen (a long transfer shows in the rates while
+/// it runs).
+struct Counted<IO> {
+    io: IO,
+    read: Counter,
+}
+
+impl<IO> Counted<IO> {
+    fn new(io: IO, read: Counter) -> Self {
+        Counted { io, read }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read.inc_by((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

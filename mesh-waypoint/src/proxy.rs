@@ -11,7 +11,7 @@ mod forward;
 pub mod normalize;
 pub mod trace;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Request, Response, StatusCode, header::HeaderValue};
 use hyper::body::Incoming;
@@ -19,11 +19,14 @@ use mesh_core::Identity;
 
 use crate::{
     app::App,
-    metrics::RequestRecord,
+    metrics::{CountedBody, RequestRecord},
     routes::{Abort, Action, Fault, Lookup, RequestView, Route, Verdict},
     store::{Service, Workload},
     upstream::{Body, local_body},
 };
+
+/// A request's body as the phases read it: the client's, counted for the metrics.
+pub type RequestBody = CountedBody<Incoming>;
 
 /// The header Ambit answers its response flags in (also in metrics as `response_flags`).
 pub const FLAGS_HEADER: &str = "x-ambit-response-flags";
@@ -70,9 +73,8 @@ pub async fn handle(
     downstream: Arc<Downstream>,
     app: Arc<App>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
     let wall = app.spans.is_some().then(std::time::SystemTime::now);
-    let mut record = RequestRecord::start(&request, &app);
+    let (record, request) = RequestRecord::start(request, &app);
     // What a span needs of the request, kept only when spans are exported.
     let traced = app.spans.is_some().then(|| {
         let name = format!("{} {}", request.method(), authority_of(&request));
@@ -89,7 +91,7 @@ pub async fn handle(
     {
         response.headers_mut().insert(FLAGS_HEADER, value);
     }
-    record.finish(&app, &downstream, &outcome, &response, started);
+    let response = record.finish(&app, &downstream, &outcome, response);
     if let (Some(exporter), Some(span), Some((name, method, path)), Some(wall)) =
         (&app.spans, outcome.span.take(), traced, wall)
         && span.sampled
@@ -119,7 +121,7 @@ pub async fn handle(
 }
 
 async fn respond(
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     downstream: &Downstream,
     app: &Arc<App>,
     outcome: &mut Outcome,

@@ -20,6 +20,7 @@ use mesh_core::{
     config_client::ConfigView,
     config_pb::{self as pb, resource::Body},
     policy::PolicySet,
+    telemetry::WorkloadNames,
 };
 
 use crate::routes::{RouteTable, Scope, qualify};
@@ -94,18 +95,8 @@ pub struct Workload {
     pub enrolled: bool,
     pub waypoint: Option<String>,
     pub locality: Locality,
-}
-
-impl Workload {
-    /// Istio's `destination_version` / `source_version`: the `version` label.
-    pub fn version(&self) -> &str {
-        self.labels.get("version").map_or("unknown", String::as_str)
-    }
-
-    /// Istio's workload name: the `app` label, else the pod's name.
-    pub fn workload_name(&self) -> &str {
-        self.labels.get("app").unwrap_or(&self.name)
-    }
+    /// How the metrics name it (its controller, canonical service and revision).
+    pub names: WorkloadNames,
 }
 
 /// An endpoint a request can be sent to.
@@ -288,11 +279,23 @@ impl Snapshot {
         let Some(address) = w.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok()) else {
             return;
         };
+        let labels: BTreeMap<String, String> = w.labels.clone().into_iter().collect();
+        let names = if w.workload_name.is_empty() {
+            // From a controller older than these fields: the labels decide.
+            WorkloadNames::derive(&w.name, false, &labels, None)
+        } else {
+            WorkloadNames {
+                workload: w.workload_name.clone(),
+                canonical_service: w.canonical_name.clone(),
+                canonical_revision: w.canonical_revision.clone(),
+            }
+        };
         let workload = Arc::new(Workload {
+            names,
             name: w.name.clone(),
             namespace: w.namespace.clone(),
             address,
-            labels: w.labels.clone().into_iter().collect(),
+            labels,
             identity: Identity::new(trust_domain, &w.namespace, &w.service_account).ok(),
             enrolled: w.enrolled,
             waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),

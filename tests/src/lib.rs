@@ -8,6 +8,7 @@
 //! - `testbed`: building and tearing down the topology; `Pod` and `Node` handles;
 //! - `agent`: starting, stopping and querying `mesh-node` inside a node;
 //! - `controller`: the controller's CA in the fabric namespace;
+//! - `exposition`: Prometheus' text format read into samples with their labels;
 //! - `waypoint`: `mesh-waypoint` in a pod; `http`: a scripted HTTP/1.1 server and client;
 //! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
@@ -23,6 +24,7 @@ pub mod bpf;
 pub mod capture;
 pub mod containers;
 pub mod controller;
+pub mod exposition;
 pub mod hbone_client;
 pub mod http;
 pub mod l7;

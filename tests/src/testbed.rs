@@ -249,6 +249,8 @@ impl Testbed {
                 cgroup: Some(pod.cgroup.clone()),
                 labels: Default::default(),
                 uid: Some(pod.uid.clone()),
+                owner: None,
+                names: None,
                 enrolled: None,
                 waypoint: None,
             })

@@ -42,6 +42,11 @@ const IMAGE_PACKAGES: &[(&str, &str)] = &[
     ("podman", "exporting and running the images"),
     ("runc", "the container runtime podman runs the images with"),
 ];
+/// The tests that read the mesh as its users' tools do.
+const OBSERVABILITY_PACKAGES: &[(&str, &str)] = &[(
+    "prometheus",
+    "scraping the test bed with the shipped scrape configuration, running Kiali's and the dashboards' queries",
+)];
 /// Only `cargo xtask bench` uses these.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmarks"),
@@ -59,6 +64,9 @@ pub fn run(purpose: Purpose) -> Result<()> {
     let mut packages: Vec<(&str, &str)> = PACKAGES.to_vec();
     if matches!(purpose, Purpose::Images | Purpose::Test) {
         packages.extend(IMAGE_PACKAGES);
+    }
+    if purpose == Purpose::Test {
+        packages.extend(OBSERVABILITY_PACKAGES);
     }
     if purpose == Purpose::Bench {
         packages.extend(BENCH_PACKAGES);

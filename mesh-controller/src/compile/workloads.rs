@@ -14,6 +14,7 @@ use kube::ResourceExt as _;
 use mesh_core::{
     config_pb as pb,
     labels::{self, TrafficType, WaypointLabel},
+    telemetry::{Owner, WorkloadNames},
 };
 
 use crate::config::ConfigSet;
@@ -222,7 +223,11 @@ pub(super) fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
         Some(own) => own.replace('.', "/"),
         None => context.localities.get(&node).cloned().unwrap_or_default(),
     };
+    let names = workload_names(pod, &labels);
     Some(pb::Workload {
+        workload_name: names.workload,
+        canonical_name: names.canonical_service,
+        canonical_revision: names.canonical_revision,
         name: pod.name_any(),
         namespace,
         node,
@@ -234,6 +239,25 @@ pub(super) fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
         waypoint,
         uid: pod.uid().unwrap_or_default(),
     })
+}
+
+/// How Istio's metrics name a pod's workload: after its controller, when its name was
+/// generated (see `mesh_core::telemetry`).
+fn workload_names(pod: &Pod, labels: &BTreeMap<String, String>) -> WorkloadNames {
+    let controller = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| Owner {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+        });
+    let generated = pod
+        .metadata
+        .generate_name
+        .as_deref()
+        .is_some_and(|g| !g.is_empty());
+    WorkloadNames::derive(&pod.name_any(), generated, labels, controller.as_ref())
 }
 
 pub(super) fn service_of(service: &Service, context: &Context, domain: &str) -> pb::Service {

@@ -7,6 +7,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 
 use super::ConfigSource;
@@ -107,6 +108,23 @@ pub fn add_pods_file(set: &mut ConfigSet, file: &mesh_core::pods::PodsFile) {
                 namespace: Some(pod.namespace.clone()),
                 labels: Some(pod.labels.clone()),
                 uid: pod.uid.clone(),
+                // A pod with a controller has a generated name in Kubernetes.
+                generate_name: pod.owner.as_ref().map(|o| format!("{}-", o.name)),
+                owner_references: pod.owner.as_ref().map(|o| {
+                    vec![OwnerReference {
+                        kind: o.kind.clone(),
+                        name: o.name.clone(),
+                        controller: Some(true),
+                        api_version: if o.kind == "Job" {
+                            "batch/v1"
+                        } else {
+                            "apps/v1"
+                        }
+                        .to_owned(),
+                        uid: String::new(),
+                        block_owner_deletion: None,
+                    }]
+                }),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {

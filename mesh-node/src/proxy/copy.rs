@@ -5,6 +5,7 @@
 use std::{io, net::Shutdown};
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 /// First read of a burst: request/response traffic fits.
@@ -71,18 +72,25 @@ pub fn shutdown_write(tcp: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(tcp).shutdown(Shutdown::Write)
 }
 
-/// Copies `a -> b` and `b -> a` until both directions ended; returns the bytes each way.
-/// When one side finishes sending, the other side's write half is shut down (half-close).
-pub async fn copy_bidirectional(a: TcpStream, b: TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(&a, &b), one_way(&b, &a))
+/// Copies `a -> b` and `b -> a` until both directions ended, counting each chunk in its
+/// direction's counter as it is delivered; returns the bytes each way. When one side
+/// finishes sending, the other side's write half is shut down (half-close).
+pub async fn copy_bidirectional(
+    a: TcpStream,
+    b: TcpStream,
+    a_to_b: Counter,
+    b_to_a: Counter,
+) -> io::Result<(u64, u64)> {
+    tokio::try_join!(one_way(&a, &b, &a_to_b), one_way(&b, &a, &b_to_a))
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, counted: &Counter) -> io::Result<u64> {
     let mut reader = SocketReader::new();
     let mut total = 0u64;
     while let Some(chunk) = reader.next(from).await? {
         write_all(to, &chunk).await?;
         total += chunk.len() as u64;
+        counted.inc_by(chunk.len() as u64);
     }
     shutdown_write(to)?;
     Ok(total)
@@ -109,7 +117,13 @@ mod tests {
     async fn copies_both_ways_with_half_close() {
         let (client, proxy_down) = pair().await;
         let (proxy_up, server) = pair().await;
-        let proxy = tokio::spawn(copy_bidirectional(proxy_down, proxy_up));
+        let (counted_up, counted_down) = (Counter::default(), Counter::default());
+        let proxy = tokio::spawn(copy_bidirectional(
+            proxy_down,
+            proxy_up,
+            counted_up.clone(),
+            counted_down.clone(),
+        ));
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let (mut client_read, mut client_write) = client.into_split();
         let (mut server_read, mut server_write) = server.into_split();
@@ -133,5 +147,6 @@ mod tests {
         assert_eq!(reply, b"reply after half-close");
         let (up, down) = proxy.await.unwrap().unwrap();
         assert_eq!((up, down), (payload.len() as u64, 22));
+        assert_eq!((counted_up.get(), counted_down.get()), (up, down));
     }
 }

@@ -114,7 +114,7 @@ impl HbonePool {
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
         let spec = pod.pod();
-        let workload = super::workload_name(&spec);
+        let workload = spec.names().workload;
         let baggage = hbone::Baggage {
             namespace: &spec.namespace,
             pod: &spec.name,

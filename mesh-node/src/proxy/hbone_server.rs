@@ -15,7 +15,8 @@ use mesh_core::{Identity, hbone};
 use tokio::net::TcpListener;
 
 use super::{
-    Authorized, ConnectionInfo, PodContext, connect_from_pod, labels, record_failure,
+    Authorized, ByteCounters, ConnectionInfo, PodContext, connect_from_pod, inbound_service,
+    labels, record_failure,
     tunnel::{self, H2Stream},
 };
 use mesh_core::transport;
@@ -37,13 +38,8 @@ pub async fn serve_hbone(listener: TcpListener, pod: Arc<PodContext>, state: Arc
             let _permit = permit;
             if let Err(error) = serve_connection(tcp, peer, &pod, &state).await {
                 tracing::info!(%error, pod = %pod.key, %peer, "HBONE connection refused");
-                record_failure(
-                    &state,
-                    Reporter::destination,
-                    &pod,
-                    peer,
-                    ResponseFlags::UAEX,
-                );
+                let flags = ResponseFlags::UAEX;
+                record_failure(&state, Reporter::Destination, &pod, peer, None, flags);
             }
         });
     }
@@ -120,7 +116,16 @@ async fn handle_connect(
         target.port(),
     ) {
         tracing::info!(%client, pod = %pod.key, %target, %reason, "HBONE request denied");
-        record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UAEX);
+        let service = inbound_service(state, pod, target.port());
+        let flags = ResponseFlags::UAEX;
+        record_failure(
+            state,
+            Reporter::Destination,
+            pod,
+            peer,
+            service.as_ref(),
+            flags,
+        );
         return refuse(respond, StatusCode::UNAUTHORIZED);
     }
     let source = super::delivery_source(target);
@@ -128,7 +133,16 @@ async fn handle_connect(
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%error, %target, pod = %pod.key, "HBONE delivery to the app failed");
-            record_failure(state, Reporter::destination, pod, peer, ResponseFlags::UF);
+            let service = inbound_service(state, pod, target.port());
+            let flags = ResponseFlags::UF;
+            record_failure(
+                state,
+                Reporter::Destination,
+                pod,
+                peer,
+                service.as_ref(),
+                flags,
+            );
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
@@ -142,12 +156,14 @@ async fn handle_connect(
     let stream = H2Stream::new(send, request.into_body(), None);
     let labels = labels(
         state,
-        Reporter::destination,
+        Reporter::Destination,
         pod,
         peer,
         Some(client),
+        inbound_service(state, pod, target.port()).as_ref(),
         ResponseFlags::None,
     );
+    let bytes = ByteCounters::of(state, &labels);
     let info = ConnectionInfo {
         direction: "inbound",
         pod: pod.key.clone(),
@@ -161,10 +177,11 @@ async fn handle_connect(
         source: peer,
         destination_port: target.port(),
     };
-    // Counted from the client's side: what it sent reached the app.
+    // The socket is the app's (the server's); the stream the client's.
     let carry = async move {
         let _open = open;
-        let (to_client, from_client) = tunnel::carry(upstream, stream).await?;
+        let (to_client, from_client) =
+            tunnel::carry(upstream, stream, bytes.from_server, bytes.from_client).await?;
         Ok((from_client, to_client))
     };
     super::forward(state.clone(), labels, carry, info, Some(authorized));

@@ -8,7 +8,8 @@ use mesh_core::transport;
 use tokio::net::TcpListener;
 
 use super::{
-    Authorized, ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure,
+    Authorized, ByteCounters, ConnectionInfo, PodContext, connect_from_pod, forward,
+    inbound_service, labels, record_failure,
 };
 use crate::{
     app::State,
@@ -29,11 +30,13 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         if let Err(reason) = check_inbound(&policies, &pods, &pod.pod(), None, peer, dst.port()) {
             // Dropping the stream resets the client's connection.
             tracing::info!(pod = %pod.key, client = %peer, %dst, %reason, "plaintext inbound connection refused");
+            let service = inbound_service(&state, &pod, dst.port());
             record_failure(
                 &state,
-                Reporter::destination,
+                Reporter::Destination,
                 &pod,
                 peer,
+                service.as_ref(),
                 ResponseFlags::UAEX,
             );
             continue;
@@ -46,7 +49,16 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.key, %dst, "delivery to the app failed");
-                    record_failure(&state, Reporter::destination, &pod, peer, ResponseFlags::UF);
+                    let service = inbound_service(&state, &pod, dst.port());
+                    let flags = ResponseFlags::UF;
+                    record_failure(
+                        &state,
+                        Reporter::Destination,
+                        &pod,
+                        peer,
+                        service.as_ref(),
+                        flags,
+                    );
                     return;
                 }
             };
@@ -60,12 +72,14 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
             tracing::debug!(pod = %info.pod, client = %peer, %dst, "inbound connection captured");
             let labels = labels(
                 &state,
-                Reporter::destination,
+                Reporter::Destination,
                 &pod,
                 peer,
                 None,
+                inbound_service(&state, &pod, dst.port()).as_ref(),
                 ResponseFlags::None,
             );
+            let bytes = ByteCounters::of(&state, &labels);
             let authorized = Authorized {
                 pod: pod.key.clone(),
                 client: None,
@@ -73,7 +87,12 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 destination_port: dst.port(),
             };
             // The place under the cap is held until the connection ends.
-            let carry = permit.hold(super::copy::copy_bidirectional(stream, upstream));
+            let carry = permit.hold(super::copy::copy_bidirectional(
+                stream,
+                upstream,
+                bytes.from_client,
+                bytes.from_server,
+            ));
             forward(state, labels, carry, info, Some(authorized));
         });
     }

@@ -8,11 +8,14 @@ use std::{
 
 use mesh_core::{
     Identity,
+    telemetry::ServiceLabel,
     transport::{self, ConnectionPermit},
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure};
+use super::{
+    ByteCounters, ConnectionInfo, PodContext, connect_from_pod, forward, labels, record_failure,
+};
 use crate::{
     app::State,
     dataplane::OrigDsts,
@@ -34,7 +37,14 @@ pub async fn serve_outbound(
         let Some(dst) = orig.take(pod.netns_cookie, peer) else {
             // Fail closed: a connection we cannot place is refused, not guessed.
             tracing::warn!(pod = %pod.key, client = %peer, "captured connection has no original destination; refusing it");
-            record_failure(&state, Reporter::source, &pod, peer, ResponseFlags::NR);
+            record_failure(
+                &state,
+                Reporter::Source,
+                &pod,
+                peer,
+                None,
+                ResponseFlags::NR,
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -44,6 +54,7 @@ pub async fn serve_outbound(
                 stream,
                 source: SocketAddr::new(pod.pod().ip.into(), peer.port()),
                 place: permit,
+                service: state.services().by_addr(dst.ip()).map(|s| s.label.clone()),
             };
             match plan(&state, dst) {
                 Plan::Hbone {
@@ -55,7 +66,15 @@ pub async fn serve_outbound(
                 Plan::Refuse(reason) => {
                     // Fail closed: dropping the stream resets the app's connection.
                     tracing::warn!(pod = %pod.key, %dst, %reason, "outbound connection refused");
-                    record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::NR);
+                    let service = app.service.as_ref();
+                    record_failure(
+                        &state,
+                        Reporter::Source,
+                        &pod,
+                        dst,
+                        service,
+                        ResponseFlags::NR,
+                    );
                 }
             }
         });
@@ -69,6 +88,8 @@ struct AppConnection {
     source: SocketAddr,
     /// Its place under the listener's cap, held until the connection ends.
     place: ConnectionPermit,
+    /// The Service the app addressed, if it addressed one (`destination_service*`).
+    service: Option<ServiceLabel>,
 }
 
 /// Where a captured connection goes.
@@ -156,13 +177,28 @@ async fn carry_over_hbone(
         Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::warn!(%error, pod = %pod.key, %dst, "HBONE connection failed; refusing the app's connection");
-            record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
+            let service = app.service.as_ref();
+            record_failure(
+                &state,
+                Reporter::Source,
+                &pod,
+                dst,
+                service,
+                ResponseFlags::UF,
+            );
             return;
         }
     };
     tracing::debug!(pod = %pod.key, %dst, "outbound connection captured (HBONE)");
-    let carry = app.place.hold(super::tunnel::carry(app.stream, tunnel));
-    forward_outbound(state, pod, app.source, dst, Some(&expected), carry).await;
+    let (source, service) = (app.source, app.service.clone());
+    forward_outbound(state, pod, source, dst, Some(&expected), service, |bytes| {
+        app.place.hold(super::tunnel::carry(
+            app.stream,
+            tunnel,
+            bytes.from_client,
+            bytes.from_server,
+        ))
+    });
 }
 
 async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, app: AppConnection, dst: SocketAddr) {
@@ -170,26 +206,43 @@ async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, app: AppConnection
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%error, pod = %pod.key, %dst, "outbound connect failed");
-            record_failure(&state, Reporter::source, &pod, dst, ResponseFlags::UF);
+            let service = app.service.as_ref();
+            record_failure(
+                &state,
+                Reporter::Source,
+                &pod,
+                dst,
+                service,
+                ResponseFlags::UF,
+            );
             return;
         }
     };
     tracing::debug!(pod = %pod.key, %dst, "outbound connection captured");
-    let carry = app
-        .place
-        .hold(super::copy::copy_bidirectional(app.stream, upstream));
-    forward_outbound(state, pod, app.source, dst, None, carry).await;
+    let (source, service) = (app.source, app.service.clone());
+    forward_outbound(state, pod, source, dst, None, service, |bytes| {
+        app.place.hold(super::copy::copy_bidirectional(
+            app.stream,
+            upstream,
+            bytes.from_client,
+            bytes.from_server,
+        ))
+    });
 }
 
-/// Forwards an outbound connection once its upstream (TCP or HBONE tunnel) is open.
-async fn forward_outbound(
+/// Forwards an outbound connection once its upstream (TCP or HBONE tunnel) is open; `carry`
+/// copies it, counting in the connection's byte counters.
+fn forward_outbound<Carry>(
     state: Arc<State>,
     pod: Arc<PodContext>,
     source: SocketAddr,
     dst: SocketAddr,
     peer: Option<&Identity>,
-    carry: impl Future<Output = std::io::Result<(u64, u64)>> + Send + 'static,
-) {
+    service: Option<ServiceLabel>,
+    carry: impl FnOnce(ByteCounters) -> Carry,
+) where
+    Carry: Future<Output = std::io::Result<(u64, u64)>> + Send + 'static,
+{
     let info = ConnectionInfo {
         direction: "outbound",
         pod: pod.key.clone(),
@@ -199,11 +252,13 @@ async fn forward_outbound(
     };
     let labels = labels(
         &state,
-        Reporter::source,
+        Reporter::Source,
         &pod,
         dst,
         peer,
+        service.as_ref(),
         ResponseFlags::None,
     );
+    let carry = carry(ByteCounters::of(&state, &labels));
     forward(state, labels, carry, info, None);
 }

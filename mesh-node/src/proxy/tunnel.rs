@@ -15,6 +15,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use super::copy::{SocketReader, shutdown_write, write_all};
@@ -74,10 +75,17 @@ impl From<Failure> for io::Error {
 /// logs it as an error). A read error on the socket ends the stream the same way. Only if the
 /// other direction is still busy [`LINGER`] later is the stream given up (dropped: reset). A
 /// failure of the stream itself ends the tunnel at once.
-pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64)> {
+///
+/// Each chunk is counted in its direction's counter once delivered.
+pub async fn carry(
+    tcp: TcpStream,
+    mut stream: H2Stream,
+    from_socket: Counter,
+    from_stream: Counter,
+) -> io::Result<(u64, u64)> {
     let H2Stream { send, recv, .. } = &mut stream;
-    let up = socket_to_stream(&tcp, send);
-    let down = stream_to_socket(recv, &tcp);
+    let up = socket_to_stream(&tcp, send, &from_socket);
+    let down = stream_to_socket(recv, &tcp, &from_stream);
     tokio::pin!(up, down);
     let (mut sent, mut received) = (None, None);
     let mut linger = std::pin::pin!(tokio::time::sleep(Duration::MAX));
@@ -114,14 +122,20 @@ pub async fn carry(tcp: TcpStream, mut stream: H2Stream) -> io::Result<(u64, u64
 
 /// `tcp -> stream`; the stream's sending side ends with END_STREAM whether the socket ended
 /// or failed (a reset from the app ends what it had to say).
-async fn socket_to_stream(tcp: &TcpStream, send: &mut SendStream<Bytes>) -> Result<u64, Failure> {
+async fn socket_to_stream(
+    tcp: &TcpStream,
+    send: &mut SendStream<Bytes>,
+    counted: &Counter,
+) -> Result<u64, Failure> {
     let mut reader = SocketReader::new();
     let mut total = 0u64;
     let ended = loop {
         match reader.next(tcp).await {
             Ok(Some(chunk)) => {
-                total += chunk.len() as u64;
+                let length = chunk.len() as u64;
                 send_all(send, chunk).await.map_err(Failure::Stream)?;
+                total += length;
+                counted.inc_by(length);
             }
             Ok(None) => break Ok(total),
             Err(e) => break Err(Failure::Socket(e)),
@@ -155,7 +169,11 @@ async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<(
 /// `stream -> tcp`. When the socket can no longer be written (the app closed), the rest of
 /// what the peer sends is read and dropped until its END_STREAM, so the stream ends cleanly;
 /// the write error is returned then.
-async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> Result<u64, Failure> {
+async fn stream_to_socket(
+    recv: &mut RecvStream,
+    tcp: &TcpStream,
+    counted: &Counter,
+) -> Result<u64, Failure> {
     let mut total = 0u64;
     // The write error, and until when the peer's data is drained.
     let mut write_failed: Option<(io::Error, tokio::time::Instant)> = None;
@@ -171,7 +189,10 @@ async fn stream_to_socket(recv: &mut RecvStream, tcp: &TcpStream) -> Result<u64,
         let data = data.map_err(|e| Failure::Stream(h2_to_io(e)))?;
         if write_failed.is_none() {
             match write_all(tcp, &data).await {
-                Ok(()) => total += data.len() as u64,
+                Ok(()) => {
+                    total += data.len() as u64;
+                    counted.inc_by(data.len() as u64);
+                }
                 Err(e) => write_failed = Some((e, tokio::time::Instant::now() + LINGER)),
             }
         }

@@ -64,6 +64,8 @@ pub(super) async fn carry<IO>(
         first,
         what: if read_sni { "tls passthrough" } else { "tcp" },
         target: local,
+        // An ingress' TCP routes are not in Istio's TCP metrics yet.
+        downstream: None,
     };
     passthrough::carry_to(io, carried, resolved, &app).await;
 }

@@ -10,7 +10,6 @@ use http::{
     uri::PathAndQuery,
 };
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use super::{Destination, Downstream, Outcome, local, matched_prefix, roll};
 use crate::{
@@ -72,7 +71,7 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 pub async fn forward(
-    request: Request<Incoming>,
+    request: Request<super::RequestBody>,
     plan: Plan<'_>,
     downstream: &Downstream,
     app: &Arc<App>,

@@ -303,6 +303,12 @@ fn tcp_routes_split_connections_by_port_and_source() {
             enrolled: true,
             waypoint: None,
             locality: Default::default(),
+            names: mesh_core::telemetry::WorkloadNames::derive(
+                "client",
+                false,
+                &Default::default(),
+                None,
+            ),
         };
         let connection = TcpConnection {
             port,

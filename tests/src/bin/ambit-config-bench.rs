@@ -136,6 +136,8 @@ fn real_processes() -> Result<()> {
                 cgroup: None,
                 labels: [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
                 uid: None,
+                owner: None,
+                names: None,
                 enrolled: None,
                 waypoint: None,
             });

@@ -18,6 +18,19 @@ impl Testbed {
         })
     }
 
+    /// Gives a pod a controller, as a ReplicaSet or a StatefulSet owns a pod in Kubernetes
+    /// (it names the pod's workload in metrics).
+    pub fn set_owner(&self, pod: &str, kind: &str, name: &str) -> Result<()> {
+        self.update_pods_file(|file| {
+            for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
+                spec.owner = Some(mesh_core::telemetry::Owner {
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+        })
+    }
+
     pub fn pods_file_path(&self) -> PathBuf {
         self.work_dir.join("pods.yaml")
     }
