@@ -14,7 +14,7 @@
 //! - `translate`: a pod template as podman flags;
 //! - `manifests`: the pod templates (deploy/'s, and the controller's generated Deployments).
 
-mod manifests;
+pub mod manifests;
 mod translate;
 
 use std::{

@@ -207,6 +207,27 @@ fn setup_launching(
 }
 
 impl L7 {
+    /// Names the pods as Kubernetes would: the client is `productpage-v1` and the reviews pods
+    /// `reviews-v1` and `reviews-v2` (Deployments' ReplicaSets own them), flaky a StatefulSet
+    /// whose canonical name (`flaky-db`) differs from its `app`. flaky is reached directly,
+    /// without the waypoint: pod to pod over HBONE.
+    pub fn name_workloads(&self) -> Result<()> {
+        let tb = &self.tb;
+        tb.label_pod("n0-p0", "app", Some("productpage"))?;
+        tb.label_pod("n0-p0", "version", Some("v1"))?;
+        for (pod, hash, owner) in [
+            ("n0-p0", "5c4d8b9f7", "productpage-v1"),
+            ("n1-p0", "6b8d4c7f9", "reviews-v1"),
+            ("n1-p1", "7f9c6d5b8", "reviews-v2"),
+        ] {
+            tb.label_pod(pod, "pod-template-hash", Some(hash))?;
+            tb.set_owner(pod, "ReplicaSet", &format!("{owner}-{hash}"))?;
+        }
+        tb.set_owner("n1-p2", "StatefulSet", "flaky")?;
+        tb.label_pod("n1-p2", "service.istio.io/canonical-name", Some("flaky-db"))?;
+        tb.label_pod("n1-p2", "ambit.io/use-waypoint", Some("none"))
+    }
+
     pub fn client(&self, vip: &str, authority: &str) -> Result<HttpClient> {
         HttpClient::connect(
             self.tb.pod("n0-p0"),

@@ -11,6 +11,7 @@
 //! - `exposition`: Prometheus' text format read into samples with their labels;
 //! - `waypoint`: `mesh-waypoint` in a pod; `http`: a scripted HTTP/1.1 server and client;
 //! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
+//! - `prometheus`: Debian's Prometheus scraping the test bed with deploy/'s scrape job;
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
 //! - `traffic`: echo and checksum servers, request/response and connection-rate clients;
 //! - `storm`: many short connections to one pod, each timed;
@@ -28,6 +29,7 @@ pub mod exposition;
 pub mod hbone_client;
 pub mod http;
 pub mod l7;
+pub mod prometheus;
 pub mod storm;
 pub mod sys;
 pub mod testbed;

@@ -268,3 +268,87 @@ fn broken_manifests_and_examples_fail_naming_the_field() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+/// deploy/observability's PodMonitors select every Ambit pod (the node agents, the controller,
+/// the waypoints and ingresses the controller runs) through a port the pod declares, on the
+/// path its scrape annotation names; its kustomization ships every dashboard.
+#[test]
+fn pod_monitors_select_every_component() {
+    let deploy = workspace().join("deploy");
+    let text = std::fs::read_to_string(deploy.join("observability/podmonitors.yaml")).unwrap();
+    let monitors: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    let template = |file: &str, kind: &str| {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        mesh_tests::api_rules::workloads(&text)
+            .unwrap()
+            .into_iter()
+            .find(|w| w.kind() == kind)
+            .and_then(|w| w.pod_template().cloned())
+            .unwrap()
+    };
+    let mut templates = vec![
+        ("node agent", template("node.yaml", "DaemonSet")),
+        ("controller", template("controller.yaml", "Deployment")),
+    ];
+    for class in ["ambit-waypoint", "ambit"] {
+        let deployment = mesh_tests::containers::gateway_deployment(class);
+        templates.push((class, deployment.spec.unwrap().template));
+    }
+    for (what, template) in templates {
+        let meta = template.metadata.clone().unwrap_or_default();
+        let labels = meta.labels.unwrap_or_default();
+        let annotations = meta.annotations.unwrap_or_default();
+        let selecting: Vec<_> = monitors
+            .iter()
+            .filter(|m| {
+                m["spec"]["selector"]["matchLabels"]
+                    .as_mapping()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| labels.get(k.as_str().unwrap()).map(String::as_str) == v.as_str())
+            })
+            .collect();
+        assert_eq!(selecting.len(), 1, "{what}: one PodMonitor selects it");
+        let endpoint = &selecting[0]["spec"]["podMetricsEndpoints"][0];
+        let ports: Vec<String> = template
+            .spec
+            .unwrap()
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone().unwrap_or_default())
+            .filter_map(|p| p.name)
+            .collect();
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(
+            ports.iter().any(|p| p == port),
+            "{what}: no port {port} in {ports:?}"
+        );
+        assert_eq!(
+            endpoint["path"].as_str(),
+            annotations.get("prometheus.io/path").map(String::as_str),
+            "{what}: the PodMonitor and the scrape annotation name one path"
+        );
+    }
+    let kustomization =
+        std::fs::read_to_string(deploy.join("observability/kustomization.yaml")).unwrap();
+    let dashboards = yaml_files(&deploy.join("observability/grafana"));
+    assert!(dashboards.is_empty(), "dashboards are JSON");
+    let mut uids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(deploy.join("observability/grafana")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            kustomization.contains(&format!("grafana/{name}")),
+            "the kustomization ships {name}"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_owned()),
+            "{name}: uid unique"
+        );
+    }
+    assert_eq!(uids.len(), 6);
+}

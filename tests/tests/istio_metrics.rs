@@ -80,18 +80,7 @@ fn describe(samples: &[Sample], name: &str) -> String {
 fn istio_labels_for_requests_and_connections() -> Result<()> {
     let l7 = l7::setup()?;
     let tb = &l7.tb;
-    // Pods as a Deployment's ReplicaSet and a StatefulSet own them in Kubernetes.
-    tb.label_pod("n0-p0", "app", Some("productpage"))?;
-    tb.label_pod("n0-p0", "version", Some("v1"))?;
-    tb.label_pod("n0-p0", "pod-template-hash", Some("5c4d8b9f7"))?;
-    tb.set_owner("n0-p0", "ReplicaSet", "productpage-v1-5c4d8b9f7")?;
-    tb.label_pod("n1-p1", "pod-template-hash", Some("7f9c6d5b8"))?;
-    tb.set_owner("n1-p1", "ReplicaSet", "reviews-v2-7f9c6d5b8")?;
-    tb.set_owner("n1-p2", "StatefulSet", "flaky")?;
-    // Istio's own canonical label wins over `app`.
-    tb.label_pod("n1-p2", "service.istio.io/canonical-name", Some("flaky-db"))?;
-    // flaky is reached directly (no waypoint): pod to pod over HBONE.
-    tb.label_pod("n1-p2", "ambit.io/use-waypoint", Some("none"))?;
+    l7.name_workloads()?;
     l7.route(&vs(
         "  - route:\n    - {destination: {host: reviews, subset: v2}}\n",
     ))?;

@@ -190,6 +190,16 @@ impl Proxy {
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(self.labels()),
+                        // Prometheus' pod discovery, as on the node agents.
+                        annotations: Some(
+                            [
+                                ("prometheus.io/scrape", "true"),
+                                ("prometheus.io/port", "15020"),
+                                ("prometheus.io/path", "/stats/prometheus"),
+                            ]
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .into(),
+                        ),
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {
@@ -263,6 +273,12 @@ impl Proxy {
                         container_port: i32::from(p.target_port),
                         ..ContainerPort::default()
                     })
+                    // Named as on the node agents, for the PodMonitor in deploy/observability.
+                    .chain([ContainerPort {
+                        name: Some("http-metrics".to_owned()),
+                        container_port: 15020,
+                        ..ContainerPort::default()
+                    }])
                     .collect(),
             ),
             readiness_probe: Some(Probe {
