@@ -5,10 +5,12 @@
 //!   endpoints): status, workloads, services, policies, certificates, `check`;
 //! - `analyze`: Istio YAML checked offline with the controller's own validator;
 //! - `precheck`: whether this node can run the agent;
-//! - `version`: this client's, the controller's and every agent's and waypoint's version.
+//! - `version`: this client's, the controller's and every agent's and waypoint's version;
+//! - `dashboard`: the controller's mesh page in a browser (a port-forward in Kubernetes).
 #![forbid(unsafe_code)]
 
 mod analyze;
+mod dashboard;
 mod inspect;
 mod precheck;
 mod version;
@@ -77,6 +79,9 @@ pub enum Command {
     Precheck,
     /// This client's version, the controller's, and every agent's and waypoint's.
     Version,
+    /// Open the controller's mesh page: the live service graph, the resources in force,
+    /// weighted routing.
+    Dashboard(dashboard::Dashboard),
 }
 
 /// Writes `text` to stdout; a reader that went away (`| head`) ends the output quietly.
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         } => analyze::run(paths, *failure_threshold, cluster_domain, cli.output),
         Command::Precheck => precheck::run(cli.output),
         Command::Version => version::run(&cli),
+        Command::Dashboard(options) => dashboard::run(cli.controller, options),
         Command::Inspect(command) => inspect::run(&cli, command).map(|()| ExitCode::SUCCESS),
     };
     match outcome {

@@ -1,6 +1,7 @@
 //! The controller's admin endpoint (loopback by default), what `ambitctl` reads:
 //! `/status` (version, subscribers and what they acknowledged or refused, each resource's
-//! conditions, objects that could not be read) and `/config_dump` (every published resource).
+//! conditions, objects that could not be read) and `/config_dump` (every published resource);
+//! and the mesh page under `/mesh` (see `mesh_page`).
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,7 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::distribution::Distributor;
+use crate::{distribution::Distributor, mesh_page::MeshPage};
 use mesh_api::common::Condition;
 
 /// The last validation round, as reported.
@@ -33,14 +34,24 @@ pub struct ResourceReport {
 
 pub type SharedReport = Arc<Mutex<Report>>;
 
-/// Binds now (a port conflict fails start-up) and serves in the background.
+/// Binds now (a port conflict fails start-up) and serves in the background; `/mesh` is the
+/// mesh page's.
 pub async fn serve(
     addr: SocketAddr,
     distributor: Arc<Distributor>,
     report: SharedReport,
+    page: Arc<MeshPage>,
 ) -> std::io::Result<()> {
-    mesh_core::endpoint::serve(addr, move |req| {
-        route(req.uri().path(), &distributor, &report)
+    mesh_core::endpoint::serve_async(addr, move |request| {
+        let (distributor, report, page) = (distributor.clone(), report.clone(), page.clone());
+        async move {
+            let path = request.uri().path();
+            if path == "/mesh" || path.starts_with("/mesh/") {
+                page.answer(request).await
+            } else {
+                route(path, &distributor, &report)
+            }
+        }
     })
     .await
 }

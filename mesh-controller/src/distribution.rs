@@ -143,6 +143,8 @@ struct State {
 pub struct SubscriberStatus {
     pub node: String,
     pub role: String,
+    /// The address it connected from: where its metrics are (`:15020`), for the mesh page.
+    pub address: Option<std::net::IpAddr>,
     /// Its program and version, as it says (`mesh-node 0.1.0`).
     pub build: String,
     /// The last version it acknowledged.
@@ -331,7 +333,13 @@ impl Distributor {
         Some(update)
     }
 
-    fn register(&self, node: &str, role: Role, build: &str) -> u64 {
+    fn register(
+        &self,
+        node: &str,
+        role: Role,
+        build: &str,
+        address: Option<std::net::IpAddr>,
+    ) -> u64 {
         let mut state = self.state();
         state.next_subscriber += 1;
         let id = state.next_subscriber;
@@ -341,6 +349,7 @@ impl Distributor {
                 node: node.to_owned(),
                 role: role_name(role),
                 build: build.to_owned(),
+                address,
                 ..SubscriberStatus::default()
             },
         );

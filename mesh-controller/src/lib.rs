@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - `admin`: the loopback admin endpoint `ambitctl` reads (`/status`, `/config_dump`);
+//! - `mesh_page`: the mesh page on the admin port: the live service graph, the resources in
+//!   force, weighted routing;
 //! - `ca`: the mesh's root, and signing workload certificates for SPIFFE identities;
 //! - `ca_service`: Istio's `IstioCertificateService` over gRPC, authenticating node agents by
 //!   bootstrap token and letting each sign only for pods on its node;
@@ -26,6 +28,7 @@ pub mod compile;
 pub mod config;
 pub mod distribution;
 pub mod kubernetes;
+pub mod mesh_page;
 pub mod metrics;
 pub mod readiness;
 pub mod serve;

@@ -13,6 +13,7 @@ use mesh_controller::{
     ca_service::{CaService, LocalAuthorizer, NodeAuthorizer},
     distribution::{Distributor, service::ConfigStreamService},
     kubernetes::{self, KubeAuthorizer},
+    mesh_page::{MeshPage, routing},
     metrics::Metrics,
     readiness::Readiness,
     serve,
@@ -163,9 +164,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .serve(args.readiness_addr)
         .await
         .with_context(|| format!("binding readiness {}", args.readiness_addr))?;
-    admin::serve(args.admin_addr, distributor.clone(), status.report.clone())
-        .await
-        .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
+    let store = if args.kubernetes {
+        routing::Store::Kubernetes(
+            kube::Client::try_default()
+                .await
+                .context("no Kubernetes credentials (in-cluster service account or kubeconfig)")?,
+        )
+    } else {
+        match &args.config_dir {
+            Some(dir) => routing::Store::Dir {
+                dir: dir.clone(),
+                pods_file: args.pods_file.clone(),
+            },
+            None => routing::Store::Unavailable,
+        }
+    };
+    let page = MeshPage::start(
+        distributor.clone(),
+        status.report.clone(),
+        store,
+        &args.cluster_domain,
+    );
+    admin::serve(
+        args.admin_addr,
+        distributor.clone(),
+        status.report.clone(),
+        page,
+    )
+    .await
+    .with_context(|| format!("binding the admin endpoint {}", args.admin_addr))?;
     let metrics = Arc::new(Metrics::new(distributor.pushes.clone()));
     serve_metrics(
         args.metrics_addr,

@@ -17,6 +17,19 @@ pub async fn serve<F>(addr: SocketAddr, route: F) -> std::io::Result<()>
 where
     F: Fn(&Request<Incoming>) -> Reply + Clone + Send + Sync + 'static,
 {
+    serve_async(addr, move |request: Request<Incoming>| {
+        let reply = route(&request);
+        async move { reply }
+    })
+    .await
+}
+
+/// As [`serve`], for answers that must read the request's body or wait.
+pub async fn serve_async<F, A>(addr: SocketAddr, route: F) -> std::io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> A + Clone + Send + Sync + 'static,
+    A: Future<Output = Reply> + Send + 'static,
+{
     // Scrapers and probes are few: a small cap, and a short wait for their headers.
     let limits = crate::transport::Limits {
         max_connections: 256,
@@ -31,8 +44,8 @@ where
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let reply = route(&request);
-                    async move { Ok::<_, Infallible>(reply) }
+                    let reply = route(request);
+                    async move { Ok::<_, Infallible>(reply.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

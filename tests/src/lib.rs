@@ -8,8 +8,8 @@
 //! - `testbed`: building and tearing down the topology; `Pod` and `Node` handles;
 //! - `agent`: starting, stopping and querying `mesh-node` inside a node;
 //! - `controller`: the controller's CA in the fabric namespace;
-//! - `exposition`: Prometheus' text format read into samples with their labels;
 //! - `waypoint`: `mesh-waypoint` in a pod; `http`: a scripted HTTP/1.1 server and client;
+//! - `browser`: headless Chromium driven over the DevTools protocol;
 //! - `l7`: the L7 test bed (agents, a waypoint, scripted backends);
 //! - `prometheus`: Debian's Prometheus scraping the test bed with deploy/'s scrape job;
 //! - `capture`: reading frames off an interface, to check what crosses the wire;
@@ -22,10 +22,10 @@
 pub mod agent;
 pub mod api_rules;
 pub mod bpf;
+pub mod browser;
 pub mod capture;
 pub mod containers;
 pub mod controller;
-pub mod exposition;
 pub mod hbone_client;
 pub mod http;
 pub mod l7;
@@ -37,4 +37,5 @@ pub mod traffic;
 pub mod waypoint;
 
 pub use agent::{Agent, AgentOptions};
+pub use mesh_core::exposition;
 pub use testbed::{Node, Pod, Testbed, Topology};

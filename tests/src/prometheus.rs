@@ -218,7 +218,8 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-fn which(name: &str) -> Result<PathBuf> {
+/// A program on `PATH`.
+pub fn which(name: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())

@@ -46,6 +46,13 @@ impl ConfigService for ConfigStreamService {
         let node = caller
             .as_ref()
             .map_or_else(|| "anonymous".to_owned(), ToString::to_string);
+        // Set by the listener (`serve::TlsConnection`); absent when served some other way.
+        let address = request
+            .extensions()
+            .get::<Option<std::net::SocketAddr>>()
+            .copied()
+            .flatten()
+            .map(|a| a.ip().to_canonical());
         let mut inbound = request.into_inner();
         // A client that connects and never subscribes holds nothing for long.
         let first = tokio::time::timeout(SUBSCRIBE_WAIT, inbound.message())
@@ -93,7 +100,7 @@ impl ConfigService for ConfigStreamService {
         let (tx, rx) = mpsc::channel(1);
         let distributor = self.distributor.clone();
         tokio::spawn(async move {
-            let id = distributor.register(&node, role, &subscribe.build);
+            let id = distributor.register(&node, role, &subscribe.build, address);
             if let Err(reason) = serve_subscriber(
                 &distributor,
                 id,

@@ -1,6 +1,6 @@
 //! Reading Prometheus' text exposition as Prometheus does: each sample's metric name, its
-//! labels (quoted values with their escapes undone) and its value, so tests compare whole
-//! label sets instead of searching lines for substrings.
+//! labels (quoted values with their escapes undone) and its value. The controller's mesh page
+//! reads the agents' and waypoints' metrics with it; tests compare whole label sets with it.
 
 use std::collections::BTreeMap;
 
