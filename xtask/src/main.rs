@@ -47,8 +47,16 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the mesh on this machine: nodes and pods in network namespaces. Needs root.
-    Demo,
+    /// Run the mesh on this machine: Bookinfo in network-namespace nodes and pods, a
+    /// waypoint, and Istio's YAML from deploy/examples applied step by step. Needs root.
+    Demo {
+        /// Leave the mesh (and the mesh page) running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Check every measurement and skip the pauses (the test suite runs it so).
+        #[arg(long)]
+        check: bool,
+    },
     /// Regenerate deploy/crds/ and docs/compatibility.md from the resource types (a test fails
     /// when they drift).
     Codegen,
@@ -87,7 +95,15 @@ fn main() -> Result<()> {
             })
         }
         Command::Test { args } => test(&args),
-        Command::Demo => release_run(Purpose::Demo, "ambit-demo", &[]),
+        Command::Demo { keep, check } => {
+            let flags = [(keep, "--keep"), (check, "--check")];
+            let args: Vec<&str> = flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| *f)
+                .collect();
+            release_run(Purpose::Demo, "ambit-demo", &args)
+        }
         Command::Codegen => codegen(),
         Command::Fuzz { seconds, keep } => {
             setup::run(Purpose::Test)?;

@@ -43,10 +43,13 @@ const IMAGE_PACKAGES: &[(&str, &str)] = &[
     ("runc", "the container runtime podman runs the images with"),
 ];
 /// The tests that read the mesh as its users' tools do.
-const OBSERVABILITY_PACKAGES: &[(&str, &str)] = &[(
-    "prometheus",
-    "scraping the test bed with the shipped scrape configuration, running Kiali's and the dashboards' queries",
-)];
+const OBSERVABILITY_PACKAGES: &[(&str, &str)] = &[
+    (
+        "prometheus",
+        "scraping the test bed with the shipped scrape configuration, running Kiali's and the dashboards' queries",
+    ),
+    ("chromium", "the mesh page in a real browser (headless)"),
+];
 /// Only `cargo xtask bench` uses these.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmarks"),
