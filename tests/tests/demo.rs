@@ -6,11 +6,11 @@
 use std::process::Command;
 
 use anyhow::{Result, ensure};
-use mesh_tests::controller::workspace_binary;
 
 #[test]
 fn the_demo_runs_every_step_and_checks_what_it_measures() -> Result<()> {
-    let output = Command::new(workspace_binary("ambit-demo", "AMBIT_DEMO")?)
+    // Cargo builds the package's programs for its integration tests.
+    let output = Command::new(env!("CARGO_BIN_EXE_ambit-demo"))
         .arg("--check")
         .output()?;
     let printed = String::from_utf8_lossy(&output.stdout);
