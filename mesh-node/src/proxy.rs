@@ -255,6 +255,25 @@ fn inbound_service(state: &State, pod: &PodContext, port: u16) -> Option<Service
         .map(|s| s.label.clone())
 }
 
+/// Counts an inbound connection to `pod`'s `port` that could not be carried.
+fn record_inbound_failure(
+    state: &State,
+    pod: &PodContext,
+    peer: SocketAddr,
+    port: u16,
+    flags: ResponseFlags,
+) {
+    let service = inbound_service(state, pod, port);
+    record_failure(
+        state,
+        Reporter::Destination,
+        pod,
+        peer,
+        service.as_ref(),
+        flags,
+    );
+}
+
 /// Counts a captured connection that could not be carried.
 fn record_failure(
     state: &State,

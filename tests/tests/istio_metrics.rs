@@ -56,6 +56,31 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The labels every series of this test shares: from productpage-v1 (the client) to a
+/// workload with these names, over mutual TLS, without response flags.
+fn from_productpage_to(workload: &str, app: &str, version: &str) -> BTreeMap<String, String> {
+    labels(&[
+        ("source_workload", "productpage-v1"),
+        ("source_canonical_service", "productpage"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", CLIENT),
+        ("source_app", "productpage"),
+        ("source_version", "v1"),
+        ("source_cluster", "Kubernetes"),
+        ("destination_workload", workload),
+        ("destination_canonical_service", app),
+        ("destination_canonical_revision", version),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", SERVER),
+        ("destination_app", app),
+        ("destination_version", version),
+        ("destination_cluster", "Kubernetes"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ])
+}
+
 /// The one sample of `name` with exactly the labels `expected`.
 fn exactly<'a>(
     samples: &'a [Sample],
@@ -87,33 +112,16 @@ fn istio_labels_for_requests_and_connections() -> Result<()> {
 
     // HTTP through the waypoint, with bodies of known sizes both ways.
     let request_body = vec![b'q'; 1000];
-    let expected_request = labels(&[
+    let mut expected_request = from_productpage_to("reviews-v2", "reviews", "v2");
+    expected_request.extend(labels(&[
         ("reporter", "waypoint"),
-        ("source_workload", "productpage-v1"),
-        ("source_canonical_service", "productpage"),
-        ("source_canonical_revision", "v1"),
-        ("source_workload_namespace", "default"),
-        ("source_principal", CLIENT),
-        ("source_app", "productpage"),
-        ("source_version", "v1"),
-        ("source_cluster", "Kubernetes"),
         ("destination_service", "reviews.default.svc.cluster.local"),
         ("destination_service_namespace", "default"),
         ("destination_service_name", "reviews"),
-        ("destination_workload", "reviews-v2"),
-        ("destination_canonical_service", "reviews"),
-        ("destination_canonical_revision", "v2"),
-        ("destination_workload_namespace", "default"),
-        ("destination_principal", SERVER),
-        ("destination_app", "reviews"),
-        ("destination_version", "v2"),
-        ("destination_cluster", "Kubernetes"),
         ("request_protocol", "http"),
         ("response_code", "200"),
         ("grpc_response_status", ""),
-        ("response_flags", "-"),
-        ("connection_security_policy", "mutual_tls"),
-    ]);
+    ]));
     // The owners reach the waypoint with the pods file's next version: until then the
     // series carry the pod names.
     let mut samples = Vec::new();
@@ -185,31 +193,15 @@ fn istio_labels_for_requests_and_connections() -> Result<()> {
             Some(name) => (format!("{name}.default.svc.cluster.local"), name, "default"),
             None => ("unknown".to_owned(), "unknown", "unknown"),
         };
-        labels(&[
+        let mut expected = from_productpage_to("flaky", "flaky-db", "v1");
+        expected.extend(labels(&[
             ("reporter", reporter),
-            ("source_workload", "productpage-v1"),
-            ("source_canonical_service", "productpage"),
-            ("source_canonical_revision", "v1"),
-            ("source_workload_namespace", "default"),
-            ("source_principal", CLIENT),
-            ("source_app", "productpage"),
-            ("source_version", "v1"),
-            ("source_cluster", "Kubernetes"),
             ("destination_service", &host),
             ("destination_service_namespace", namespace),
             ("destination_service_name", name),
-            ("destination_workload", "flaky"),
-            ("destination_canonical_service", "flaky-db"),
-            ("destination_canonical_revision", "v1"),
-            ("destination_workload_namespace", "default"),
-            ("destination_principal", SERVER),
-            ("destination_app", "flaky-db"),
-            ("destination_version", "v1"),
-            ("destination_cluster", "Kubernetes"),
             ("request_protocol", "tcp"),
-            ("response_flags", "-"),
-            ("connection_security_policy", "mutual_tls"),
-        ])
+        ]));
+        expected
     };
     // The client addressed the pod, not a service; the server's agent names the service
     // that sends that port to the pod, as ztunnel does.

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use super::{
     Authorized, ByteCounters, ConnectionInfo, PodContext, connect_from_pod, inbound_service,
-    labels, record_failure,
+    labels, record_failure, record_inbound_failure,
     tunnel::{self, H2Stream},
 };
 use mesh_core::transport;
@@ -116,16 +116,7 @@ async fn handle_connect(
         target.port(),
     ) {
         tracing::info!(%client, pod = %pod.key, %target, %reason, "HBONE request denied");
-        let service = inbound_service(state, pod, target.port());
-        let flags = ResponseFlags::UAEX;
-        record_failure(
-            state,
-            Reporter::Destination,
-            pod,
-            peer,
-            service.as_ref(),
-            flags,
-        );
+        record_inbound_failure(state, pod, peer, target.port(), ResponseFlags::UAEX);
         return refuse(respond, StatusCode::UNAUTHORIZED);
     }
     let source = super::delivery_source(target);
@@ -133,16 +124,7 @@ async fn handle_connect(
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%error, %target, pod = %pod.key, "HBONE delivery to the app failed");
-            let service = inbound_service(state, pod, target.port());
-            let flags = ResponseFlags::UF;
-            record_failure(
-                state,
-                Reporter::Destination,
-                pod,
-                peer,
-                service.as_ref(),
-                flags,
-            );
+            record_inbound_failure(state, pod, peer, target.port(), ResponseFlags::UF);
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };

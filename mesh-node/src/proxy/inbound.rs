@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use super::{
     Authorized, ByteCounters, ConnectionInfo, PodContext, connect_from_pod, forward,
-    inbound_service, labels, record_failure,
+    inbound_service, labels, record_inbound_failure,
 };
 use crate::{
     app::State,
@@ -30,15 +30,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         if let Err(reason) = check_inbound(&policies, &pods, &pod.pod(), None, peer, dst.port()) {
             // Dropping the stream resets the client's connection.
             tracing::info!(pod = %pod.key, client = %peer, %dst, %reason, "plaintext inbound connection refused");
-            let service = inbound_service(&state, &pod, dst.port());
-            record_failure(
-                &state,
-                Reporter::Destination,
-                &pod,
-                peer,
-                service.as_ref(),
-                ResponseFlags::UAEX,
-            );
+            record_inbound_failure(&state, &pod, peer, dst.port(), ResponseFlags::UAEX);
             continue;
         }
         let delivery_source = super::delivery_source(dst);
@@ -49,16 +41,7 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::info!(%error, pod = %pod.key, %dst, "delivery to the app failed");
-                    let service = inbound_service(&state, &pod, dst.port());
-                    let flags = ResponseFlags::UF;
-                    record_failure(
-                        &state,
-                        Reporter::Destination,
-                        &pod,
-                        peer,
-                        service.as_ref(),
-                        flags,
-                    );
+                    record_inbound_failure(&state, &pod, peer, dst.port(), ResponseFlags::UF);
                     return;
                 }
             };

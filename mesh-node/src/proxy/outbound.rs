@@ -92,6 +92,20 @@ struct AppConnection {
     service: Option<ServiceLabel>,
 }
 
+impl AppConnection {
+    /// Counts it as a connection that could not be carried to `dst`.
+    fn failed(&self, state: &State, pod: &PodContext, dst: SocketAddr, flags: ResponseFlags) {
+        record_failure(
+            state,
+            Reporter::Source,
+            pod,
+            dst,
+            self.service.as_ref(),
+            flags,
+        );
+    }
+}
+
 /// Where a captured connection goes.
 enum Plan {
     /// Over HBONE: to `via` (the destination pod, or the waypoint in front of it), as a
@@ -177,15 +191,7 @@ async fn carry_over_hbone(
         Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::warn!(%error, pod = %pod.key, %dst, "HBONE connection failed; refusing the app's connection");
-            let service = app.service.as_ref();
-            record_failure(
-                &state,
-                Reporter::Source,
-                &pod,
-                dst,
-                service,
-                ResponseFlags::UF,
-            );
+            app.failed(&state, &pod, dst, ResponseFlags::UF);
             return;
         }
     };
@@ -206,15 +212,7 @@ async fn carry_plain(state: Arc<State>, pod: Arc<PodContext>, app: AppConnection
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::info!(%error, pod = %pod.key, %dst, "outbound connect failed");
-            let service = app.service.as_ref();
-            record_failure(
-                &state,
-                Reporter::Source,
-                &pod,
-                dst,
-                service,
-                ResponseFlags::UF,
-            );
+            app.failed(&state, &pod, dst, ResponseFlags::UF);
             return;
         }
     };
