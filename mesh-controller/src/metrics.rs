@@ -22,6 +22,14 @@ struct RoleLabels {
     role: String,
 }
 
+/// One subscriber: its role and the identity it authenticated as (a node, or a waypoint's
+/// service account), never a name it chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriberLabels {
+    role: String,
+    subscriber: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectedLabels {
     kind: String,
@@ -43,6 +51,8 @@ pub struct Metrics {
     subscribers: Family<RoleLabels, Gauge>,
     behind: Family<RoleLabels, Gauge>,
     refusing: Family<RoleLabels, Gauge>,
+    /// The version each connected subscriber acknowledged last.
+    acked: Family<SubscriberLabels, Gauge>,
     rejected: Family<RejectedLabels, Gauge>,
     /// Certificate requests answered, by outcome (the CA service counts them).
     pub certificates: Family<CertificateLabels, Counter>,
@@ -58,6 +68,7 @@ impl Metrics {
         let subscribers = Family::<RoleLabels, Gauge>::default();
         let behind = Family::<RoleLabels, Gauge>::default();
         let refusing = Family::<RoleLabels, Gauge>::default();
+        let acked = Family::<SubscriberLabels, Gauge>::default();
         let rejected = Family::<RejectedLabels, Gauge>::default();
         let certificates = Family::<CertificateLabels, Counter>::default();
         // Istio's name for the control plane.
@@ -88,6 +99,11 @@ impl Metrics {
             pushes,
         );
         registry.register(
+            "ambit_controller_subscriber_acked_version",
+            "The configuration version each connected subscriber acknowledged last",
+            acked.clone(),
+        );
+        registry.register(
             "ambit_controller_rejected_resources",
             "Resources validation refused (Accepted=False), by kind and reason",
             rejected.clone(),
@@ -103,6 +119,7 @@ impl Metrics {
             subscribers,
             behind,
             refusing,
+            acked,
             rejected,
             certificates,
             rendering: std::sync::Mutex::new(()),
@@ -129,6 +146,18 @@ impl Metrics {
             self.refusing
                 .get_or_create(&labels)
                 .set(of_role.filter(|s| s.nack.is_some()).count() as i64);
+        }
+        // Rebuilt at each scrape: a subscriber that left is gone from it.
+        self.acked.clear();
+        for subscriber in &subscribers {
+            let labels = SubscriberLabels {
+                role: subscriber.role.clone(),
+                subscriber: subscriber.node.clone(),
+            };
+            let acked = i64::try_from(subscriber.acked).unwrap_or(i64::MAX);
+            let gauge = self.acked.get_or_create(&labels);
+            // Two streams of one subscriber (a reconnect overlapping): the newer answer.
+            gauge.set(gauge.get().max(acked));
         }
         self.rejected.clear();
         for resource in &report.resources {

@@ -337,6 +337,9 @@ async fn metrics_follow_subscribers_and_validation() {
         Some(1.0),
         "{text}"
     );
+    // Served without authentication here: the subscriber is "anonymous".
+    let acked = "ambit_controller_subscriber_acked_version{role=\"node\",subscriber=\"anonymous\"}";
+    assert_eq!(sample(&text, acked), Some(1.0), "{text}");
     assert_eq!(
         sample(
             &text,
@@ -361,6 +364,7 @@ async fn metrics_follow_subscribers_and_validation() {
         ),
         Some(1.0)
     );
+    assert_eq!(sample(&text, acked), Some(1.0), "it still runs version 1");
     assert!(
         !text.contains("ambit_controller_rejected_resources{"),
         "a report without refusals clears them: {text}"
