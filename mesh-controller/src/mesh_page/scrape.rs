@@ -1,6 +1,7 @@
 //! Reading the subscribers' metrics: every connected node agent and waypoint serves them on
-//! port 15020 of the address it connected from. Each is read every [`EVERY`]; a few recent
-//! reads are kept, so that rates come from two reads of the same target.
+//! port 15020 of the address it connected from. Each is read every [`EVERY`] while the page
+//! is looked at; a few recent reads are kept, so that rates come from two reads of the same
+//! target.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -41,13 +42,32 @@ pub struct Target {
     pub error: Option<String>,
 }
 
+/// Subscribers read at once, at most: a large cluster is read in waves, not all at once.
+const AT_ONCE: usize = 32;
+/// Reading stops this long after the page was last looked at: a controller nobody watches
+/// reads nobody's metrics.
+const IDLE_AFTER: Duration = Duration::from_secs(60);
+
 /// Every subscriber's recent reads, by address.
 #[derive(Default)]
-pub struct Reads(Mutex<HashMap<IpAddr, Target>>);
+pub struct Reads {
+    targets: Mutex<HashMap<IpAddr, Target>>,
+    /// When the page last asked for the graph.
+    viewed: Mutex<Option<Instant>>,
+}
 
 impl Reads {
+    /// Reads `f` of the targets; the page is being looked at.
     pub fn with<T>(&self, f: impl FnOnce(&HashMap<IpAddr, Target>) -> T) -> T {
-        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        *self.viewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        f(&self.targets.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn watched(&self) -> bool {
+        self.viewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < IDLE_AFTER)
     }
 }
 
@@ -57,15 +77,23 @@ pub async fn follow(distributor: Arc<Distributor>, reads: Arc<Reads>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !reads.watched() {
+            reads
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            continue;
+        }
         let mut targets: HashMap<IpAddr, (String, String)> = HashMap::new();
         for subscriber in distributor.subscribers() {
             if let Some(address) = subscriber.address {
                 targets.insert(address, (subscriber.role, subscriber.node));
             }
         }
-        let results = futures_join(targets.keys().copied().collect()).await;
+        let results = read_all(targets.keys().copied().collect()).await;
         let now = Instant::now();
-        let mut kept = reads.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = reads.targets.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|address, _| targets.contains_key(address));
         for (address, result) in results {
             let (role, node) = targets.remove(&address).unwrap_or_default();
@@ -93,11 +121,16 @@ pub async fn follow(distributor: Arc<Distributor>, reads: Arc<Reads>) {
     }
 }
 
-/// Reads all `addresses` at once.
-async fn futures_join(addresses: Vec<IpAddr>) -> Vec<(IpAddr, Result<Vec<Sample>, String>)> {
+/// Reads all `addresses`, [`AT_ONCE`] at a time.
+async fn read_all(addresses: Vec<IpAddr>) -> Vec<(IpAddr, Result<Vec<Sample>, String>)> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for address in addresses {
-        tasks.spawn(async move { (address, read(address).await) });
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (address, read(address).await)
+        });
     }
     let mut results = Vec::new();
     while let Some(joined) = tasks.join_next().await {
