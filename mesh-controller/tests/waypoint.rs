@@ -243,7 +243,8 @@ async fn an_ingress_gateway_gets_a_load_balancer_on_its_listeners() {
         .flatten()
         .map(|p| p.container_port)
         .collect();
-    assert_eq!(ports, [80, 443]);
+    // Its listeners, and the metrics port the PodMonitor names.
+    assert_eq!(ports, [80, 443, 15020]);
     let sysctls = pod
         .security_context
         .and_then(|c| c.sysctls)
@@ -262,6 +263,7 @@ async fn an_ingress_gateway_gets_a_load_balancer_on_its_listeners() {
         .unwrap();
     assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
     let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
+    // Its listeners only: the metrics port is not for the load balancer.
     assert_eq!(ports, [80, 443]);
 }
 
@@ -326,7 +328,7 @@ async fn an_istio_ingressgateway_gateway_gets_an_ingress() {
         .flatten()
         .map(|p| p.container_port)
         .collect();
-    assert_eq!(listening, [80, 8443]);
+    assert_eq!(listening, [80, 8443, 15020]);
     let service = Api::<Service>::namespaced(client.clone(), "bookinfo")
         .get("bookinfo-gateway")
         .await
@@ -335,6 +337,7 @@ async fn an_istio_ingressgateway_gateway_gets_an_ingress() {
         .unwrap();
     assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
     let ports: Vec<i32> = service.ports.iter().flatten().map(|p| p.port).collect();
+    // Its listeners only: the metrics port is not for the load balancer.
     assert_eq!(ports, [80, 443]);
 
     let elsewhere = gateways.get("elsewhere").await.unwrap();
