@@ -370,8 +370,51 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         }
     }
+    // Draining: no new connection (every pod's listeners close; the pods stay captured and
+    // fail closed until an agent returns), and those carried go on until they end.
+    drop(enrollment);
+    state.ready.store(false, Ordering::Release);
+    drain(&state, Duration::from_secs(config.drain_timeout_secs)).await;
     tracing::info!("shutting down; pods stay enrolled and fail closed until an agent returns");
     Ok(())
+}
+
+/// Waits until the connections the agent carries have ended, `deadline` has passed, or a
+/// second signal asks to stop at once.
+async fn drain(state: &State, deadline: Duration) {
+    let carried = state.connections.len();
+    if carried == 0 {
+        return;
+    }
+    tracing::info!(
+        carried,
+        deadline_secs = deadline.as_secs(),
+        "draining: new connections are refused, carried ones go on"
+    );
+    let started = std::time::Instant::now();
+    let mut again = std::pin::pin!(mesh_core::process::shutdown_signal());
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut again => {
+                tracing::info!("asked again: stopping without waiting");
+                break;
+            }
+        }
+        let left = state.connections.len();
+        if left == 0 {
+            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
+            return;
+        }
+        if started.elapsed() >= deadline {
+            tracing::warn!(
+                left,
+                "drain deadline reached: closing the connections still open"
+            );
+            return;
+        }
+    }
 }
 
 /// The client of the controller's CA, from the root and token files.

@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value_t = 24 * 3600)]
     pub cert_lifetime: u64,
 
+    /// On SIGTERM, how long the connections the agent carries may go on (new ones are refused:
+    /// the pods stay captured and fail closed) before the agent exits. Keep it under the pod's
+    /// termination grace period (30 s in deploy/node.yaml). A second SIGTERM ends it at once.
+    #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_SECS", default_value_t = 25)]
+    pub drain_timeout_secs: u64,
+
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,

@@ -28,6 +28,9 @@ pub struct AgentOptions {
     /// stream, with no pods file: the agent finds pods' network namespaces in `/proc` by the
     /// `pod<uid>` cgroups, as in Kubernetes (the test bed starts a pause process per pod).
     pub config_from_controller: bool,
+    /// `--drain-timeout-secs`: how long a stopped agent carries its connections on. The test
+    /// bed's default is 2 s, so that stopping an agent that holds a test's connection is quick.
+    pub drain_timeout_secs: Option<u64>,
 }
 
 /// A running node agent (a process, or a container of its image). Killed when dropped.
@@ -97,6 +100,8 @@ impl Testbed {
         if options.accelerate {
             args.extend(["--accelerate".to_owned(), "true".to_owned()]);
         }
+        let drain = options.drain_timeout_secs.unwrap_or(2);
+        args.extend(["--drain-timeout-secs".to_owned(), drain.to_string()]);
         self.launch_agent(node, args, None)
     }
 
@@ -208,6 +213,36 @@ impl Agent {
             command.spawn().context("starting mesh-node")?,
         )));
         self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Sends SIGTERM, as a DaemonSet rollout would, without waiting: the agent drains.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = self.pid().context("the agent is not running")?;
+        // SAFETY: kill on a pid this test bed started and still holds.
+        if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent's process has exited; how long that took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if let Some(process) = self.process.as_mut()
+                && process.exited()?.is_some()
+            {
+                self.process = None;
+                return Ok(started.elapsed());
+            }
+            if self.process.is_none() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                bail!("the agent on {} did not exit within {timeout:?}", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the agent with SIGTERM, as a DaemonSet rollout would, and waits for it.

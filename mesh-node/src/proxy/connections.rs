@@ -79,6 +79,15 @@ impl Connections {
         }
     }
 
+    /// How many connections are carried now.
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<_> = live.values().map(|l| l.info.clone()).collect();
