@@ -14,7 +14,7 @@ use mesh_core::config_pb::{self as pb, resource::Body};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{distribution::Distributor, mesh_page::MeshPage};
+use crate::{config::ConfigSet, distribution::Distributor, mesh_page::MeshPage};
 use mesh_api::common::Condition;
 
 /// The last validation round, as reported.
@@ -22,6 +22,10 @@ use mesh_api::common::Condition;
 pub struct Report {
     pub resources: Vec<ResourceReport>,
     pub errors: Vec<String>,
+    /// The configuration this round validated: what the mesh page reads routing from,
+    /// without reading the directory or listing the API server again.
+    #[serde(skip)]
+    pub set: Arc<ConfigSet>,
 }
 
 #[derive(Clone, Debug, Serialize)]

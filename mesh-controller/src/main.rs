@@ -172,10 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
     } else {
         match &args.config_dir {
-            Some(dir) => routing::Store::Dir {
-                dir: dir.clone(),
-                pods_file: args.pods_file.clone(),
-            },
+            Some(dir) => routing::Store::Dir(dir.clone()),
             None => routing::Store::Unavailable,
         }
     };

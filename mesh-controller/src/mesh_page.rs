@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Bytes, body::Incoming};
 use mesh_core::config_pb::resource::Body;
 use serde_json::{Value, json};
 
-use crate::{admin::SharedReport, distribution::Distributor};
+use crate::{admin::SharedReport, config::ConfigSet, distribution::Distributor};
 
 const PAGE: &str = include_str!("mesh_page/page.html");
 /// The header the page's own requests carry (see the module's documentation).
@@ -80,19 +80,25 @@ impl MeshPage {
                     &json!({"version": self.distributor.version(), "resources": report.resources, "errors": report.errors}),
                 )
             }
-            (Method::GET, "/mesh/services") => match self.store.snapshot().await {
-                Ok(set) => json_reply(
-                    StatusCode::OK,
-                    &json!(routing::services(&set, &self.domain)),
-                ),
-                Err(error) => json_reply(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": error})),
-            },
+            (Method::GET, "/mesh/services") => json_reply(
+                StatusCode::OK,
+                &json!(routing::services(&self.configuration(), &self.domain)),
+            ),
             (Method::POST, "/mesh/routing") => match self.change_weights(request).await {
                 Ok(message) => json_reply(StatusCode::OK, &json!({"ok": true, "message": message})),
                 Err((status, error)) => json_reply(status, &json!({"ok": false, "error": error})),
             },
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
+    }
+
+    /// The configuration the controller validated last.
+    fn configuration(&self) -> Arc<ConfigSet> {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone()
     }
 
     /// The waypoints' workloads, left out of the graph.
@@ -130,11 +136,7 @@ impl MeshPage {
             .to_bytes();
         let change: routing::WeightChange = serde_json::from_slice(&body)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("not a weight change: {e}")))?;
-        let set = self
-            .store
-            .snapshot()
-            .await
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let set = self.configuration();
         let services = routing::services(&set, &self.domain);
         let Some(service) = services
             .iter()
@@ -152,7 +154,7 @@ impl MeshPage {
         let object = routing::virtual_service(service, &change.weights);
         let before = self.distributor.version();
         self.store
-            .write(set, object, &self.domain)
+            .write(ConfigSet::clone(&set), object, &self.domain)
             .await
             .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
         let shares = change

@@ -12,7 +12,7 @@ pub mod dir;
 pub mod kube;
 pub mod status;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     compile,
@@ -36,7 +36,7 @@ pub trait ConfigSource: Send {
 pub trait StatusSink: Send {
     fn report(
         &mut self,
-        set: &ConfigSet,
+        set: &Arc<ConfigSet>,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
         errors: &[LoadError],
     ) -> impl Future<Output = ()> + Send;
@@ -47,7 +47,7 @@ pub trait StatusSink: Send {
 impl<A: StatusSink, B: StatusSink> StatusSink for (A, B) {
     async fn report(
         &mut self,
-        set: &ConfigSet,
+        set: &Arc<ConfigSet>,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
         errors: &[LoadError],
     ) {
@@ -67,7 +67,7 @@ pub struct LogStatus {
 impl StatusSink for LogStatus {
     async fn report(
         &mut self,
-        _set: &ConfigSet,
+        set: &Arc<ConfigSet>,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
         errors: &[LoadError],
     ) {
@@ -84,6 +84,7 @@ impl StatusSink for LogStatus {
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = crate::admin::Report {
             resources,
             errors: errors.iter().map(ToString::to_string).collect(),
+            set: set.clone(),
         };
         for (key, conditions) in statuses {
             for c in conditions.iter().filter(|c| c.is_problem()) {
@@ -131,6 +132,8 @@ pub async fn publish_once(
     domain: &str,
 ) -> Option<u64> {
     let (set, errors) = source.snapshot();
+    // Shared with the report (the mesh page reads it), never copied.
+    let set = Arc::new(set);
     let validation = validate::validate(&set, domain);
     let version = distributor.publish(compile::compile(&set, &validation, domain));
     let statuses = set

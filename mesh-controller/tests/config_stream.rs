@@ -316,7 +316,7 @@ async fn metrics_follow_subscribers_and_validation() {
                 ..Condition::default()
             }],
         }],
-        errors: Vec::new(),
+        ..Report::default()
     };
     let text = metrics.render(&distributor, &report);
     assert_eq!(sample(&text, "ambit_controller_config_version"), Some(1.0));

@@ -37,6 +37,10 @@ pub struct Service {
 #[derive(Debug, Default)]
 pub struct Services {
     by_addr: HashMap<IpAddr, Arc<Service>>,
+    /// Services with a selector, by namespace, and those without by endpoint address: what
+    /// an inbound connection looks its service up in, without a pass over every service.
+    selecting: HashMap<String, Vec<Arc<Service>>>,
+    by_endpoint: HashMap<IpAddr, Vec<Arc<Service>>>,
 }
 
 impl Services {
@@ -76,6 +80,15 @@ impl Services {
         for addr in s.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
             self.by_addr.insert(addr, service.clone());
         }
+        if service.selector.is_empty() {
+            for endpoint in &service.endpoints {
+                let at = self.by_endpoint.entry(*endpoint).or_default();
+                at.push(service.clone());
+            }
+        } else {
+            let namespace = self.selecting.entry(service.namespace.clone()).or_default();
+            namespace.push(service);
+        }
     }
 
     pub fn by_addr(&self, ip: IpAddr) -> Option<&Arc<Service>> {
@@ -86,14 +99,16 @@ impl Services {
     /// names an address, not a service): one that selects the pod and sends that port to it,
     /// as ztunnel guesses it for inbound metrics.
     pub fn serving(&self, pod: &Pod, port: u16) -> Option<&Arc<Service>> {
-        self.by_addr.values().find(|service| {
-            service.targets(port)
-                && if service.selector.is_empty() {
-                    service.endpoints.contains(&IpAddr::V4(pod.ip))
-                } else {
-                    pod.namespace == service.namespace && service.selects(pod)
-                }
-        })
+        let selecting = self.selecting.get(&pod.namespace).into_iter().flatten();
+        let selected = selecting.filter(|service| service.selects(pod));
+        let by_endpoint = self
+            .by_endpoint
+            .get(&IpAddr::V4(pod.ip))
+            .into_iter()
+            .flatten();
+        selected
+            .chain(by_endpoint)
+            .find(|service| service.targets(port))
     }
 
     pub fn len(&self) -> usize {

@@ -10,14 +10,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::{Value, json};
 
@@ -178,24 +177,11 @@ impl Prometheus {
             .unwrap_or_default())
     }
 
-    /// A GET on Prometheus' API. HTTP/1.0, so that the answer comes whole, not chunked.
+    /// A GET on Prometheus' API, as JSON.
     fn api(&self, path: &str) -> Result<Value> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
-        let mut stream = crate::sys::in_netns(&self.netns, || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        })??;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let Some((head, body)) = response.split_once("\r\n\r\n") else {
-            bail!("malformed answer to {path}");
-        };
-        ensure!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{path}: {head}\n{body}"
-        );
-        Ok(serde_json::from_str(body)?)
+        let (status, body) = crate::sys::loopback_get(&self.netns, PORT, path)?;
+        ensure!(status == 200, "{path}: {status}\n{body}");
+        Ok(serde_json::from_str(&body)?)
     }
 }
 

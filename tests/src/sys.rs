@@ -144,16 +144,27 @@ pub fn rss_mb(pid: u32) -> Result<f64> {
 /// `GET path` on 127.0.0.1:`port` inside the network namespace `netns` (an agent's or a
 /// waypoint's own endpoints); (status, body).
 pub fn loopback_get(netns: &Path, port: u16, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = in_netns(netns, || {
+    let stream = in_netns(netns, || {
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
     })??;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
+    get_on(stream, path)
+}
+
+/// HTTP GET of `path` at `addr` from this namespace.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_on(
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?,
+        path,
+    )
+}
+
+/// A GET on a connected stream. HTTP/1.0, so that every server answers whole (never
+/// chunked) and closes.
+fn get_on(mut stream: std::net::TcpStream, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

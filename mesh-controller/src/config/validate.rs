@@ -177,15 +177,21 @@ impl KnownHosts {
     /// `host` as written in a resource of `namespace`: a short name is a Service of that
     /// namespace; a name with a dot is taken as is.
     pub fn fqdn(&self, host: &str, namespace: &str) -> String {
-        if host.contains('.') || host.starts_with('*') {
-            host.to_owned()
-        } else {
-            format!("{host}.{namespace}.svc.{}", self.domain)
-        }
+        fqdn(host, namespace, &self.domain)
     }
 
     pub fn is_known(&self, fqdn: &str) -> bool {
         self.exact.contains(fqdn) || self.suffixes.iter().any(|s| fqdn.ends_with(s.as_str()))
+    }
+}
+
+/// `host` as written in a resource of `namespace`, in a cluster of DNS `domain`: a short name
+/// is a Service of that namespace; a name with a dot (or a wildcard) is taken as is.
+pub fn fqdn(host: &str, namespace: &str, domain: &str) -> String {
+    if host.contains('.') || host.starts_with('*') {
+        host.to_owned()
+    } else {
+        format!("{host}.{namespace}.svc.{domain}")
     }
 }
 

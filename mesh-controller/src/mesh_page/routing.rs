@@ -13,7 +13,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::{ConfigSet, Kind, ObjectKey, Resource, load, validate};
+use crate::{
+    config::{
+        ConfigSet, Kind, ObjectKey, Resource, load,
+        validate::{self, fqdn},
+    },
+    source::kube::api_resource,
+};
 
 /// The label Kiali's wizards put on what they write.
 const WIZARD_LABEL: (&str, &str) = ("kiali_wizard", "weighted_routing");
@@ -43,25 +49,14 @@ pub struct WeightChange {
     pub weights: BTreeMap<String, u32>,
 }
 
-/// Where routing is read from and written to.
+/// Where routing is written: the same place the controller reads it from.
 pub enum Store {
-    /// Local mode: the controller's config directory (and the pods file it reads).
-    Dir {
-        dir: PathBuf,
-        pods_file: Option<PathBuf>,
-    },
+    /// Local mode: the controller's config directory.
+    Dir(PathBuf),
     /// Kubernetes: VirtualServices written by server-side apply.
     Kubernetes(kube::Client),
     /// Local mode without a config directory: nothing to route.
     Unavailable,
-}
-
-fn fqdn(host: &str, namespace: &str, domain: &str) -> String {
-    if host.contains('.') {
-        host.to_owned()
-    } else {
-        format!("{host}.{namespace}.svc.{domain}")
-    }
 }
 
 /// Every service with subsets, and how it is routed now.
@@ -229,26 +224,6 @@ pub fn check(service: &ServiceRouting, change: &WeightChange) -> Result<(), Stri
 }
 
 impl Store {
-    /// The configuration as the controller reads it.
-    pub async fn snapshot(&self) -> Result<ConfigSet, String> {
-        match self {
-            Store::Dir { dir, pods_file } => {
-                let (mut set, _) =
-                    load::load_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                if let Some(file) = pods_file
-                    && let Ok(pods) = mesh_core::pods::PodsFile::read(file)
-                {
-                    crate::source::dir::add_pods_file(&mut set, &pods);
-                }
-                Ok(set)
-            }
-            Store::Kubernetes(client) => kubernetes_snapshot(client).await,
-            Store::Unavailable => {
-                Err("the controller reads no configuration directory (--config-dir)".to_owned())
-            }
-        }
-    }
-
     /// Writes `object`, a VirtualService, after the controller's validation accepts it in
     /// `set` (the configuration it joins).
     pub async fn write(
@@ -264,7 +239,7 @@ impl Store {
             return Err(refusal);
         }
         match self {
-            Store::Dir { dir, .. } => write_file(dir, &key, &object),
+            Store::Dir(dir) => write_file(dir, &key, &object),
             Store::Kubernetes(client) => apply(client, &key, &object).await,
             Store::Unavailable => {
                 Err("the controller reads no configuration directory (--config-dir)".to_owned())
@@ -310,21 +285,13 @@ fn replace(path: &Path, object: &Value) -> Result<(), String> {
     std::fs::rename(&aside, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn virtual_services(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
-    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "VirtualService",
-    ));
-    kube::Api::all_with(client.clone(), &resource)
-}
-
 async fn apply(client: &kube::Client, key: &ObjectKey, object: &Value) -> Result<(), String> {
-    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+    let resource = api_resource(
         "networking.istio.io",
         "v1",
         "VirtualService",
-    ));
+        "virtualservices",
+    );
     let api: kube::Api<kube::api::DynamicObject> =
         kube::Api::namespaced_with(client.clone(), &key.namespace, &resource);
     let params = kube::api::PatchParams::apply("ambit-mesh-page").force();
@@ -332,43 +299,6 @@ async fn apply(client: &kube::Client, key: &ObjectKey, object: &Value) -> Result
         .await
         .map(|_| ())
         .map_err(|e| format!("writing {}/{}: {e}", key.namespace, key.name))
-}
-
-/// What the page needs from the API server: DestinationRules and VirtualServices.
-async fn kubernetes_snapshot(client: &kube::Client) -> Result<ConfigSet, String> {
-    let mut set = ConfigSet::default();
-    let rules = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "DestinationRule",
-    ));
-    let lists = [
-        kube::Api::<kube::api::DynamicObject>::all_with(client.clone(), &rules),
-        virtual_services(client),
-    ];
-    for (api, kind) in lists.iter().zip(["DestinationRule", "VirtualService"]) {
-        let list = api
-            .list(&Default::default())
-            .await
-            .map_err(|e| format!("listing {kind}s: {e}"))?;
-        for object in list.items {
-            let mut value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-            value["apiVersion"] = json!("networking.istio.io/v1");
-            value["kind"] = json!(kind);
-            if let Ok(resource) = resource_of(&value) {
-                set.insert(resource);
-            }
-        }
-    }
-    // Validation knows a VirtualService's hosts by the Services.
-    let services = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .map_err(|e| format!("listing Services: {e}"))?;
-    for service in services.items {
-        set.insert(Resource::Service(Box::new(service)));
-    }
-    Ok(set)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! a Kubernetes event on the resource (Warning with the reason when refused, Normal once it is
 //! accepted again), which `kubectl describe` and `kubectl get events` list.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
@@ -181,7 +181,7 @@ fn resource_of(kind: Kind) -> Option<kube::api::ApiResource> {
 impl StatusSink for KubeStatus {
     async fn report(
         &mut self,
-        set: &ConfigSet,
+        set: &Arc<ConfigSet>,
         statuses: Vec<(ObjectKey, Vec<Condition>)>,
         // Load errors (objects that are not even parsed have no status to write) and
         // refusals are logged by `LogStatus`, which runs beside this sink.

@@ -4,7 +4,6 @@
 
 use std::{
     cell::Cell,
-    io::{Read as _, Write as _},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -33,6 +32,9 @@ use crate::{
 
 const NAMESPACE: &str = "bookinfo";
 const ADMIN_PORT: u16 = 15014;
+/// The `pod-template-hash` a Deployment's ReplicaSet gives its pods (each Deployment here
+/// has its own ReplicaSet, so one value serves them all).
+const TEMPLATE_HASH: &str = "7d4f8b9c5";
 
 /// The address the demo gives a Service (what the API server would assign).
 pub fn vip(service: &str) -> Option<&'static str> {
@@ -83,12 +85,8 @@ pub fn start(_args: &Args) -> Result<Demo> {
         } else {
             format!("{app}-{version}")
         };
-        let hash = format!(
-            "{:x}",
-            0x5c4d_0000u32 + pod.len() as u32 * 7919 + version.len() as u32
-        );
-        tb.label_pod(pod, "pod-template-hash", Some(&hash))?;
-        tb.set_owner(pod, "ReplicaSet", &format!("{deployment}-{hash}"))?;
+        tb.label_pod(pod, "pod-template-hash", Some(TEMPLATE_HASH))?;
+        tb.set_owner(pod, "ReplicaSet", &format!("{deployment}-{TEMPLATE_HASH}"))?;
         println!(
             "    {:<24} {pod} on {}  ip {}",
             format!("{NAMESPACE}/{deployment}"),
@@ -384,7 +382,8 @@ impl Demo {
             || {
                 self.tally("reviews", 20, &[])?;
                 self.request("ratings", "POST", "/ratings/0", &[])?;
-                let graph: Value = serde_json::from_str(&http_get(self.page_addr, "/mesh/graph")?)?;
+                let (_, body) = mesh_tests::sys::http_get(self.page_addr, "/mesh/graph")?;
+                let graph: Value = serde_json::from_str(&body)?;
                 edges = graph["edges"]
                     .as_array()
                     .into_iter()
@@ -474,17 +473,4 @@ fn describe(edge: &Value) -> String {
         parts.push(format!("denied {denied:.1}/s"));
     }
     format!("{path}: {}", parts.join(", "))
-}
-
-/// A GET on this machine's loopback (HTTP/1.0: the answer comes whole).
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (_, body) = response
-        .split_once("\r\n\r\n")
-        .context("not an HTTP answer")?;
-    Ok(body.to_owned())
 }
