@@ -39,7 +39,7 @@ pub mod maps {
 
     /// Pins of map layouts older agents used, removed at start (a pinned map is reused by name,
     /// so an old layout must never be picked up by new programs).
-    pub const RETIRED_PINS: [&str; 2] = ["connect_dsts", "orig_dsts"];
+    pub const RETIRED_PINS: [&str; 3] = ["connect_dsts", "orig_dsts", "node_config"];
 
     /// Every map with the file name it is pinned as.
     pub const PINNED: [(&str, &str); 6] = [
@@ -48,7 +48,8 @@ pub mod maps {
         (ORIG_DSTS, "orig_dsts_by_pod"),
         (INBOUND_LISTENERS, "inbound_listeners"),
         (ACCEL_SOCKS, "accel_socks"),
-        (NODE_CONFIG, "node_config"),
+        // `_v2`: the value gained the predecessor's cgroup (the old layout is retired).
+        (NODE_CONFIG, "node_config_v2"),
     ];
 }
 
@@ -211,6 +212,10 @@ impl SockKey {
 pub struct NodeConfig {
     /// cgroup v2 id of the agent: its sockets inside a pod are never captured.
     pub agent_cgroup_id: u64,
+    /// cgroup v2 id of the agent this one took over from (0 if none): while it drains, the
+    /// connections it still opens (deliveries to apps, HBONE out) must not be captured either.
+    /// In Kubernetes the two run in different pods, so in different cgroups.
+    pub predecessor_cgroup_id: u64,
     /// `NODE_*` flags.
     pub flags: u64,
 }

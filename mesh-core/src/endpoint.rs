@@ -30,12 +30,24 @@ where
     F: Fn(Request<Incoming>) -> A + Clone + Send + Sync + 'static,
     A: Future<Output = Reply> + Send + 'static,
 {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    spawn_on(listener, route);
+    Ok(())
+}
+
+/// Answers each HTTP/1.1 request on `listener` (bound already, or handed over by the process
+/// that served it before) with `route`, on a task of its own; aborting the task stops
+/// accepting (the listening socket closes unless another process holds it too).
+pub fn spawn_on<F, A>(listener: tokio::net::TcpListener, route: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> A + Clone + Send + Sync + 'static,
+    A: Future<Output = Reply> + Send + 'static,
+{
     // Scrapers and probes are few: a small cap, and a short wait for their headers.
     let limits = crate::transport::Limits {
         max_connections: 256,
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let listener = crate::transport::Listener::new(listener, "endpoint", &limits);
     tokio::spawn(async move {
         loop {
@@ -54,6 +66,5 @@ where
                     .await;
             });
         }
-    });
-    Ok(())
+    })
 }

@@ -48,6 +48,18 @@ pub struct Baggage<'a> {
     pub workload: &'a str,
 }
 
+/// Whether a stream failed because its connection is going away (GOAWAY: the server drains)
+/// or the server refused it unprocessed: either way no app saw it, and it may be opened again
+/// on a new connection.
+pub fn went_away(error: &h2::Error) -> bool {
+    error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
+/// How many times a client opens a stream whose connections keep going away: a new
+/// connection can reach a server in the moment it starts draining (it accepted, then sent
+/// GOAWAY), so once is not always enough; a server that keeps refusing is an error.
+pub const ATTEMPTS_WHILE_GOING_AWAY: usize = 3;
+
 /// The CONNECT a client sends for `target`, with the headers ztunnel sends: `forwarded`
 /// (the client's address), `baggage` (who sends) and a fresh W3C `traceparent`.
 pub fn connect_request(

@@ -14,6 +14,7 @@
 //! - `config_client`: following the controller's configuration stream (ACK/NACK, resume);
 //! - `process`: the runtime and shutdown signal of the agent's and the waypoint's `main`;
 //! - `exposition`: Prometheus' text format read into samples;
+//! - `drain`: the graceful-shutdown signal (GOAWAY, then wait for what is carried);
 //! - `endpoint`: serving the plain-HTTP endpoints (metrics, readiness, admin);
 //! - `transport`: accept with back-off and a cap, handshake and idle deadlines;
 //! - `telemetry`: what Istio's standard metric labels say of a workload, derived as Istio does;
@@ -23,6 +24,7 @@
 pub mod build_info;
 pub mod ca_client;
 pub mod config_client;
+pub mod drain;
 pub mod endpoint;
 pub mod exposition;
 pub mod hbone;

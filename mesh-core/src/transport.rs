@@ -259,6 +259,11 @@ impl StreamCount {
         })
     }
 
+    /// How many are in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
     pub fn open(self: &Arc<Self>) -> StreamGuard {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0 += 1;

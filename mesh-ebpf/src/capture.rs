@@ -52,7 +52,9 @@ fn capturing_pod(ctx: &SockAddrContext) -> Option<EnrolledPod> {
     // SAFETY: the value is copied out before any other map operation.
     let pod = unsafe { ENROLLED_PODS.get(netns) }.copied()?;
     // SAFETY: no arguments; reads the current task's cgroup.
-    if unsafe { bpf_get_current_cgroup_id() } == node_config().agent_cgroup_id {
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let node = node_config();
+    if cgroup == node.agent_cgroup_id || cgroup == node.predecessor_cgroup_id {
         return None;
     }
     Some(pod)

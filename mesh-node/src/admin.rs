@@ -2,23 +2,50 @@
 //! metrics (`/metrics`, `/stats/prometheus`), readiness (`/healthz/ready`), and on loopback
 //! the admin view (`/config_dump`, `/connections`).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes};
 
 use crate::app::State;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     Metrics,
     Readiness,
     Admin,
 }
 
-/// Binds now (so a port conflict fails start-up with a clear error) and serves in the background.
-pub async fn serve(addr: SocketAddr, endpoint: Endpoint, state: Arc<State>) -> std::io::Result<()> {
-    mesh_core::endpoint::serve(addr, move |req| route(endpoint, &state, req)).await
+/// Serves `endpoint` on `listener` (bound by this agent, or handed over by its predecessor)
+/// in the background; returns a duplicate of the socket and the serving task, for a
+/// successor to take.
+pub fn serve(
+    listener: std::net::TcpListener,
+    endpoint: Endpoint,
+    state: Arc<State>,
+) -> std::io::Result<(OwnedFd, tokio::task::AbortHandle)> {
+    let duplicate = OwnedFd::from(listener.try_clone()?);
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let task = mesh_core::endpoint::spawn_on(listener, move |req| {
+        let reply = route(endpoint, &state, &req);
+        async move { reply }
+    });
+    Ok((duplicate, task.abort_handle()))
+}
+
+/// Binds `addr` now, so a port conflict fails start-up with a clear error.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 fn route<B>(endpoint: Endpoint, state: &State, req: &Request<B>) -> Response<Full<Bytes>> {

@@ -17,7 +17,9 @@ use crate::{
     config::{Config, ConfigSource},
     control::StreamedPods,
     dataplane::{self, Dataplane},
+    drain::{self, Signals},
     enrollment::{EnrolledView, Enrollment},
+    handover::{self, Offer, PodsRequest, Predecessor},
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
     pods::{self, FileWatch, PodsFile},
@@ -31,6 +33,9 @@ use mesh_core::{
     ca_client::{CaClient, Token, TrustRoots},
     policy::{LoadError, PolicySet},
 };
+
+/// How long a successor waits for its pods' certificates before taking over anyway.
+const CERTIFICATES_BEFORE_TAKEOVER: Duration = Duration::from_secs(10);
 
 /// How soon a pod that failed to enroll (or whose network namespace was not found) is tried
 /// again.
@@ -104,6 +109,8 @@ pub struct State {
     policy_errors: RwLock<Vec<String>>,
     /// Services by address (from the controller's stream; none in local mode).
     services: RwLock<Arc<Services>>,
+    /// Signals once the agent stops accepting: HBONE connections then send GOAWAY.
+    pub drain: mesh_core::drain::Watch,
 }
 
 #[derive(Serialize)]
@@ -210,6 +217,8 @@ pub enum Error {
     Identity(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Handover(#[from] crate::handover::Error),
     #[error("cannot serve {what} on {addr}: {source}")]
     Serve {
         what: &'static str,
@@ -242,8 +251,21 @@ pub async fn run(config: Config) -> Result<(), Error> {
         path: own_cgroup.display().to_string(),
         source,
     })?;
+    // A running agent hands over instead of being replaced with a gap. Asked first: its
+    // cgroup goes into the programs' configuration before they are replaced.
+    let predecessor = Predecessor::find(&config.handover_socket).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot ask for a hand-over; starting afresh");
+        None
+    });
+    if let Some(predecessor) = &predecessor {
+        tracing::info!(
+            pid = predecessor.pid, build = %predecessor.build,
+            "taking over from the running agent"
+        );
+    }
     let node = NodeConfig {
         agent_cgroup_id,
+        predecessor_cgroup_id: predecessor.as_ref().map_or(0, |p| p.cgroup_id),
         flags: if config.accelerate {
             NODE_ACCELERATE
         } else {
@@ -267,6 +289,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .clone()
         .map(|ca| CertificateStore::new(ca, Duration::from_secs(config.cert_lifetime)));
     let hbone = certificates.as_ref().map(|_| HbonePool::default());
+    let (drain_trigger, drain) = mesh_core::drain::channel();
     let state = Arc::new(State {
         config: config.clone(),
         metrics: Metrics::default(),
@@ -280,6 +303,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         policies: RwLock::new(Arc::new(PolicySet::default())),
         policy_errors: RwLock::new(Vec::new()),
         services: RwLock::new(Arc::new(Services::default())),
+        drain,
     });
     let (mut policy_watch, mut pod_source) = match config.config_source {
         ConfigSource::File => {
@@ -311,24 +335,66 @@ pub async fn run(config: Config) -> Result<(), Error> {
             (None, source)
         }
     };
+    // In Kubernetes each agent has its pod's own address, so both bind. Where they share one
+    // (the test bed, a host-network agent), the predecessor's listeners are taken instead:
+    // the probe then reaches this agent, not ready until it has taken the pods over.
+    let mut bound = Vec::new();
     for (addr, what, endpoint) in [
         (config.metrics_addr, "metrics", Endpoint::Metrics),
         (config.readiness_addr, "readiness", Endpoint::Readiness),
         (config.admin_addr, "admin", Endpoint::Admin),
     ] {
-        admin::serve(addr, endpoint, state.clone())
-            .await
-            .map_err(|source| Error::Serve { what, addr, source })?;
+        bound.push((endpoint, what, addr, admin::bind(addr)));
     }
+    let in_use = |result: &std::io::Result<_>| matches!(result, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+    let mut inherited_endpoints = match &predecessor {
+        Some(predecessor) if bound.iter().any(|(.., result)| in_use(result)) => {
+            predecessor.take_endpoints()?
+        }
+        _ => Vec::new(),
+    };
+    let mut endpoints = Vec::new();
+    for (endpoint, what, addr, result) in bound {
+        let serve_error = |source| Error::Serve { what, addr, source };
+        let listener = match inherited_endpoints.iter().position(|(e, _)| *e == endpoint) {
+            Some(at) if in_use(&result) => inherited_endpoints.swap_remove(at).1,
+            _ => result.map_err(serve_error)?,
+        };
+        let (fd, task) = admin::serve(listener, endpoint, state.clone()).map_err(serve_error)?;
+        endpoints.push((endpoint, fd, task));
+    }
+    let (pods_tx, mut handover_requests) = tokio::sync::mpsc::channel(1);
+    let offer = Arc::new(Offer {
+        endpoints: std::sync::Mutex::new(endpoints),
+        pods: pods_tx,
+        cgroup_id: agent_cgroup_id,
+    });
+    let mut predecessor = match predecessor {
+        Some(predecessor) => Some(predecessor),
+        None => {
+            offer_handover(&config, &offer);
+            None
+        }
+    };
 
     let mut enrollment = Enrollment::new(dataplane, orig, state.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
-    let mut shutdown = std::pin::pin!(mesh_core::process::shutdown_signal());
+    let signals = Signals::watch();
+    let stop = signals.received(1);
+    tokio::pin!(stop);
     let mut last_attempt = std::time::Instant::now();
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut shutdown => break,
+            () = &mut stop => break,
+            Some(request) = handover_requests.recv() => {
+                if hand_over(&enrollment, request).await {
+                    handed_over = true;
+                    break;
+                }
+                continue;
+            }
         }
         match policy_watch.as_mut().and_then(PolicyWatch::poll) {
             None => {}
@@ -344,6 +410,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
             None => {}
             Some(Ok(file)) => {
+                if let Some(predecessor) = predecessor.take() {
+                    take_over(&state, &file, predecessor, &mut enrollment).await?;
+                    offer_handover(&config, &offer);
+                }
                 last_attempt = std::time::Instant::now();
                 let relabelled = enrollment.reconcile(&file);
                 *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
@@ -370,51 +440,110 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         }
     }
-    // Draining: no new connection (every pod's listeners close; the pods stay captured and
-    // fail closed until an agent returns), and those carried go on until they end.
+    // A successor asking from now on is refused (it exits, and starts afresh once this agent
+    // is gone): there is nothing left to hand over.
+    drop(handover_requests);
+    // No new connection from here: every pod's listeners close here (handed over, or the
+    // pods stay captured and fail closed until an agent returns); HBONE clients are told
+    // GOAWAY; what is carried goes on until it ends.
     drop(enrollment);
     state.ready.store(false, Ordering::Release);
-    drain(&state, Duration::from_secs(config.drain_timeout_secs)).await;
-    tracing::info!("shutting down; pods stay enrolled and fail closed until an agent returns");
+    drain_trigger.start();
+    drain::carried(
+        &state,
+        Duration::from_secs(config.drain_timeout_secs),
+        &signals,
+    )
+    .await;
+    if handed_over && signals.count() == 0 {
+        // Exiting now would have the DaemonSet restart this container, and it would take
+        // the pods back: wait to be stopped (the rollout does so once the successor is ready).
+        tracing::info!("handed over and drained; waiting to be stopped");
+        signals.received(1).await;
+    }
+    match handed_over {
+        true => tracing::info!("stopping; the successor carries the pods"),
+        false => {
+            tracing::info!(
+                "shutting down; pods stay enrolled and fail closed until an agent returns"
+            )
+        }
+    }
     Ok(())
 }
 
-/// Waits until the connections the agent carries have ended, `deadline` has passed, or a
-/// second signal asks to stop at once.
-async fn drain(state: &State, deadline: Duration) {
-    let carried = state.connections.len();
-    if carried == 0 {
-        return;
+/// Serves successors; without the socket a restart still works, with a gap (logged).
+fn offer_handover(config: &Config, offer: &Arc<Offer>) {
+    if let Err(error) = handover::serve(&config.handover_socket, offer.clone()) {
+        tracing::error!(%error, "no hand-over: a restart will refuse new connections until the next agent is ready");
     }
-    tracing::info!(
-        carried,
-        deadline_secs = deadline.as_secs(),
-        "draining: new connections are refused, carried ones go on"
-    );
-    let started = std::time::Instant::now();
-    let mut again = std::pin::pin!(mesh_core::process::shutdown_signal());
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut again => {
-                tracing::info!("asked again: stopping without waiting");
-                break;
-            }
+}
+
+/// Answers a successor's request for the pods' listeners; `true` once it has them all (this
+/// agent must then stop accepting).
+async fn hand_over(enrollment: &Enrollment, request: PodsRequest) -> bool {
+    let pods = match enrollment.hand_over() {
+        Ok(pods) => pods,
+        Err(error) => {
+            tracing::error!(%error, "cannot hand the pods' listeners over; keeping them");
+            return false;
         }
-        let left = state.connections.len();
-        if left == 0 {
-            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
-            return;
+    };
+    let count = pods.len();
+    if request.reply.send(pods).is_err() {
+        return false;
+    }
+    match request.sent.await {
+        Ok(true) => {
+            tracing::info!(pods = count, "pods handed over to the successor; draining");
+            true
         }
-        if started.elapsed() >= deadline {
+        _ => {
+            tracing::warn!("the successor did not take the pods; keeping them");
+            false
+        }
+    }
+}
+
+/// Before taking the predecessor's listeners: this agent's policies are in place (they came
+/// with `file`) and its pods' certificates are issued, so it serves the first connection it
+/// accepts as the predecessor would have.
+async fn take_over(
+    state: &Arc<State>,
+    file: &PodsFile,
+    predecessor: Predecessor,
+    enrollment: &mut Enrollment,
+) -> Result<(), Error> {
+    let mut identities: Vec<Identity> = file
+        .enrolled_on(&state.config.node_name)
+        .filter_map(|pod| pod.identity(&state.config.trust_domain).ok())
+        .collect();
+    identities.sort();
+    identities.dedup();
+    state.set_identities(identities.clone());
+    if let Some(certificates) = &state.certificates {
+        let started = std::time::Instant::now();
+        while !certificates.has_all(&identities) && started.elapsed() < CERTIFICATES_BEFORE_TAKEOVER
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !certificates.has_all(&identities) {
             tracing::warn!(
-                left,
-                "drain deadline reached: closing the connections still open"
+                "taking over without every pod's certificate: their HBONE connections wait for it"
             );
-            return;
         }
     }
+    let started = std::time::Instant::now();
+    let inherited = tokio::task::spawn_blocking(move || predecessor.take_pods())
+        .await
+        .map_err(|e| Error::Config(format!("hand-over task: {e}")))??;
+    tracing::info!(
+        pods = inherited.pods(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "took the pods' listeners over"
+    );
+    enrollment.inherit(inherited);
+    Ok(())
 }
 
 /// The client of the controller's CA, from the root and token files.

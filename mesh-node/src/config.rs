@@ -108,11 +108,22 @@ pub struct Config {
     #[arg(long, env = "AMBIT_CERT_LIFETIME", default_value_t = 24 * 3600)]
     pub cert_lifetime: u64,
 
-    /// On SIGTERM, how long the connections the agent carries may go on (new ones are refused:
-    /// the pods stay captured and fail closed) before the agent exits. Keep it under the pod's
+    /// How long the connections the agent carries may go on once it stops accepting: after
+    /// handing its pods over to a successor, or on SIGTERM without one (new connections are
+    /// then refused: the pods stay captured and fail closed). Keep it under the pod's
     /// termination grace period (30 s in deploy/node.yaml). A second SIGTERM ends it at once.
     #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_SECS", default_value_t = 25)]
     pub drain_timeout_secs: u64,
+
+    /// The Unix socket over which a new agent takes this one's listening sockets (restart and
+    /// upgrade without refusing a connection). In a directory only root can enter, on the
+    /// host (deploy/node.yaml mounts /var/run/ambit/node): both agents of a rollout must see it.
+    #[arg(
+        long,
+        env = "AMBIT_HANDOVER_SOCKET",
+        default_value = "/var/run/ambit/node/handover.sock"
+    )]
+    pub handover_socket: PathBuf,
 
     /// How often the pods file is checked for changes, in milliseconds.
     #[arg(long, env = "AMBIT_POLL_MS", default_value_t = 200)]

@@ -63,9 +63,6 @@ pub async fn follow_config(
                         if first || touches(update, "Service") {
                             state.set_services(Services::from_view(view));
                         }
-                        if first || touches(update, "Workload") || touches(update, "Waypoint") {
-                            pods.send_replace(Some(Arc::new(pods_of(view))));
-                        }
                         let built = accepted.lock().unwrap_or_else(|p| p.into_inner()).take();
                         if let Some((policies, errors)) = built {
                             tracing::info!(
@@ -75,6 +72,11 @@ pub async fn follow_config(
                                 "configuration from the controller"
                             );
                             policy::apply(&state, policies, errors);
+                        }
+                        // Pods last: the enrollment loop may capture (or take over) a pod as
+                        // soon as it sees it, and it must find that pod's policies in place.
+                        if first || touches(update, "Workload") || touches(update, "Waypoint") {
+                            pods.send_replace(Some(Arc::new(pods_of(view))));
                         }
                     },
                 )

@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, RawFd},
     sync::Arc,
 };
 
@@ -21,6 +21,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use crate::{
     app::State,
     dataplane::{self, Dataplane, OrigDsts},
+    handover::{self, Inherited, PodListeners},
     netns::{NetNs, netns_cookie},
     pods::{Pod, PodsFile},
     proxy::{PodContext, serve_hbone, serve_inbound, serve_outbound},
@@ -78,6 +79,8 @@ struct ActivePod {
     ipv6_addresses: Vec<Ipv6Addr>,
     /// Accept loops; aborting them closes the pod's listeners.
     tasks: Vec<JoinHandle<()>>,
+    /// The listening sockets the accept loops own (open while they run), to hand over.
+    listeners: Vec<(SocketAddr, RawFd)>,
 }
 
 impl Drop for ActivePod {
@@ -100,6 +103,8 @@ pub struct Enrollment {
     leftovers: Option<Vec<u64>>,
     /// Some wanted pod could not be enrolled in the last reconcile: try again soon.
     pub failed: bool,
+    /// Listeners a predecessor handed over, claimed by the next reconcile.
+    inherited: Option<Inherited>,
 }
 
 impl Enrollment {
@@ -113,7 +118,34 @@ impl Enrollment {
             refused: BTreeMap::new(),
             leftovers,
             failed: false,
+            inherited: None,
         }
+    }
+
+    /// Enrolls the next reconcile's pods on these listeners where they match, rather than
+    /// opening new ones: connections waiting in their backlogs are accepted, none refused.
+    pub fn inherit(&mut self, inherited: Inherited) {
+        self.inherited = Some(inherited);
+    }
+
+    /// Every enrolled pod's listening sockets, duplicated, for a successor. This agent keeps
+    /// accepting on its own copies until it is dropped.
+    pub fn hand_over(&self) -> std::io::Result<Vec<PodListeners>> {
+        self.active
+            .values()
+            .map(|active| {
+                let listeners = active
+                    .listeners
+                    .iter()
+                    .map(|(addr, fd)| Ok((*addr, handover::duplicate(*fd)?)))
+                    .collect::<std::io::Result<_>>()?;
+                Ok(PodListeners {
+                    key: active.context.key.clone(),
+                    netns_cookie: active.context.netns_cookie,
+                    listeners,
+                })
+            })
+            .collect()
     }
 
     /// Applies the file; how many pods kept their capture with new labels or waypoint binding.
@@ -178,6 +210,13 @@ impl Enrollment {
                 }
             }
         }
+        if let Some(inherited) = self.inherited.take() {
+            tracing::info!(
+                pods = self.active.len(),
+                unclaimed_listeners = inherited.unclaimed(),
+                "took over the predecessor's listeners"
+            );
+        }
         if let Some(leftovers) = self.leftovers.take() {
             for cookie in leftovers {
                 let kept = self
@@ -222,12 +261,27 @@ impl Enrollment {
                 source,
             })?;
         let netns = open_sandbox(pod)?;
-        let listen = |addr: SocketAddr| {
-            open_listener(&netns, addr).map_err(|source| Error::Listener {
-                pod: key.clone(),
-                addr,
-                source,
-            })
+        // A predecessor's listener is taken only in the namespace the pod has now.
+        let mut inherited = self
+            .inherited
+            .as_mut()
+            .map(|inherited| (inherited, probe_cookie(&netns)));
+        let mut listeners = Vec::new();
+        let mut listen = |addr: SocketAddr| {
+            let taken = match &mut inherited {
+                Some((inherited, Some(cookie))) => inherited.take(&key, *cookie, addr),
+                _ => None,
+            };
+            let listener = match taken {
+                Some(listener) => listener,
+                None => open_listener(&netns, addr).map_err(|source| Error::Listener {
+                    pod: key.clone(),
+                    addr,
+                    source,
+                })?,
+            };
+            listeners.push((addr, listener.as_raw_fd()));
+            Ok(listener)
         };
         let outbound = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
         // Native IPv6 is captured only where the pod has it; without it no IPv6 path exists.
@@ -324,6 +378,7 @@ impl Enrollment {
             inbound_keys: inbound_keys.into_iter().map(|(addr, _)| addr).collect(),
             ipv6_addresses,
             tasks,
+            listeners,
         })
     }
 
@@ -436,6 +491,14 @@ fn open_sandbox(pod: &Pod) -> Result<NetNs, Error> {
         });
     }
     Ok(netns)
+}
+
+/// The cookie of `netns` (from a socket made in it), if it can be read.
+fn probe_cookie(netns: &NetNs) -> Option<u64> {
+    netns
+        .socket(socket2::Domain::IPV4)
+        .and_then(|socket| netns_cookie(&socket))
+        .ok()
 }
 
 /// Whether binding `[::1]` failed because the pod has no IPv6 at all.

@@ -6,6 +6,8 @@
 //! - `config`: flags and environment;
 //! - `dataplane`: loading, pinning and attaching `mesh-ebpf`, and its maps;
 //! - `enrollment`: pods in and out of capture at run time;
+//! - `drain`: stopping without loss (signals, waiting for carried connections);
+//! - `handover`: a new agent taking the running one's listeners (restart, upgrade);
 //! - `identity`: workload certificates from the controller's CA, renewed in the background;
 //! - `policy`: PeerAuthentication and AuthorizationPolicy on inbound connections;
 //! - `control`: policies and workloads from the controller's configuration stream;
@@ -21,7 +23,9 @@ pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod drain;
 pub mod enrollment;
+pub mod handover;
 pub mod identity;
 pub mod metrics;
 pub mod netns;

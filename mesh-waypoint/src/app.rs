@@ -46,6 +46,12 @@ pub struct App {
     pub spans: Option<crate::spans::Exporter>,
     /// A first configuration was applied.
     configured: AtomicBool,
+    /// Signals once the waypoint stops accepting: HBONE connections then send GOAWAY.
+    pub drain: mesh_core::drain::Watch,
+    /// HBONE connections being served, which a drain waits for.
+    pub connections: Arc<mesh_core::transport::StreamCount>,
+    /// Told to stop: readiness fails from then on.
+    stopping: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +80,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .clone()
             .keep_issued(ca.clone(), Duration::from_secs(config.cert_lifetime)),
     );
+    let (drain_trigger, drain) = mesh_core::drain::channel();
     let app = Arc::new(App {
+        drain,
+        connections: mesh_core::transport::StreamCount::new(),
+        stopping: AtomicBool::new(false),
         upstreams: Upstreams::new(
             Connector::new(certificates.clone(), &config.limits),
             config.waypoint.clone(),
@@ -136,11 +146,66 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tracing::info!(addr = %app.config.hbone_addr, %identity, waypoint = ?app.config.waypoint,
         ingress = ?app.config.ingress_gateway, "listening");
+    let mut serving = Box::pin(crate::inbound::serve(listener, app.clone()));
     tokio::select! {
-        _ = crate::inbound::serve(listener, app.clone()) => {}
-        _ = mesh_core::process::shutdown_signal() => tracing::info!("shutting down"),
+        () = &mut serving => {}
+        () = mesh_core::process::shutdown_signal() => {}
     }
+    stop(&app, serving, drain_trigger).await;
     Ok(())
+}
+
+/// Stops without failing a request: reported not ready at once, still accepting for the drain
+/// delay (until no node agent sends here), then not accepting; every HBONE connection is sent
+/// GOAWAY and every HTTP connection inside one closes after its current request; the requests
+/// in flight finish, up to the drain deadline or a second signal.
+async fn stop(
+    app: &App,
+    mut serving: std::pin::Pin<Box<impl Future<Output = ()>>>,
+    trigger: mesh_core::drain::Trigger,
+) {
+    app.stopping.store(true, Ordering::Release);
+    let delay = Duration::from_secs(app.config.drain_delay_secs);
+    tracing::info!(
+        delay_secs = delay.as_secs(),
+        "stopping: not ready; accepting for the drain delay"
+    );
+    let again = mesh_core::process::shutdown_signal();
+    tokio::pin!(again);
+    tokio::select! {
+        () = &mut serving => {}
+        () = tokio::time::sleep(delay) => {}
+        () = &mut again => return,
+    }
+    // The listener closes: new connections are refused (no node agent sends here any more).
+    drop(serving);
+    trigger.start();
+    let deadline = Duration::from_secs(app.config.drain_timeout_secs);
+    let started = std::time::Instant::now();
+    tracing::info!(
+        connections = app.connections.in_flight(),
+        deadline_secs = deadline.as_secs(),
+        "draining: GOAWAY sent; requests in flight go on"
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut again => {
+                tracing::info!("asked again: stopping without waiting");
+                return;
+            }
+        }
+        let left = app.connections.in_flight();
+        if left == 0 {
+            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
+            return;
+        }
+        if started.elapsed() >= deadline {
+            tracing::warn!(left, "drain deadline reached: closing what is still open");
+            return;
+        }
+    }
 }
 
 fn ca_client(config: &Config) -> Result<CaClient, Error> {
@@ -269,8 +334,9 @@ fn endpoint<B>(what: &str, app: &App, request: &Request<B>) -> Response<Full<Byt
             app.metrics.encode(),
         ),
         ("readiness", "/healthz/ready") => {
-            let ready =
-                app.certificates.current().is_some() && app.configured.load(Ordering::Acquire);
+            let ready = app.certificates.current().is_some()
+                && app.configured.load(Ordering::Acquire)
+                && !app.stopping.load(Ordering::Acquire);
             if ready {
                 reply(StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {

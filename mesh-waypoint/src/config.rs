@@ -78,6 +78,19 @@ pub struct Config {
     #[arg(long, env = "AMBIT_HBONE_ADDR", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,
 
+    /// On SIGTERM, how long the waypoint goes on accepting, reported not ready, before it stops:
+    /// the time the controller needs to tell every node agent that its endpoint is gone (in
+    /// Kubernetes the endpoint is removed when the signal is sent).
+    #[arg(long, env = "AMBIT_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
+
+    /// Once it stops accepting, how long the requests in flight may go on: every HBONE
+    /// connection is sent GOAWAY (its next streams go to another replica) and every HTTP
+    /// connection inside one is closed after its current request. Keep the delay and this
+    /// under the pod's termination grace period (30 s by default). A second SIGTERM ends it.
+    #[arg(long, env = "AMBIT_DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+
     /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
     #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,

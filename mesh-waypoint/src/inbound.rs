@@ -36,6 +36,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         let served = app.clone();
         app.workers.assign(tcp, move |tcp| async move {
             let _permit = permit;
+            let _counted = served.connections.open();
             if let Err(error) = serve_connection(tcp, peer, &served).await {
                 tracing::info!(%error, %peer, "HBONE connection refused");
             }
@@ -57,13 +58,18 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
         client,
         ..
     } = hbone::server::accept(issued.server.clone(), tcp, limits).await?;
-    hbone::server::serve_streams(&mut connection, limits, |request, respond, open| {
-        let (app, client) = (app.clone(), client.clone());
-        tokio::spawn(async move {
-            let _open = open;
-            serve_stream(request, respond, client, peer, app).await;
-        });
-    })
+    hbone::server::serve_streams(
+        &mut connection,
+        limits,
+        &app.drain,
+        |request, respond, open| {
+            let (app, client) = (app.clone(), client.clone());
+            tokio::spawn(async move {
+                let _open = open;
+                serve_stream(request, respond, client, peer, app).await;
+            });
+        },
+    )
     .await
 }
 
@@ -184,13 +190,22 @@ async fn serve_stream(
         };
         return crate::passthrough::carry(io, downstream, app, how).await;
     }
+    let drain = app.drain.clone();
     let service = hyper::service::service_fn(move |request| {
         proxy::handle(request, downstream.clone(), app.clone())
     });
-    if let Err(error) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = drain.signalled() => {
+            // HTTP/2 gets GOAWAY, HTTP/1.1 `connection: close` after the current request.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%error, %target, "HTTP inside HBONE ended");
     }
 }

@@ -70,6 +70,11 @@ impl Testbed {
             node.agent_cgroup.display().to_string(),
             "--poll-ms".to_owned(),
             "50".to_owned(),
+            "--handover-socket".to_owned(),
+            self.handover_dir(&node.name)
+                .join("handover.sock")
+                .display()
+                .to_string(),
         ];
         if options.config_from_controller {
             args.extend(["--config-source".to_owned(), "controller".to_owned()]);
@@ -128,10 +133,17 @@ impl Testbed {
                 &self.token_file(&node.name),
                 &controller.root,
             )?,
-            host_paths: [(
-                "/sys/fs/cgroup".to_owned(),
-                PathBuf::from(crate::testbed::CGROUP_V2),
-            )]
+            host_paths: [
+                (
+                    "/sys/fs/cgroup".to_owned(),
+                    PathBuf::from(crate::testbed::CGROUP_V2),
+                ),
+                // Each test bed node's agents meet at a socket of their own, never the host's.
+                (
+                    "/var/run/ambit/node".to_owned(),
+                    self.handover_dir(&node.name),
+                ),
+            ]
             .into(),
             fields: [("spec.nodeName".to_owned(), node.name.clone())].into(),
         };
@@ -149,6 +161,11 @@ impl Testbed {
             substitutions,
         };
         self.launch_agent(node, args, Some(launch))
+    }
+
+    /// Where node `node`'s agents meet to hand over (its own, as each real node has one).
+    pub fn handover_dir(&self, node: &str) -> PathBuf {
+        self.work_dir.join(format!("handover-{node}"))
     }
 
     /// Starts node `node`'s agent with `args`, as a process or from its image.
@@ -196,12 +213,22 @@ impl Agent {
             self.process = Some(Running::Container(started));
             return self.wait_ready(Duration::from_secs(30));
         }
+        self.spawn(None)?;
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Starts the process (the test's own build, or `binary`) inside the node.
+    fn spawn(&mut self, binary: Option<&std::path::Path>) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
         let netns = std::fs::File::open(&self.node_netns)?;
-        let mut command = Command::new(mesh_node_binary()?);
+        let binary = match binary {
+            Some(binary) => binary.to_owned(),
+            None => mesh_node_binary()?,
+        };
+        let mut command = Command::new(binary);
         command
             .args(&self.args)
             .envs([containers::log_filter("mesh_node")])
@@ -212,7 +239,66 @@ impl Agent {
         self.process = Some(Running::Process(crate::sys::KillOnDrop(
             command.spawn().context("starting mesh-node")?,
         )));
-        self.wait_ready(Duration::from_secs(20))
+        Ok(())
+    }
+
+    /// Starts a second agent on the same node, as a DaemonSet rollout does (surge), and waits
+    /// until it is ready: it has taken this one's listeners over, and this one drains. With
+    /// `binary`, that build rather than the test's own (an upgrade). Its log is its own.
+    pub fn start_successor(&self, binary: Option<&std::path::Path>) -> Result<Agent> {
+        anyhow::ensure!(self.image.is_none(), "successors are started as processes");
+        let dir = self.log.parent().context("the agent's log has a folder")?;
+        let generation = (2..)
+            .map(|n| dir.join(format!("agent-{}.{n}.log", self.node)))
+            .find(|path| !path.exists())
+            .expect("an unused log name");
+        let mut successor = Agent {
+            process: None,
+            node: self.node.clone(),
+            node_netns: self.node_netns.clone(),
+            bpf_dir: self.bpf_dir.clone(),
+            log: generation,
+            args: self.args.clone(),
+            image: None,
+        };
+        successor.spawn(binary)?;
+        // Ready only once this agent said it handed over: until the successor takes the
+        // node's endpoints, the readiness probe on their shared address reaches this one.
+        let handed_over = || self.log().contains("pods handed over to the successor");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !handed_over() {
+            if let Some(process) = successor.process.as_mut()
+                && let Some(status) = process.exited()?
+            {
+                bail!(
+                    "the successor on {} exited with {status}; log: {}",
+                    self.node,
+                    successor.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent on {} did not hand over within 30 s; its log: {}\nthe successor's: {}",
+                    self.node,
+                    self.log_tail(),
+                    successor.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        successor.wait_ready(Duration::from_secs(20))?;
+        Ok(successor)
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        let pid = self.pid().context("the agent is not running")?;
+        // SAFETY: kill on a pid this test bed started and still holds.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        self.wait_exit(Duration::from_secs(10))?;
+        Ok(())
     }
 
     /// Sends SIGTERM, as a DaemonSet rollout would, without waiting: the agent drains.

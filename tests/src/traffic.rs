@@ -234,6 +234,37 @@ pub fn upload_paced_and_verify(mut stream: TcpStream, total: u64, pause: Duratio
     Ok(())
 }
 
+/// Streams [`pattern`] to a checksum server, 64 KiB every `pause`, until `stop` is set; then
+/// checks the server's answer. Returns the bytes sent.
+pub fn upload_until_and_verify(
+    mut stream: TcpStream,
+    stop: &AtomicBool,
+    pause: Duration,
+) -> Result<u64> {
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        pattern(sent, &mut chunk);
+        hasher.update(&chunk);
+        stream
+            .write_all(&chunk)
+            .with_context(|| format!("sending at offset {sent}"))?;
+        sent += chunk.len() as u64;
+        std::thread::sleep(pause);
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    Patient::new(&stream)
+        .read_to_string(&mut answer)
+        .context("reading the checksum")?;
+    let expected = format!("{} {sent}", hex(&hasher.finalize()));
+    if answer.trim() != expected {
+        bail!("server saw {:?}, sent {expected:?}", answer.trim());
+    }
+    Ok(sent)
+}
+
 /// Asks a source server for `total` bytes and checks every one.
 pub fn download_and_verify(mut stream: TcpStream, total: u64) -> Result<()> {
     writeln!(stream, "{total}")?;

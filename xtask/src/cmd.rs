@@ -59,6 +59,11 @@ impl Cargo {
             .unwrap_or_else(|| self.workspace.join("target"))
     }
 
+    /// The second mesh-node build the upgrade test goes to.
+    pub fn upgrade_node(&self) -> PathBuf {
+        self.target_dir().join("upgrade/mesh-node")
+    }
+
     pub fn run(&self, args: &[&str]) -> Result<()> {
         run(&mut self.command(args))
     }
@@ -71,6 +76,7 @@ impl Cargo {
             .args(args)
             .current_dir(&self.workspace)
             .env("AMBIT_MESH_NODE", self.target_dir().join("debug/mesh-node"))
+            .env("AMBIT_MESH_NODE_UPGRADE", self.upgrade_node())
             .env(
                 "AMBIT_MESH_WAYPOINT",
                 self.target_dir().join("debug/mesh-waypoint"),

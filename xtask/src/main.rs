@@ -13,7 +13,7 @@ mod images;
 mod privilege;
 mod setup;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::{
@@ -164,6 +164,29 @@ fn codegen() -> Result<()> {
     ])
 }
 
+/// A mesh-node built apart from the test's own (another optimization level: other code, other
+/// binary), copied to where `AMBIT_MESH_NODE_UPGRADE` points. The override changes the
+/// package's hash, so both builds stay cached side by side and neither rebuilds the other.
+fn upgrade_build(cargo: &Cargo) -> Result<()> {
+    cargo.run(&[
+        "build",
+        "-p",
+        "mesh-node",
+        "--bin",
+        "mesh-node",
+        "--config",
+        "profile.dev.package.mesh-node.opt-level=1",
+    ])?;
+    let built = cargo.target_dir().join("debug/mesh-node");
+    let upgrade = cargo.upgrade_node();
+    if let Some(dir) = upgrade.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::copy(&built, &upgrade)
+        .with_context(|| format!("copying {} to {}", built.display(), upgrade.display()))?;
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup::run(Purpose::Test)?;
     privilege::ensure("running the tests")?;
@@ -172,6 +195,8 @@ fn test(extra: &[String]) -> Result<()> {
     cargo.run(&["fmt", "--all", "--", "--check"])?;
     step("linting (cargo clippy --all-targets -D warnings)");
     cargo.run(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("building a second mesh-node (opt-level 1), the build the upgrade test goes to");
+    upgrade_build(&cargo)?;
     step("building the agent, controller and waypoint the integration tests start");
     cargo.run(&[
         "build",

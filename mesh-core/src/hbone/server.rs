@@ -12,6 +12,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::{
     Identity,
+    drain::Watch,
     transport::{self, Limits, StreamCount, StreamGuard},
 };
 
@@ -56,10 +57,13 @@ pub async fn accept(
 /// Hands every CONNECT stream of `connection` to `stream` (with the guard that keeps the
 /// connection from counting as idle while the stream lives) until the connection ends, a ping
 /// goes unanswered, or it has had no stream for the idle timeout (then it is closed
-/// gracefully: streams still open finish).
+/// gracefully: streams still open finish). Once `drain` signals, the client is sent GOAWAY:
+/// it opens its next streams on a new connection (to whoever listens now), and those open
+/// here finish.
 pub async fn serve_streams<T>(
     connection: &mut h2::server::Connection<T, Bytes>,
     limits: &Limits,
+    drain: &Watch,
     mut stream: impl FnMut(Request<RecvStream>, SendResponse<Bytes>, StreamGuard),
 ) -> Result<(), String>
 where
@@ -70,8 +74,17 @@ where
     let streams = StreamCount::new();
     let idle = transport::idle(limits, &streams);
     tokio::pin!(idle);
+    let draining = drain.signalled();
+    tokio::pin!(draining);
+    let mut goaway_sent = false;
     loop {
         let (request, respond) = tokio::select! {
+            () = &mut draining, if !goaway_sent => {
+                tracing::debug!("draining: GOAWAY sent on an HBONE connection");
+                connection.graceful_shutdown();
+                goaway_sent = true;
+                continue;
+            }
             next = connection.accept() => match next {
                 Some(next) => next.map_err(|e| format!("HTTP/2: {e}"))?,
                 None => return Ok(()),

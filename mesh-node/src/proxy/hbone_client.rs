@@ -16,7 +16,11 @@ use std::{
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use mesh_core::{Identity, hbone, transport::SweepClock};
+use mesh_core::{
+    Identity,
+    hbone::{self, went_away},
+    transport::SweepClock,
+};
 
 use super::{PodContext, connect_from_pod, tunnel::H2Stream};
 use crate::{app::State, identity::Issued};
@@ -101,6 +105,12 @@ impl Connections {
 impl HbonePool {
     /// Opens a CONNECT stream to `target` for `pod`'s app through `via` (the target's own
     /// address, or its waypoint's); returns the tunnel as a byte stream.
+    ///
+    /// A server that is draining (a node agent that handed its pods over, a waypoint being
+    /// replaced) answers GOAWAY, and refuses streams it will not serve: such a stream never
+    /// reached an app, so it is opened again on a new connection, which reaches
+    /// whoever listens now (a new connection can land on the draining server too, in the
+    /// moment before it stops accepting: a few attempts).
     pub async fn connect(
         &self,
         state: &State,
@@ -110,7 +120,38 @@ impl HbonePool {
         expected: &Identity,
         client: SocketAddr,
     ) -> Result<H2Stream, Error> {
-        let (sender, active) = self.sender(state, pod, via, expected).await?;
+        let mut attempts = 1;
+        loop {
+            // After a connection went away, the next attempt is on a new one: the other
+            // pooled connections to the same server were likely sent GOAWAY too.
+            let pooled = attempts == 1;
+            match self
+                .try_connect(state, pod, via, target, expected, client, pooled)
+                .await
+            {
+                Err(Error::Http { addr, source })
+                    if went_away(&source) && attempts < hbone::ATTEMPTS_WHILE_GOING_AWAY =>
+                {
+                    tracing::debug!(%addr, error = %source, "HBONE connection going away; opening another");
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_connect(
+        &self,
+        state: &State,
+        pod: &PodContext,
+        via: IpAddr,
+        target: SocketAddr,
+        expected: &Identity,
+        client: SocketAddr,
+        pooled: bool,
+    ) -> Result<H2Stream, Error> {
+        let (sender, active, closed) = self.sender(state, pod, via, expected, pooled).await?;
         // The slot is taken: give it back if the tunnel is not established.
         let mut release = Release(Some(active));
         let spec = pod.pod();
@@ -121,9 +162,15 @@ impl HbonePool {
             workload: &workload,
         };
         let request = hbone::connect_request(target, client, Some(baggage));
-        let http = |source| Error::Http {
-            addr: target,
-            source,
+        let http = |source: h2::Error| {
+            // A connection that is going away takes no new tunnels.
+            if went_away(&source) {
+                closed.store(true, Ordering::Relaxed);
+            }
+            Error::Http {
+                addr: target,
+                source,
+            }
         };
         let mut sender = sender.ready().await.map_err(http)?;
         let (response, send) = sender.send_request(request, false).map_err(http)?;
@@ -147,13 +194,15 @@ impl HbonePool {
         Ok(H2Stream::new(send, response.into_body(), Some(active)))
     }
 
+    /// A connection with room for a stream: a pooled one (when `reuse`), else a new one.
     async fn sender(
         &self,
         state: &State,
         pod: &PodContext,
         ip: IpAddr,
         expected: &Identity,
-    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error> {
+        reuse: bool,
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, Arc<AtomicBool>), Error> {
         let key = (pod.key.clone(), ip);
         let current = state
             .certificates
@@ -177,10 +226,10 @@ impl HbonePool {
             let free = pooled.iter_mut().find(|p| {
                 is_current(p) && p.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
             });
-            if let Some(p) = free {
+            if let Some(p) = free.filter(|_| reuse) {
                 p.active.fetch_add(1, Ordering::Relaxed);
                 p.last_used = Instant::now();
-                return Ok((p.sender.clone(), p.active.clone()));
+                return Ok((p.sender.clone(), p.active.clone(), p.closed.clone()));
             }
         }
         let addr = SocketAddr::new(ip, hbone::PORT);
@@ -197,13 +246,13 @@ impl HbonePool {
         let pooled = Pooled {
             sender: sender.clone(),
             active: active.clone(),
-            closed,
+            closed: closed.clone(),
             last_used: Instant::now(),
             certificate,
         };
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.by_key.entry(key).or_default().push(pooled);
-        Ok((sender, active))
+        Ok((sender, active, closed))
     }
 }
 

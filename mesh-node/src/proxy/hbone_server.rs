@@ -72,7 +72,8 @@ async fn serve_connection(
         peer,
         client,
     });
-    hbone::server::serve_streams(&mut connection, limits, |request, respond, open| {
+    let drain = state.drain.clone();
+    hbone::server::serve_streams(&mut connection, limits, &drain, |request, respond, open| {
         let (pod, state, downstream) = (pod.clone(), state.clone(), downstream.clone());
         tokio::spawn(async move {
             handle_connect(request, respond, &downstream, &pod, &state, open).await;

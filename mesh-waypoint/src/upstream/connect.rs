@@ -219,38 +219,67 @@ impl Connector {
     }
 
     /// A CONNECT stream to `target` over a pooled connection to `to` (the target itself, or
-    /// the waypoint in front of it).
+    /// the waypoint in front of it). A stream refused because the connection is going away
+    /// (its node agent handed over, or the waypoint drains) never reached an app: it is
+    /// opened again on a new connection, a few times at most.
     async fn tunnel(
         &self,
         target: SocketAddr,
         to: IpAddr,
         identity: &Identity,
     ) -> Result<H2Io, ConnectError> {
+        let mut attempts = 1;
+        loop {
+            // After a connection went away, the next attempt is on a new one: the other
+            // pooled connections to the same server were likely sent GOAWAY too.
+            match self.try_tunnel(target, to, identity, attempts == 1).await {
+                Err(ConnectError::Http2 { source, .. })
+                    if hbone::went_away(&source) && attempts < hbone::ATTEMPTS_WHILE_GOING_AWAY =>
+                {
+                    tracing::debug!(%to, error = %source, "HBONE connection going away; opening another");
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_tunnel(
+        &self,
+        target: SocketAddr,
+        to: IpAddr,
+        identity: &Identity,
+        pooled: bool,
+    ) -> Result<H2Io, ConnectError> {
         let cert = self
             .certificates
             .current()
             .ok_or(ConnectError::NoCertificate)?;
-        let (mut sender, streams, local) = match self.pooled(to, &cert) {
+        let reused = if pooled { self.pooled(to, &cert) } else { None };
+        let Lease {
+            mut sender,
+            streams,
+            local,
+            closed,
+        } = match reused {
             Some(pooled) => pooled,
             None => self.dial(to, identity, cert).await?,
         };
+        let http2 = |source: h2::Error| {
+            // A connection that is going away takes no new streams.
+            if hbone::went_away(&source) {
+                closed.store(true, Ordering::Release);
+            }
+            ConnectError::Http2 {
+                addr: target,
+                source,
+            }
+        };
         // The connection is the waypoint's own: `forwarded` names the waypoint.
         let request = hbone::connect_request(target, local, None);
-        sender = sender.ready().await.map_err(|source| ConnectError::Http2 {
-            addr: target,
-            source,
-        })?;
-        let (response, send) =
-            sender
-                .send_request(request, false)
-                .map_err(|source| ConnectError::Http2 {
-                    addr: target,
-                    source,
-                })?;
-        let response = response.await.map_err(|source| ConnectError::Http2 {
-            addr: target,
-            source,
-        })?;
+        sender = sender.ready().await.map_err(http2)?;
+        let (response, send) = sender.send_request(request, false).map_err(http2)?;
+        let response = response.await.map_err(http2)?;
         if response.status() != http::StatusCode::OK {
             return Err(ConnectError::Refused {
                 target,
@@ -263,11 +292,7 @@ impl Connector {
     }
 
     /// A pooled connection to `ip`, made with `cert`, with room for another stream.
-    fn pooled(
-        &self,
-        ip: IpAddr,
-        cert: &Arc<Issued>,
-    ) -> Option<(SendRequest<Bytes>, Arc<()>, SocketAddr)> {
+    fn pooled(&self, ip: IpAddr, cert: &Arc<Issued>) -> Option<Lease> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.sweep(self.idle);
         let conns = pool.by_ip.get_mut(&ip)?;
@@ -285,7 +310,12 @@ impl Connector {
                 && c.streams() < STREAMS_PER_CONNECTION
         })?;
         pooled.last_used = Instant::now();
-        Some((pooled.sender.clone(), pooled.streams.clone(), pooled.local))
+        Some(Lease {
+            sender: pooled.sender.clone(),
+            streams: pooled.streams.clone(),
+            local: pooled.local,
+            closed: pooled.closed.clone(),
+        })
     }
 
     async fn dial(
@@ -293,7 +323,7 @@ impl Connector {
         to: IpAddr,
         identity: &Identity,
         cert: Arc<Issued>,
-    ) -> Result<(SendRequest<Bytes>, Arc<()>, SocketAddr), ConnectError> {
+    ) -> Result<Lease, ConnectError> {
         let addr = SocketAddr::new(to, hbone::PORT);
         let tcp = TcpStream::connect(addr)
             .await
@@ -314,12 +344,28 @@ impl Connector {
             .push(Pooled {
                 sender: sender.clone(),
                 streams: streams.clone(),
-                closed,
+                closed: closed.clone(),
                 local,
                 worker: crate::workers::current(),
                 last_used: Instant::now(),
                 certificate: cert,
             });
-        Ok((sender, streams, local))
+        Ok(Lease {
+            sender,
+            streams,
+            local,
+            closed,
+        })
     }
+}
+
+/// A connection lent for one stream.
+struct Lease {
+    sender: SendRequest<Bytes>,
+    /// Counts the connection's streams while the stream lives.
+    streams: Arc<()>,
+    /// The connection's local address (`forwarded` names it).
+    local: SocketAddr,
+    /// Set once the connection ends or goes away: it takes no new streams.
+    closed: Arc<AtomicBool>,
 }
