@@ -182,6 +182,14 @@ impl Waypoint {
         self.process.pid()
     }
 
+    /// Sends SIGTERM, as Kubernetes does when the pod is deleted, and waits for the exit (the
+    /// waypoint drains first).
+    pub fn stop(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        self.process.stop()?;
+        Ok(started.elapsed())
+    }
+
     /// The container it runs in, when it was started from its image.
     pub fn container(&self) -> Option<&Container> {
         self.process.container()

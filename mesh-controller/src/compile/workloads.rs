@@ -202,7 +202,12 @@ pub(super) fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_else(|| "default".to_owned());
     let ns_labels = context.namespace_labels(&namespace);
-    let labels = pod.labels().clone();
+    let mut labels = pod.labels().clone();
+    // Node agents choose a waypoint's pods by this label: a pod not serving yet (starting) or
+    // any more (terminating: it drains) is not offered, as an EndpointSlice leaves it out.
+    if !serving(pod) {
+        labels.remove(labels::GATEWAY_NAME);
+    }
     // A pod on the host's network is the node itself, and a pod with an Istio sidecar is
     // captured by its sidecar: neither is ever captured here.
     let host_network = spec.and_then(|s| s.host_network) == Some(true);
@@ -239,6 +244,18 @@ pub(super) fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
         waypoint,
         uid: pod.uid().unwrap_or_default(),
     })
+}
+
+/// Whether the pod takes new connections: not being deleted, and not reported unready (a pod
+/// without conditions, as local mode's, is ready).
+fn serving(pod: &Pod) -> bool {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|c| c.status != "False");
+    pod.metadata.deletion_timestamp.is_none() && ready
 }
 
 /// How Istio's metrics name a pod's workload: after its controller, when its name was

@@ -188,3 +188,54 @@ spec: {{clusterIP: 10.96.0.2, ports: [{{port: 80}}]}}
     assert_eq!(bound("selecting"), (to("selecting"), to("selecting")));
     assert_eq!(bound("selecting-others"), (none.clone(), none));
 }
+
+/// A waypoint pod is offered (keeps its gateway label) only while it serves: not while it is
+/// unready (starting) or terminating (draining), as an EndpointSlice leaves such pods out.
+#[test]
+fn waypoint_pods_are_offered_only_while_they_serve() {
+    let pod = |name: &str, extra_meta: &str, conditions: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, \
+             labels: {{gateway.networking.k8s.io/gateway-name: wp}}{extra_meta}}}\n\
+             spec: {{nodeName: n0, serviceAccountName: wp, containers: []}}\n\
+             status: {{podIP: 10.0.1.{}{conditions}}}\n",
+            name.len()
+        )
+    };
+    let yaml = [
+        pod("ready", "", ", conditions: [{type: Ready, status: 'True'}]"),
+        pod(
+            "start",
+            "",
+            ", conditions: [{type: Ready, status: 'False'}]",
+        ),
+        pod("goner", ", deletionTimestamp: '2026-12-06T00:00:00Z'", ""),
+        pod("plain", "", ""),
+    ]
+    .concat();
+    let mut set = ConfigSet::default();
+    let errors = parse_documents("t.yaml", &yaml, &mut set);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut offered: Vec<(String, bool)> =
+        compile(&set, &validate(&set, "cluster.local"), "cluster.local")
+            .into_iter()
+            .filter_map(|r| match r.body? {
+                Body::Workload(w) => Some((
+                    w.name,
+                    w.labels
+                        .contains_key("gateway.networking.k8s.io/gateway-name"),
+                )),
+                _ => None,
+            })
+            .collect();
+    offered.sort();
+    assert_eq!(
+        offered,
+        [
+            ("goner".to_owned(), false),
+            ("plain".to_owned(), true),
+            ("ready".to_owned(), true),
+            ("start".to_owned(), false),
+        ]
+    );
+}
