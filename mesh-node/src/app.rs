@@ -1,5 +1,7 @@
 //! Wires the agent: dataplane, enrollment loop, proxies and HTTP endpoints.
 
+mod succession;
+
 use std::{
     sync::{
         Arc, RwLock,
@@ -19,7 +21,7 @@ use crate::{
     dataplane::{self, Dataplane},
     drain::{self, Signals},
     enrollment::{EnrolledView, Enrollment},
-    handover::{self, Offer, PodsRequest, Predecessor},
+    handover::{Offer, Predecessor, Request},
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
     pods::{self, FileWatch, PodsFile},
@@ -33,9 +35,6 @@ use mesh_core::{
     ca_client::{CaClient, Token, TrustRoots},
     policy::{LoadError, PolicySet},
 };
-
-/// How long a successor waits for its pods' certificates before taking over anyway.
-const CERTIFICATES_BEFORE_TAKEOVER: Duration = Duration::from_secs(10);
 
 /// How soon a pod that failed to enroll (or whose network namespace was not found) is tried
 /// again.
@@ -239,7 +238,37 @@ pub fn prepare(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// `mesh-node --uninstall`: asks the running agent, if any, to release every pod and remove
+/// its programs and pins; with none running, removes the pins itself.
+pub fn uninstall(config: &Config) -> Result<(), Error> {
+    match Predecessor::find(&config.handover_socket)? {
+        Some(agent) => {
+            let pid = agent.pid;
+            let pods = agent.release()?;
+            tracing::info!(
+                pid,
+                pods,
+                "the running agent released every pod and removed its pins; it drains what \
+                 it carries, then waits to be stopped"
+            );
+        }
+        None => {
+            dataplane::remove_pins(&config.bpf_dir)?;
+            tracing::info!(
+                bpf_dir = %config.bpf_dir.display(),
+                "no agent running: programs detached and pins removed; no pod is captured"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(config: Config) -> Result<(), Error> {
+    if config.node_name.is_empty() {
+        return Err(Error::Config(
+            "--node-name (AMBIT_NODE_NAME) is required".to_owned(),
+        ));
+    }
     let config = Arc::new(config);
     let hierarchy = cgroup::discover().map_err(|source| Error::Cgroup {
         path: "/proc/self/mountinfo".into(),
@@ -366,13 +395,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let (pods_tx, mut handover_requests) = tokio::sync::mpsc::channel(1);
     let offer = Arc::new(Offer {
         endpoints: std::sync::Mutex::new(endpoints),
-        pods: pods_tx,
+        requests: pods_tx,
         cgroup_id: agent_cgroup_id,
     });
     let mut predecessor = match predecessor {
         Some(predecessor) => Some(predecessor),
         None => {
-            offer_handover(&config, &offer);
+            succession::offer(&config, &offer);
             None
         }
     };
@@ -383,17 +412,21 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let stop = signals.received(1);
     tokio::pin!(stop);
     let mut last_attempt = std::time::Instant::now();
-    let mut handed_over = false;
-    loop {
+    let ended = loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = &mut stop => break,
-            Some(request) = handover_requests.recv() => {
-                if hand_over(&enrollment, request).await {
-                    handed_over = true;
-                    break;
+            () = &mut stop => break Ended::Signalled,
+            Some(request) = handover_requests.recv() => match request {
+                Request::Pods { reply, sent } => {
+                    if succession::hand_over(&enrollment, reply, sent).await {
+                        break Ended::HandedOver;
+                    }
+                    continue;
                 }
-                continue;
+                Request::Release { done } => {
+                    succession::release(&mut enrollment, &config.bpf_dir, done).await;
+                    break Ended::Released;
+                }
             }
         }
         match policy_watch.as_mut().and_then(PolicyWatch::poll) {
@@ -411,8 +444,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             None => {}
             Some(Ok(file)) => {
                 if let Some(predecessor) = predecessor.take() {
-                    take_over(&state, &file, predecessor, &mut enrollment).await?;
-                    offer_handover(&config, &offer);
+                    succession::take_over(&state, &file, predecessor, &mut enrollment).await?;
+                    succession::offer(&config, &offer);
                 }
                 last_attempt = std::time::Instant::now();
                 let relabelled = enrollment.reconcile(&file);
@@ -439,13 +472,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 tracing::error!(%error, "pods not applied; keeping the current enrollment")
             }
         }
-    }
-    // A successor asking from now on is refused (it exits, and starts afresh once this agent
-    // is gone): there is nothing left to hand over.
+    };
+    // Another agent asking from now on is refused (a successor exits, and starts afresh once
+    // this agent is gone): there is nothing left to hand over.
     drop(handover_requests);
-    // No new connection from here: every pod's listeners close here (handed over, or the
-    // pods stay captured and fail closed until an agent returns); HBONE clients are told
-    // GOAWAY; what is carried goes on until it ends.
+    // No new connection from here: every pod's listeners close here (handed over, released,
+    // or the pods stay captured and fail closed until an agent returns); HBONE clients are
+    // told GOAWAY; what is carried goes on until it ends.
     drop(enrollment);
     state.ready.store(false, Ordering::Release);
     drain_trigger.start();
@@ -455,15 +488,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         &signals,
     )
     .await;
-    if handed_over && signals.count() == 0 {
+    if ended != Ended::Signalled && signals.count() == 0 {
         // Exiting now would have the DaemonSet restart this container, and it would take
-        // the pods back: wait to be stopped (the rollout does so once the successor is ready).
-        tracing::info!("handed over and drained; waiting to be stopped");
+        // the pods back: wait to be stopped (a rollout does so once the successor is ready).
+        tracing::info!("drained; waiting to be stopped");
         signals.received(1).await;
     }
-    match handed_over {
-        true => tracing::info!("stopping; the successor carries the pods"),
-        false => {
+    match ended {
+        Ended::HandedOver => tracing::info!("stopping; the successor carries the pods"),
+        Ended::Released => tracing::info!("stopping; every pod was released"),
+        Ended::Signalled => {
             tracing::info!(
                 "shutting down; pods stay enrolled and fail closed until an agent returns"
             )
@@ -472,78 +506,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves successors; without the socket a restart still works, with a gap (logged).
-fn offer_handover(config: &Config, offer: &Arc<Offer>) {
-    if let Err(error) = handover::serve(&config.handover_socket, offer.clone()) {
-        tracing::error!(%error, "no hand-over: a restart will refuse new connections until the next agent is ready");
-    }
-}
-
-/// Answers a successor's request for the pods' listeners; `true` once it has them all (this
-/// agent must then stop accepting).
-async fn hand_over(enrollment: &Enrollment, request: PodsRequest) -> bool {
-    let pods = match enrollment.hand_over() {
-        Ok(pods) => pods,
-        Err(error) => {
-            tracing::error!(%error, "cannot hand the pods' listeners over; keeping them");
-            return false;
-        }
-    };
-    let count = pods.len();
-    if request.reply.send(pods).is_err() {
-        return false;
-    }
-    match request.sent.await {
-        Ok(true) => {
-            tracing::info!(pods = count, "pods handed over to the successor; draining");
-            true
-        }
-        _ => {
-            tracing::warn!("the successor did not take the pods; keeping them");
-            false
-        }
-    }
-}
-
-/// Before taking the predecessor's listeners: this agent's policies are in place (they came
-/// with `file`) and its pods' certificates are issued, so it serves the first connection it
-/// accepts as the predecessor would have.
-async fn take_over(
-    state: &Arc<State>,
-    file: &PodsFile,
-    predecessor: Predecessor,
-    enrollment: &mut Enrollment,
-) -> Result<(), Error> {
-    let mut identities: Vec<Identity> = file
-        .enrolled_on(&state.config.node_name)
-        .filter_map(|pod| pod.identity(&state.config.trust_domain).ok())
-        .collect();
-    identities.sort();
-    identities.dedup();
-    state.set_identities(identities.clone());
-    if let Some(certificates) = &state.certificates {
-        let started = std::time::Instant::now();
-        while !certificates.has_all(&identities) && started.elapsed() < CERTIFICATES_BEFORE_TAKEOVER
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !certificates.has_all(&identities) {
-            tracing::warn!(
-                "taking over without every pod's certificate: their HBONE connections wait for it"
-            );
-        }
-    }
-    let started = std::time::Instant::now();
-    let inherited = tokio::task::spawn_blocking(move || predecessor.take_pods())
-        .await
-        .map_err(|e| Error::Config(format!("hand-over task: {e}")))??;
-    tracing::info!(
-        pods = inherited.pods(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "took the pods' listeners over"
-    );
-    enrollment.inherit(inherited);
-    Ok(())
+/// Why the enrollment loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// SIGTERM or SIGINT with no successor: the pods stay captured, failing closed.
+    Signalled,
+    /// A successor took the pods' listeners.
+    HandedOver,
+    /// `mesh-node --uninstall`: every pod was let go.
+    Released,
 }
 
 /// The client of the controller's CA, from the root and token files.

@@ -10,13 +10,22 @@ use serde::Serialize;
 #[command(name = "mesh-node", version)]
 pub struct Config {
     /// This node's name: only pods scheduled here (`node:` in the pods file) are enrolled.
-    #[arg(long, env = "AMBIT_NODE_NAME")]
+    /// Required, except with `--uninstall`.
+    #[arg(long, env = "AMBIT_NODE_NAME", default_value = "")]
     pub node_name: String,
+
+    /// Uninstall from this node, then exit: the running agent (found at `--handover-socket`)
+    /// releases every pod (their new connections go straight, those it carries go on),
+    /// detaches its programs and removes its pins, then drains and waits to be stopped. With
+    /// no agent running, the pins under `--bpf-dir` are removed here, which releases pods a
+    /// stopped agent left failing closed.
+    #[arg(long)]
+    pub uninstall: bool,
 
     /// Local mode: the YAML file of namespaces and pods, watched for changes. With
     /// `--config-source controller` only the pods' network namespaces are read from it; without
     /// it they are found in `/proc` by the cgroup the kubelet names after each pod's UID.
-    #[arg(long, env = "AMBIT_PODS_FILE", required_if_eq("config_source", "file"))]
+    #[arg(long, env = "AMBIT_PODS_FILE")]
     pub pods_file: Option<PathBuf>,
 
     /// Where the agent pins its maps, programs and links (on a bpffs mount).

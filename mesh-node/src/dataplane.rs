@@ -273,6 +273,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Stops capturing a pod's new connections, outbound and inbound, and leaves what those it
+    /// carries still need (its listeners, its pending original destinations): the first step
+    /// of releasing it for good (`unenroll` finishes).
+    pub fn stop_capture(&mut self, cookie: u64) -> Result<(), Error> {
+        remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
+        pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))
+    }
+
     /// Namespace cookies a previous agent left enrolled (in the map or as `sk_lookup` links).
     pub fn leftover_enrollments(&self) -> Vec<u64> {
         let mut cookies: Vec<u64> = self.enrolled.keys().filter_map(Result::ok).collect();
@@ -287,6 +295,28 @@ impl Dataplane {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))?;
         self.orig.remove_pod(cookie)
+    }
+}
+
+/// Removes everything pinned under `dir`: unpinning a link detaches its program (no agent
+/// keeps a link open), and programs and maps are freed once no process holds them. Nothing is
+/// captured afterwards, and nothing is held failing closed.
+pub fn remove_pins(dir: &Path) -> Result<(), Error> {
+    let links = dir.join("links");
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        // Links first, so that no program stays attached to maps already gone.
+        for entry in entries.filter_map(Result::ok) {
+            pins::remove_link(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            what: "removing the pin directory",
+            path: dir.to_owned(),
+            source,
+        }),
     }
 }
 

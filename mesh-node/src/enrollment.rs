@@ -128,6 +128,45 @@ impl Enrollment {
         self.inherited = Some(inherited);
     }
 
+    /// Releases every pod for good (`mesh-node --uninstall`): their new connections go straight
+    /// at once; those redirected a moment before still wait in the listeners' backlogs, so the
+    /// listeners keep accepting for `grace` before they close. Connections carried go on.
+    /// Returns how many pods were released.
+    pub async fn release_all(&mut self, grace: std::time::Duration) -> usize {
+        let mut cookies: Vec<u64> = self
+            .active
+            .values()
+            .map(|a| a.context.netns_cookie)
+            .chain(self.refused.values().map(|(_, cookie)| *cookie))
+            .chain(self.leftovers.take().unwrap_or_default())
+            .collect();
+        cookies.sort_unstable();
+        cookies.dedup();
+        for cookie in &cookies {
+            if let Err(error) = self.dataplane.stop_capture(*cookie) {
+                tracing::error!(%error, cookie, "releasing a pod failed");
+            }
+        }
+        tokio::time::sleep(grace).await;
+        let released = self.active.len() + self.refused.len();
+        for (key, active) in std::mem::take(&mut self.active) {
+            if let Err(error) = self
+                .dataplane
+                .unenroll(active.context.netns_cookie, &active.inbound_keys)
+            {
+                tracing::error!(%error, pod = %key, "releasing pod failed");
+            }
+            tracing::info!(pod = %key, "pod released");
+        }
+        for (key, (_, cookie)) in std::mem::take(&mut self.refused) {
+            self.release_refused(&key, cookie);
+        }
+        self.state.metrics.enrolled_pods.set(0);
+        self.state.metrics.refused_pods.set(0);
+        self.state.set_enrolled(Vec::new());
+        released
+    }
+
     /// Every enrolled pod's listening sockets, duplicated, for a successor. This agent keeps
     /// accepting on its own copies until it is dropped.
     pub fn hand_over(&self) -> std::io::Result<Vec<PodListeners>> {

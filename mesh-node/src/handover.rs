@@ -56,6 +56,8 @@ enum Ask {
     Pods,
     /// Every pod's listeners arrived: the predecessor may stop accepting.
     Taken,
+    /// `mesh-node --uninstall`: release every pod, remove the programs and pins, drain.
+    Release,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,6 +81,10 @@ enum Answer {
     },
     /// Every pod was sent; the predecessor drains from now on.
     Done {
+        pods: usize,
+    },
+    /// Every pod was released and the pins removed; the agent drains from now on.
+    Released {
         pods: usize,
     },
     Refused {
@@ -177,6 +183,25 @@ impl Predecessor {
         }
     }
 
+    /// Asks the running agent to release every pod and remove its programs and pins (it then
+    /// drains what it carries and waits to be stopped); how many pods it released.
+    pub fn release(self) -> Result<usize, Error> {
+        self.channel
+            .send(&Ask::Release, &[])
+            .map_err(|e| self.error(e))?;
+        match self.channel.recv().map_err(|e| self.error(e))? {
+            (Answer::Released { pods }, _) => Ok(pods),
+            (Answer::Refused { reason }, _) => Err(Error::Refused {
+                pid: self.pid,
+                reason,
+            }),
+            (other, _) => Err(Error::Refused {
+                pid: self.pid,
+                reason: format!("unexpected answer to release: {other:?}"),
+            }),
+        }
+    }
+
     /// Takes every enrolled pod's listeners; from here on the predecessor drains.
     pub fn take_pods(self) -> Result<Inherited, Error> {
         self.channel
@@ -270,8 +295,8 @@ pub struct Offer {
     /// The node's endpoint listeners (a duplicate of each) and the tasks serving them; taken
     /// once.
     pub endpoints: Mutex<Vec<(Endpoint, OwnedFd, tokio::task::AbortHandle)>>,
-    /// Asks the enrollment loop for the pods' listeners.
-    pub pods: mpsc::Sender<PodsRequest>,
+    /// Asks the enrollment loop for the pods' listeners, or to release them.
+    pub requests: mpsc::Sender<Request>,
     pub cgroup_id: u64,
 }
 
@@ -282,11 +307,19 @@ pub struct PodListeners {
     pub listeners: Vec<(SocketAddr, OwnedFd)>,
 }
 
-/// The enrollment loop's part of step 3: it answers with every pod's listeners, then learns
-/// whether they reached the successor (only then does it stop accepting and drain).
-pub struct PodsRequest {
-    pub reply: oneshot::Sender<Vec<PodListeners>>,
-    pub sent: oneshot::Receiver<bool>,
+/// What the enrollment loop is asked by another agent process.
+pub enum Request {
+    /// Step 3: it answers with every pod's listeners, then learns whether they reached the
+    /// successor (only then does it stop accepting and drain).
+    Pods {
+        reply: oneshot::Sender<Vec<PodListeners>>,
+        sent: oneshot::Receiver<bool>,
+    },
+    /// Uninstall: it releases every pod and removes the pins, answering how many pods it
+    /// released (or why it could not), then drains.
+    Release {
+        done: oneshot::Sender<Result<usize, String>>,
+    },
 }
 
 /// Duplicates a listening socket the agent holds (its copy stays open until it drops it).
@@ -338,7 +371,7 @@ fn converse(channel: &wire::Channel, offer: &Offer) -> std::io::Result<bool> {
         };
         match ask {
             Ask::Hello { protocol, build } if protocol == PROTOCOL => {
-                tracing::info!(successor = %build, "a successor asks to take over");
+                tracing::info!(other = %build, "another agent process asks to take over or release");
                 channel.send(
                     &Answer::Hello {
                         protocol: PROTOCOL,
@@ -365,6 +398,7 @@ fn converse(channel: &wire::Channel, offer: &Offer) -> std::io::Result<bool> {
                 }
             }
             Ask::Pods => return hand_over_pods(channel, offer),
+            Ask::Release => return release(channel, offer),
             Ask::Taken => return Ok(false),
         }
     }
@@ -375,8 +409,8 @@ fn hand_over_pods(channel: &wire::Channel, offer: &Offer) -> std::io::Result<boo
     let (confirm, sent) = oneshot::channel();
     let gone = || std::io::Error::other("the enrollment loop has stopped");
     offer
-        .pods
-        .blocking_send(PodsRequest { reply, sent })
+        .requests
+        .blocking_send(Request::Pods { reply, sent })
         .map_err(|_| gone())?;
     let pods = listeners.blocking_recv().map_err(|_| gone())?;
     let result = (|| {
@@ -403,4 +437,18 @@ fn hand_over_pods(channel: &wire::Channel, offer: &Offer) -> std::io::Result<boo
     })();
     let _ = confirm.send(result.is_ok());
     result.map(|()| true)
+}
+
+fn release(channel: &wire::Channel, offer: &Offer) -> std::io::Result<bool> {
+    let (done, result) = oneshot::channel();
+    let gone = || std::io::Error::other("the enrollment loop has stopped");
+    offer
+        .requests
+        .blocking_send(Request::Release { done })
+        .map_err(|_| gone())?;
+    match result.blocking_recv().map_err(|_| gone())? {
+        Ok(pods) => channel.send(&Answer::Released { pods }, &[])?,
+        Err(reason) => channel.send(&Answer::Refused { reason }, &[])?,
+    }
+    Ok(true)
 }

@@ -290,6 +290,33 @@ impl Agent {
         Ok(successor)
     }
 
+    /// Runs `mesh-node --uninstall` for this agent's node (as an operator would on the node)
+    /// and returns what it printed; fails if it fails.
+    pub fn uninstall(&self) -> Result<String> {
+        let socket = self
+            .args
+            .iter()
+            .position(|a| a == "--handover-socket")
+            .and_then(|i| self.args.get(i + 1))
+            .context("the agent has a hand-over socket")?;
+        let out = Command::new(mesh_node_binary()?)
+            .args(["--uninstall", "--handover-socket", socket, "--bpf-dir"])
+            .arg(&self.bpf_dir)
+            .env("AMBIT_LOG", "info")
+            .output()
+            .context("running mesh-node --uninstall")?;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            out.status.success(),
+            "mesh-node --uninstall failed: {printed}"
+        );
+        Ok(printed)
+    }
+
     /// Kills the agent with SIGKILL (a crash) and waits for it to be gone.
     pub fn kill(&mut self) -> Result<()> {
         let pid = self.pid().context("the agent is not running")?;
