@@ -117,6 +117,31 @@ fn the_agent_image_with_the_daemonsets_privileges_carries_hbone() -> Result<()> 
         !carried.to_string().contains(":15001"),
         "the agent captured its own connection: {carried}"
     );
+
+    // The teardown docs/install.md gives: `mesh-node --uninstall` exec'd in the agent's
+    // container releases its pods, detaches its programs and removes its pins.
+    let out = mesh_tests::containers::podman()
+        .args([
+            "exec",
+            &container.name,
+            "/usr/local/bin/mesh-node",
+            "--uninstall",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "mesh-node --uninstall in the container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        containerised.log().contains("every pod released"),
+        "{}",
+        containerised.log()
+    );
+    assert!(!containerised.bpf_dir.exists(), "pins left behind");
+    let mut released = tb.pod("n0-p0").connect(tb.pod("n1-p0").addr(7000))?;
+    read_greeting(&mut released)?;
+    echo_round_trip(&mut released, b"released")?;
     Ok(())
 }
 
