@@ -36,13 +36,19 @@ pub mod maps {
     pub const ACCEL_SOCKS: &str = "ACCEL_SOCKS";
     /// One-element array of [`crate::NodeConfig`].
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    /// cgroup ids of the cgroups the kubelet makes pods' cgroups in (`kubepods` and its QoS
+    /// classes): a child of one of them is a pod.
+    pub const POD_CGROUP_PARENTS: &str = "POD_CG_PARENTS";
+    /// cgroup ids of the pods the agent has decided about (captured, or not in the mesh). A pod
+    /// cgroup not in it is one that just started: its connects are refused until it is.
+    pub const DECIDED_PODS: &str = "DECIDED_PODS";
 
     /// Pins of map layouts older agents used, removed at start (a pinned map is reused by name,
     /// so an old layout must never be picked up by new programs).
     pub const RETIRED_PINS: [&str; 3] = ["connect_dsts", "orig_dsts", "node_config"];
 
     /// Every map with the file name it is pinned as.
-    pub const PINNED: [(&str, &str); 6] = [
+    pub const PINNED: [(&str, &str); 8] = [
         (ENROLLED_PODS, "enrolled_pods"),
         (CONNECT_DSTS, "connect_dsts_by_socket"),
         (ORIG_DSTS, "orig_dsts_by_pod"),
@@ -50,6 +56,8 @@ pub mod maps {
         (ACCEL_SOCKS, "accel_socks"),
         // `_v2`: the value gained the predecessor's cgroup (the old layout is retired).
         (NODE_CONFIG, "node_config_v2"),
+        (POD_CGROUP_PARENTS, "pod_cgroup_parents"),
+        (DECIDED_PODS, "decided_pods"),
     ];
 }
 
@@ -219,6 +227,10 @@ pub struct NodeConfig {
     /// `NODE_*` flags.
     pub flags: u64,
 }
+
+/// How deep below the cgroup v2 root the programs look for a pod's cgroup (real nodes:
+/// `kubepods.slice/kubepods-burstable.slice/<pod>/<container>` is 4 levels).
+pub const MAX_CGROUP_DEPTH: i32 = 10;
 
 /// Splice the app <-> agent loopback hop with `sk_msg` (new connections only: switching in the
 /// middle of a stream would reorder bytes).

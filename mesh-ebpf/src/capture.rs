@@ -6,58 +6,112 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, generated::bpf_get_netns_cookie},
+    helpers::{
+        bpf_get_current_cgroup_id,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie},
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use mesh_common::{
-    ENROLLED_IPV6_OUTBOUND, EnrolledPod, FAMILY_INET, FAMILY_INET6, OrigDst, V4_MAPPED_PREFIX,
-    ports,
+    ENROLLED_IPV6_OUTBOUND, EnrolledPod, FAMILY_INET, FAMILY_INET6, MAX_CGROUP_DEPTH, OrigDst,
+    V4_MAPPED_PREFIX, ports,
 };
 
-use crate::{CONNECT_DSTS, ENROLLED_PODS, is_loopback4, node_config};
+use crate::{CONNECT_DSTS, DECIDED_PODS, ENROLLED_PODS, POD_CG_PARENTS, is_loopback4, node_config};
 
 const IPPROTO_TCP: u32 = 6;
-/// A `cgroup/connect*` program returns 1 to let the connect proceed. Capture never refuses a
-/// connect itself: if the agent is down the rewritten connect is refused by the kernel, which
-/// fails closed without a decision here.
+/// A `cgroup/connect*` program returns 1 to let the connect proceed. Capture itself never
+/// refuses a connect: if the agent is down the rewritten connect is refused by the kernel,
+/// which fails closed without a decision here.
 const CONNECT_PROCEED: i32 = 1;
+/// 0 fails the connect with EPERM: a pod that just started and is not decided yet.
+const CONNECT_REFUSE: i32 = 0;
 
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
 
+/// What a connect is to capture.
+enum Connecting {
+    /// From an enrolled pod: redirected to its agent.
+    Pod(EnrolledPod),
+    /// Not ours: the agent itself, another protocol, or a pod outside the mesh.
+    Ignored,
+    /// From a pod whose cgroup appeared and that the agent has not decided about yet.
+    Undecided,
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn ambit_connect4(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect4(&ctx);
-    CONNECT_PROCEED
+    match try_connect4(&ctx) {
+        Some(Held) => CONNECT_REFUSE,
+        None => CONNECT_PROCEED,
+    }
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn ambit_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect6(&ctx);
-    CONNECT_PROCEED
+    match try_connect6(&ctx) {
+        Some(Held) => CONNECT_REFUSE,
+        None => CONNECT_PROCEED,
+    }
 }
 
-/// The enrolled pod making this connect, unless it is not ours to capture: not TCP, not an
-/// enrolled namespace, or the agent itself (its sockets live in the pod's namespace too).
+/// A connect refused because its pod is not decided yet.
+struct Held;
+
+/// Whose connect this is: an enrolled pod's, a pod's that just started and is not decided
+/// yet, or one capture leaves alone (not TCP, the agent itself, a pod outside the mesh).
 #[inline(always)]
-fn capturing_pod(ctx: &SockAddrContext) -> Option<EnrolledPod> {
+fn connecting(ctx: &SockAddrContext) -> Connecting {
     // SAFETY: the context pointer is the kernel's for the duration of the program.
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
     if sa.protocol != IPPROTO_TCP {
-        return None;
+        return Connecting::Ignored;
     }
-    // SAFETY: bpf_get_netns_cookie is allowed for sock_addr programs and reads only the context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is copied out before any other map operation.
-    let pod = unsafe { ENROLLED_PODS.get(netns) }.copied()?;
     // SAFETY: no arguments; reads the current task's cgroup.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let node = node_config();
     if cgroup == node.agent_cgroup_id || cgroup == node.predecessor_cgroup_id {
-        return None;
+        return Connecting::Ignored;
     }
-    Some(pod)
+    // SAFETY: bpf_get_netns_cookie is allowed for sock_addr programs and reads only the context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out before any other map operation.
+    if let Some(pod) = unsafe { ENROLLED_PODS.get(netns) }.copied() {
+        return Connecting::Pod(pod);
+    }
+    if undecided_pod() {
+        Connecting::Undecided
+    } else {
+        Connecting::Ignored
+    }
+}
+
+/// Whether the current task is in a pod's cgroup (a child of one of the kubelet's pod cgroup
+/// parents) that is not in [`DECIDED_PODS`]: a pod that just started, before the agent has
+/// captured it or let it go. Decided by the cgroup tree, not by anything the pod says.
+#[inline(always)]
+fn undecided_pod() -> bool {
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: reads the current task's cgroup ancestry; 0 past its own cgroup.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: presence checks only.
+        if unsafe { POD_CG_PARENTS.get(&id) }.is_some() {
+            // SAFETY: as above.
+            let pod = unsafe { bpf_get_current_ancestor_cgroup_id(level + 1) };
+            // A QoS class below `kubepods` is a parent itself, not a pod: keep descending.
+            if pod != 0 && unsafe { POD_CG_PARENTS.get(&pod) }.is_none() {
+                return unsafe { DECIDED_PODS.get(&pod) }.is_none();
+            }
+        }
+        level += 1;
+    }
+    false
 }
 
 #[inline(always)]
@@ -76,8 +130,12 @@ fn record(ctx: &SockAddrContext, dst: &OrigDst) {
     }
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
-    capturing_pod(ctx)?;
+fn try_connect4(ctx: &SockAddrContext) -> Option<Held> {
+    let undecided = match connecting(ctx) {
+        Connecting::Pod(_) => false,
+        Connecting::Undecided => true,
+        Connecting::Ignored => return None,
+    };
     let sa = ctx.sock_addr;
     // SAFETY: 4-byte accesses to fields the verifier allows for connect4.
     let (ip, port_be) = unsafe {
@@ -88,6 +146,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
     };
     if is_loopback4(ip) {
         return None;
+    }
+    // Inside the pod (loopback) is allowed; out of it waits for the agent's decision.
+    if undecided {
+        return Some(Held);
     }
     let dst = OrigDst {
         family: FAMILY_INET,
@@ -100,11 +162,15 @@ fn try_connect4(ctx: &SockAddrContext) -> Option<()> {
         write_volatile(&mut (*sa).user_ip4, LOOPBACK4);
         write_volatile(&mut (*sa).user_port, u32::from(ports::OUTBOUND.to_be()));
     }
-    Some(())
+    None
 }
 
-fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
-    let pod = capturing_pod(ctx)?;
+fn try_connect6(ctx: &SockAddrContext) -> Option<Held> {
+    let pod = match connecting(ctx) {
+        Connecting::Pod(pod) => Some(pod),
+        Connecting::Undecided => None,
+        Connecting::Ignored => return None,
+    };
     let sa = ctx.sock_addr;
     // The verifier accepts only 4-byte reads of user_ip6: read word by word, volatile so the
     // compiler cannot merge them.
@@ -131,11 +197,17 @@ fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
             port,
             addr: [ip[3], 0, 0, 0],
         };
+        if pod.is_none() {
+            return Some(Held);
+        }
         (dst, [0, 0, V4_MAPPED_PREFIX, LOOPBACK4])
     } else {
         if ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == LOOPBACK6_LAST_WORD {
             return None;
         }
+        let Some(pod) = pod else {
+            return Some(Held);
+        };
         if pod.flags & ENROLLED_IPV6_OUTBOUND == 0 {
             // No [::1]:15001 in this pod (IPv6 is off there), so no IPv6 path exists to leak.
             return None;
@@ -158,5 +230,5 @@ fn try_connect6(ctx: &SockAddrContext) -> Option<()> {
         write_volatile(&mut (*sa).user_ip6[3], listener[3]);
         write_volatile(&mut (*sa).user_port, u32::from(ports::OUTBOUND.to_be()));
     }
-    Some(())
+    None
 }

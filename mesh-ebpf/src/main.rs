@@ -55,6 +55,14 @@ static ACCEL_SOCKS: SockHash<SockKey, MAX_ACCEL_SOCKS> = SockHash::new();
 #[btf_map]
 static NODE_CONFIG: Array<NodeConfig, 1> = Array::new();
 
+/// See `mesh_common::maps::POD_CGROUP_PARENTS`.
+#[btf_map]
+static POD_CG_PARENTS: HashMap<u64, u8, 16> = HashMap::new();
+
+/// See `mesh_common::maps::DECIDED_PODS`.
+#[btf_map]
+static DECIDED_PODS: HashMap<u64, u8, MAX_PODS> = HashMap::new();
+
 /// The node's configuration, or an all-zero one before the agent wrote it (no acceleration,
 /// and agent cgroup 0, which no task has).
 #[inline(always)]

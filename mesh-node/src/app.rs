@@ -15,7 +15,10 @@ use serde::Serialize;
 
 use crate::{
     admin::{self, Endpoint},
-    cgroup,
+    cgroup::{
+        self,
+        pod_starts::{self, PodStart},
+    },
     config::{Config, ConfigSource},
     control::StreamedPods,
     dataplane::{self, Dataplane},
@@ -51,10 +54,19 @@ enum PodSource {
         /// Pods of this node whose network namespace was not found at the last look.
         missing: Vec<String>,
         last_look: std::time::Instant,
+        /// Look again at the next poll: a pod cgroup got its first process.
+        look_again: bool,
     },
 }
 
 impl PodSource {
+    /// A pod cgroup got its first process: its network namespace can be found now.
+    fn look_again(&mut self) {
+        if let PodSource::Controller { look_again, .. } = self {
+            *look_again = true;
+        }
+    }
+
     /// `Some` with the pods to apply when they changed, or when it is time to look again for
     /// pods whose network namespace was missing.
     fn poll(&mut self, node: &str) -> Option<Result<PodsFile, pods::Error>> {
@@ -65,9 +77,11 @@ impl PodSource {
                 sandboxes,
                 missing,
                 last_look,
+                look_again,
             } => {
                 let changed = streamed.has_changed().unwrap_or(false);
-                let retry = !missing.is_empty() && last_look.elapsed() >= RETRY_ENROLLMENT;
+                let retry = !missing.is_empty()
+                    && (std::mem::take(look_again) || last_look.elapsed() >= RETRY_ENROLLMENT);
                 if !changed && !retry {
                     return None;
                 }
@@ -360,6 +374,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 sandboxes,
                 missing: Vec::new(),
                 last_look: std::time::Instant::now(),
+                look_again: false,
             };
             (None, source)
         }
@@ -406,7 +421,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
 
+    let fresh_decisions = dataplane.fresh_decisions;
     let mut enrollment = Enrollment::new(dataplane, orig, state.clone());
+    let mut pod_starts = watch_pod_starts(&config, &cgroup_root, fresh_decisions, &mut enrollment);
+    let hold = Duration::from_secs(config.undecided_hold_secs);
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
     let signals = Signals::watch();
     let stop = signals.received(1);
@@ -427,7 +445,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
                     succession::release(&mut enrollment, &config.bpf_dir, done).await;
                     break Ended::Released;
                 }
-            }
+            },
+            Some(event) = pod_starts.recv() => match event {
+                PodStart::Appeared(cgroup) => enrollment.pod_cgroup_appeared(cgroup, false),
+                PodStart::Populated { .. } => pod_source.look_again(),
+                PodStart::Gone { id } => enrollment.pod_cgroup_gone(id),
+            },
         }
         match policy_watch.as_mut().and_then(PolicyWatch::poll) {
             None => {}
@@ -472,6 +495,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 tracing::error!(%error, "pods not applied; keeping the current enrollment")
             }
         }
+        if enrollment.has_undecided() {
+            enrollment.decide_starting(&state.pods(), hold);
+        }
     };
     // Another agent asking from now on is refused (a successor exits, and starts afresh once
     // this agent is gone): there is nothing left to hand over.
@@ -504,6 +530,56 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Watches the kubelet's pod cgroups: the ones there now are reported at once (decided if no
+/// agent ran since boot), and from then on the kernel holds every new one until decided.
+/// Without a `kubepods` directory nothing is held (logged), and the receiver stays empty.
+fn watch_pod_starts(
+    config: &Config,
+    cgroup_root: &std::path::Path,
+    fresh: bool,
+    enrollment: &mut Enrollment,
+) -> tokio::sync::mpsc::UnboundedReceiver<PodStart> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let Some(base) = config
+        .pod_cgroups
+        .clone()
+        .or_else(|| pod_starts::discover_base(cgroup_root))
+    else {
+        tracing::warn!(
+            cgroup_root = %cgroup_root.display(),
+            "no kubepods cgroup found: pods are not held while they start (--pod-cgroups)"
+        );
+        return rx;
+    };
+    let parents = pod_starts::parents(&base);
+    if parents.is_empty() {
+        tracing::warn!(base = %base.display(), "no such cgroup: pods are not held while they start (--pod-cgroups)");
+        return rx;
+    }
+    let ids: Vec<u64> = parents
+        .iter()
+        .filter_map(|p| cgroup::cgroup_id(p).ok())
+        .collect();
+    if let Err(error) = pod_starts::watch(&parents, tx) {
+        tracing::error!(%error, base = %base.display(), "cannot watch pod cgroups: pods are not held while they start");
+        return tokio::sync::mpsc::unbounded_channel().1;
+    }
+    // What the watch found there already, before the kernel holds anything new.
+    while let Ok(event) = rx.try_recv() {
+        if let PodStart::Appeared(cgroup) = event {
+            enrollment.pod_cgroup_appeared(cgroup, fresh);
+        }
+    }
+    match enrollment.dataplane.hold_pods_under(&ids) {
+        Ok(()) => tracing::info!(
+            base = %base.display(), parents = parents.len(),
+            "pods starting below these cgroups are held until decided"
+        ),
+        Err(error) => tracing::error!(%error, "pods are not held while they start"),
+    }
+    rx
 }
 
 /// Why the enrollment loop ended.

@@ -9,6 +9,8 @@
 //! (a hostPath volume) shows its root as `/..`, one `..` per level above the container's own
 //! cgroup. There the agent's cgroup is found as the one whose `cgroup.procs` lists the agent.
 
+pub mod pod_starts;
+
 use std::{
     io,
     os::unix::fs::MetadataExt as _,

@@ -44,6 +44,21 @@ pub struct Config {
     #[arg(long, env = "AMBIT_AGENT_CGROUP")]
     pub agent_cgroup: Option<PathBuf>,
 
+    /// The kubelet's `kubepods` cgroup directory (cgroupfs or systemd driver): a pod cgroup
+    /// appearing below it (or below its QoS classes) has its connects refused by the kernel
+    /// until the agent has captured it or let it go, so a pod of the mesh never sends around
+    /// it while it starts. By default `kubepods.slice` or `kubepods` under the hierarchy's root;
+    /// without one, starting pods are not held.
+    #[arg(long, env = "AMBIT_POD_CGROUPS")]
+    pub pod_cgroups: Option<PathBuf>,
+
+    /// How long a starting pod the agent knows nothing of (the controller has not sent it yet)
+    /// is held before it is let go uncaptured (logged, and counted in
+    /// `ambit_pods_let_go_undecided_total`). Longer is safer for mesh pods and slower for pods
+    /// outside the mesh that start while the controller is away.
+    #[arg(long, env = "AMBIT_UNDECIDED_HOLD_SECS", default_value_t = 5)]
+    pub undecided_hold_secs: u64,
+
     /// Splice the app <-> agent loopback hop with sockmap (`sk_msg`).
     #[arg(long, env = "AMBIT_ACCELERATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub accelerate: bool,

@@ -102,6 +102,12 @@ pub struct Dataplane {
     inbound_listeners: SockHash<MapData, PodAddr>,
     /// Each pod's map of pending original destinations, made before its capture starts.
     orig: OrigDsts,
+    /// The kubelet's pod cgroup parents: their new children are held until decided.
+    pod_parents: HashMap<MapData, u64, u8>,
+    /// Pod cgroups decided about (captured, or let go).
+    decided: HashMap<MapData, u64, u8>,
+    /// The decisions map was made now (no earlier agent pinned one since the node booted).
+    pub fresh_decisions: bool,
 }
 
 impl Dataplane {
@@ -113,6 +119,7 @@ impl Dataplane {
     ) -> Result<(Self, OrigDsts), Error> {
         pins::ensure_dirs(dir)?;
         pins::remove_retired(dir)?;
+        let fresh_decisions = !dir.join(pins::DECIDED_PODS_PIN).exists();
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&'static str, PathBuf)> = maps::PINNED
             .iter()
@@ -161,6 +168,8 @@ impl Dataplane {
         let enrolled = take_map(&mut ebpf, maps::ENROLLED_PODS)?;
         let inbound_listeners = take_map(&mut ebpf, maps::INBOUND_LISTENERS)?;
         let orig = OrigDsts::new(take_map(&mut ebpf, maps::ORIG_DSTS)?);
+        let pod_parents = take_map(&mut ebpf, maps::POD_CGROUP_PARENTS)?;
+        let decided = take_map(&mut ebpf, maps::DECIDED_PODS)?;
         Ok((
             Self {
                 dir: dir.to_owned(),
@@ -168,6 +177,9 @@ impl Dataplane {
                 enrolled,
                 inbound_listeners,
                 orig: orig.clone(),
+                pod_parents,
+                decided,
+                fresh_decisions,
             },
             orig,
         ))
@@ -279,6 +291,46 @@ impl Dataplane {
     pub fn stop_capture(&mut self, cookie: u64) -> Result<(), Error> {
         remove_ignoring_absent(&mut self.enrolled, &cookie, maps::ENROLLED_PODS)?;
         pins::remove_link(&pins::sk_lookup_link_path(&self.dir, cookie))
+    }
+
+    /// Holds, from now on, every new child of these cgroups (by id) until it is decided.
+    pub fn hold_pods_under(&mut self, parents: &[u64]) -> Result<(), Error> {
+        let stale: Vec<u64> = self
+            .pod_parents
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !parents.contains(id))
+            .collect();
+        for id in stale {
+            remove_ignoring_absent(&mut self.pod_parents, &id, maps::POD_CGROUP_PARENTS)?;
+        }
+        for id in parents {
+            self.pod_parents
+                .insert(id, 1, 0)
+                .map_err(|source| Error::Map {
+                    name: maps::POD_CGROUP_PARENTS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The pod cgroup `id` is decided: its connects are captured (its namespace is enrolled)
+    /// or left alone (it is not in the mesh).
+    pub fn decide(&mut self, id: u64) -> Result<(), Error> {
+        self.decided.insert(id, 1, 0).map_err(|source| Error::Map {
+            name: maps::DECIDED_PODS,
+            source,
+        })
+    }
+
+    pub fn is_decided(&self, id: u64) -> bool {
+        self.decided.get(&id, 0).is_ok()
+    }
+
+    /// The pod cgroup `id` is gone: its decision too.
+    pub fn forget_decision(&mut self, id: u64) -> Result<(), Error> {
+        remove_ignoring_absent(&mut self.decided, &id, maps::DECIDED_PODS)
     }
 
     /// Namespace cookies a previous agent left enrolled (in the map or as `sk_lookup` links).

@@ -7,6 +7,8 @@
 //! port the agent needs is taken in it, its namespace is gone) is not left uncaptured: it is
 //! held failing closed, with no traffic in or out, and enrolled again at the next attempt.
 
+mod starts;
+
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -92,7 +94,7 @@ impl Drop for ActivePod {
 }
 
 pub struct Enrollment {
-    dataplane: Dataplane,
+    pub(crate) dataplane: Dataplane,
     orig: OrigDsts,
     state: Arc<State>,
     active: BTreeMap<String, ActivePod>,
@@ -105,6 +107,8 @@ pub struct Enrollment {
     pub failed: bool,
     /// Listeners a predecessor handed over, claimed by the next reconcile.
     inherited: Option<Inherited>,
+    /// Pod cgroups that appeared and wait for a decision, their connects refused meanwhile.
+    undecided: std::collections::HashMap<u64, crate::cgroup::pod_starts::PodCgroup>,
 }
 
 impl Enrollment {
@@ -119,6 +123,7 @@ impl Enrollment {
             leftovers,
             failed: false,
             inherited: None,
+            undecided: Default::default(),
         }
     }
 

@@ -4,7 +4,12 @@
 
 use mesh_core::telemetry::TrafficLabels;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -68,6 +73,14 @@ pub struct Metrics {
     pub refused_pods: Gauge,
     /// Policy documents that did not load as written (enforced failing closed).
     pub policy_errors: Gauge,
+    /// From a pod's cgroup appearing to the agent's decision (captured, or let go): the time
+    /// the kernel refused its connects.
+    pub pod_start_hold: Histogram,
+    /// Starting pods the agent never learned of in time, let go uncaptured after the hold
+    /// limit (`--undecided-hold-secs`).
+    pub pods_let_go_undecided: Counter,
+    /// Pods starting now, their connects refused until decided.
+    pub undecided_pods: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +95,25 @@ impl Default for Metrics {
         let enrolled_pods = Gauge::default();
         let refused_pods = Gauge::default();
         let policy_errors = Gauge::default();
+        // 1 ms to 8 s: a decision normally takes milliseconds, a controller far away seconds.
+        let pod_start_hold = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let pods_let_go_undecided = Counter::default();
+        let undecided_pods = Gauge::default();
+        registry.register(
+            "ambit_pod_start_hold_seconds",
+            "From a pod's cgroup appearing to the agent's decision about it (its connects are refused meanwhile)",
+            pod_start_hold.clone(),
+        );
+        registry.register(
+            "ambit_pods_let_go_undecided",
+            "Starting pods let go uncaptured because the agent did not learn of them in time",
+            pods_let_go_undecided.clone(),
+        );
+        registry.register(
+            "ambit_undecided_pods",
+            "Pods starting now whose connects are refused until the agent decides about them",
+            undecided_pods.clone(),
+        );
         registry.register(
             "istio_tcp_connections_opened",
             "Connections opened through the node agent",
@@ -132,6 +164,9 @@ impl Default for Metrics {
             received_bytes,
             enrolled_pods,
             refused_pods,
+            pod_start_hold,
+            pods_let_go_undecided,
+            undecided_pods,
         }
     }
 }

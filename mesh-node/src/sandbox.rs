@@ -158,15 +158,18 @@ fn pod_uid(line: &str) -> Option<String> {
     // systemd:  kubepods.slice/[kubepods-<qos>.slice/]kubepods-[<qos>-]pod<uid_>.slice
     components.find(|c| *c == "kubepods" || *c == "kubepods.slice")?;
     let mut next = components.next()?;
-    if matches!(
-        next,
-        "besteffort" | "burstable" | "kubepods-besteffort.slice" | "kubepods-burstable.slice"
-    ) {
+    if QOS_CGROUPS.contains(&next) {
         next = components.next()?;
     }
-    let uid = match next.strip_suffix(".slice") {
+    pod_cgroup_uid(next)
+}
+
+/// The pod UID a pod-level cgroup's name carries: `pod<uid>` (cgroupfs driver) or
+/// `kubepods-[<qos>-]pod<uid with underscores>.slice` (systemd); `None` for any other name.
+pub fn pod_cgroup_uid(name: &str) -> Option<String> {
+    let uid = match name.strip_suffix(".slice") {
         Some(unit) => unit.rsplit_once("-pod")?.1.replace('_', "-"),
-        None => next.strip_prefix("pod")?.to_owned(),
+        None => name.strip_prefix("pod")?.to_owned(),
     };
     let is_uuid = uid.len() == UID_LEN
         && uid.char_indices().all(|(i, c)| {
@@ -174,6 +177,14 @@ fn pod_uid(line: &str) -> Option<String> {
         });
     is_uuid.then_some(uid)
 }
+
+/// The names the kubelet gives its QoS classes' cgroups under `kubepods` (both drivers).
+pub const QOS_CGROUPS: [&str; 4] = [
+    "besteffort",
+    "burstable",
+    "kubepods-besteffort.slice",
+    "kubepods-burstable.slice",
+];
 
 #[cfg(test)]
 mod tests {

@@ -75,6 +75,9 @@ impl Testbed {
                 .join("handover.sock")
                 .display()
                 .to_string(),
+            // Where the test bed puts the node's pod cgroups (the kubelet's cgroupfs layout).
+            "--pod-cgroups".to_owned(),
+            self.pods_cgroup(&node.name).display().to_string(),
         ];
         if options.config_from_controller {
             args.extend(["--config-source".to_owned(), "controller".to_owned()]);
@@ -161,6 +164,11 @@ impl Testbed {
             substitutions,
         };
         self.launch_agent(node, args, Some(launch))
+    }
+
+    /// The node's `kubepods` cgroup, under which its pods' cgroups are.
+    pub fn pods_cgroup(&self, node: &str) -> PathBuf {
+        self.cgroup_dir.join(node).join("kubepods")
     }
 
     /// Where node `node`'s agents meet to hand over (its own, as each real node has one).

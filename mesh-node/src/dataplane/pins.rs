@@ -19,6 +19,8 @@ use super::Error;
 /// `statfs` magic of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const SK_LOOKUP_PREFIX: &str = "sk_lookup-";
+/// The pin of `mesh_common::maps::DECIDED_PODS` (its presence tells a restart from a boot).
+pub(super) const DECIDED_PODS_PIN: &str = "decided_pods";
 
 /// Whether a bpffs is mounted at `path`.
 pub fn is_bpffs(path: &Path) -> std::io::Result<bool> {
