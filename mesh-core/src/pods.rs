@@ -12,6 +12,10 @@ use std::{
     time::SystemTime,
 };
 
+mod index;
+
+pub use index::IndexedPods;
+
 use crate::telemetry::{Owner, WorkloadNames};
 use serde::{Deserialize, Serialize};
 

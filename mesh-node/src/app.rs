@@ -27,7 +27,7 @@ use crate::{
     handover::{Offer, Predecessor, Request},
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
-    pods::{self, FileWatch, PodsFile},
+    pods::{self, FileWatch, IndexedPods, PodsFile},
     policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
     sandbox::Sandboxes,
@@ -107,8 +107,8 @@ pub struct State {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub connections: Connections,
-    /// The last valid pods file: names peers in metrics.
-    pods: RwLock<Arc<PodsFile>>,
+    /// The last valid pods, indexed for the lookups made per connection.
+    pods: RwLock<Arc<IndexedPods>>,
     enrolled: RwLock<Vec<EnrolledView>>,
     /// Programs attached and the first reconcile done.
     ready: AtomicBool,
@@ -134,11 +134,11 @@ pub struct ConfigDump {
     pub policies: usize,
     pub policy_list: Vec<String>,
     pub policy_errors: Vec<String>,
-    pub pods: Arc<PodsFile>,
+    pub pods: Arc<IndexedPods>,
 }
 
 impl State {
-    pub fn pods(&self) -> Arc<PodsFile> {
+    pub fn pods(&self) -> Arc<IndexedPods> {
         self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -337,7 +337,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         config: config.clone(),
         metrics: Metrics::default(),
         connections: Connections::default(),
-        pods: RwLock::new(Arc::new(PodsFile::default())),
+        pods: RwLock::new(Arc::new(IndexedPods::default())),
         enrolled: RwLock::new(Vec::new()),
         ready: AtomicBool::new(false),
         certificates,
@@ -472,7 +472,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
                 last_attempt = std::time::Instant::now();
                 let relabelled = enrollment.reconcile(&file);
-                *state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file);
+                *state.pods.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(IndexedPods::new(file));
                 // Only new labels or waypoint bindings of this node's pods change what their
                 // live connections are allowed; other pod changes need no pass over them.
                 let closed = if relabelled > 0 {

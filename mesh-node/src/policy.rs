@@ -118,7 +118,7 @@ pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
 pub fn enforce(state: &State) -> usize {
     let (policies, pods) = (state.policies(), state.pods());
     state.connections.close_unless(|authorized| {
-        let Some(pod) = pods.pods.iter().find(|p| p.key() == authorized.pod) else {
+        let Some(pod) = pods.by_key(&authorized.pod) else {
             return false;
         };
         check_inbound(

@@ -15,7 +15,7 @@ use mesh_core::{
     telemetry::ServiceLabel,
 };
 
-use crate::pods::{Pod, PodsFile};
+use crate::pods::{IndexedPods, Pod};
 
 #[derive(Debug)]
 pub struct Service {
@@ -134,7 +134,7 @@ impl Service {
 
     /// One endpoint for a connection to `port` of this service, picked at random among the
     /// pods its selector names (or its EndpointSlices' addresses).
-    pub fn pick_endpoint(&self, pods: &PodsFile, port: u16) -> Option<SocketAddr> {
+    pub fn pick_endpoint(&self, pods: &IndexedPods, port: u16) -> Option<SocketAddr> {
         let target_port = self
             .ports
             .iter()
@@ -143,9 +143,8 @@ impl Service {
         let candidates: Vec<IpAddr> = if self.selector.is_empty() {
             self.endpoints.clone()
         } else {
-            pods.pods
-                .iter()
-                .filter(|pod| pod.namespace == self.namespace && self.selects(pod))
+            pods.in_namespace(&self.namespace)
+                .filter(|pod| self.selects(pod))
                 .map(|pod| IpAddr::V4(pod.ip))
                 .collect()
         };

@@ -20,7 +20,7 @@ use crate::{
     app::State,
     dataplane::OrigDsts,
     metrics::{Reporter, ResponseFlags},
-    pods::PodsFile,
+    pods::IndexedPods,
 };
 
 pub async fn serve_outbound(
@@ -153,7 +153,7 @@ fn plan(state: &State, dst: SocketAddr) -> Plan {
     Plan::Plain(target)
 }
 
-fn through_waypoint(state: &State, pods: &PodsFile, waypoint: &str, target: SocketAddr) -> Plan {
+fn through_waypoint(state: &State, pods: &IndexedPods, waypoint: &str, target: SocketAddr) -> Plan {
     if state.hbone.is_none() {
         return Plan::Refuse(format!(
             "{target} is behind waypoint {waypoint}, which needs HBONE (no --ca-addr)"

@@ -26,10 +26,11 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Paths to measure besides direct (comma-separated): captured, captured+sockmap, hbone.
+    /// Paths to measure besides direct (comma-separated): captured, captured+sockmap, hbone,
+    /// hbone+10k-pods (connection setup and memory with 10,000 more remote pods known).
     #[arg(
         long,
-        default_value = "captured,captured+sockmap,hbone",
+        default_value = "captured,captured+sockmap,hbone,hbone+10k-pods",
         value_delimiter = ','
     )]
     paths: Vec<String>,
@@ -58,14 +59,16 @@ fn main() -> Result<()> {
     // sockets in TIME_WAIT, which would slow the next path's port allocation.
     let tb = Testbed::new(Topology {
         nodes: 2,
-        pods_per_node: 4,
+        pods_per_node: 5,
         ..Topology::default()
     })?;
     // n*-p0 are enrolled, n*-p1 are not.
-    for pod in ["n0-p0", "n1-p0", "n0-p2", "n1-p2", "n0-p3", "n1-p3"] {
+    for pod in [
+        "n0-p0", "n1-p0", "n0-p2", "n1-p2", "n0-p3", "n1-p3", "n0-p4", "n1-p4",
+    ] {
         tb.set_pod_mode(pod, Some("ambient"))?;
     }
-    let _servers: Vec<_> = ["n1-p0", "n1-p1", "n1-p2", "n1-p3"]
+    let _servers: Vec<_> = ["n1-p0", "n1-p1", "n1-p2", "n1-p3", "n1-p4"]
         .iter()
         .map(|p| echo_server(tb.pod(p).listen(ECHO_PORT)?))
         .collect::<Result<_>>()?;
@@ -136,6 +139,15 @@ fn main() -> Result<()> {
         drop(agents);
         all.push((name, results));
     }
+    if args.paths.iter().any(|p| p == "hbone+10k-pods") {
+        eprintln!("bench: hbone with 10,000 more remote pods known to the agents");
+        let options = AgentOptions {
+            ca_root: Some(controller.root.clone()),
+            worker_threads: Some(args.agent_workers),
+            ..AgentOptions::default()
+        };
+        all.push(("hbone+10k-pods", many_pods(&tb, &options, secs, 10_000)?));
+    }
     drop(iperf_servers);
     print_table(&all);
     let authz_us = authorization_check_us()?;
@@ -143,6 +155,72 @@ fn main() -> Result<()> {
         "authorization against 10,000 policies in 1,000 namespaces: {authz_us:.2} us per check"
     );
     write_json(&all, args.seconds, authz_us)
+}
+
+/// Connection setup and agent memory with `extra` remote pods in the mesh (on a node with no
+/// agent here), against the same measurements with a handful (the `hbone` path): the goal is
+/// the same cost per connection.
+fn many_pods(
+    tb: &Testbed,
+    options: &AgentOptions,
+    secs: Duration,
+    extra: usize,
+) -> Result<Results> {
+    tb.update_pods_file(|file| {
+        for i in 0..extra {
+            file.pods.push(mesh_node::pods::Pod {
+                name: format!("remote-{i}"),
+                namespace: "default".to_owned(),
+                node: "elsewhere".to_owned(),
+                service_account: format!("sa-{}", i % 100),
+                ip: std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
+                netns: "/nonexistent".into(),
+                cgroup: None,
+                labels: [("app".to_owned(), format!("app-{}", i % 500))].into(),
+                uid: None,
+                owner: None,
+                names: None,
+                enrolled: None,
+                waypoint: None,
+            });
+        }
+    })?;
+    let (client, server) = (tb.pod("n0-p4").clone(), tb.pod("n1-p4").clone());
+    let agents = [
+        tb.start_agent("n0", options)?,
+        tb.start_agent("n1", options)?,
+    ];
+    agents[0].wait_enrolled(&client.key(), true)?;
+    agents[1].wait_enrolled(&server.key(), true)?;
+    let mut r = Results::new();
+    r.insert("agent_rss_idle_mb", rss_mb(&agents)?);
+    let dst = server.addr(ECHO_PORT);
+    let connect = || client.connect(dst);
+    for (clients, key) in [
+        (1, "new_conn_1_client_per_s"),
+        (4, "new_conn_4_clients_per_s"),
+    ] {
+        let rate = connection_rate(&connect, clients, secs).unwrap_or_else(|error| {
+            eprintln!("bench: {key} failed: {error:#}");
+            f64::NAN
+        });
+        r.insert(key, rate);
+    }
+    match request_response(&connect, 1, 1024, secs) {
+        Ok(h) => {
+            r.insert(
+                "rr_1k_1conn_p50_us",
+                h.value_at_quantile(0.50) as f64 / 1000.0,
+            );
+            r.insert(
+                "rr_1k_1conn_p99_us",
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+        Err(error) => eprintln!("bench: request/response failed: {error:#}"),
+    }
+    r.insert("agent_rss_after_load_mb", rss_mb(&agents)?);
+    Ok(r)
 }
 
 /// Mean time of one L4 authorization decision with 10,000 AuthorizationPolicies in the mesh.
