@@ -193,6 +193,7 @@ fn many_pods(
     agents[0].wait_enrolled(&client.key(), true)?;
     agents[1].wait_enrolled(&server.key(), true)?;
     let mut r = Results::new();
+    std::thread::sleep(Duration::from_secs(2));
     r.insert("agent_rss_idle_mb", rss_mb(&agents)?);
     let dst = server.addr(ECHO_PORT);
     let connect = || client.connect(dst);
@@ -220,6 +221,7 @@ fn many_pods(
         Err(error) => eprintln!("bench: request/response failed: {error:#}"),
     }
     r.insert("agent_rss_after_load_mb", rss_mb(&agents)?);
+    r.insert("agent_rss_settled_mb", settled_rss_mb(&agents)?);
     Ok(r)
 }
 
@@ -302,6 +304,8 @@ fn measure(
 ) -> Result<Results> {
     let mut r = Results::new();
     if let Some(agents) = agents {
+        // Past start-up's transient allocations, as the settled RSS after the load is.
+        std::thread::sleep(Duration::from_secs(2));
         r.insert("agent_rss_idle_mb", rss_mb(agents)?);
     }
     let dst = server.addr(ECHO_PORT);
@@ -365,8 +369,28 @@ fn measure(
     record("storm_60k_failed", Ok(storm.failed as f64));
     if let Some(agents) = agents {
         r.insert("agent_rss_after_load_mb", rss_mb(agents)?);
+        r.insert("agent_rss_settled_mb", settled_rss_mb(agents)?);
     }
     Ok(r)
+}
+
+/// RSS once the load's connections have all closed and the allocator had a moment to give
+/// freed memory back: within 20 % of the idle RSS is the goal.
+fn settled_rss_mb(agents: &[mesh_tests::Agent; 2]) -> Result<f64> {
+    let carried = |agent: &mesh_tests::Agent| {
+        agent
+            .connections()
+            .map(|c| c.as_array().map_or(0, Vec::len))
+            .unwrap_or(0)
+    };
+    mesh_tests::sys::wait_until(
+        "the load's connections to close",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || Ok(agents.iter().all(|a| carried(a) == 0)),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    rss_mb(agents)
 }
 
 fn iperf3(client: &Pod, server: &Pod, streams: u32, secs: Duration) -> Result<f64> {
