@@ -1,4 +1,6 @@
-//! A waypoint replaced under HTTP load fails no request. A second instance starts in another
+//! HTTP through a waypoint fails no request while the node agents of the client and the
+//! backends are restarted (each hands over to a successor), nor while the waypoint is replaced.
+//! A second waypoint instance starts in another
 //! pod; the first leaves the waypoint's endpoints (the node agents stop choosing it), and is
 //! then told to stop (SIGTERM, as Kubernetes does): it goes on accepting for its drain delay,
 //! stops accepting, sends GOAWAY on its HBONE connections, closes each HTTP connection after
@@ -28,14 +30,11 @@ const CLIENTS: usize = 4;
 #[test]
 fn a_waypoint_replaced_under_load_fails_no_request() -> Result<()> {
     let mut l7 = setup_with(&["--drain-delay-secs", "1", "--drain-timeout-secs", "20"])?;
-    // A keep-alive connection through the first waypoint, for a slow request during its drain.
-    let mut slow_client = l7.client(FLAKY, "flaky")?;
-    ensure!(slow_client.get("/warm", &[])?.status == 200);
 
     let stop = AtomicBool::new(false);
     let (answered, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let errors = Mutex::new(Vec::new());
-    let (tb, agents, controller) = (&l7.tb, &l7.agents, &l7.controller);
+    let (tb, agents, controller) = (&l7.tb, &mut l7.agents, &l7.controller);
     let first = &mut l7.waypoint;
     let reviews: SocketAddr = format!("{REVIEWS}:{PORT}").parse()?;
     let load = |stop: &AtomicBool| {
@@ -75,6 +74,23 @@ fn a_waypoint_replaced_under_load_fails_no_request() -> Result<()> {
         let clients: Vec<_> = (0..CLIENTS).map(|_| scope.spawn(|| load(&stop))).collect();
         let replaced = (|| -> Result<_> {
             wait_answered(200)?;
+            // The node agents of the client and of the backends are restarted under the load
+            // (each hands over to a successor, which a DaemonSet rollout starts beside it).
+            let mut handed_over = Vec::new();
+            for node in [1, 0] {
+                let successor = agents[node].start_successor(None)?;
+                agents[node].terminate()?;
+                handed_over.push(std::mem::replace(&mut agents[node], successor));
+                wait_answered(200)?;
+            }
+            for mut old in handed_over {
+                old.wait_exit(Duration::from_secs(20))?;
+            }
+            // A keep-alive connection through the first waypoint, for a slow request during
+            // its drain.
+            let mut slow_client =
+                HttpClient::connect(tb.pod("n0-p0"), format!("{FLAKY}:{PORT}").parse()?, "flaky")?;
+            ensure!(slow_client.get("/warm", &[])?.status == 200);
             // The second instance, in a pod of its own.
             tb.set_service_account(second_pod, "waypoint")?;
             tb.set_pod_mode(second_pod, Some("none"))?;
@@ -98,7 +114,7 @@ fn a_waypoint_replaced_under_load_fails_no_request() -> Result<()> {
             // The first leaves the waypoint's endpoints: once both agents know, no new
             // connection is sent to it.
             tb.label_pod(&first.pod, mesh_node::pods::GATEWAY_NAME_LABEL, None)?;
-            for agent in agents {
+            for agent in agents.iter() {
                 wait_until(
                     "the agents to stop choosing the first waypoint",
                     Duration::from_secs(20),
