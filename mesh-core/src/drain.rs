@@ -52,6 +52,36 @@ impl Watch {
     }
 }
 
+/// Waits until `carried()` (what is still in flight) is 0, `deadline` has passed, or
+/// `stop_now` resolves (a second signal); says which in the log.
+pub async fn wait_carried(
+    carried: impl Fn() -> usize,
+    deadline: std::time::Duration,
+    stop_now: impl Future<Output = ()>,
+) {
+    let started = std::time::Instant::now();
+    tokio::pin!(stop_now);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stop_now => {
+                tracing::info!("asked again: stopping without waiting");
+                return;
+            }
+        }
+        let left = carried();
+        if left == 0 {
+            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
+            return;
+        }
+        if started.elapsed() >= deadline {
+            tracing::warn!(left, "drain deadline reached: closing what is still open");
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

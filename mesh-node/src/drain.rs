@@ -4,7 +4,7 @@
 //! carries go on until they end or the drain deadline passes, and its HBONE connections are
 //! sent GOAWAY so their clients open new ones (to the successor).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -55,29 +55,5 @@ pub async fn carried(state: &State, deadline: Duration, signals: &Signals) {
         deadline_secs = deadline.as_secs(),
         "draining: carried connections go on until they end"
     );
-    let started = Instant::now();
-    let again = signals.received(2);
-    tokio::pin!(again);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut again => {
-                tracing::info!("asked again: stopping without waiting");
-                return;
-            }
-        }
-        let left = state.connections.len();
-        if left == 0 {
-            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
-            return;
-        }
-        if started.elapsed() >= deadline {
-            tracing::warn!(
-                left,
-                "drain deadline reached: closing the connections still open"
-            );
-            return;
-        }
-    }
+    mesh_core::drain::wait_carried(|| state.connections.len(), deadline, signals.received(2)).await;
 }

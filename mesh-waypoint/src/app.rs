@@ -181,31 +181,12 @@ async fn stop(
     drop(serving);
     trigger.start();
     let deadline = Duration::from_secs(app.config.drain_timeout_secs);
-    let started = std::time::Instant::now();
     tracing::info!(
         connections = app.connections.in_flight(),
         deadline_secs = deadline.as_secs(),
         "draining: GOAWAY sent; requests in flight go on"
     );
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut again => {
-                tracing::info!("asked again: stopping without waiting");
-                return;
-            }
-        }
-        let left = app.connections.in_flight();
-        if left == 0 {
-            tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained");
-            return;
-        }
-        if started.elapsed() >= deadline {
-            tracing::warn!(left, "drain deadline reached: closing what is still open");
-            return;
-        }
-    }
+    mesh_core::drain::wait_carried(|| app.connections.in_flight(), deadline, again).await;
 }
 
 fn ca_client(config: &Config) -> Result<CaClient, Error> {

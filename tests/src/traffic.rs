@@ -222,12 +222,17 @@ pub fn upload_paced_and_verify(mut stream: TcpStream, total: u64, pause: Duratio
             std::thread::sleep(pause);
         }
     }
+    check_upload(&stream, hasher, total)
+}
+
+/// Ends an upload to a checksum server and checks that it saw the `sent` bytes `hasher` saw.
+fn check_upload(stream: &TcpStream, hasher: Sha256, sent: u64) -> Result<()> {
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
-    Patient::new(&stream)
+    Patient::new(stream)
         .read_to_string(&mut answer)
         .context("reading the checksum")?;
-    let expected = format!("{} {total}", hex(&hasher.finalize()));
+    let expected = format!("{} {sent}", hex(&hasher.finalize()));
     if answer.trim() != expected {
         bail!("server saw {:?}, sent {expected:?}", answer.trim());
     }
@@ -253,15 +258,7 @@ pub fn upload_until_and_verify(
         sent += chunk.len() as u64;
         std::thread::sleep(pause);
     }
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut answer = String::new();
-    Patient::new(&stream)
-        .read_to_string(&mut answer)
-        .context("reading the checksum")?;
-    let expected = format!("{} {sent}", hex(&hasher.finalize()));
-    if answer.trim() != expected {
-        bail!("server saw {:?}, sent {expected:?}", answer.trim());
-    }
+    check_upload(&stream, hasher, sent)?;
     Ok(sent)
 }
 
