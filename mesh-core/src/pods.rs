@@ -53,11 +53,23 @@ pub struct PodsFile {
     pub namespaces: Vec<Namespace>,
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Pods scheduled but without an address yet (from the controller only), by UID: whether
+    /// each is of the mesh is known before the kubelet starts it.
+    #[serde(skip)]
+    pub scheduled: BTreeMap<String, Scheduled>,
     /// Each waypoint (`namespace/name` of its Gateway) and the service account its proxies
     /// run as, as the controller published them. A waypoint is known by this identity only:
     /// a pod that merely carries a waypoint's label is not one of its pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub waypoints: BTreeMap<String, String>,
+}
+
+/// A pod the controller knows is scheduled, before it has an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub node: String,
+    /// Whether it is in the mesh, as the controller decided.
+    pub enrolled: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::{
     app::State,
-    pods::{Pod, PodsFile},
+    pods::{Pod, PodsFile, Scheduled},
     policy,
     services::Services,
 };
@@ -147,10 +147,25 @@ pub fn pods_of(view: &ConfigView) -> PodsFile {
             _ => None,
         })
         .collect();
+    let scheduled = view
+        .resources
+        .values()
+        .filter_map(|resource| match &resource.body {
+            Some(Body::Workload(w)) if w.addresses.is_empty() && !w.uid.is_empty() => Some((
+                w.uid.clone(),
+                Scheduled {
+                    node: w.node.clone(),
+                    enrolled: w.enrolled,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
     PodsFile {
         namespaces: Vec::new(),
         pods,
         waypoints,
+        scheduled,
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::pods::{Pod, PodsFile};
+use crate::pods::{Pod, PodsFile, Scheduled};
 
 /// Length of a UUID in text form.
 const UID_LEN: usize = 36;
@@ -60,6 +60,19 @@ impl Sandboxes {
                 None => {
                     missing.insert(pod.key());
                 }
+            }
+        }
+        // Left out of the pods, but still known as pods of the mesh on this node: a pod
+        // starting with this UID stays held until its namespace is found and it is enrolled.
+        for pod in file.pods.iter().filter(|pod| missing.contains(&pod.key())) {
+            if let Some(uid) = &pod.uid {
+                file.scheduled.insert(
+                    uid.clone(),
+                    Scheduled {
+                        node: pod.node.clone(),
+                        enrolled: true,
+                    },
+                );
             }
         }
         file.pods.retain(|pod| !missing.contains(&pod.key()));
@@ -272,6 +285,31 @@ mod tests {
         assert!(!still_the_pods(&netns, UID), "a process that is gone");
         // Local mode's named namespaces are no process's.
         assert!(still_the_pods(Path::new("/run/netns/pod-a"), UID));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pod_of_the_mesh_left_out_for_its_namespace_stays_known_as_one() {
+        let dir = std::env::temp_dir().join(format!("ambit-sandbox-fill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("self")).unwrap();
+        let mut file: PodsFile = serde_json::from_value(serde_json::json!({
+            "namespaces": [{"name": "a", "labels": {"ambit.io/dataplane-mode": "ambient"}}],
+            "pods": [{"name": "p", "namespace": "a", "node": "n0", "ip": "10.0.0.1",
+                      "netns": "/x", "uid": UID}],
+        }))
+        .unwrap();
+        // No process of the pod yet: its namespace is not found.
+        let missing = Sandboxes::Proc(dir.clone()).fill(&mut file, "n0");
+        assert_eq!(missing, ["a/p"]);
+        assert!(file.pods.is_empty());
+        assert_eq!(
+            file.scheduled.get(UID),
+            Some(&Scheduled {
+                node: "n0".to_owned(),
+                enrolled: true
+            })
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -167,5 +167,77 @@ fn a_pod_connecting_from_its_first_instant_never_leaves_uncaptured() -> Result<(
         broken == 0,
         "{broken} connections broke after they were made"
     );
+    outside_the_mesh_is_let_go(&tb, &agents[0], dst)
+}
+
+/// A pod outside the mesh that starts is let go as soon as the agent knows it.
+fn outside_the_mesh_is_let_go(
+    tb: &Testbed,
+    agent: &mesh_tests::Agent,
+    dst: std::net::SocketAddr,
+) -> Result<()> {
+    let starting = tb.pod("n0-p1");
+    let mut waits = Vec::new();
+    for start in 0..5 {
+        let uid = format!("0b7e{start:04x}-0000-4000-8000-{:012x}", std::process::id());
+        tb.update_pods_file(|file| {
+            if let Some(pod) = file.pods.iter_mut().find(|p| p.name == starting.name) {
+                pod.uid = Some(uid.clone());
+                pod.labels.insert(
+                    mesh_node::pods::DATAPLANE_MODE_LABEL.to_owned(),
+                    "none".to_owned(),
+                );
+            }
+        })?;
+        wait_until(
+            "the agent to know the pod",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let dump = agent.config_dump()?;
+                Ok(dump["pods"]["pods"]
+                    .as_array()
+                    .is_some_and(|pods| pods.iter().any(|p| p["uid"] == uid.as_str())))
+            },
+        )?;
+        let cgroup = tb.pods_cgroup("n0").join(format!("pod{uid}"));
+        std::fs::create_dir(&cgroup)?;
+        let mut command = Command::new("bash");
+        command
+            .args(["-c", &connect_loop(dst, 3)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))?;
+        start_inside(
+            &mut command,
+            std::fs::File::open(starting.netns_path())?,
+            Some(procs),
+        );
+        let lines =
+            String::from_utf8_lossy(&command.spawn()?.wait_with_output()?.stdout).into_owned();
+        ensure!(lines.lines().last() == Some("ok"), "start {start}: {lines}");
+        let decided = format!("uid={uid} verdict=not in the mesh waited_ms=");
+        wait_until(
+            "the agent to let the pod go",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(agent.log().contains(&decided)),
+        )?;
+        let log = agent.log();
+        let waited: u64 = log
+            .split(&decided)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|ms| ms.parse().ok())
+            .context("waited_ms")?;
+        waits.push(waited);
+    }
+    waits.sort_unstable();
+    eprintln!(
+        "5 starts of a pod outside the mesh: let go after {} ms (median), {} ms at most",
+        waits[2], waits[4]
+    );
     Ok(())
 }

@@ -181,22 +181,31 @@ fn ready_addresses(slice: &EndpointSlice) -> impl Iterator<Item = String> + '_ {
         .flat_map(|e| e.addresses.iter().cloned())
 }
 
-/// A running pod as a workload; `None` for pods without an address yet.
+/// A pod as a workload. One scheduled but without an address yet goes out too, with none:
+/// its node's agent then knows, before the kubelet starts it, whether it is of the mesh (the
+/// kernel refuses a starting pod's connects until its agent has decided). `None` for a pod
+/// not scheduled yet, or finished without an address.
 pub(super) fn workload(pod: &Pod, context: &Context) -> Option<pb::Workload> {
-    let status = pod.status.as_ref()?;
+    let status = pod.status.as_ref();
     let mut addresses: Vec<String> = status
-        .pod_ips
-        .iter()
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
         .flatten()
         .map(|ip| ip.ip.clone())
         .collect();
     if addresses.is_empty() {
-        addresses.extend(status.pod_ip.clone());
-    }
-    if addresses.is_empty() {
-        return None;
+        addresses.extend(status.and_then(|s| s.pod_ip.clone()));
     }
     let spec = pod.spec.as_ref();
+    let scheduled = spec
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let finished = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+    if addresses.is_empty() && (!scheduled || finished) {
+        return None;
+    }
     let namespace = pod.namespace().unwrap_or_default();
     let service_account = spec
         .and_then(|s| s.service_account_name.clone())

@@ -59,6 +59,23 @@ impl Enrollment {
                         .then_some("captured")
                 }
                 Some(_) => Some("not in the mesh"),
+                // Scheduled here, no address yet: decided now if it is not of the mesh; a pod
+                // of the mesh waits until it is enrolled.
+                None if file
+                    .scheduled
+                    .get(&cgroup.uid)
+                    .is_some_and(|s| s.node == node && !s.enrolled) =>
+                {
+                    Some("not in the mesh")
+                }
+                // Of the mesh, its namespace not found yet: held until it is enrolled.
+                None if file
+                    .scheduled
+                    .get(&cgroup.uid)
+                    .is_some_and(|s| s.node == node && s.enrolled) =>
+                {
+                    None
+                }
                 None if cgroup.seen.elapsed() >= hold => {
                     tracing::warn!(
                         uid = %cgroup.uid, hold_secs = hold.as_secs(),

@@ -239,3 +239,65 @@ fn waypoint_pods_are_offered_only_while_they_serve() {
         ]
     );
 }
+
+/// A pod scheduled but not yet given an address goes to the node agents with no address, so
+/// its node's agent knows whether it is of the mesh before it starts; one not scheduled, or
+/// finished, does not.
+#[test]
+fn scheduled_pods_go_out_before_they_have_an_address() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: shop, uid: 11111111-1111-4111-8111-111111111111}
+spec: {nodeName: n0, containers: []}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outside, namespace: legacy}
+spec: {nodeName: n0, containers: []}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unscheduled, namespace: shop}
+spec: {containers: []}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: shop}
+spec: {nodeName: n0, containers: []}
+status: {phase: Succeeded}
+"#;
+    let mut set = ConfigSet::default();
+    let errors = parse_documents("t.yaml", yaml, &mut set);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut sent: Vec<(String, bool, usize, String)> =
+        compile(&set, &validate(&set, "cluster.local"), "cluster.local")
+            .into_iter()
+            .filter_map(|r| match r.body? {
+                Body::Workload(w) => Some((w.name, w.enrolled, w.addresses.len(), w.uid)),
+                _ => None,
+            })
+            .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("outside".to_owned(), false, 0, String::new()),
+            (
+                "starting".to_owned(),
+                true,
+                0,
+                "11111111-1111-4111-8111-111111111111".to_owned()
+            ),
+        ]
+    );
+}
