@@ -1,6 +1,11 @@
 //! Wires the agent: dataplane, enrollment loop, proxies and HTTP endpoints.
 
+mod pod_source;
+mod state;
 mod succession;
+
+use pod_source::{PodSource, RETRY_ENROLLMENT};
+pub use state::{ConfigDump, State};
 
 use std::{
     sync::{
@@ -11,7 +16,6 @@ use std::{
 };
 
 use mesh_common::{NODE_ACCELERATE, NodeConfig};
-use serde::Serialize;
 
 use crate::{
     admin::{self, Endpoint},
@@ -20,14 +24,13 @@ use crate::{
         pod_starts::{self, PodStart},
     },
     config::{Config, ConfigSource},
-    control::StreamedPods,
     dataplane::{self, Dataplane},
     drain::{self, Signals},
-    enrollment::{EnrolledView, Enrollment},
+    enrollment::Enrollment,
     handover::{Offer, Predecessor, Request},
-    identity::{CertificateStore, CertificateView},
+    identity::CertificateStore,
     metrics::Metrics,
-    pods::{self, FileWatch, IndexedPods, PodsFile},
+    pods::{FileWatch, IndexedPods},
     policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
     sandbox::Sandboxes,
@@ -36,186 +39,8 @@ use crate::{
 use mesh_core::{
     Identity,
     ca_client::{CaClient, Token, TrustRoots},
-    policy::{LoadError, PolicySet},
+    policy::PolicySet,
 };
-
-/// How soon a pod that failed to enroll (or whose network namespace was not found) is tried
-/// again.
-const RETRY_ENROLLMENT: Duration = Duration::from_secs(1);
-
-/// Where the pods to capture come from.
-enum PodSource {
-    /// Local mode: the pods file says everything.
-    File(FileWatch),
-    /// The controller's workloads, with this node's pods' network namespaces found locally.
-    Controller {
-        streamed: StreamedPods,
-        sandboxes: Sandboxes,
-        /// Pods of this node whose network namespace was not found at the last look.
-        missing: Vec<String>,
-        last_look: std::time::Instant,
-        /// Look again at the next poll: a pod cgroup got its first process.
-        look_again: bool,
-    },
-}
-
-impl PodSource {
-    /// A pod cgroup got its first process: its network namespace can be found now.
-    fn look_again(&mut self) {
-        if let PodSource::Controller { look_again, .. } = self {
-            *look_again = true;
-        }
-    }
-
-    /// `Some` with the pods to apply when they changed, or when it is time to look again for
-    /// pods whose network namespace was missing.
-    fn poll(&mut self, node: &str) -> Option<Result<PodsFile, pods::Error>> {
-        match self {
-            PodSource::File(watch) => watch.poll(),
-            PodSource::Controller {
-                streamed,
-                sandboxes,
-                missing,
-                last_look,
-                look_again,
-            } => {
-                let changed = streamed.has_changed().unwrap_or(false);
-                let retry = !missing.is_empty()
-                    && (std::mem::take(look_again) || last_look.elapsed() >= RETRY_ENROLLMENT);
-                if !changed && !retry {
-                    return None;
-                }
-                let mut file = (**streamed.borrow_and_update().as_ref()?).clone();
-                *last_look = std::time::Instant::now();
-                let now_missing = sandboxes.fill(&mut file, node);
-                if now_missing != *missing && !now_missing.is_empty() {
-                    tracing::warn!(
-                        pods = ?now_missing,
-                        "network namespace not found ({}); not captured until it is",
-                        sandboxes.describe()
-                    );
-                }
-                *missing = now_missing;
-                Some(Ok(file))
-            }
-        }
-    }
-}
-
-/// What the proxies and the endpoints share.
-pub struct State {
-    pub config: Arc<Config>,
-    pub metrics: Metrics,
-    pub connections: Connections,
-    /// The last valid pods, indexed for the lookups made per connection.
-    pods: RwLock<Arc<IndexedPods>>,
-    enrolled: RwLock<Vec<EnrolledView>>,
-    /// Programs attached and the first reconcile done.
-    ready: AtomicBool,
-    /// Certificates for the enrolled pods' identities (HBONE mode only).
-    pub certificates: Option<Arc<CertificateStore>>,
-    /// Pooled HBONE connections (HBONE mode only).
-    pub hbone: Option<HbonePool>,
-    /// The identities enrolled pods have: readiness waits for their certificates.
-    identities: RwLock<Vec<Identity>>,
-    policies: RwLock<Arc<PolicySet>>,
-    policy_errors: RwLock<Vec<String>>,
-    /// Services by address (from the controller's stream; none in local mode).
-    services: RwLock<Arc<Services>>,
-    /// Signals once the agent stops accepting: HBONE connections then send GOAWAY.
-    pub drain: mesh_core::drain::Watch,
-}
-
-#[derive(Serialize)]
-pub struct ConfigDump {
-    pub config: Arc<Config>,
-    pub enrolled: Vec<EnrolledView>,
-    pub certificates: Vec<CertificateView>,
-    pub policies: usize,
-    pub policy_list: Vec<String>,
-    pub policy_errors: Vec<String>,
-    pub pods: Arc<IndexedPods>,
-}
-
-impl State {
-    pub fn pods(&self) -> Arc<IndexedPods> {
-        self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn services(&self) -> Arc<Services> {
-        self.services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set_services(&self, services: Services) {
-        *self.services.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(services);
-    }
-
-    pub fn set_enrolled(&self, view: Vec<EnrolledView>) {
-        *self.enrolled.write().unwrap_or_else(|p| p.into_inner()) = view;
-    }
-
-    /// Ready once the programs are attached, the pods file applied, and (with HBONE) every
-    /// enrolled pod's certificate loaded.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.certificates.as_ref().is_none_or(|certs| {
-                certs.has_all(&self.identities.read().unwrap_or_else(|p| p.into_inner()))
-            })
-    }
-
-    /// Records the enrolled pods' identities and keeps certificates for exactly those.
-    pub fn set_identities(&self, identities: Vec<Identity>) {
-        if let Some(certs) = &self.certificates {
-            certs.retain(&identities);
-        }
-        *self.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
-    }
-
-    pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set_policies(&self, policies: PolicySet, errors: Vec<LoadError>) {
-        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
-        *self
-            .policy_errors
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = errors.iter().map(ToString::to_string).collect();
-    }
-
-    pub fn certificate_view(&self) -> Vec<CertificateView> {
-        self.certificates
-            .as_ref()
-            .map(|c| c.view())
-            .unwrap_or_default()
-    }
-
-    pub fn config_dump(&self) -> ConfigDump {
-        ConfigDump {
-            config: self.config.clone(),
-            enrolled: self
-                .enrolled
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            certificates: self.certificate_view(),
-            policies: self.policies().len(),
-            policy_list: self.policies().summary(),
-            policy_errors: self
-                .policy_errors
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            pods: self.pods(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -379,34 +204,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             (None, source)
         }
     };
-    // In Kubernetes each agent has its pod's own address, so both bind. Where they share one
-    // (the test bed, a host-network agent), the predecessor's listeners are taken instead:
-    // the probe then reaches this agent, not ready until it has taken the pods over.
-    let mut bound = Vec::new();
-    for (addr, what, endpoint) in [
-        (config.metrics_addr, "metrics", Endpoint::Metrics),
-        (config.readiness_addr, "readiness", Endpoint::Readiness),
-        (config.admin_addr, "admin", Endpoint::Admin),
-    ] {
-        bound.push((endpoint, what, addr, admin::bind(addr)));
-    }
-    let in_use = |result: &std::io::Result<_>| matches!(result, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
-    let mut inherited_endpoints = match &predecessor {
-        Some(predecessor) if bound.iter().any(|(.., result)| in_use(result)) => {
-            predecessor.take_endpoints()?
-        }
-        _ => Vec::new(),
-    };
-    let mut endpoints = Vec::new();
-    for (endpoint, what, addr, result) in bound {
-        let serve_error = |source| Error::Serve { what, addr, source };
-        let listener = match inherited_endpoints.iter().position(|(e, _)| *e == endpoint) {
-            Some(at) if in_use(&result) => inherited_endpoints.swap_remove(at).1,
-            _ => result.map_err(serve_error)?,
-        };
-        let (fd, task) = admin::serve(listener, endpoint, state.clone()).map_err(serve_error)?;
-        endpoints.push((endpoint, fd, task));
-    }
+    let endpoints = serve_endpoints(&config, &state, predecessor.as_ref())?;
     let (pods_tx, mut handover_requests) = tokio::sync::mpsc::channel(1);
     let offer = Arc::new(Offer {
         endpoints: std::sync::Mutex::new(endpoints),
@@ -532,6 +330,43 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Serves the metrics, readiness and admin endpoints. In Kubernetes each agent has its pod's
+/// own address, so both agents of a rollout bind. Where they share one (the test bed, a
+/// host-network agent) the predecessor's listeners are taken instead: the probe then reaches
+/// this agent, not ready until it has taken the pods over. Returns what a successor takes.
+fn serve_endpoints(
+    config: &Config,
+    state: &Arc<State>,
+    predecessor: Option<&Predecessor>,
+) -> Result<Vec<(Endpoint, std::os::fd::OwnedFd, tokio::task::AbortHandle)>, Error> {
+    let mut bound = Vec::new();
+    for (addr, what, endpoint) in [
+        (config.metrics_addr, "metrics", Endpoint::Metrics),
+        (config.readiness_addr, "readiness", Endpoint::Readiness),
+        (config.admin_addr, "admin", Endpoint::Admin),
+    ] {
+        bound.push((endpoint, what, addr, admin::bind(addr)));
+    }
+    let in_use = |result: &std::io::Result<_>| matches!(result, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+    let mut inherited_endpoints = match predecessor {
+        Some(predecessor) if bound.iter().any(|(.., result)| in_use(result)) => {
+            predecessor.take_endpoints()?
+        }
+        _ => Vec::new(),
+    };
+    let mut endpoints = Vec::new();
+    for (endpoint, what, addr, result) in bound {
+        let serve_error = |source| Error::Serve { what, addr, source };
+        let listener = match inherited_endpoints.iter().position(|(e, _)| *e == endpoint) {
+            Some(at) if in_use(&result) => inherited_endpoints.swap_remove(at).1,
+            _ => result.map_err(serve_error)?,
+        };
+        let (fd, task) = admin::serve(listener, endpoint, state.clone()).map_err(serve_error)?;
+        endpoints.push((endpoint, fd, task));
+    }
+    Ok(endpoints)
 }
 
 /// Watches the kubelet's pod cgroups: the ones there now are reported at once (decided if no
