@@ -269,9 +269,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
                     succession::offer(&config, &offer);
                 }
                 last_attempt = std::time::Instant::now();
-                let relabelled = enrollment.reconcile(&file);
-                *state.pods.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(IndexedPods::new(file));
+                // The proxies see the pods before any listener this reconcile opens (or takes
+                // over) accepts: with none, a destination of the mesh would look like one
+                // outside it and be reached in plaintext.
+                let pods = Arc::new(IndexedPods::new(file));
+                *state.pods.write().unwrap_or_else(|p| p.into_inner()) = pods.clone();
+                let relabelled = enrollment.reconcile(&pods);
                 // Only new labels or waypoint bindings of this node's pods change what their
                 // live connections are allowed; other pod changes need no pass over them.
                 let closed = if relabelled > 0 {

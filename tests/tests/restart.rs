@@ -169,11 +169,19 @@ fn restarts_and_an_upgrade_under_load_lose_no_connection() -> Result<()> {
     tb.set_namespace_ambient("default", true)?;
     // Outside the mesh: the plain destination of n0-p1, and a plain client of it.
     tb.set_pod_mode("n1-p1", Some("none"))?;
+    // The HBONE server takes mutual TLS only: a connection that went around an agent, or that
+    // an agent carried in plaintext, is refused and counted as failed.
+    tb.label_pod("n1-p0", "app", Some("hbone-server"))?;
+    tb.write_policy(
+        "strict",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec:\n  selector: {matchLabels: {app: hbone-server}}\n  mtls: {mode: STRICT}\n",
+    )?;
     let (_controller, agents) = tb.start_mesh(AgentOptions {
         drain_timeout_secs: Some(120),
         ..AgentOptions::default()
     })?;
     let mut agents = Vec::from(agents);
+    agents[1].wait_policies(1)?;
     agents[0].wait_enrolled(&tb.pod("n0-p0").key(), true)?;
     agents[0].wait_enrolled(&tb.pod("n0-p1").key(), true)?;
     agents[1].wait_enrolled(&tb.pod("n1-p0").key(), true)?;
