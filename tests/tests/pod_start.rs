@@ -21,6 +21,35 @@ use mesh_tests::{
 const ECHO_PORT: u16 = 8080;
 const STARTS: usize = 20;
 
+/// Starts pod `uid` as the kubelet would: its cgroup made, then its first process placed in
+/// it (before exec) in `starting`'s network namespace, connecting to `dst` in a loop until
+/// `carried` connections were carried; returns what the loop printed.
+fn start_pod(
+    tb: &Testbed,
+    starting: &mesh_tests::Pod,
+    uid: &str,
+    dst: std::net::SocketAddr,
+    carried: usize,
+) -> Result<String> {
+    let cgroup = tb.pods_cgroup("n0").join(format!("pod{uid}"));
+    std::fs::create_dir(&cgroup)?;
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", &connect_loop(dst, carried)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))?;
+    start_inside(
+        &mut command,
+        std::fs::File::open(starting.netns_path())?,
+        Some(procs),
+    );
+    let out = command.spawn()?.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A bash loop that connects to `dst` from its first instant, reads the echo server's
 /// greeting and closes, until `carried` connections were carried (or 10 s passed); one line per
 /// attempt: `ok`, `refused` (the kernel held it) or `broken`.
@@ -87,24 +116,8 @@ fn a_pod_connecting_from_its_first_instant_never_leaves_uncaptured() -> Result<(
         )?;
         // The kubelet makes the pod's cgroup, and its first process starts in it at once,
         // connecting in a loop.
-        let cgroup = tb.pods_cgroup("n0").join(format!("pod{uid}"));
-        std::fs::create_dir(&cgroup)?;
         let made = Instant::now();
-        let mut command = Command::new("bash");
-        command
-            .args(["-c", &connect_loop(dst, 10)])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))?;
-        start_inside(
-            &mut command,
-            std::fs::File::open(starting.netns_path())?,
-            Some(procs),
-        );
-        let out = command.spawn()?.wait_with_output()?;
-        let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines = start_pod(&tb, starting, &uid, dst, 10)?;
         let took = made.elapsed();
         ok += lines.lines().filter(|l| *l == "ok").count();
         refused += lines.lines().filter(|l| *l == "refused").count();
@@ -200,23 +213,7 @@ fn outside_the_mesh_is_let_go(
                     .is_some_and(|pods| pods.iter().any(|p| p["uid"] == uid.as_str())))
             },
         )?;
-        let cgroup = tb.pods_cgroup("n0").join(format!("pod{uid}"));
-        std::fs::create_dir(&cgroup)?;
-        let mut command = Command::new("bash");
-        command
-            .args(["-c", &connect_loop(dst, 3)])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))?;
-        start_inside(
-            &mut command,
-            std::fs::File::open(starting.netns_path())?,
-            Some(procs),
-        );
-        let lines =
-            String::from_utf8_lossy(&command.spawn()?.wait_with_output()?.stdout).into_owned();
+        let lines = start_pod(tb, starting, &uid, dst, 3)?;
         ensure!(lines.lines().last() == Some("ok"), "start {start}: {lines}");
         let decided = format!("uid={uid} verdict=not in the mesh waited_ms=");
         wait_until(
