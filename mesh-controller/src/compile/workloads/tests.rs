@@ -20,6 +20,20 @@ fn bindings(yaml: &str) -> Vec<(String, bool, String)> {
         .collect()
 }
 
+/// Every workload compiled from `yaml`.
+fn workloads(yaml: &str) -> Vec<mesh_core::config_pb::Workload> {
+    let mut set = ConfigSet::default();
+    let errors = parse_documents("t.yaml", yaml, &mut set);
+    assert!(errors.is_empty(), "{errors:?}");
+    compile(&set, &validate(&set, "cluster.local"), "cluster.local")
+        .into_iter()
+        .filter_map(|r| match r.body? {
+            Body::Workload(w) => Some(w),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Namespaces `shop` (ambient, waypoint `wp`) and `legacy` (not), pods and a Service, with
 /// the labels spelt by `prefix` (`ambit.io` or `istio.io`).
 fn cluster(prefix: &str) -> String {
@@ -213,21 +227,15 @@ fn waypoint_pods_are_offered_only_while_they_serve() {
         pod("plain", "", ""),
     ]
     .concat();
-    let mut set = ConfigSet::default();
-    let errors = parse_documents("t.yaml", &yaml, &mut set);
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut offered: Vec<(String, bool)> =
-        compile(&set, &validate(&set, "cluster.local"), "cluster.local")
-            .into_iter()
-            .filter_map(|r| match r.body? {
-                Body::Workload(w) => Some((
-                    w.name,
-                    w.labels
-                        .contains_key("gateway.networking.k8s.io/gateway-name"),
-                )),
-                _ => None,
-            })
-            .collect();
+    let mut offered: Vec<(String, bool)> = workloads(&yaml)
+        .into_iter()
+        .map(|w| {
+            let offered = w
+                .labels
+                .contains_key("gateway.networking.k8s.io/gateway-name");
+            (w.name, offered)
+        })
+        .collect();
     offered.sort();
     assert_eq!(
         offered,
@@ -276,17 +284,10 @@ metadata: {name: done, namespace: shop}
 spec: {nodeName: n0, containers: []}
 status: {phase: Succeeded}
 "#;
-    let mut set = ConfigSet::default();
-    let errors = parse_documents("t.yaml", yaml, &mut set);
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut sent: Vec<(String, bool, usize, String)> =
-        compile(&set, &validate(&set, "cluster.local"), "cluster.local")
-            .into_iter()
-            .filter_map(|r| match r.body? {
-                Body::Workload(w) => Some((w.name, w.enrolled, w.addresses.len(), w.uid)),
-                _ => None,
-            })
-            .collect();
+    let mut sent: Vec<(String, bool, usize, String)> = workloads(yaml)
+        .into_iter()
+        .map(|w| (w.name, w.enrolled, w.addresses.len(), w.uid))
+        .collect();
     sent.sort();
     assert_eq!(
         sent,
