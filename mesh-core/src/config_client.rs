@@ -24,9 +24,24 @@ pub struct ConfigView {
     pub epoch: u64,
     pub version: u64,
     pub resources: BTreeMap<Key, Resource>,
+    /// Kinds the subscriber keeps in a store of its own, from each applied [`Update`]: the
+    /// view holds no copy of them (a node agent's workloads, the bulk of what it is sent).
+    pub kept_elsewhere: &'static [&'static str],
 }
 
 impl ConfigView {
+    /// A view that leaves resources of `kinds` to the subscriber's own store.
+    pub fn keeping_out(kinds: &'static [&'static str]) -> Self {
+        ConfigView {
+            kept_elsewhere: kinds,
+            ..ConfigView::default()
+        }
+    }
+
+    fn keeps(&self, kind: &str) -> bool {
+        !self.kept_elsewhere.contains(&kind)
+    }
+
     /// Applies `update` in place if `accept` approves the result; otherwise leaves the view
     /// exactly as it was and returns why. Costs what the update touches, not the whole view
     /// (plus what `accept` itself looks at).
@@ -56,13 +71,20 @@ impl ConfigView {
         let snapshot = (update.base_version == 0).then(|| std::mem::take(&mut self.resources));
         for resource in &update.upserts {
             let k = resource.key.clone().expect("checked above");
+            if !self.keeps(&k.kind) {
+                continue;
+            }
             let key = (k.kind, k.namespace, k.name);
             let old = self.resources.insert(key.clone(), resource.clone());
             if snapshot.is_none() {
                 undo.push((key, old));
             }
         }
-        for k in &update.removes {
+        let kept_elsewhere = self.kept_elsewhere;
+        for k in update.removes.iter() {
+            if kept_elsewhere.contains(&k.kind.as_str()) {
+                continue;
+            }
             let key = (k.kind.clone(), k.namespace.clone(), k.name.clone());
             if let Some(old) = self.resources.remove(&key)
                 && snapshot.is_none()

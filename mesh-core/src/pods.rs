@@ -9,12 +9,13 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
-mod index;
+mod store;
 
-pub use index::IndexedPods;
+pub use store::{Touched, WorkloadStore};
 
 use crate::telemetry::{Owner, WorkloadNames};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub struct PodsFile {
 /// A pod the controller knows is scheduled, before it has an address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scheduled {
+    /// `namespace/name`.
+    pub key: String,
     pub node: String,
     /// Whether it is in the mesh, as the controller decided.
     pub enrolled: bool,
@@ -95,8 +98,9 @@ pub struct Pod {
     /// The pod's cgroup v2 directory, for the record (capture is keyed by network namespace).
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Shared by the pods with an equal set (a Deployment's replicas), in a [`WorkloadStore`].
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// The pod's Kubernetes UID: the kubelet names the pod's cgroup after it
     /// (`pod<uid>`), which is how a node agent finds its network namespace in `/proc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,7 +112,7 @@ pub struct Pod {
     /// Its workload's names as the controller derived them; `None` in the pods file, where
     /// [`Pod::names`] derives them from `owner` and `labels`.
     #[serde(skip)]
-    pub names: Option<WorkloadNames>,
+    pub names: Option<Arc<WorkloadNames>>,
     /// Whether the pod is in the mesh, when the controller decided it (it knows the
     /// namespace's labels); `None` in the pods file, where the labels decide.
     #[serde(skip)]
@@ -126,7 +130,7 @@ fn default_service_account() -> String {
 impl Pod {
     /// How the metrics name this pod's workload.
     pub fn names(&self) -> WorkloadNames {
-        self.names.clone().unwrap_or_else(|| {
+        self.names.as_deref().cloned().unwrap_or_else(|| {
             WorkloadNames::derive(
                 &self.name,
                 self.owner.is_some(),
@@ -175,13 +179,7 @@ impl PodsFile {
 
     /// Whether the mesh captures this pod's traffic.
     pub fn is_enrolled(&self, pod: &Pod) -> bool {
-        if let Some(enrolled) = pod.enrolled {
-            return enrolled;
-        }
-        let namespace = self.namespaces.iter().find(|ns| ns.name == pod.namespace);
-        let no_labels = BTreeMap::new();
-        let namespace_labels = namespace.map_or(&no_labels, |ns| &ns.labels);
-        crate::labels::enrolled(&pod.labels, namespace_labels)
+        is_enrolled(&self.namespaces, pod)
     }
 
     /// The pods this node must capture.
@@ -194,9 +192,7 @@ impl PodsFile {
     /// The identity (namespace, service account) of the waypoint `namespace/name`, as the
     /// controller published it; `None` when it did not (then nothing is that waypoint).
     pub fn waypoint_identity<'a>(&'a self, waypoint: &'a str) -> Option<(&'a str, &'a str)> {
-        let (namespace, _) = waypoint.split_once('/')?;
-        let service_account = self.waypoints.get(waypoint)?;
-        Some((namespace, service_account.as_str()))
+        waypoint_identity(&self.waypoints, waypoint)
     }
 
     /// The pods running the waypoint `namespace/name`: labelled as its pods *and* running as
@@ -223,6 +219,28 @@ impl PodsFile {
             std::net::IpAddr::V6(_) => None,
         }
     }
+}
+
+/// Whether the mesh captures `pod`'s traffic: as the controller decided, else as its own
+/// labels and its namespace's say.
+fn is_enrolled(namespaces: &[Namespace], pod: &Pod) -> bool {
+    if let Some(enrolled) = pod.enrolled {
+        return enrolled;
+    }
+    let namespace = namespaces.iter().find(|ns| ns.name == pod.namespace);
+    let no_labels = BTreeMap::new();
+    let namespace_labels = namespace.map_or(&no_labels, |ns| &ns.labels);
+    crate::labels::enrolled(&pod.labels, namespace_labels)
+}
+
+/// The published identity of the waypoint `namespace/name`, from `waypoints`.
+fn waypoint_identity<'a>(
+    waypoints: &'a BTreeMap<String, String>,
+    waypoint: &'a str,
+) -> Option<(&'a str, &'a str)> {
+    let (namespace, _) = waypoint.split_once('/')?;
+    let service_account = waypoints.get(waypoint)?;
+    Some((namespace, service_account.as_str()))
 }
 
 impl Pod {

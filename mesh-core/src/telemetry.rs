@@ -46,7 +46,7 @@ pub struct Owner {
 }
 
 /// How the metrics name a workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadNames {
     pub workload: String,
     pub canonical_service: String,

@@ -30,7 +30,7 @@ use crate::{
     handover::{Offer, Predecessor, Request},
     identity::CertificateStore,
     metrics::Metrics,
-    pods::{FileWatch, IndexedPods},
+    pods::{FileWatch, PodsFile},
     policy::{self, PolicyWatch},
     proxy::{Connections, HbonePool},
     sandbox::Sandboxes,
@@ -162,7 +162,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         config: config.clone(),
         metrics: Metrics::default(),
         connections: Connections::default(),
-        pods: RwLock::new(Arc::new(IndexedPods::default())),
+        workloads: RwLock::default(),
         enrolled: RwLock::new(Vec::new()),
         ready: AtomicBool::new(false),
         certificates,
@@ -182,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .config_dir
                 .clone()
                 .map(|dir| PolicyWatch::new(dir, config.root_namespace.clone()));
-            (policies, PodSource::File(FileWatch::new(pods_file)))
+            (policies, PodSource::file(FileWatch::new(pods_file)))
         }
         ConfigSource::Controller => {
             let ca = ca.clone().ok_or_else(|| {
@@ -228,6 +228,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let stop = signals.received(1);
     tokio::pin!(stop);
     let mut last_attempt = std::time::Instant::now();
+    // This node's pods as last applied: what a retry and the pod-start decisions work from.
+    let mut node_pods = PodsFile::default();
     let ended = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -257,10 +259,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 tracing::error!(%error, "config directory unreadable; keeping the current policies")
             }
         }
-        match pod_source.poll(&config.node_name) {
+        match pod_source.poll(&state) {
             None if enrollment.failed && last_attempt.elapsed() >= RETRY_ENROLLMENT => {
                 last_attempt = std::time::Instant::now();
-                enrollment.reconcile(&state.pods());
+                enrollment.reconcile(&node_pods);
             }
             None => {}
             Some(Ok(file)) => {
@@ -269,18 +271,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
                     succession::offer(&config, &offer);
                 }
                 last_attempt = std::time::Instant::now();
-                // The proxies see the pods before any listener this reconcile opens (or takes
-                // over) accepts: with none, a destination of the mesh would look like one
-                // outside it and be reached in plaintext.
-                let pods = Arc::new(IndexedPods::new(file));
-                *state.pods.write().unwrap_or_else(|p| p.into_inner()) = pods.clone();
-                let relabelled = enrollment.reconcile(&pods);
+                // The proxies already see every pod in the store before any listener this
+                // reconcile opens (or takes over) accepts: with none, a destination of the
+                // mesh would look like one outside it and be reached in plaintext.
+                node_pods = file;
+                let relabelled = enrollment.reconcile(&node_pods);
                 // Only new labels or waypoint bindings of this node's pods change what their
-                // live connections are allowed; other pod changes need no pass over them.
-                let closed = if relabelled > 0 {
-                    policy::enforce(&state)
-                } else {
+                // live connections are allowed: only those pods' connections are re-checked.
+                let closed = if relabelled.is_empty() {
                     0
+                } else {
+                    policy::enforce_pods(&state, &relabelled)
                 };
                 if closed > 0 {
                     tracing::info!(
@@ -299,7 +300,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             }
         }
         if enrollment.has_undecided() {
-            enrollment.decide_starting(&state.pods(), hold);
+            enrollment.decide_starting(&node_pods, hold);
         }
     };
     // Another agent asking from now on is refused (a successor exits, and starts afresh once

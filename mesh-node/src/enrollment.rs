@@ -128,16 +128,16 @@ impl Enrollment {
         }
     }
 
-    /// Applies the file; how many pods kept their capture with new labels or waypoint binding.
+    /// Applies the file; the pods that kept their capture with new labels or waypoint binding.
     /// Errors are per pod: one pod that cannot be enrolled leaves the others working, and is
     /// tried again on the next change.
-    pub fn reconcile(&mut self, file: &PodsFile) -> usize {
+    pub fn reconcile(&mut self, file: &PodsFile) -> Vec<String> {
         self.failed = false;
         let node = self.state.config.node_name.clone();
         let desired: BTreeMap<String, &Pod> =
             file.enrolled_on(&node).map(|p| (p.key(), p)).collect();
 
-        let (mut stale, mut relabelled) = (Vec::new(), 0);
+        let (mut stale, mut relabelled) = (Vec::new(), Vec::new());
         for (key, active) in &mut self.active {
             match desired.get(key) {
                 Some(pod) if **pod == active.spec => {}
@@ -145,7 +145,7 @@ impl Enrollment {
                     tracing::info!(pod = %key, "pod relabelled; capture unchanged");
                     active.context.update(pod);
                     active.spec = (*pod).clone();
-                    relabelled += 1;
+                    relabelled.push(key.clone());
                 }
                 _ => stale.push(key.clone()),
             }

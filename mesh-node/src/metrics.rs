@@ -81,6 +81,19 @@ pub struct Metrics {
     pub pods_let_go_undecided: Counter,
     /// Pods starting now, their connects refused until decided.
     pub undecided_pods: Gauge,
+    /// Pods in the workload store, on every node.
+    pub workloads: Gauge,
+    /// Pods the workload store added or replaced (`change="upserted"`) or dropped
+    /// (`change="removed"`): what each configuration change cost.
+    pub workload_changes: Family<ChangeLabels, Counter>,
+    /// Live inbound connections authorized again after a change of their pod or of policy.
+    pub connections_rechecked: Counter,
+}
+
+/// `change` of [`Metrics::workload_changes`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub change: &'static str,
 }
 
 impl Default for Metrics {
@@ -99,6 +112,24 @@ impl Default for Metrics {
         let pod_start_hold = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let pods_let_go_undecided = Counter::default();
         let undecided_pods = Gauge::default();
+        let workloads = Gauge::default();
+        let workload_changes = Family::<ChangeLabels, Counter>::default();
+        let connections_rechecked = Counter::default();
+        registry.register(
+            "ambit_workloads",
+            "Pods in the agent's workload store, on every node",
+            workloads.clone(),
+        );
+        registry.register(
+            "ambit_workload_changes",
+            "Pods the workload store added or replaced (upserted) or dropped (removed)",
+            workload_changes.clone(),
+        );
+        registry.register(
+            "ambit_connections_rechecked",
+            "Live inbound connections authorized again after a change of their pod or of policy",
+            connections_rechecked.clone(),
+        );
         registry.register(
             "ambit_pod_start_hold_seconds",
             "From a pod's cgroup appearing to the agent's decision about it (its connects are refused meanwhile)",
@@ -167,11 +198,29 @@ impl Default for Metrics {
             pod_start_hold,
             pods_let_go_undecided,
             undecided_pods,
+            workloads,
+            workload_changes,
+            connections_rechecked,
         }
     }
 }
 
 impl Metrics {
+    /// Counts what one change of the workload store did; `held` is its size after.
+    pub fn record_workload_changes(&self, touched: &crate::pods::Touched, held: usize) {
+        self.workloads.set(held as i64);
+        for (change, pods) in [
+            ("upserted", touched.upserted.len()),
+            ("removed", touched.removed.len()),
+        ] {
+            if pods > 0 {
+                self.workload_changes
+                    .get_or_create(&ChangeLabels { change })
+                    .inc_by(pods as u64);
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.

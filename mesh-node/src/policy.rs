@@ -5,11 +5,14 @@ use std::{net::SocketAddr, path::PathBuf, time::SystemTime};
 
 use mesh_core::{
     Identity,
-    pods::{Pod, PodsFile},
+    pods::{Pod, WorkloadStore},
     policy::{Connection, Decision, LoadError, MtlsMode, PolicySet, Workload, load_dir},
 };
 
-use crate::app::State;
+use crate::{
+    app::State,
+    proxy::{Authorized, Rechecked},
+};
 
 /// Notices changes to the YAML files of a directory (names, sizes, modification times).
 pub struct PolicyWatch {
@@ -56,7 +59,7 @@ impl PolicyWatch {
 /// the waypoint's L7 policy by dialing the pod directly.
 pub fn check_inbound(
     policies: &PolicySet,
-    pods: &PodsFile,
+    pods: &WorkloadStore,
     pod: &Pod,
     client: Option<&Identity>,
     source: SocketAddr,
@@ -105,19 +108,36 @@ pub fn apply(state: &State, policies: PolicySet, errors: Vec<LoadError>) {
     }
     state.metrics.policy_errors.set(errors.len() as i64);
     state.set_policies(policies, errors);
-    let closed = enforce(state);
+    let done = recheck(state, |still_allowed| {
+        state.connections.close_unless(still_allowed)
+    });
     tracing::info!(
         policies = state.policies().len(),
-        closed,
+        rechecked = done.checked,
+        closed = done.closed,
         "policies applied"
     );
 }
 
-/// Closes the live connections that the current policies and pods no longer allow (a pod
-/// relabelled into a DENY's selector, or newly bound to a waypoint); how many it closed.
-pub fn enforce(state: &State) -> usize {
-    let (policies, pods) = (state.policies(), state.pods());
-    state.connections.close_unless(|authorized| {
+/// Closes the live connections of `pods` (keys) that the current policies and pods no longer
+/// allow (a pod relabelled into a DENY's selector, or newly bound to a waypoint); how many it
+/// closed. Other pods' connections are not looked at.
+pub fn enforce_pods(state: &State, pods: &[String]) -> usize {
+    recheck(state, |still_allowed| {
+        state.connections.close_unless_of(pods, still_allowed)
+    })
+    .closed
+}
+
+/// Runs `pass` with the check of one connection against the current policies and pods, and
+/// counts what it re-checked.
+fn recheck(
+    state: &State,
+    pass: impl FnOnce(&mut dyn FnMut(&Authorized) -> bool) -> Rechecked,
+) -> Rechecked {
+    let policies = state.policies();
+    let pods = state.workloads();
+    let mut still_allowed = |authorized: &Authorized| {
         let Some(pod) = pods.by_key(&authorized.pod) else {
             return false;
         };
@@ -130,5 +150,12 @@ pub fn enforce(state: &State) -> usize {
             authorized.destination_port,
         )
         .is_ok()
-    })
+    };
+    let done = pass(&mut still_allowed);
+    drop(pods);
+    state
+        .metrics
+        .connections_rechecked
+        .inc_by(done.checked as u64);
+    done
 }

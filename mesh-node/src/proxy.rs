@@ -24,7 +24,7 @@ use mesh_core::{
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpSocket, TcpStream};
 
-pub use connections::{Authorized, ConnectionInfo, Connections};
+pub use connections::{Authorized, ConnectionInfo, Connections, Rechecked};
 pub use hbone_client::HbonePool;
 pub use hbone_server::serve_hbone;
 pub use inbound::serve_inbound;
@@ -194,7 +194,7 @@ fn labels(
 ) -> TcpLabels {
     let cluster = &state.config.cluster_id;
     let mutual_tls = peer_identity.is_some();
-    let remote = match state.pods().by_addr(peer.ip()) {
+    let remote = match state.workloads().by_addr(peer.ip()) {
         Some(pod) => Peer::new(
             &pod.names(),
             &pod.namespace,

@@ -69,6 +69,7 @@ impl Sandboxes {
                 file.scheduled.insert(
                     uid.clone(),
                     Scheduled {
+                        key: pod.key(),
                         node: pod.node.clone(),
                         enrolled: true,
                     },
@@ -306,6 +307,7 @@ mod tests {
         assert_eq!(
             file.scheduled.get(UID),
             Some(&Scheduled {
+                key: "a/p".to_owned(),
                 node: "n0".to_owned(),
                 enrolled: true
             })

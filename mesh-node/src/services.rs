@@ -15,7 +15,7 @@ use mesh_core::{
     telemetry::ServiceLabel,
 };
 
-use crate::pods::{IndexedPods, Pod};
+use crate::pods::{Pod, WorkloadStore};
 
 #[derive(Debug)]
 pub struct Service {
@@ -134,7 +134,7 @@ impl Service {
 
     /// One endpoint for a connection to `port` of this service, picked at random among the
     /// pods its selector names (or its EndpointSlices' addresses).
-    pub fn pick_endpoint(&self, pods: &IndexedPods, port: u16) -> Option<SocketAddr> {
+    pub fn pick_endpoint(&self, pods: &WorkloadStore, port: u16) -> Option<SocketAddr> {
         let target_port = self
             .ports
             .iter()

@@ -99,7 +99,7 @@ fn a_pod_connecting_from_its_first_instant_never_leaves_uncaptured() -> Result<(
         tb.update_pods_file(|file| {
             if let Some(pod) = file.pods.iter_mut().find(|p| p.name == starting.name) {
                 pod.uid = Some(uid.clone());
-                pod.labels.insert(
+                std::sync::Arc::make_mut(&mut pod.labels).insert(
                     mesh_node::pods::DATAPLANE_MODE_LABEL.to_owned(),
                     mesh_node::pods::DATAPLANE_MODE_AMBIENT.to_owned(),
                 );
@@ -196,7 +196,7 @@ fn outside_the_mesh_is_let_go(
         tb.update_pods_file(|file| {
             if let Some(pod) = file.pods.iter_mut().find(|p| p.name == starting.name) {
                 pod.uid = Some(uid.clone());
-                pod.labels.insert(
+                std::sync::Arc::make_mut(&mut pod.labels).insert(
                     mesh_node::pods::DATAPLANE_MODE_LABEL.to_owned(),
                     "none".to_owned(),
                 );

@@ -106,7 +106,7 @@ pub fn add_pods_file(set: &mut ConfigSet, file: &mesh_core::pods::PodsFile) {
             metadata: ObjectMeta {
                 name: Some(pod.name.clone()),
                 namespace: Some(pod.namespace.clone()),
-                labels: Some(pod.labels.clone()),
+                labels: Some((*pod.labels).clone()),
                 uid: pod.uid.clone(),
                 // A pod with a controller has a generated name in Kubernetes.
                 generate_name: pod.owner.as_ref().map(|o| format!("{}-", o.name)),

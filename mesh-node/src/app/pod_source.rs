@@ -1,9 +1,11 @@
 //! Where the pods to capture come from: local mode's pods file, or the controller's workloads
-//! with this node's pods' network namespaces found locally.
+//! with this node's pods' network namespaces found locally. Either way every pod goes into the
+//! workload store first; what comes out is this node's share, for enrollment.
 
 use std::time::Duration;
 
 use crate::{
+    app::State,
     control::StreamedPods,
     pods::{self, FileWatch, PodsFile},
     sandbox::Sandboxes,
@@ -15,9 +17,15 @@ pub(super) const RETRY_ENROLLMENT: Duration = Duration::from_secs(1);
 
 /// Where the pods to capture come from.
 pub(super) enum PodSource {
-    /// Local mode: the pods file says everything.
-    File(FileWatch),
-    /// The controller's workloads, with this node's pods' network namespaces found locally.
+    /// Local mode: the pods file says everything. It is read whole; the store takes only
+    /// what differs.
+    File {
+        watch: FileWatch,
+        /// Whether this node's pods were handed out once (the first look always is).
+        started: bool,
+    },
+    /// The controller's workloads (the stream task keeps the store), with this node's pods'
+    /// network namespaces found locally.
     Controller {
         streamed: StreamedPods,
         sandboxes: Sandboxes,
@@ -30,6 +38,13 @@ pub(super) enum PodSource {
 }
 
 impl PodSource {
+    pub(super) fn file(watch: FileWatch) -> Self {
+        PodSource::File {
+            watch,
+            started: false,
+        }
+    }
+
     /// A pod cgroup got its first process: its network namespace can be found now.
     pub(super) fn look_again(&mut self) {
         if let PodSource::Controller { look_again, .. } = self {
@@ -37,11 +52,24 @@ impl PodSource {
         }
     }
 
-    /// `Some` with the pods to apply when they changed, or when it is time to look again for
-    /// pods whose network namespace was missing.
-    pub(super) fn poll(&mut self, node: &str) -> Option<Result<PodsFile, pods::Error>> {
+    /// `Some` with this node's pods to apply when they changed, or when it is time to look
+    /// again for pods whose network namespace was missing.
+    pub(super) fn poll(&mut self, state: &State) -> Option<Result<PodsFile, pods::Error>> {
+        let node = state.config.node_name.as_str();
         match self {
-            PodSource::File(watch) => watch.poll(),
+            PodSource::File { watch, started } => {
+                let file = match watch.poll()? {
+                    Ok(file) => file,
+                    Err(error) => return Some(Err(error)),
+                };
+                let mut store = state.workloads_mut();
+                let touched = store.replace_all(file);
+                state.metrics.record_workload_changes(&touched, store.len());
+                if std::mem::replace(started, true) && !touched.concerns_node(node) {
+                    return None;
+                }
+                Some(Ok(store.node_file(node)))
+            }
             PodSource::Controller {
                 streamed,
                 sandboxes,
@@ -55,7 +83,9 @@ impl PodSource {
                 if !changed && !retry {
                     return None;
                 }
-                let mut file = (**streamed.borrow_and_update().as_ref()?).clone();
+                // Nothing from the controller yet: keep what is enrolled.
+                streamed.borrow_and_update().as_ref()?;
+                let mut file = state.workloads().node_file(node);
                 *last_look = std::time::Instant::now();
                 let now_missing = sandboxes.fill(&mut file, node);
                 if now_missing != *missing && !now_missing.is_empty() {

@@ -2,7 +2,7 @@
 //! pods and policies in force, and whether the agent is ready.
 
 use std::sync::{
-    Arc, RwLock,
+    Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -13,7 +13,7 @@ use crate::{
     enrollment::EnrolledView,
     identity::{CertificateStore, CertificateView},
     metrics::Metrics,
-    pods::IndexedPods,
+    pods::{PodsFile, WorkloadStore},
     proxy::{Connections, HbonePool},
     services::Services,
 };
@@ -27,8 +27,10 @@ pub struct State {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub connections: Connections,
-    /// The last valid pods, indexed for the lookups made per connection.
-    pub(super) pods: RwLock<Arc<IndexedPods>>,
+    /// Every pod the agent knows, on every node, indexed for the lookups made per
+    /// connection; changed one pod at a time. Readers hold the lock for a lookup, never
+    /// across an `await`.
+    pub(super) workloads: RwLock<WorkloadStore>,
     pub(super) enrolled: RwLock<Vec<EnrolledView>>,
     /// Programs attached and the first reconcile done.
     pub(super) ready: AtomicBool,
@@ -54,12 +56,18 @@ pub struct ConfigDump {
     pub policies: usize,
     pub policy_list: Vec<String>,
     pub policy_errors: Vec<String>,
-    pub pods: Arc<IndexedPods>,
+    pub pods: PodsFile,
 }
 
 impl State {
-    pub fn pods(&self) -> Arc<IndexedPods> {
-        self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The workload store, to look up in.
+    pub fn workloads(&self) -> RwLockReadGuard<'_, WorkloadStore> {
+        self.workloads.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The workload store, to change (one writer: the stream, or local mode's pods file).
+    pub fn workloads_mut(&self) -> RwLockWriteGuard<'_, WorkloadStore> {
+        self.workloads.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn services(&self) -> Arc<Services> {
@@ -132,7 +140,7 @@ impl State {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            pods: self.pods(),
+            pods: self.workloads().to_file(),
         }
     }
 }

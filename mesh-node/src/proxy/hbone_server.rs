@@ -108,14 +108,15 @@ async fn handle_connect(
             return refuse(respond, error.status());
         }
     };
-    if let Err(reason) = check_inbound(
+    let allowed = check_inbound(
         &state.policies(),
-        &state.pods(),
+        &state.workloads(),
         &pod.pod(),
         Some(client),
         peer,
         target.port(),
-    ) {
+    );
+    if let Err(reason) = allowed {
         tracing::info!(%client, pod = %pod.key, %target, %reason, "HBONE request denied");
         record_inbound_failure(state, pod, peer, target.port(), ResponseFlags::UAEX);
         return refuse(respond, StatusCode::UNAUTHORIZED);

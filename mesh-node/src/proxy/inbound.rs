@@ -26,8 +26,15 @@ pub async fn serve_inbound(listener: TcpListener, pod: Arc<PodContext>, state: A
         let Ok(dst) = stream.local_addr() else {
             continue;
         };
-        let (policies, pods) = (state.policies(), state.pods());
-        if let Err(reason) = check_inbound(&policies, &pods, &pod.pod(), None, peer, dst.port()) {
+        let allowed = check_inbound(
+            &state.policies(),
+            &state.workloads(),
+            &pod.pod(),
+            None,
+            peer,
+            dst.port(),
+        );
+        if let Err(reason) = allowed {
             // Dropping the stream resets the client's connection.
             tracing::info!(pod = %pod.key, client = %peer, %dst, %reason, "plaintext inbound connection refused");
             record_inbound_failure(&state, &pod, peer, dst.port(), ResponseFlags::UAEX);

@@ -20,7 +20,7 @@ use crate::{
     app::State,
     dataplane::OrigDsts,
     metrics::{Reporter, ResponseFlags},
-    pods::IndexedPods,
+    pods::WorkloadStore,
 };
 
 pub async fn serve_outbound(
@@ -123,7 +123,7 @@ enum Plan {
 /// A service address goes to the service's waypoint, else to one of its endpoints; a pod
 /// bound to a waypoint is reached through it; an enrolled pod over HBONE; anything else plain.
 fn plan(state: &State, dst: SocketAddr) -> Plan {
-    let pods = state.pods();
+    let pods = state.workloads();
     let mut target = dst;
     if let Some(service) = state.services().by_addr(dst.ip()).cloned() {
         if let Some(waypoint) = &service.waypoint {
@@ -153,7 +153,12 @@ fn plan(state: &State, dst: SocketAddr) -> Plan {
     Plan::Plain(target)
 }
 
-fn through_waypoint(state: &State, pods: &IndexedPods, waypoint: &str, target: SocketAddr) -> Plan {
+fn through_waypoint(
+    state: &State,
+    pods: &WorkloadStore,
+    waypoint: &str,
+    target: SocketAddr,
+) -> Plan {
     if state.hbone.is_none() {
         return Plan::Refuse(format!(
             "{target} is behind waypoint {waypoint}, which needs HBONE (no --ca-addr)"

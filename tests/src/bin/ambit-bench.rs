@@ -176,7 +176,9 @@ fn many_pods(
                 ip: std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
                 netns: "/nonexistent".into(),
                 cgroup: None,
-                labels: [("app".to_owned(), format!("app-{}", i % 500))].into(),
+                labels: std::sync::Arc::new(
+                    [("app".to_owned(), format!("app-{}", i % 500))].into(),
+                ),
                 uid: None,
                 owner: None,
                 names: None,

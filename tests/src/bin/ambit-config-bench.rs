@@ -134,7 +134,9 @@ fn real_processes() -> Result<()> {
                 ip: std::net::Ipv4Addr::new(100, 64 + (p / 65536) as u8, (p / 256) as u8, p as u8),
                 netns: "/nonexistent".into(),
                 cgroup: None,
-                labels: [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
+                labels: std::sync::Arc::new(
+                    [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
+                ),
                 uid: None,
                 owner: None,
                 names: None,

@@ -51,8 +51,9 @@ impl Testbed {
         self.update_pods_file(|file| {
             for spec in file.pods.iter_mut().filter(|p| p.name == pod) {
                 match value {
-                    Some(value) => spec.labels.insert(key.to_owned(), value.to_owned()),
-                    None => spec.labels.remove(key),
+                    Some(value) => std::sync::Arc::make_mut(&mut spec.labels)
+                        .insert(key.to_owned(), value.to_owned()),
+                    None => std::sync::Arc::make_mut(&mut spec.labels).remove(key),
                 };
             }
         })
