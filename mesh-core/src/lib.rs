@@ -36,6 +36,7 @@ pub mod process;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod workloads;
 pub mod yaml;
 
 pub use identity::Identity;

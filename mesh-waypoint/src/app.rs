@@ -202,11 +202,12 @@ fn ca_client(config: &Config) -> Result<CaClient, Error> {
         .map_err(|e| Error::Config(e.to_string()))
 }
 
-/// Follows the configuration stream forever; each update rebuilds the snapshot. Resources
-/// the waypoint cannot use are left out and logged (the controller validated them already),
-/// so one of them never holds back the rest.
+/// Follows the configuration stream forever. Workloads go to the workload index one at a
+/// time; any other change rebuilds the snapshot. Resources the waypoint cannot use are left
+/// out and logged (the controller validated them already), so one of them never holds back
+/// the rest.
 async fn follow_config(app: Arc<App>, ca: CaClient) {
-    let mut view = ConfigView::default();
+    let mut view = ConfigView::keeping_out(&[crate::store::WORKLOAD_KIND]);
     let mut backoff = BACKOFF_MIN;
     loop {
         let (mut client, token) = ca.config_service();
@@ -221,6 +222,27 @@ async fn follow_config(app: Arc<App>, ca: CaClient) {
                     |_| Ok(()),
                     |view, update| {
                         backoff = BACKOFF_MIN;
+                        let touched = app.store.workloads.apply(update, &app.config.trust_domain);
+                        app.store.applied(update.version);
+                        if !touched.is_empty() {
+                            tracing::debug!(
+                                version = update.version,
+                                upserted = touched.upserted.len(),
+                                removed = touched.removed.len(),
+                                held = app.store.workloads.len(),
+                                "workloads updated"
+                            );
+                        }
+                        let others_changed = update.base_version == 0
+                            || update
+                                .upserts
+                                .iter()
+                                .filter_map(|r| r.key.as_ref())
+                                .chain(&update.removes)
+                                .any(|k| k.kind != crate::store::WORKLOAD_KIND);
+                        if !others_changed {
+                            return;
+                        }
                         let snapshot = Snapshot::build(
                             view,
                             &app.config.cluster_domain,
@@ -334,9 +356,9 @@ fn endpoint<B>(what: &str, app: &App, request: &Request<B>) -> Response<Full<Byt
             services.sort();
             let dump = serde_json::json!({
                 "config": &app.config,
-                "version": snapshot.version,
+                "version": app.store.applied_version(),
                 "services": services,
-                "workloads": snapshot.workloads_by_addr.len(),
+                "workloads": app.store.workloads.len(),
                 "errors": snapshot.errors,
                 "certificate": app.certificates.current().is_some(),
             });

@@ -24,7 +24,7 @@ use crate::{
     app::App,
     h2io::H2Io,
     proxy::{self, Downstream},
-    store::{PortProtocol, Snapshot},
+    store::{PortProtocol, Snapshot, Workloads},
 };
 
 const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
@@ -80,7 +80,6 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, app: &Arc<App>) -> R
 /// address is used, which names no workload, so address-based ALLOW rules fail closed.
 fn source_address(
     request: &Request<RecvStream>,
-    snapshot: &Snapshot,
     client: &Identity,
     peer: SocketAddr,
     app: &App,
@@ -88,9 +87,7 @@ fn source_address(
     let Some(forwarded) = forwarded_for(request) else {
         return peer;
     };
-    let owner = snapshot
-        .workloads_by_addr
-        .get(&forwarded.ip().to_canonical());
+    let owner = app.store.workloads.get(forwarded.ip());
     if owner.is_some_and(|w| w.identity.as_ref() == Some(client)) {
         return forwarded;
     }
@@ -140,12 +137,12 @@ async fn serve_stream(
     };
     let snapshot = app.store.get();
     let own = app.config.waypoint.as_deref().unwrap_or_default();
-    let Some(destination) = destination(&snapshot, target, own) else {
+    let Some(destination) = destination(&snapshot, &app.store.workloads, target, own) else {
         tracing::warn!(%client, %target, waypoint = %own,
             "refused: the destination is not bound to this waypoint");
         return refuse(&mut respond, StatusCode::FORBIDDEN);
     };
-    let source = source_address(&request, &snapshot, &client, peer, &app);
+    let source = source_address(&request, &client, peer, &app);
     let ok = Response::builder()
         .status(StatusCode::OK)
         .body(())
@@ -179,7 +176,7 @@ async fn serve_stream(
         source,
         target,
         destination,
-        source_workload: snapshot.workloads_by_addr.get(&source.ip()).cloned(),
+        source_workload: app.store.workloads.get(source.ip()),
         series: Default::default(),
     });
     if !http {
@@ -214,6 +211,7 @@ async fn serve_stream(
 /// bound to it; `None` when neither is.
 pub fn destination(
     snapshot: &Snapshot,
+    workloads: &Workloads,
     target: SocketAddr,
     waypoint: &str,
 ) -> Option<proxy::Destination> {
@@ -226,7 +224,7 @@ pub fn destination(
         return (service.waypoint.as_deref() == Some(waypoint))
             .then(|| proxy::Destination::Service(service.clone()));
     }
-    let workload = snapshot.workloads_by_addr.get(&ip)?;
+    let workload = workloads.get(ip)?;
     (workload.waypoint.as_deref() == Some(waypoint))
-        .then(|| proxy::Destination::Workload(workload.clone()))
+        .then_some(proxy::Destination::Workload(workload))
 }

@@ -98,8 +98,12 @@ pub async fn carry(mut io: H2Io, downstream: Arc<Downstream>, app: Arc<App>, how
                     port: None,
                 },
             };
-            app.upstreams
-                .resolve(&snapshot, &target, downstream.target.port())
+            app.upstreams.resolve(
+                &snapshot,
+                &app.store.workloads,
+                &target,
+                downstream.target.port(),
+            )
         }
         (Destination::Workload(w), None) => {
             Ok(app.upstreams.resolve_workload(w, downstream.target))

@@ -151,7 +151,7 @@ async fn respond(
         scheme: "http",
         headers: request.headers(),
         port: downstream.target.port(),
-        source_labels: downstream.source_workload.as_ref().map(|w| &w.labels),
+        source_labels: downstream.source_workload.as_ref().map(|w| &*w.labels),
         source_namespace: downstream
             .source_workload
             .as_ref()

@@ -1,7 +1,8 @@
-//! What the waypoint knows of the mesh, rebuilt from each configuration update the controller
-//! streams: services (by address and by hostname), workloads (by address, and to select a
-//! service's endpoints), DestinationRules by host, and the route table. Proxy code reads an
-//! immutable [`Snapshot`]; one writer swaps it.
+//! What the waypoint knows of the mesh, from the configuration the controller streams:
+//! services (by address and by hostname), DestinationRules by host, and the route table, in
+//! an immutable [`Snapshot`] rebuilt when one of them changes (one writer swaps it); and the
+//! workloads (by address, and to select a service's endpoints) in [`Workloads`], changed one
+//! workload at a time, so a pod's change rebuilds nothing else.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,6 +25,12 @@ use mesh_core::{
 };
 
 use crate::routes::{RouteTable, Scope, qualify};
+
+mod workloads;
+
+pub use workloads::{KIND as WORKLOAD_KIND, Workloads};
+
+type WorkloadIndex = mesh_core::workloads::WorkloadIndex<Workload>;
 
 #[derive(Debug)]
 pub struct Service {
@@ -84,19 +91,23 @@ impl Service {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub address: IpAddr,
-    pub labels: BTreeMap<String, String>,
+    /// Every address it has (a dual-stack pod has two); `address` is the first.
+    pub addresses: Vec<IpAddr>,
+    /// Shared with the workloads that have an equal set (a Deployment's replicas).
+    pub labels: Arc<BTreeMap<String, String>>,
     pub identity: Option<Identity>,
     /// Captured by a node agent: reached over HBONE on its port 15008.
     pub enrolled: bool,
     pub waypoint: Option<String>,
     pub locality: Locality,
-    /// How the metrics name it (its controller, canonical service and revision).
-    pub names: WorkloadNames,
+    /// How the metrics name it (its controller, canonical service and revision); shared
+    /// like the labels.
+    pub names: Arc<WorkloadNames>,
 }
 
 /// An endpoint a request can be sent to.
@@ -116,9 +127,6 @@ pub struct Snapshot {
     pub version: u64,
     pub services_by_addr: HashMap<IpAddr, Arc<Service>>,
     pub services_by_host: HashMap<String, Arc<Service>>,
-    pub workloads_by_addr: HashMap<IpAddr, Arc<Workload>>,
-    /// Workloads per namespace, to select endpoints.
-    pub workloads_by_namespace: HashMap<String, Vec<Arc<Workload>>>,
     /// Fully qualified host -> its DestinationRule.
     pub destination_rules: HashMap<String, Arc<DestinationRuleSpec>>,
     pub routes: RouteTable,
@@ -168,7 +176,8 @@ impl Snapshot {
                 continue;
             }
             match &resource.body {
-                Some(Body::Workload(w)) => snapshot.add_workload(w, trust_domain),
+                // Kept in `Workloads`, one at a time (the view holds none).
+                Some(Body::Workload(_)) => {}
                 Some(Body::Service(s)) => snapshot.add_service(s),
                 Some(Body::Waypoint(w)) => {
                     if let Ok(identity) = Identity::new(trust_domain, namespace, &w.service_account)
@@ -275,41 +284,6 @@ impl Snapshot {
         snapshot
     }
 
-    fn add_workload(&mut self, w: &pb::Workload, trust_domain: &str) {
-        let Some(address) = w.addresses.iter().find_map(|a| a.parse::<IpAddr>().ok()) else {
-            return;
-        };
-        let labels: BTreeMap<String, String> = w.labels.clone().into_iter().collect();
-        let names = if w.workload_name.is_empty() {
-            // From a controller older than these fields: the labels decide.
-            WorkloadNames::derive(&w.name, false, &labels, None)
-        } else {
-            WorkloadNames {
-                workload: w.workload_name.clone(),
-                canonical_service: w.canonical_name.clone(),
-                canonical_revision: w.canonical_revision.clone(),
-            }
-        };
-        let workload = Arc::new(Workload {
-            names,
-            name: w.name.clone(),
-            namespace: w.namespace.clone(),
-            address,
-            labels,
-            identity: Identity::new(trust_domain, &w.namespace, &w.service_account).ok(),
-            enrolled: w.enrolled,
-            waypoint: (!w.waypoint.is_empty()).then(|| w.waypoint.clone()),
-            locality: Locality::parse(&w.locality),
-        });
-        for a in w.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-            self.workloads_by_addr.insert(a, workload.clone());
-        }
-        self.workloads_by_namespace
-            .entry(w.namespace.clone())
-            .or_default()
-            .push(workload);
-    }
-
     fn add_service(&mut self, s: &pb::Service) {
         let parse = |list: &[String]| list.iter().filter_map(|a| a.parse().ok()).collect();
         let service = Arc::new(Service {
@@ -341,20 +315,15 @@ impl Snapshot {
 
     /// A pod of waypoint `namespace/name`, with its identity: one labelled as the Gateway's
     /// that runs as the identity the controller published for it (never the label alone).
-    pub fn waypoint_pod(&self, waypoint: &str) -> Option<(IpAddr, Identity)> {
-        let (namespace, name) = waypoint.split_once('/')?;
+    pub fn waypoint_pod(
+        &self,
+        workloads: &WorkloadIndex,
+        waypoint: &str,
+    ) -> Option<(IpAddr, Identity)> {
         let identity = self.waypoint_identities.get(waypoint)?;
-        let pods: Vec<&Arc<Workload>> = self
-            .workloads_by_namespace
-            .get(namespace)?
-            .iter()
-            .filter(|w| {
-                w.labels
-                    .get(mesh_core::pods::GATEWAY_NAME_LABEL)
-                    .map(String::as_str)
-                    == Some(name)
-                    && w.identity.as_ref() == Some(identity)
-            })
+        let pods: Vec<&Arc<Workload>> = workloads
+            .labelled_for_waypoint(waypoint)
+            .filter(|w| w.identity.as_ref() == Some(identity))
             .collect();
         let pod = pods.get(fastrand::usize(..pods.len().max(1)))?;
         Some((pod.address, pod.identity.clone()?))
@@ -373,6 +342,7 @@ impl Snapshot {
     /// the workloads its selector picks, or its EndpointSlices' addresses.
     pub fn endpoints(
         &self,
+        workloads: &WorkloadIndex,
         service: &Service,
         port: u16,
         subset_labels: Option<&BTreeMap<String, String>>,
@@ -385,11 +355,8 @@ impl Snapshot {
                 .all(|(k, v)| w.labels.get(k) == Some(v))
         };
         if !service.selector.is_empty() {
-            return self
-                .workloads_by_namespace
-                .get(&service.namespace)
-                .into_iter()
-                .flatten()
+            return workloads
+                .in_namespace(&service.namespace)
                 .filter(|w| {
                     service
                         .selector
@@ -410,7 +377,7 @@ impl Snapshot {
             .iter()
             .map(|ip| Endpoint {
                 addr: SocketAddr::new(*ip, target_port),
-                workload: self.workloads_by_addr.get(ip).cloned(),
+                workload: workloads.by_addr(*ip).cloned(),
                 via: None,
                 placement: Placement::default(),
             })
@@ -422,6 +389,11 @@ impl Snapshot {
 /// The current snapshot, shared by the proxy; replaced whole on each update.
 pub struct Store {
     current: RwLock<Arc<Snapshot>>,
+    /// The workloads, changed one at a time (not part of the snapshot).
+    pub workloads: Workloads,
+    /// The version of the last update applied, workloads included (a snapshot's version is
+    /// that of the last update that rebuilt it).
+    applied: std::sync::atomic::AtomicU64,
     /// The version of each snapshot set, for whoever follows changes (ingress listeners).
     version: tokio::sync::watch::Sender<u64>,
 }
@@ -430,6 +402,8 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             current: RwLock::default(),
+            workloads: Workloads::default(),
+            applied: Default::default(),
             version: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -446,6 +420,17 @@ impl Store {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records that the update `version` was applied.
+    pub fn applied(&self, version: u64) {
+        self.applied
+            .store(version, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The version of the last update applied.
+    pub fn applied_version(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn set(&self, snapshot: Snapshot) {

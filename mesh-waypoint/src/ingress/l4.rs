@@ -48,10 +48,11 @@ pub(super) async fn carry<IO>(
         true => crate::sni::read_client_hello(&mut io, SNIFF_WAIT).await,
         false => (Vec::new(), None),
     };
+    let source = app.store.workloads.get(source_ip);
     let connection = TcpConnection {
         port: number,
         destination: local.ip().to_canonical(),
-        source: snapshot.workloads_by_addr.get(&source_ip).map(|w| &**w),
+        source: source.as_deref(),
         sni: sni.as_deref(),
     };
     let Some(route) = snapshot.ingress_routes.gateway_tcp_route(&connection) else {
@@ -59,7 +60,9 @@ pub(super) async fn carry<IO>(
         return;
     };
     tracing::debug!(route = %route.origin, sni = ?sni, "ingress TCP route");
-    let resolved = app.upstreams.resolve(&snapshot, route.choose(), number);
+    let resolved = app
+        .upstreams
+        .resolve(&snapshot, &app.store.workloads, route.choose(), number);
     let carried = Carried {
         first,
         what: if read_sni { "tls passthrough" } else { "tcp" },

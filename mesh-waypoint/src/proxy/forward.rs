@@ -121,9 +121,12 @@ pub async fn forward(
     };
     outcome.service = target.as_ref().map(|t| t.host.clone());
     let resolved = match &target {
-        Some(target) => app
-            .upstreams
-            .resolve(snapshot, target, downstream.target.port()),
+        Some(target) => app.upstreams.resolve(
+            snapshot,
+            &app.store.workloads,
+            target,
+            downstream.target.port(),
+        ),
         None => match &downstream.destination {
             Destination::Workload(workload) => {
                 Ok(app.upstreams.resolve_workload(workload, downstream.target))
@@ -425,10 +428,12 @@ fn send_mirror(
     downstream: &Downstream,
     prepared: &Prepared,
 ) {
-    let resolved = match app
-        .upstreams
-        .resolve(snapshot, target, downstream.target.port())
-    {
+    let resolved = match app.upstreams.resolve(
+        snapshot,
+        &app.store.workloads,
+        target,
+        downstream.target.port(),
+    ) {
         Ok(resolved) => resolved,
         Err(failure) => {
             tracing::debug!(%failure, "mirror target unknown");

@@ -295,20 +295,23 @@ fn tcp_routes_split_connections_by_port_and_source() {
             name: "client".to_owned(),
             namespace: "bookinfo".to_owned(),
             address: [10, 0, 0, 9].into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            addresses: vec![[10, 0, 0, 9].into()],
+            labels: std::sync::Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
             identity: None,
             enrolled: true,
             waypoint: None,
             locality: Default::default(),
-            names: mesh_core::telemetry::WorkloadNames::derive(
+            names: std::sync::Arc::new(mesh_core::telemetry::WorkloadNames::derive(
                 "client",
                 false,
                 &Default::default(),
                 None,
-            ),
+            )),
         };
         let connection = TcpConnection {
             port,

@@ -10,27 +10,34 @@ use super::{
 };
 use crate::{
     routes::Target,
-    store::{Endpoint, Snapshot, Workload},
+    store::{Endpoint, Snapshot, Workload, Workloads},
 };
+
+type WorkloadIndex = mesh_core::workloads::WorkloadIndex<Workload>;
 
 impl Upstreams {
     /// The endpoints and policy of `target` for a request that came in on `port`, worked
-    /// out once per configuration snapshot (selecting endpoints walks the namespace's
-    /// workloads).
+    /// out once per configuration snapshot and generation of the workloads (selecting
+    /// endpoints walks the namespace's workloads).
     pub fn resolve(
         &self,
         snapshot: &Arc<Snapshot>,
+        workloads: &Workloads,
         target: &Target,
         port: u16,
     ) -> Result<Arc<Resolved>, Failure> {
+        // Read before resolving: a change during the resolution makes it stale at once.
+        let generation = workloads.generation();
         {
             let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             let current = cache
                 .snapshot
                 .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, snapshot));
+                .is_some_and(|s| Arc::ptr_eq(s, snapshot))
+                && cache.generation == generation;
             if !current {
                 cache.snapshot = Some(snapshot.clone());
+                cache.generation = generation;
                 cache.targets.clear();
             }
             let mut cached = cache.targets.get(target).into_iter().flatten();
@@ -38,12 +45,13 @@ impl Upstreams {
                 return Ok(resolved.clone());
             }
         }
-        let resolved = Arc::new(self.resolve_in(snapshot, target, port)?);
+        let resolved = Arc::new(self.resolve_in(snapshot, &workloads.read(), target, port)?);
         let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
         if cache
             .snapshot
             .as_ref()
             .is_some_and(|s| Arc::ptr_eq(s, snapshot))
+            && cache.generation == generation
         {
             cache
                 .targets
@@ -57,6 +65,7 @@ impl Upstreams {
     fn resolve_in(
         &self,
         snapshot: &Snapshot,
+        workloads: &WorkloadIndex,
         target: &Target,
         port: u16,
     ) -> Result<Resolved, Failure> {
@@ -99,7 +108,7 @@ impl Upstreams {
         let endpoints = match through {
             // Another waypoint owns this service: it gets the request, for the service address.
             Some(waypoint) => {
-                let via = snapshot.waypoint_pod(waypoint).ok_or_else(|| {
+                let via = snapshot.waypoint_pod(workloads, waypoint).ok_or_else(|| {
                     Failure::NoHealthyUpstream(format!("waypoint {waypoint} has no pod"))
                 })?;
                 service
@@ -114,10 +123,10 @@ impl Upstreams {
                     .into_iter()
                     .collect()
             }
-            None => snapshot.endpoints(service, port, subset.map(|s| &s.labels)),
+            None => snapshot.endpoints(workloads, service, port, subset.map(|s| &s.labels)),
         };
         let mut endpoints = endpoints;
-        if let (Some(setting), Some(own)) = (&policy.locality, self.own_workload(snapshot)) {
+        if let (Some(setting), Some(own)) = (&policy.locality, self.own_workload(workloads)) {
             let proxy = Proxy {
                 locality: &own.locality,
                 labels: &own.labels,
@@ -125,7 +134,7 @@ impl Upstreams {
             let nowhere = (Locality::default(), Default::default());
             for endpoint in &mut endpoints {
                 let (locality, labels) = match &endpoint.workload {
-                    Some(w) => (&w.locality, &w.labels),
+                    Some(w) => (&w.locality, &*w.labels),
                     None => (&nowhere.0, &nowhere.1),
                 };
                 endpoint.placement = place(setting, &proxy, locality, labels);
@@ -145,13 +154,11 @@ impl Upstreams {
     }
 
     /// This proxy's own workload, if its pod is known and has a locality.
-    fn own_workload<'s>(&self, snapshot: &'s Snapshot) -> Option<&'s Arc<Workload>> {
+    fn own_workload<'s>(&self, workloads: &'s WorkloadIndex) -> Option<&'s Arc<Workload>> {
         let (namespace, name) = self.own_pod.as_ref()?;
-        snapshot
-            .workloads_by_namespace
-            .get(namespace)?
-            .iter()
-            .find(|w| &w.name == name && !w.locality.is_empty())
+        workloads
+            .by_key(&format!("{namespace}/{name}"))
+            .filter(|w| !w.locality.is_empty())
     }
 
     /// The counters of `key`'s cluster, kept across snapshots (its outlier ejections and
@@ -196,6 +203,8 @@ impl Upstreams {
 #[derive(Default)]
 pub(super) struct ResolvedCache {
     snapshot: Option<Arc<Snapshot>>,
+    /// The workloads' generation they were made at.
+    generation: u64,
     /// Per target, by the port requests came in on.
     targets: HashMap<Target, Vec<(u16, Arc<Resolved>)>>,
 }
