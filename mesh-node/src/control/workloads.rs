@@ -22,7 +22,7 @@ pub(super) const STORE_KINDS: &[&str] = &["Workload", "Waypoint"];
 pub(super) fn apply(state: &State, update: &Update) -> Touched {
     let started = std::time::Instant::now();
     let mut store = state.workloads_mut();
-    let touched = apply_to(&mut store, update);
+    let touched = apply_to(&mut store, update, &state.config.node_name);
     let held = store.len();
     drop(store);
     state.metrics.record_workload_changes(&touched, held);
@@ -38,8 +38,9 @@ pub(super) fn apply(state: &State, update: &Update) -> Touched {
     touched
 }
 
-/// What [`apply`] does to the store itself.
-fn apply_to(store: &mut WorkloadStore, update: &Update) -> Touched {
+/// What [`apply`] does to the store itself. Of the pods scheduled without an address, only
+/// `node`'s are kept: no other node's are ever asked about here.
+fn apply_to(store: &mut WorkloadStore, update: &Update, node: &str) -> Touched {
     let in_store = |r: &&Resource| {
         r.key
             .as_ref()
@@ -48,7 +49,7 @@ fn apply_to(store: &mut WorkloadStore, update: &Update) -> Touched {
     if update.base_version == 0 {
         let mut file = PodsFile::default();
         for resource in update.upserts.iter().filter(in_store) {
-            add_to_file(&mut file, resource);
+            add_to_file(&mut file, resource, node);
         }
         store.replace_all(file)
     } else {
@@ -71,7 +72,7 @@ fn apply_to(store: &mut WorkloadStore, update: &Update) -> Touched {
                         Some(pod) => touched.upserted.extend(store.upsert(pod)),
                         None => {
                             touched.removed.extend(store.remove(&pod_key));
-                            if let Some((uid, scheduled)) = scheduled_of(w) {
+                            if let Some((uid, scheduled)) = scheduled_of(w, node) {
                                 store.scheduled_mut().insert(uid, scheduled);
                                 touched.scheduled = true;
                             }
@@ -99,7 +100,7 @@ fn apply_to(store: &mut WorkloadStore, update: &Update) -> Touched {
 }
 
 /// Adds one resource of a snapshot to `file`.
-fn add_to_file(file: &mut PodsFile, resource: &Resource) {
+fn add_to_file(file: &mut PodsFile, resource: &Resource, node: &str) {
     match (&resource.key, &resource.body) {
         (Some(key), Some(Body::Waypoint(w))) => {
             file.waypoints.insert(
@@ -109,15 +110,15 @@ fn add_to_file(file: &mut PodsFile, resource: &Resource) {
         }
         (Some(_), Some(Body::Workload(w))) => match pod_of(w) {
             Some(pod) => file.pods.push(pod),
-            None => file.scheduled.extend(scheduled_of(w)),
+            None => file.scheduled.extend(scheduled_of(w, node)),
         },
         _ => {}
     }
 }
 
-/// A pod the controller sent before it has an address, by UID.
-fn scheduled_of(w: &Workload) -> Option<(String, Scheduled)> {
-    (w.addresses.is_empty() && !w.uid.is_empty()).then(|| {
+/// A pod of `node` the controller sent before it has an address, by UID.
+fn scheduled_of(w: &Workload, node: &str) -> Option<(String, Scheduled)> {
+    (w.addresses.is_empty() && !w.uid.is_empty() && w.node == node).then(|| {
         (
             w.uid.clone(),
             Scheduled {

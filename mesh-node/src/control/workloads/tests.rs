@@ -64,11 +64,12 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
             workload("p0", "n0", Some("10.0.0.1"), "web"),
             workload("p1", "n1", Some("10.0.0.2"), "web"),
             workload("starting", "n0", None, "web"),
+            workload("elsewhere", "n1", None, "web"),
             waypoint("wp", "wp-sa"),
         ],
         ..Update::default()
     };
-    let touched = apply_to(&mut store, &snapshot);
+    let touched = apply_to(&mut store, &snapshot, "n0");
     assert_eq!(touched.upserted.len(), 2);
     assert!(touched.waypoints && touched.scheduled);
     assert_eq!(store.waypoint_identity("a/wp"), Some(("a", "wp-sa")));
@@ -76,11 +77,16 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         store.node_file("n0").scheduled["uid-starting"].key,
         "a/starting"
     );
+    assert!(
+        store.node_file("n1").scheduled.is_empty(),
+        "only this node's scheduled pods are kept"
+    );
 
     // One pod relabelled: only it is touched, and only its node is concerned.
     let touched = apply_to(
         &mut store,
         &delta(vec![workload("p1", "n1", Some("10.0.0.2"), "api")], vec![]),
+        "n0",
     );
     assert_eq!(touched.upserted.len(), 1);
     assert!(touched.removed.is_empty() && !touched.waypoints && !touched.scheduled);
@@ -89,7 +95,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
 
     // The same pod again: nothing changes.
     let again = delta(vec![workload("p1", "n1", Some("10.0.0.2"), "api")], vec![]);
-    assert!(apply_to(&mut store, &again).is_empty());
+    assert!(apply_to(&mut store, &again, "n0").is_empty());
 
     // The starting pod gets its address: it leaves the scheduled table for the pods.
     let touched = apply_to(
@@ -98,6 +104,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
             vec![workload("starting", "n0", Some("10.0.0.3"), "web")],
             vec![],
         ),
+        "n0",
     );
     assert!(touched.scheduled && touched.upserted.len() == 1);
     assert!(store.node_file("n0").scheduled.is_empty());
@@ -106,6 +113,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
     let touched = apply_to(
         &mut store,
         &delta(vec![], vec![key("Workload", "p0"), key("Waypoint", "wp")]),
+        "n0",
     );
     assert_eq!(touched.removed.len(), 1);
     assert!(touched.waypoints);
@@ -118,7 +126,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         upserts: vec![workload("p1", "n1", Some("10.0.0.2"), "api")],
         ..Update::default()
     };
-    let touched = apply_to(&mut store, &snapshot);
+    let touched = apply_to(&mut store, &snapshot, "n0");
     assert!(touched.upserted.is_empty());
     assert_eq!(touched.removed.len(), 1);
     assert_eq!(store.len(), 1);

@@ -18,6 +18,12 @@ use mesh_tests::{
 };
 use serde_json::json;
 
+mod memory;
+mod scale;
+
+use memory::{hold_connections, hold_server, rss_mb, settled_rss_mb};
+use scale::{authorization_check_us, many_pods};
+
 const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
@@ -157,147 +163,6 @@ fn main() -> Result<()> {
     write_json(&all, args.seconds, authz_us)
 }
 
-/// Connection setup and agent memory with `extra` remote pods in the mesh (on a node with no
-/// agent here), against the same measurements with a handful (the `hbone` path): the goal is
-/// the same cost per connection.
-fn many_pods(
-    tb: &Testbed,
-    options: &AgentOptions,
-    secs: Duration,
-    extra: usize,
-) -> Result<Results> {
-    tb.update_pods_file(|file| {
-        for i in 0..extra {
-            file.pods.push(mesh_node::pods::Pod {
-                name: format!("remote-{i}"),
-                namespace: "default".to_owned(),
-                node: "elsewhere".to_owned(),
-                service_account: format!("sa-{}", i % 100),
-                ip: std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
-                netns: "/nonexistent".into(),
-                cgroup: None,
-                labels: std::sync::Arc::new(
-                    [("app".to_owned(), format!("app-{}", i % 500))].into(),
-                ),
-                uid: None,
-                owner: None,
-                names: None,
-                enrolled: None,
-                waypoint: None,
-            });
-        }
-    })?;
-    let (client, server) = (tb.pod("n0-p4").clone(), tb.pod("n1-p4").clone());
-    let agents = [
-        tb.start_agent("n0", options)?,
-        tb.start_agent("n1", options)?,
-    ];
-    agents[0].wait_enrolled(&client.key(), true)?;
-    agents[1].wait_enrolled(&server.key(), true)?;
-    let mut r = Results::new();
-    std::thread::sleep(Duration::from_secs(2));
-    r.insert("agent_rss_idle_mb", rss_mb(&agents)?);
-    let dst = server.addr(ECHO_PORT);
-    let connect = || client.connect(dst);
-    for (clients, key) in [
-        (1, "new_conn_1_client_per_s"),
-        (4, "new_conn_4_clients_per_s"),
-    ] {
-        let rate = connection_rate(&connect, clients, secs).unwrap_or_else(|error| {
-            eprintln!("bench: {key} failed: {error:#}");
-            f64::NAN
-        });
-        r.insert(key, rate);
-    }
-    match request_response(&connect, 1, 1024, secs) {
-        Ok(h) => {
-            r.insert(
-                "rr_1k_1conn_p50_us",
-                h.value_at_quantile(0.50) as f64 / 1000.0,
-            );
-            r.insert(
-                "rr_1k_1conn_p99_us",
-                h.value_at_quantile(0.99) as f64 / 1000.0,
-            );
-        }
-        Err(error) => eprintln!("bench: request/response failed: {error:#}"),
-    }
-    r.insert("agent_rss_after_load_mb", rss_mb(&agents)?);
-    r.insert("agent_rss_settled_mb", settled_rss_mb(&agents)?);
-    Ok(r)
-}
-
-/// Mean time of one L4 authorization decision with 10,000 AuthorizationPolicies in the mesh.
-fn authorization_check_us() -> Result<f64> {
-    use mesh_core::policy::{
-        Action, AuthorizationPolicy, AuthorizationPolicySpec, Connection, From, Metadata,
-        Operation, PolicySet, Rule, Source, To, Workload,
-    };
-    let mut set = PolicySet::with_root_namespace("istio-system");
-    for i in 0..10_000 {
-        let namespace = format!("ns-{}", i % 1000);
-        let policy = AuthorizationPolicy {
-            metadata: Metadata {
-                name: format!("p-{i}"),
-                namespace: namespace.clone(),
-            },
-            spec: AuthorizationPolicySpec {
-                action: if i % 10 == 0 {
-                    Action::Deny
-                } else {
-                    Action::Allow
-                },
-                rules: Some(vec![Rule {
-                    from: Some(vec![From {
-                        source: Source {
-                            principals: vec![
-                                format!("cluster.local/ns/{namespace}/sa/client-{i}"),
-                                "cluster.local/ns/ops/sa/*".into(),
-                            ],
-                            ..Source::default()
-                        },
-                    }]),
-                    to: Some(vec![To {
-                        operation: Operation {
-                            ports: vec![format!("{}", 8000 + i % 100)],
-                            ..Operation::default()
-                        },
-                    }]),
-                    when: None,
-                }]),
-                ..AuthorizationPolicySpec::default()
-            },
-        };
-        assert_eq!(set.add_authorization(policy, None), None, "a valid policy");
-    }
-    let labels = Default::default();
-    let identities: Vec<mesh_core::Identity> = (0..100)
-        .map(|i| mesh_core::Identity::new("cluster.local", &format!("ns-{i}"), "client").unwrap())
-        .collect();
-    let namespaces: Vec<String> = (0..1000).map(|i| format!("ns-{i}")).collect();
-    let checks = 100_000;
-    let started = std::time::Instant::now();
-    let mut allowed = 0;
-    for i in 0..checks {
-        let workload = Workload {
-            namespace: &namespaces[i % 1000],
-            labels: &labels,
-        };
-        let connection = Connection {
-            source: Some(&identities[i % 100]),
-            source_ip: [10, 0, 0, 1].into(),
-            destination_port: 8000 + (i % 100) as u16,
-            request: None,
-        };
-        if set.authorize(workload, connection) == mesh_core::policy::Decision::Allow {
-            allowed += 1;
-        }
-    }
-    let per_check = started.elapsed().as_secs_f64() * 1e6 / checks as f64;
-    std::hint::black_box(allowed);
-    Ok(per_check)
-}
-
 fn measure(
     client: &Pod,
     server: &Pod,
@@ -376,25 +241,6 @@ fn measure(
     Ok(r)
 }
 
-/// RSS once the load's connections have all closed and the allocator had a moment to give
-/// freed memory back: within 20 % of the idle RSS is the goal.
-fn settled_rss_mb(agents: &[mesh_tests::Agent; 2]) -> Result<f64> {
-    let carried = |agent: &mesh_tests::Agent| {
-        agent
-            .connections()
-            .map(|c| c.as_array().map_or(0, Vec::len))
-            .unwrap_or(0)
-    };
-    mesh_tests::sys::wait_until(
-        "the load's connections to close",
-        Duration::from_secs(60),
-        Duration::from_millis(100),
-        || Ok(agents.iter().all(|a| carried(a) == 0)),
-    )?;
-    std::thread::sleep(Duration::from_secs(2));
-    rss_mb(agents)
-}
-
 fn iperf3(client: &Pod, server: &Pod, streams: u32, secs: Duration) -> Result<f64> {
     let child = client.spawn(
         Command::new("iperf3")
@@ -424,15 +270,6 @@ fn iperf3(client: &Pod, server: &Pod, streams: u32, secs: Duration) -> Result<f6
         .as_f64()
         .context("iperf3 report without sum_received")?;
     Ok(bps / 1e9)
-}
-
-/// Sum of both agents' resident memory, in MB.
-fn rss_mb(agents: &[mesh_tests::Agent; 2]) -> Result<f64> {
-    let mut mb = 0.0;
-    for agent in agents {
-        mb += mesh_tests::sys::rss_mb(agent.pid().context("agent not running")?)?;
-    }
-    Ok(mb / agents.len() as f64)
 }
 
 fn print_table(all: &[(&str, Results)]) {
@@ -493,64 +330,5 @@ fn write_json(all: &[(&str, Results)], seconds: u64, authz_us: f64) -> Result<()
     std::fs::write(&file, &text)?;
     std::fs::write(dir.join("latest.json"), &text)?;
     println!("wrote {}", file.display());
-    Ok(())
-}
-
-const HOLD_PORT: u16 = 7100;
-
-/// Opens `count` idle connections through HBONE and reports the agents' memory per connection.
-/// The server side is a separate process: one process cannot hold both ends within the
-/// machine's open-file limit.
-fn hold_connections(
-    client: &Pod,
-    server: &Pod,
-    agents: &[mesh_tests::Agent; 2],
-    count: usize,
-) -> Result<Results> {
-    let exe = std::env::current_exe()?;
-    let _holder = mesh_tests::sys::KillOnDrop(
-        server.spawn(Command::new(exe).args(["--hold-server", &HOLD_PORT.to_string()]))?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let idle = rss_mb(agents)?;
-    let dst = server.addr(HOLD_PORT);
-    let mut held = Vec::with_capacity(count);
-    let started = std::time::Instant::now();
-    for _ in 0..count {
-        let mut stream = client.connect(dst)?;
-        // One byte back proves the tunnel reached the holder.
-        std::io::Write::write_all(&mut stream, b"x")?;
-        let mut one = [0u8; 1];
-        std::io::Read::read_exact(&mut stream, &mut one)?;
-        held.push(stream);
-    }
-    eprintln!(
-        "bench: {count} HBONE connections open in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let loaded = rss_mb(agents)?;
-    drop(held);
-    let mut r = Results::new();
-    r.insert("agent_rss_holding_mb", loaded);
-    r.insert(
-        "agent_kb_per_idle_connection",
-        (loaded - idle) * 1024.0 / count as f64,
-    );
-    Ok(r)
-}
-
-/// Accepts connections and holds them, answering each first byte once.
-fn hold_server(port: u16) -> Result<()> {
-    let listener = std::net::TcpListener::bind(("::", port))?;
-    let mut held = Vec::new();
-    for stream in listener.incoming() {
-        let mut stream = stream?;
-        let mut one = [0u8; 1];
-        if std::io::Read::read_exact(&mut stream, &mut one).is_ok() {
-            let _ = std::io::Write::write_all(&mut stream, &one);
-            held.push(stream);
-        }
-    }
     Ok(())
 }

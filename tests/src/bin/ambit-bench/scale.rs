@@ -1,0 +1,156 @@
+//! Costs that must not grow with the size of the mesh: connection setup and memory with
+//! 10,000 remote pods known, and one authorization decision among 10,000 policies.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use mesh_tests::{
+    AgentOptions, Testbed,
+    traffic::{connection_rate, request_response},
+};
+
+use crate::{
+    ECHO_PORT, Results,
+    memory::{rss_mb, settled_rss_mb},
+};
+
+/// Connection setup and agent memory with `extra` remote pods in the mesh (on a node with no
+/// agent here), against the same measurements with a handful (the `hbone` path): the goal is
+/// the same cost per connection.
+pub(crate) fn many_pods(
+    tb: &Testbed,
+    options: &AgentOptions,
+    secs: Duration,
+    extra: usize,
+) -> Result<Results> {
+    tb.update_pods_file(|file| {
+        for i in 0..extra {
+            file.pods.push(mesh_node::pods::Pod {
+                name: format!("remote-{i}"),
+                namespace: "default".to_owned(),
+                node: "elsewhere".to_owned(),
+                service_account: format!("sa-{}", i % 100),
+                ip: std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
+                netns: "/nonexistent".into(),
+                cgroup: None,
+                labels: std::sync::Arc::new(
+                    [("app".to_owned(), format!("app-{}", i % 500))].into(),
+                ),
+                uid: None,
+                owner: None,
+                names: None,
+                enrolled: None,
+                waypoint: None,
+            });
+        }
+    })?;
+    let (client, server) = (tb.pod("n0-p4").clone(), tb.pod("n1-p4").clone());
+    let agents = [
+        tb.start_agent("n0", options)?,
+        tb.start_agent("n1", options)?,
+    ];
+    agents[0].wait_enrolled(&client.key(), true)?;
+    agents[1].wait_enrolled(&server.key(), true)?;
+    let mut r = Results::new();
+    std::thread::sleep(Duration::from_secs(2));
+    r.insert("agent_rss_idle_mb", rss_mb(&agents)?);
+    let dst = server.addr(ECHO_PORT);
+    let connect = || client.connect(dst);
+    for (clients, key) in [
+        (1, "new_conn_1_client_per_s"),
+        (4, "new_conn_4_clients_per_s"),
+    ] {
+        let rate = connection_rate(&connect, clients, secs).unwrap_or_else(|error| {
+            eprintln!("bench: {key} failed: {error:#}");
+            f64::NAN
+        });
+        r.insert(key, rate);
+    }
+    match request_response(&connect, 1, 1024, secs) {
+        Ok(h) => {
+            r.insert(
+                "rr_1k_1conn_p50_us",
+                h.value_at_quantile(0.50) as f64 / 1000.0,
+            );
+            r.insert(
+                "rr_1k_1conn_p99_us",
+                h.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+        Err(error) => eprintln!("bench: request/response failed: {error:#}"),
+    }
+    r.insert("agent_rss_after_load_mb", rss_mb(&agents)?);
+    r.insert("agent_rss_settled_mb", settled_rss_mb(&agents)?);
+    Ok(r)
+}
+
+/// Mean time of one L4 authorization decision with 10,000 AuthorizationPolicies in the mesh.
+pub(crate) fn authorization_check_us() -> Result<f64> {
+    use mesh_core::policy::{
+        Action, AuthorizationPolicy, AuthorizationPolicySpec, Connection, From, Metadata,
+        Operation, PolicySet, Rule, Source, To, Workload,
+    };
+    let mut set = PolicySet::with_root_namespace("istio-system");
+    for i in 0..10_000 {
+        let namespace = format!("ns-{}", i % 1000);
+        let policy = AuthorizationPolicy {
+            metadata: Metadata {
+                name: format!("p-{i}"),
+                namespace: namespace.clone(),
+            },
+            spec: AuthorizationPolicySpec {
+                action: if i % 10 == 0 {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                },
+                rules: Some(vec![Rule {
+                    from: Some(vec![From {
+                        source: Source {
+                            principals: vec![
+                                format!("cluster.local/ns/{namespace}/sa/client-{i}"),
+                                "cluster.local/ns/ops/sa/*".into(),
+                            ],
+                            ..Source::default()
+                        },
+                    }]),
+                    to: Some(vec![To {
+                        operation: Operation {
+                            ports: vec![format!("{}", 8000 + i % 100)],
+                            ..Operation::default()
+                        },
+                    }]),
+                    when: None,
+                }]),
+                ..AuthorizationPolicySpec::default()
+            },
+        };
+        assert_eq!(set.add_authorization(policy, None), None, "a valid policy");
+    }
+    let labels = Default::default();
+    let identities: Vec<mesh_core::Identity> = (0..100)
+        .map(|i| mesh_core::Identity::new("cluster.local", &format!("ns-{i}"), "client").unwrap())
+        .collect();
+    let namespaces: Vec<String> = (0..1000).map(|i| format!("ns-{i}")).collect();
+    let checks = 100_000;
+    let started = std::time::Instant::now();
+    let mut allowed = 0;
+    for i in 0..checks {
+        let workload = Workload {
+            namespace: &namespaces[i % 1000],
+            labels: &labels,
+        };
+        let connection = Connection {
+            source: Some(&identities[i % 100]),
+            source_ip: [10, 0, 0, 1].into(),
+            destination_port: 8000 + (i % 100) as u16,
+            request: None,
+        };
+        if set.authorize(workload, connection) == mesh_core::policy::Decision::Allow {
+            allowed += 1;
+        }
+    }
+    let per_check = started.elapsed().as_secs_f64() * 1e6 / checks as f64;
+    std::hint::black_box(allowed);
+    Ok(per_check)
+}
