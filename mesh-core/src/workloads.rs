@@ -317,13 +317,8 @@ impl<W: StoredWorkload> WorkloadIndex<W> {
             }
         }
         let entry = ByKey(workload.clone());
-        for (groups, name) in self.group_names(workload) {
-            let groups = match groups {
-                GroupKind::Namespace => &mut self.by_namespace,
-                GroupKind::Identity => &mut self.by_identity,
-                GroupKind::Node => &mut self.by_node,
-                GroupKind::Waypoint => &mut self.by_waypoint,
-            };
+        for (kind, name) in self.group_names(workload) {
+            let groups = self.groups_mut(kind);
             match groups.get_mut(name.as_str()) {
                 Some(group) => {
                     group.insert(entry.clone());
@@ -354,13 +349,8 @@ impl<W: StoredWorkload> WorkloadIndex<W> {
             }
         }
         let entry = ByKey(workload.clone());
-        for (groups, name) in self.group_names(workload) {
-            let groups = match groups {
-                GroupKind::Namespace => &mut self.by_namespace,
-                GroupKind::Identity => &mut self.by_identity,
-                GroupKind::Node => &mut self.by_node,
-                GroupKind::Waypoint => &mut self.by_waypoint,
-            };
+        for (kind, name) in self.group_names(workload) {
+            let groups = self.groups_mut(kind);
             if let Some(group) = groups.get_mut(name.as_str()) {
                 group.remove(&entry);
                 if group.is_empty() {
@@ -371,6 +361,15 @@ impl<W: StoredWorkload> WorkloadIndex<W> {
         }
         drop(entry);
         self.forget_shared(workload);
+    }
+
+    fn groups_mut(&mut self, kind: GroupKind) -> &mut Groups<W> {
+        match kind {
+            GroupKind::Namespace => &mut self.by_namespace,
+            GroupKind::Identity => &mut self.by_identity,
+            GroupKind::Node => &mut self.by_node,
+            GroupKind::Waypoint => &mut self.by_waypoint,
+        }
     }
 
     /// The groups `workload` belongs to.

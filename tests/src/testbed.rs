@@ -12,6 +12,8 @@
 mod cleanup;
 mod pods_file;
 
+pub use pods_file::remote_pod;
+
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},

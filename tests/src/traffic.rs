@@ -165,6 +165,28 @@ impl Read for Patient<'_> {
     }
 }
 
+/// Whether the peer closes (or resets) the stream within `within`; a read that times out means
+/// the connection is still open.
+pub fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
+    let _ = stream.set_read_timeout(Some(within));
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Reads the echo server's greeting: the peer address the server saw.
 pub fn read_greeting(stream: &mut TcpStream) -> Result<SocketAddr> {
     let mut line = Vec::new();

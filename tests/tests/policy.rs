@@ -2,17 +2,13 @@
 //! AuthorizationPolicy DENY by principal and port, ALLOW lists, and live connections closed
 //! when a new policy forbids them. Needs root; run with `cargo xtask test`.
 
-use std::{
-    io::{ErrorKind, Read as _},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{net::TcpStream, time::Duration};
 
 use anyhow::Result;
 use mesh_tests::{
     Agent, AgentOptions, Testbed, Topology,
     controller::Controller,
-    traffic::{echo_round_trip, echo_server, read_greeting},
+    traffic::{closed_by_peer, echo_round_trip, echo_server, read_greeting},
 };
 
 const PORT: u16 = 8080;
@@ -84,24 +80,6 @@ impl Mesh {
     }
 }
 
-/// The peer closed the connection (EOF or reset) within a few seconds.
-/// Whether the peer closes (or resets) the stream within 5 s; a read that times out means
-/// the connection is still open.
-fn closed_by_peer(stream: &mut TcpStream) -> bool {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 #[test]
 fn strict_refuses_plaintext_and_closes_it_permissive_accepts_it() -> Result<()> {
     let m = mesh()?;
@@ -119,7 +97,7 @@ fn strict_refuses_plaintext_and_closes_it_permissive_accepts_it() -> Result<()> 
         1,
     )?;
     assert!(
-        closed_by_peer(&mut before),
+        closed_by_peer(&mut before, Duration::from_secs(5)),
         "a plaintext connection survived STRICT"
     );
     let mut after = plain_client.connect(server)?;
@@ -207,7 +185,7 @@ spec:
         1,
     )?;
     assert!(
-        closed_by_peer(&mut batch),
+        closed_by_peer(&mut batch, Duration::from_secs(5)),
         "batch's open connection survived the ALLOW list"
     );
     echo_round_trip(&mut web, b"web keeps its connection")?;
@@ -327,7 +305,7 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        closed_by_peer(&mut live),
+        closed_by_peer(&mut live, Duration::from_secs(5)),
         "the live connection stayed open under DENY"
     );
     let log = m.agents[1].log();

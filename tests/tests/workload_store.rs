@@ -4,18 +4,13 @@
 //! under) without re-checking any other pod's connections. Needs root; run with
 //! `cargo xtask test`.
 
-use std::{
-    io::{ErrorKind, Read as _},
-    net::{Ipv4Addr, TcpStream},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use mesh_tests::{
     Agent, AgentOptions, Testbed, Topology,
     sys::wait_until,
-    traffic::{echo_round_trip, echo_server, read_greeting},
+    traffic::{closed_by_peer, echo_round_trip, echo_server, read_greeting},
 };
 
 const PORT: u16 = 8080;
@@ -37,45 +32,11 @@ fn rechecked(agent: &Agent) -> f64 {
     counter(agent, "ambit_connections_rechecked_total", &[])
 }
 
-/// Whether the peer closed (or reset) the stream; a read that times out means it is open.
-fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
-    let _ = stream.set_read_timeout(Some(within));
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 #[test]
 fn one_pods_change_among_10000_reaches_enforcement_alone() -> Result<()> {
     let tb = Testbed::new(Topology::default())?;
     tb.set_namespace_ambient("default", true)?;
-    tb.update_pods_file(|file| {
-        for i in 0..REMOTE_PODS {
-            file.pods.push(mesh_node::pods::Pod {
-                name: format!("remote-{i}"),
-                namespace: "default".to_owned(),
-                node: "elsewhere".to_owned(),
-                service_account: format!("sa-{}", i % 100),
-                ip: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
-                netns: "/nonexistent".into(),
-                cgroup: None,
-                labels: Arc::new([("app".to_owned(), format!("app-{}", i % 500))].into()),
-                uid: None,
-                owner: None,
-                names: None,
-                enrolled: None,
-                waypoint: None,
-            });
-        }
-    })?;
+    tb.add_remote_pods(REMOTE_PODS)?;
     tb.write_policy(
         "locked",
         r#"apiVersion: security.istio.io/v1

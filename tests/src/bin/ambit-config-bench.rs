@@ -126,23 +126,15 @@ fn real_processes() -> Result<()> {
             });
         }
         for p in 0..PODS {
-            file.pods.push(mesh_core::pods::Pod {
-                name: format!("pod-{p}"),
-                namespace: format!("ns-{}", p % NAMESPACES),
-                node: format!("node-{}", p % NODES),
-                service_account: format!("sa-{}", p % SERVICES),
-                ip: std::net::Ipv4Addr::new(100, 64 + (p / 65536) as u8, (p / 256) as u8, p as u8),
-                netns: "/nonexistent".into(),
-                cgroup: None,
-                labels: std::sync::Arc::new(
-                    [("app".to_owned(), format!("app-{}", p % SERVICES))].into(),
-                ),
-                uid: None,
-                owner: None,
-                names: None,
-                enrolled: None,
-                waypoint: None,
-            });
+            let mut pod = mesh_tests::testbed::remote_pod(
+                &format!("pod-{p}"),
+                &format!("ns-{}", p % NAMESPACES),
+                &format!("sa-{}", p % SERVICES),
+                std::net::Ipv4Addr::new(100, 64 + (p / 65536) as u8, (p / 256) as u8, p as u8),
+                &format!("app-{}", p % SERVICES),
+            );
+            pod.node = format!("node-{}", p % NODES);
+            file.pods.push(pod);
         }
     })?;
     let mut services = String::new();

@@ -1,10 +1,10 @@
 //! Editing the test bed's pods file as an orchestrator would: service accounts, labels on
 //! pods and namespaces, written atomically.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
-use mesh_node::pods::{self, PodsFile};
+use mesh_node::pods::{self, Pod, PodsFile};
 
 use super::Testbed;
 
@@ -77,6 +77,23 @@ impl Testbed {
         })
     }
 
+    /// Adds `count` pods of the mesh on a node with no agent here (10.200.0.0/16, in namespace
+    /// `default`, 100 service accounts and 500 `app` labels among them, as Deployments' replicas
+    /// share theirs): what the agents learn of a large cluster.
+    pub fn add_remote_pods(&self, count: usize) -> Result<()> {
+        self.update_pods_file(|file| {
+            for i in 0..count {
+                file.pods.push(remote_pod(
+                    &format!("remote-{i}"),
+                    "default",
+                    &format!("sa-{}", i % 100),
+                    Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
+                    &format!("app-{}", i % 500),
+                ));
+            }
+        })
+    }
+
     /// Rewrites the pods file atomically, as an orchestrator would.
     pub fn update_pods_file(&self, change: impl FnOnce(&mut PodsFile)) -> Result<()> {
         let mut file = self.pods_file.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,5 +103,30 @@ impl Testbed {
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.pods_file_path())?;
         Ok(())
+    }
+}
+
+/// A pod on node `elsewhere` (no agent, no network namespace here) labelled `app`.
+pub fn remote_pod(
+    name: &str,
+    namespace: &str,
+    service_account: &str,
+    ip: Ipv4Addr,
+    app: &str,
+) -> Pod {
+    Pod {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        node: "elsewhere".to_owned(),
+        service_account: service_account.to_owned(),
+        ip,
+        netns: "/nonexistent".into(),
+        cgroup: None,
+        labels: std::sync::Arc::new([("app".to_owned(), app.to_owned())].into()),
+        uid: None,
+        owner: None,
+        names: None,
+        enrolled: None,
+        waypoint: None,
     }
 }

@@ -23,27 +23,7 @@ pub(crate) fn many_pods(
     secs: Duration,
     extra: usize,
 ) -> Result<Results> {
-    tb.update_pods_file(|file| {
-        for i in 0..extra {
-            file.pods.push(mesh_node::pods::Pod {
-                name: format!("remote-{i}"),
-                namespace: "default".to_owned(),
-                node: "elsewhere".to_owned(),
-                service_account: format!("sa-{}", i % 100),
-                ip: std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1),
-                netns: "/nonexistent".into(),
-                cgroup: None,
-                labels: std::sync::Arc::new(
-                    [("app".to_owned(), format!("app-{}", i % 500))].into(),
-                ),
-                uid: None,
-                owner: None,
-                names: None,
-                enrolled: None,
-                waypoint: None,
-            });
-        }
-    })?;
+    tb.add_remote_pods(extra)?;
     let (client, server) = (tb.pod("n0-p4").clone(), tb.pod("n1-p4").clone());
     let agents = [
         tb.start_agent("n0", options)?,
