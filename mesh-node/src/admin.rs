@@ -66,13 +66,40 @@ fn route<B>(endpoint: Endpoint, state: &State, req: &Request<B>) -> Response<Ful
                 )
             }
         }
-        (Endpoint::Admin, "/config_dump") => json(&state.config_dump()),
+        (Endpoint::Admin, "/config_dump") => config_dump(state, req.uri().query()),
         (Endpoint::Admin, "/connections") => json(&state.connections.snapshot()),
         (Endpoint::Admin, "/certs") => json(&state.certificate_view()),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found\n".to_owned(),
+        ),
+    }
+}
+
+/// The whole configuration, or with `?mask=a,b` only those top-level fields (as Envoy's
+/// `/config_dump?mask=`). Every pod of the cluster is in `pods`: it is not even gathered when
+/// the mask leaves it out, which keeps frequent polls cheap on a large cluster.
+fn config_dump(state: &State, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mask: Option<Vec<&str>> = query
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("mask=")))
+        .map(|fields| fields.split(',').collect());
+    let with_pods = mask.as_ref().is_none_or(|fields| fields.contains(&"pods"));
+    let dump = state.config_dump(with_pods);
+    let Some(fields) = mask else {
+        return json(&dump);
+    };
+    match serde_json::to_value(&dump) {
+        Ok(mut value) => {
+            if let Some(object) = value.as_object_mut() {
+                object.retain(|field, _| fields.contains(&field.as_str()));
+            }
+            json(&value)
+        }
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
         ),
     }
 }

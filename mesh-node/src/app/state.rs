@@ -124,7 +124,8 @@ impl State {
             .unwrap_or_default()
     }
 
-    pub fn config_dump(&self) -> ConfigDump {
+    /// What the admin endpoint shows; every pod of the cluster only `with_pods`.
+    pub fn config_dump(&self, with_pods: bool) -> ConfigDump {
         ConfigDump {
             config: self.config.clone(),
             enrolled: self
@@ -140,7 +141,11 @@ impl State {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            pods: self.workloads().to_file(),
+            pods: if with_pods {
+                self.workloads().to_file()
+            } else {
+                PodsFile::default()
+            },
         }
     }
 }
