@@ -424,12 +424,16 @@ fn watch_pod_starts(
 }
 
 /// Returns the memory start-up used and freed (the eBPF object, its BTF, the first
-/// configuration) to the system: the allocator keeps freed pages for reuse, and an agent that
-/// then sits idle would never hand them back.
-fn give_memory_back() {
+/// configuration) to the system, and after that what a large change of the workloads freed
+/// (a whole pods file parsed, a snapshot diffed): the allocator keeps freed pages for reuse,
+/// and an agent that then sits idle would never hand them back.
+pub(crate) fn give_memory_back() {
     // SAFETY: mi_collect has no preconditions; it only frees pages this process no longer uses.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// How many pods one change must touch before the memory it freed is given back at once.
+pub(crate) const LARGE_CHANGE: usize = 1000;
 
 /// Why the enrollment loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

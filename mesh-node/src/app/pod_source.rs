@@ -65,10 +65,18 @@ impl PodSource {
                 let mut store = state.workloads_mut();
                 let touched = store.replace_all(file);
                 state.metrics.record_workload_changes(&touched, store.len());
-                if std::mem::replace(started, true) && !touched.concerns_node(node) {
+                let concerned = touched.concerns_node(node);
+                let node_file = store.node_file(node);
+                drop(store);
+                if touched.upserted.len() + touched.removed.len() >= super::LARGE_CHANGE {
+                    // The whole file was parsed for it: its memory goes back at once.
+                    drop(touched);
+                    super::give_memory_back();
+                }
+                if std::mem::replace(started, true) && !concerned {
                     return None;
                 }
-                Some(Ok(store.node_file(node)))
+                Some(Ok(node_file))
             }
             PodSource::Controller {
                 streamed,

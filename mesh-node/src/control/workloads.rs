@@ -35,6 +35,9 @@ pub(super) fn apply(state: &State, update: &Update) -> Touched {
             "workload store updated"
         );
     }
+    if touched.upserted.len() + touched.removed.len() >= crate::app::LARGE_CHANGE {
+        crate::app::give_memory_back();
+    }
     touched
 }
 

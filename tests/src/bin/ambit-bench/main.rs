@@ -145,6 +145,7 @@ fn main() -> Result<()> {
         drop(agents);
         all.push((name, results));
     }
+    let mut scale_summary = None;
     if args.paths.iter().any(|p| p == "hbone+10k-pods") {
         eprintln!("bench: hbone with 10,000 more remote pods known to the agents");
         let options = AgentOptions {
@@ -152,10 +153,32 @@ fn main() -> Result<()> {
             worker_threads: Some(args.agent_workers),
             ..AgentOptions::default()
         };
-        all.push(("hbone+10k-pods", many_pods(&tb, &options, secs, 10_000)?));
+        let (few, many) = many_pods(&tb, &options, secs, 10_000)?;
+        let ratio = |key: &str| {
+            many.get(key)
+                .zip(few.get(key))
+                .map_or(f64::NAN, |(m, f)| m / f)
+        };
+        let per_pod_kb = |key: &str| {
+            many.get(key)
+                .zip(few.get(key))
+                .map_or(f64::NAN, |(m, f)| (m - f) * 1024.0 / 10_000.0)
+        };
+        scale_summary = Some(format!(
+            "same agents, 10,000 pods added vs before: new connections/s x{:.2} (1 client), x{:.2} (4 clients); {:.2} KB per pod idle, {:.2} KB settled after the load",
+            ratio("new_conn_1_client_per_s"),
+            ratio("new_conn_4_clients_per_s"),
+            per_pod_kb("agent_rss_idle_mb"),
+            per_pod_kb("agent_rss_settled_mb"),
+        ));
+        all.push(("hbone:few-pods", few));
+        all.push(("hbone:10k-pods", many));
     }
     drop(iperf_servers);
     print_table(&all);
+    if let Some(summary) = scale_summary {
+        println!("{summary}");
+    }
     let authz_us = authorization_check_us()?;
     println!(
         "authorization against 10,000 policies in 1,000 namespaces: {authz_us:.2} us per check"
