@@ -21,6 +21,16 @@ fn rule(locality: &str) -> String {
 #[test]
 fn nearer_localities_take_requests_first_and_shares_are_kept() -> Result<()> {
     let l7 = setup()?;
+    let upserted = || {
+        l7.waypoint.metrics().map(|text| {
+            mesh_tests::agent::sum_samples(
+                &text,
+                "ambit_waypoint_workload_changes_total",
+                &["change=\"upserted\""],
+            )
+        })
+    };
+    let before = upserted()?;
     for (pod, locality) in [
         ("n0-p1", "region1.zone1"),
         ("n1-p0", "region1.zone1"),
@@ -41,6 +51,9 @@ fn nearer_localities_take_requests_first_and_shares_are_kept() -> Result<()> {
         (40, 0),
         "the waypoint's own zone first"
     );
+    // Each relabelled pod reached the waypoint as itself: one upsert each, nothing rebuilt.
+    let changed = upserted()? - before;
+    assert_eq!(changed, 3.0, "workloads upserted for 3 relabelled pods");
 
     // distribute: 30 % of requests from zone1 stay there, 70 % go to zone2.
     l7.rules(&rule(
