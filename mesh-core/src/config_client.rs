@@ -38,10 +38,6 @@ impl ConfigView {
         }
     }
 
-    fn keeps(&self, kind: &str) -> bool {
-        !self.kept_elsewhere.contains(&kind)
-    }
-
     /// Applies `update` in place if `accept` approves the result; otherwise leaves the view
     /// exactly as it was and returns why. Costs what the update touches, not the whole view
     /// (plus what `accept` itself looks at).
@@ -69,9 +65,10 @@ impl ConfigView {
         // What to put back if the result is refused.
         let mut undo: Vec<(Key, Option<Resource>)> = Vec::new();
         let snapshot = (update.base_version == 0).then(|| std::mem::take(&mut self.resources));
+        let kept_elsewhere = self.kept_elsewhere;
         for resource in &update.upserts {
             let k = resource.key.clone().expect("checked above");
-            if !self.keeps(&k.kind) {
+            if kept_elsewhere.contains(&k.kind.as_str()) {
                 continue;
             }
             let key = (k.kind, k.namespace, k.name);
@@ -80,8 +77,7 @@ impl ConfigView {
                 undo.push((key, old));
             }
         }
-        let kept_elsewhere = self.kept_elsewhere;
-        for k in update.removes.iter() {
+        for k in &update.removes {
             if kept_elsewhere.contains(&k.kind.as_str()) {
                 continue;
             }

@@ -17,6 +17,12 @@ use std::{
     sync::Arc,
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
 use crate::{labels::GATEWAY_NAME, telemetry::WorkloadNames};
 
 /// What the index needs to know of a workload. Both users' types implement it: the node
@@ -78,60 +84,86 @@ impl<W: StoredWorkload> Ord for ByKey<W> {
 type Groups<W> = HashMap<Box<str>, BTreeSet<ByKey<W>>>;
 
 /// What one change did, for those who act on changes: the workloads upserted (as they are
-/// now) and removed (as they were), and whether the tables kept beside them changed.
+/// now) and removed (as they were).
 #[derive(Debug)]
-pub struct Touched<W> {
+pub struct Changes<W> {
     pub upserted: Vec<Arc<W>>,
     pub removed: Vec<Arc<W>>,
-    /// Namespaces (local mode: their labels decide enrollment) changed.
-    pub namespaces: bool,
-    /// A waypoint's published identity changed.
-    pub waypoints: bool,
-    /// Pods scheduled without an address changed.
-    pub scheduled: bool,
 }
 
-impl<W> Default for Touched<W> {
+impl<W> Default for Changes<W> {
     fn default() -> Self {
-        Touched {
+        Changes {
             upserted: Vec::new(),
             removed: Vec::new(),
-            namespaces: false,
-            waypoints: false,
-            scheduled: false,
         }
     }
 }
 
-impl<W: StoredWorkload> Touched<W> {
+impl<W: StoredWorkload> Changes<W> {
     pub fn is_empty(&self) -> bool {
-        self.upserted.is_empty()
-            && self.removed.is_empty()
-            && !self.namespaces
-            && !self.waypoints
-            && !self.scheduled
+        self.upserted.is_empty() && self.removed.is_empty()
     }
 
-    /// Whether the change concerns the workloads of `node` (or everyone's: namespaces,
-    /// waypoints, scheduled pods).
-    pub fn concerns_node(&self, node: &str) -> bool {
-        self.namespaces
-            || self.waypoints
-            || self.scheduled
-            || self
-                .upserted
-                .iter()
-                .chain(&self.removed)
-                .any(|w| w.node() == Some(node))
+    /// How many workloads changed.
+    pub fn len(&self) -> usize {
+        self.upserted.len() + self.removed.len()
     }
 
-    /// Adds what `other` did.
-    pub fn merge(&mut self, other: Touched<W>) {
-        self.upserted.extend(other.upserted);
-        self.removed.extend(other.removed);
-        self.namespaces |= other.namespaces;
-        self.waypoints |= other.waypoints;
-        self.scheduled |= other.scheduled;
+    /// Whether a workload of `node` changed.
+    pub fn on_node(&self, node: &str) -> bool {
+        self.upserted
+            .iter()
+            .chain(&self.removed)
+            .any(|w| w.node() == Some(node))
+    }
+}
+
+/// What the workload index holds and what its changes cost, as metrics: `<prefix>workloads`
+/// and `<prefix>workload_changes_total{change="upserted"|"removed"}`.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeMetrics {
+    held: Gauge,
+    changes: Family<ChangeLabels, Counter>,
+}
+
+/// `change` of [`ChangeMetrics`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    change: &'static str,
+}
+
+impl ChangeMetrics {
+    /// Registers them as `<prefix>workloads` and `<prefix>workload_changes`; `what` says whose
+    /// workloads they are in the help text.
+    pub fn register(registry: &mut Registry, prefix: &str, what: &str) -> Self {
+        let metrics = ChangeMetrics::default();
+        registry.register(
+            format!("{prefix}workloads"),
+            format!("Workloads {what} knows"),
+            metrics.held.clone(),
+        );
+        registry.register(
+            format!("{prefix}workload_changes"),
+            format!("Workloads {what} added or replaced (upserted) or dropped (removed)"),
+            metrics.changes.clone(),
+        );
+        metrics
+    }
+
+    /// Counts what one change did; `held` is how many workloads there are after it.
+    pub fn record<W>(&self, changes: &Changes<W>, held: usize) {
+        self.held.set(held as i64);
+        for (change, count) in [
+            ("upserted", changes.upserted.len()),
+            ("removed", changes.removed.len()),
+        ] {
+            if count > 0 {
+                self.changes
+                    .get_or_create(&ChangeLabels { change })
+                    .inc_by(count as u64);
+            }
+        }
     }
 }
 
@@ -224,8 +256,8 @@ impl<W: StoredWorkload> WorkloadIndex<W> {
     }
 
     /// Makes the index hold exactly `workloads`, changing only what differs.
-    pub fn replace_all(&mut self, workloads: Vec<W>) -> Touched<W> {
-        let mut touched = Touched::default();
+    pub fn replace_all(&mut self, workloads: Vec<W>) -> Changes<W> {
+        let mut touched = Changes::default();
         let wanted: HashSet<String> = workloads.iter().map(key_of).collect();
         let gone: Vec<Box<str>> = self
             .by_key

@@ -2,7 +2,7 @@
 //! them. Label values are bounded: workload and namespace names come from the controller (or
 //! the pods file), never from packets; see `mesh_core::telemetry`.
 
-use mesh_core::telemetry::TrafficLabels;
+use mesh_core::{telemetry::TrafficLabels, workloads::ChangeMetrics};
 use prometheus_client::{
     metrics::{
         counter::Counter,
@@ -81,19 +81,11 @@ pub struct Metrics {
     pub pods_let_go_undecided: Counter,
     /// Pods starting now, their connects refused until decided.
     pub undecided_pods: Gauge,
-    /// Pods in the workload store, on every node.
-    pub workloads: Gauge,
-    /// Pods the workload store added or replaced (`change="upserted"`) or dropped
-    /// (`change="removed"`): what each configuration change cost.
-    pub workload_changes: Family<ChangeLabels, Counter>,
+    /// The workload store: pods held (on every node) and pods each change upserted or
+    /// removed.
+    pub workload_changes: ChangeMetrics,
     /// Live inbound connections authorized again after a change of their pod or of policy.
     pub connections_rechecked: Counter,
-}
-
-/// `change` of [`Metrics::workload_changes`].
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct ChangeLabels {
-    pub change: &'static str,
 }
 
 impl Default for Metrics {
@@ -112,19 +104,9 @@ impl Default for Metrics {
         let pod_start_hold = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let pods_let_go_undecided = Counter::default();
         let undecided_pods = Gauge::default();
-        let workloads = Gauge::default();
-        let workload_changes = Family::<ChangeLabels, Counter>::default();
+        let workload_changes =
+            ChangeMetrics::register(&mut registry, "ambit_", "the node agent (on every node)");
         let connections_rechecked = Counter::default();
-        registry.register(
-            "ambit_workloads",
-            "Pods in the agent's workload store, on every node",
-            workloads.clone(),
-        );
-        registry.register(
-            "ambit_workload_changes",
-            "Pods the workload store added or replaced (upserted) or dropped (removed)",
-            workload_changes.clone(),
-        );
         registry.register(
             "ambit_connections_rechecked",
             "Live inbound connections authorized again after a change of their pod or of policy",
@@ -198,7 +180,6 @@ impl Default for Metrics {
             pod_start_hold,
             pods_let_go_undecided,
             undecided_pods,
-            workloads,
             workload_changes,
             connections_rechecked,
         }
@@ -206,21 +187,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts what one change of the workload store did; `held` is its size after.
-    pub fn record_workload_changes(&self, touched: &crate::pods::Touched, held: usize) {
-        self.workloads.set(held as i64);
-        for (change, pods) in [
-            ("upserted", touched.upserted.len()),
-            ("removed", touched.removed.len()),
-        ] {
-            if pods > 0 {
-                self.workload_changes
-                    .get_or_create(&ChangeLabels { change })
-                    .inc_by(pods as u64);
-            }
-        }
-    }
-
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -224,11 +224,9 @@ async fn follow_config(app: Arc<App>, ca: CaClient) {
                         backoff = BACKOFF_MIN;
                         let touched = app.store.workloads.apply(update, &app.config.trust_domain);
                         app.store.applied(update.version);
-                        app.metrics.record_workload_changes(
-                            touched.upserted.len(),
-                            touched.removed.len(),
-                            app.store.workloads.len(),
-                        );
+                        app.metrics
+                            .workload_changes
+                            .record(&touched, app.store.workloads.len());
                         if !touched.is_empty() {
                             tracing::debug!(
                                 version = update.version,

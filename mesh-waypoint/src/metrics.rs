@@ -11,10 +11,13 @@ mod access_log;
 mod request;
 
 use http::HeaderValue;
-use mesh_core::telemetry::{Peer, ServiceLabel, TrafficLabels, UNKNOWN};
+use mesh_core::{
+    telemetry::{Peer, ServiceLabel, TrafficLabels, UNKNOWN},
+    workloads::ChangeMetrics,
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -84,16 +87,8 @@ pub struct Metrics {
     pub tcp_sent_bytes: Family<TrafficLabels, Counter>,
     /// HBONE streams whose `forwarded` address was not the client's own (ignored).
     pub forwarded_distrusted: Counter,
-    /// Workloads the waypoint knows.
-    pub workloads: Gauge,
-    /// Workloads added or replaced (`change="upserted"`) or dropped (`change="removed"`).
-    pub workload_changes: Family<WorkloadChange, Counter>,
-}
-
-/// `change` of [`Metrics::workload_changes`].
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkloadChange {
-    pub change: &'static str,
+    /// Workloads known, and what each change upserted or removed.
+    pub workload_changes: ChangeMetrics,
 }
 
 impl Default for Metrics {
@@ -160,21 +155,10 @@ impl Default for Metrics {
              client proved; the connection's own address is used instead",
             forwarded_distrusted.clone(),
         );
-        let workloads = Gauge::default();
-        registry.register(
-            "ambit_waypoint_workloads",
-            "Workloads the waypoint knows",
-            workloads.clone(),
-        );
-        let workload_changes = Family::<WorkloadChange, Counter>::default();
-        registry.register(
-            "ambit_waypoint_workload_changes",
-            "Workloads the waypoint added or replaced (upserted) or dropped (removed)",
-            workload_changes.clone(),
-        );
+        let workload_changes =
+            ChangeMetrics::register(&mut registry, "ambit_waypoint_", "the waypoint");
         Metrics {
             registry,
-            workloads,
             workload_changes,
             requests,
             duration,
@@ -190,18 +174,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts what one change of the workloads did; `held` is how many there are after it.
-    pub fn record_workload_changes(&self, upserted: usize, removed: usize, held: usize) {
-        self.workloads.set(held as i64);
-        for (change, count) in [("upserted", upserted), ("removed", removed)] {
-            if count > 0 {
-                self.workload_changes
-                    .get_or_create(&WorkloadChange { change })
-                    .inc_by(count as u64);
-            }
-        }
-    }
-
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

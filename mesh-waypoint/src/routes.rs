@@ -11,7 +11,7 @@
 //! - `retry`: retry policies and the failures they retry;
 //! - `tcp`: `tls` and `tcp` routes, for connections carried as TCP;
 //! - `virtual_service`: a VirtualService's `http` routes compiled;
-//! - `tests`: compiled behaviour on Istio's tutorial examples.
+//! - `tests`: compiled behaviour on Istio's tutorial examples (`tcp_tests` for TCP and TLS).
 
 mod cors;
 #[cfg(test)]
@@ -24,6 +24,8 @@ mod http_route_tests;
 mod matching;
 mod retry;
 mod tcp;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;
 mod virtual_service;

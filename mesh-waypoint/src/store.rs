@@ -89,6 +89,50 @@ impl Service {
     pub fn target_port(&self, port: u16) -> u16 {
         self.port(port).map_or(port, |p| p.target_port)
     }
+
+    /// Its endpoints on `port` (a service port), narrowed to `subset_labels`: the workloads
+    /// its selector picks, or its EndpointSlices' addresses.
+    pub fn endpoints(
+        &self,
+        workloads: &WorkloadIndex,
+        port: u16,
+        subset_labels: Option<&BTreeMap<String, String>>,
+    ) -> Vec<Endpoint> {
+        let target_port = self.target_port(port);
+        let fits = |w: &Workload| {
+            subset_labels
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
+        };
+        if !self.selector.is_empty() {
+            return workloads
+                .in_namespace(&self.namespace)
+                .filter(|w| {
+                    self.selector
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                        && fits(w)
+                })
+                .map(|w| Endpoint {
+                    addr: SocketAddr::new(w.address, target_port),
+                    workload: Some(w.clone()),
+                    via: None,
+                    placement: Placement::default(),
+                })
+                .collect();
+        }
+        self.endpoints
+            .iter()
+            .map(|ip| Endpoint {
+                addr: SocketAddr::new(*ip, target_port),
+                workload: workloads.by_addr(*ip).cloned(),
+                via: None,
+                placement: Placement::default(),
+            })
+            .filter(|e| subset_labels.is_none() || e.workload.as_deref().is_some_and(fits))
+            .collect()
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -336,53 +380,6 @@ impl Snapshot {
             .subsets
             .iter()
             .find(|s| s.name == name)
-    }
-
-    /// The endpoints of `service` on `port` (a service port), narrowed to `subset_labels`:
-    /// the workloads its selector picks, or its EndpointSlices' addresses.
-    pub fn endpoints(
-        &self,
-        workloads: &WorkloadIndex,
-        service: &Service,
-        port: u16,
-        subset_labels: Option<&BTreeMap<String, String>>,
-    ) -> Vec<Endpoint> {
-        let target_port = service.target_port(port);
-        let fits = |w: &Workload| {
-            subset_labels
-                .into_iter()
-                .flatten()
-                .all(|(k, v)| w.labels.get(k) == Some(v))
-        };
-        if !service.selector.is_empty() {
-            return workloads
-                .in_namespace(&service.namespace)
-                .filter(|w| {
-                    service
-                        .selector
-                        .iter()
-                        .all(|(k, v)| w.labels.get(k) == Some(v))
-                        && fits(w)
-                })
-                .map(|w| Endpoint {
-                    addr: SocketAddr::new(w.address, target_port),
-                    workload: Some(w.clone()),
-                    via: None,
-                    placement: Placement::default(),
-                })
-                .collect();
-        }
-        service
-            .endpoints
-            .iter()
-            .map(|ip| Endpoint {
-                addr: SocketAddr::new(*ip, target_port),
-                workload: workloads.by_addr(*ip).cloned(),
-                via: None,
-                placement: Placement::default(),
-            })
-            .filter(|e| subset_labels.is_none() || e.workload.as_deref().is_some_and(fits))
-            .collect()
     }
 }
 

@@ -12,11 +12,33 @@ use std::{
 use super::{Namespace, Pod, PodsFile, Scheduled};
 use crate::{
     telemetry::WorkloadNames,
-    workloads::{self, StoredWorkload, WorkloadIndex},
+    workloads::{Changes, StoredWorkload, WorkloadIndex},
 };
 
-/// What one change of the store did.
-pub type Touched = workloads::Touched<Pod>;
+/// What one change of the store did: the pods it changed, and whether the tables kept beside
+/// them changed.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub pods: Changes<Pod>,
+    /// Namespaces (local mode: their labels decide enrollment) changed.
+    pub namespaces: bool,
+    /// A waypoint's published identity changed.
+    pub waypoints: bool,
+    /// This node's pods scheduled without an address changed.
+    pub scheduled: bool,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && !self.namespaces && !self.waypoints && !self.scheduled
+    }
+
+    /// Whether the change concerns the pods of `node` (or everyone's: namespaces, waypoints,
+    /// scheduled pods).
+    pub fn concerns_node(&self, node: &str) -> bool {
+        self.namespaces || self.waypoints || self.scheduled || self.pods.on_node(node)
+    }
+}
 
 impl StoredWorkload for Pod {
     fn namespace(&self) -> &str {
@@ -86,11 +108,14 @@ impl DerefMut for WorkloadStore {
 impl WorkloadStore {
     /// Makes the store hold exactly `file`'s pods and tables, changing only what differs.
     pub fn replace_all(&mut self, file: PodsFile) -> Touched {
-        let mut touched = self.pods.replace_all(file.pods);
-        touched.namespaces = self.namespaces != file.namespaces;
+        let pods = self.pods.replace_all(file.pods);
+        let namespaces = self.namespaces != file.namespaces;
         self.namespaces = file.namespaces;
-        touched.merge(self.set_tables(file.waypoints, file.scheduled));
-        touched
+        Touched {
+            pods,
+            namespaces,
+            ..self.set_tables(file.waypoints, file.scheduled)
+        }
     }
 
     /// Replaces the waypoints' identities and the scheduled pods (small tables, sent whole).

@@ -64,19 +64,21 @@ impl PodSource {
                 };
                 let mut store = state.workloads_mut();
                 let touched = store.replace_all(file);
-                state.metrics.record_workload_changes(&touched, store.len());
-                let concerned = touched.concerns_node(node);
-                let node_file = store.node_file(node);
+                state
+                    .metrics
+                    .workload_changes
+                    .record(&touched.pods, store.len());
+                // This node's share is taken only when it may have changed (or at the start).
+                let first = !std::mem::replace(started, true);
+                let node_file =
+                    (first || touched.concerns_node(node)).then(|| store.node_file(node));
                 drop(store);
-                if touched.upserted.len() + touched.removed.len() >= super::LARGE_CHANGE {
+                if touched.pods.len() >= super::LARGE_CHANGE {
                     // The whole file was parsed for it: its memory goes back at once.
                     drop(touched);
                     super::give_memory_back();
                 }
-                if std::mem::replace(started, true) && !concerned {
-                    return None;
-                }
-                Some(Ok(node_file))
+                node_file.map(Ok)
             }
             PodSource::Controller {
                 streamed,

@@ -25,17 +25,17 @@ pub(super) fn apply(state: &State, update: &Update) -> Touched {
     let touched = apply_to(&mut store, update, &state.config.node_name);
     let held = store.len();
     drop(store);
-    state.metrics.record_workload_changes(&touched, held);
+    state.metrics.workload_changes.record(&touched.pods, held);
     if !touched.is_empty() {
         tracing::debug!(
-            upserted = touched.upserted.len(),
-            removed = touched.removed.len(),
+            upserted = touched.pods.upserted.len(),
+            removed = touched.pods.removed.len(),
             held,
             took_us = started.elapsed().as_micros() as u64,
             "workload store updated"
         );
     }
-    if touched.upserted.len() + touched.removed.len() >= crate::app::LARGE_CHANGE {
+    if touched.pods.len() >= crate::app::LARGE_CHANGE {
         crate::app::give_memory_back();
     }
     touched
@@ -72,9 +72,9 @@ fn apply_to(store: &mut WorkloadStore, update: &Update, node: &str) -> Touched {
                 Body::Workload(w) => {
                     touched.scheduled |= forget_scheduled(store.scheduled_mut(), &pod_key);
                     match pod_of(w) {
-                        Some(pod) => touched.upserted.extend(store.upsert(pod)),
+                        Some(pod) => touched.pods.upserted.extend(store.upsert(pod)),
                         None => {
-                            touched.removed.extend(store.remove(&pod_key));
+                            touched.pods.removed.extend(store.remove(&pod_key));
                             if let Some((uid, scheduled)) = scheduled_of(w, node) {
                                 store.scheduled_mut().insert(uid, scheduled);
                                 touched.scheduled = true;
@@ -95,7 +95,7 @@ fn apply_to(store: &mut WorkloadStore, update: &Update, node: &str) -> Touched {
                 touched.waypoints |= store.waypoints_mut().remove(&pod_key).is_some();
             } else {
                 touched.scheduled |= forget_scheduled(store.scheduled_mut(), &pod_key);
-                touched.removed.extend(store.remove(&pod_key));
+                touched.pods.removed.extend(store.remove(&pod_key));
             }
         }
         touched

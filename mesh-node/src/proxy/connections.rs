@@ -73,7 +73,15 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (close, closed) = watch::channel(false);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.by_pod.entry(info.pod.clone()).or_default().insert(id);
+        // The pod's key is copied only for its first connection.
+        match live.by_pod.get_mut(&info.pod) {
+            Some(ids) => {
+                ids.insert(id);
+            }
+            None => {
+                live.by_pod.insert(info.pod.clone(), HashSet::from([id]));
+            }
+        }
         live.by_id.insert(
             id,
             Live {

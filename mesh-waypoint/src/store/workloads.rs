@@ -15,7 +15,7 @@ use mesh_core::{
     Identity,
     config_pb::{self as pb, Update, resource::Body},
     telemetry::WorkloadNames,
-    workloads::{StoredWorkload, Touched},
+    workloads::{Changes, StoredWorkload},
 };
 
 use super::{Workload, WorkloadIndex};
@@ -95,7 +95,7 @@ impl Workloads {
 
     /// Applies the workloads of `update`: a snapshot replaces what is held (changing only what
     /// differs), a delta changes what it names.
-    pub fn apply(&self, update: &Update, trust_domain: &str) -> Touched<Workload> {
+    pub fn apply(&self, update: &Update, trust_domain: &str) -> Changes<Workload> {
         let of_kind = |key: &pb::ResourceKey| key.kind == KIND;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         let touched = if update.base_version == 0 {
@@ -110,7 +110,7 @@ impl Workloads {
                 .collect();
             index.replace_all(workloads)
         } else {
-            let mut touched = Touched::default();
+            let mut touched = Changes::default();
             for resource in &update.upserts {
                 let (Some(key), Some(Body::Workload(w))) = (&resource.key, &resource.body) else {
                     continue;

@@ -123,7 +123,7 @@ impl Upstreams {
                     .into_iter()
                     .collect()
             }
-            None => snapshot.endpoints(workloads, service, port, subset.map(|s| &s.labels)),
+            None => service.endpoints(workloads, port, subset.map(|s| &s.labels)),
         };
         let mut endpoints = endpoints;
         if let (Some(setting), Some(own)) = (&policy.locality, self.own_workload(workloads)) {

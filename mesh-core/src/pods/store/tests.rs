@@ -24,7 +24,7 @@ fn the_indexes_find_what_a_scan_finds() {
     let file = file();
     let mut store = WorkloadStore::default();
     let touched = store.replace_all(file.clone());
-    assert_eq!(touched.upserted.len(), 4);
+    assert_eq!(touched.pods.upserted.len(), 4);
     for pod in &file.pods {
         assert_eq!(
             store.by_addr(pod.ip.into()).map(|p| &**p),
@@ -64,8 +64,8 @@ fn replacing_the_whole_list_touches_only_what_differs() {
     next.pods.retain(|p| p.name != "p3");
     Arc::make_mut(&mut next.pods[0].labels).insert("app".into(), "x".into());
     let touched = store.replace_all(next.clone());
-    assert_eq!(names(touched.upserted.iter().map(|p| &**p)), ["p0"]);
-    assert_eq!(names(touched.removed.iter().map(|p| &**p)), ["p3"]);
+    assert_eq!(names(touched.pods.upserted.iter().map(|p| &**p)), ["p0"]);
+    assert_eq!(names(touched.pods.removed.iter().map(|p| &**p)), ["p3"]);
     assert!(!touched.namespaces && !touched.waypoints && !touched.scheduled);
     assert!(touched.concerns_node("n0") && touched.concerns_node("n1"));
     assert!(store.replace_all(next).is_empty(), "nothing changed");

@@ -70,7 +70,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         ..Update::default()
     };
     let touched = apply_to(&mut store, &snapshot, "n0");
-    assert_eq!(touched.upserted.len(), 2);
+    assert_eq!(touched.pods.upserted.len(), 2);
     assert!(touched.waypoints && touched.scheduled);
     assert_eq!(store.waypoint_identity("a/wp"), Some(("a", "wp-sa")));
     assert_eq!(
@@ -88,8 +88,8 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         &delta(vec![workload("p1", "n1", Some("10.0.0.2"), "api")], vec![]),
         "n0",
     );
-    assert_eq!(touched.upserted.len(), 1);
-    assert!(touched.removed.is_empty() && !touched.waypoints && !touched.scheduled);
+    assert_eq!(touched.pods.upserted.len(), 1);
+    assert!(touched.pods.removed.is_empty() && !touched.waypoints && !touched.scheduled);
     assert!(touched.concerns_node("n1") && !touched.concerns_node("n0"));
     assert_eq!(store.by_key("a/p1").unwrap().labels["app"], "api");
 
@@ -106,7 +106,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         ),
         "n0",
     );
-    assert!(touched.scheduled && touched.upserted.len() == 1);
+    assert!(touched.scheduled && touched.pods.upserted.len() == 1);
     assert!(store.node_file("n0").scheduled.is_empty());
 
     // Removes: a pod and the waypoint.
@@ -115,7 +115,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         &delta(vec![], vec![key("Workload", "p0"), key("Waypoint", "wp")]),
         "n0",
     );
-    assert_eq!(touched.removed.len(), 1);
+    assert_eq!(touched.pods.removed.len(), 1);
     assert!(touched.waypoints);
     assert_eq!(store.len(), 2);
     assert_eq!(store.waypoint_identity("a/wp"), None);
@@ -127,7 +127,7 @@ fn a_snapshot_then_deltas_change_only_the_pods_they_name() {
         ..Update::default()
     };
     let touched = apply_to(&mut store, &snapshot, "n0");
-    assert!(touched.upserted.is_empty());
-    assert_eq!(touched.removed.len(), 1);
+    assert!(touched.pods.upserted.is_empty());
+    assert_eq!(touched.pods.removed.len(), 1);
     assert_eq!(store.len(), 1);
 }
